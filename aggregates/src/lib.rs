@@ -1,0 +1,28 @@
+//! Tally's domain: the `Plan` and `Subscription` aggregates, their commands and
+//! events, and the money and billing-period arithmetic they rely on.
+//!
+//! Everything here is pure. Commands carry the time and the new ids, so `decide`
+//! and `evolve` never read a clock, generate an id or touch I/O; the `cqrs_es`
+//! adapters only forward to them. Money is `rust_decimal` with an ISO 4217
+//! currency, never a float.
+
+pub mod error;
+pub mod money;
+pub mod period;
+pub mod plan;
+pub mod subscription;
+
+pub use error::DomainError;
+pub use money::{Currency, Money};
+pub use period::{Interval, Period};
+pub use plan::{
+    MeterTerms, Plan, PlanCommand, PlanEvent, PlanStatus, PlanTerms, ResetCadence, SeatLimits,
+};
+pub use subscription::{
+    CancelWhen, PlanRef, ProrationFigures, ProrationMode, Subscription, SubscriptionCommand,
+    SubscriptionEvent, SubscriptionStatus, SuspendReason, Suspension,
+};
+
+/// The `event_version` of every event in this crate. Events are stored forever:
+/// a change to an event's shape gets a new version and an upcaster.
+pub const EVENT_VERSION: &str = "1.0";

@@ -1,0 +1,448 @@
+//! The `Plan` aggregate: a catalog entry with immutable terms (price, seats,
+//! meters). Active → Archived; a new price is a new plan. Subscriptions copy the
+//! terms they are on, so archiving a plan never changes what a customer pays.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::{Aggregate, DomainEvent};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::money::{round_to_minor, validate_price, MAX_AMOUNT};
+use crate::subscription::PlanRef;
+use crate::{Currency, DomainError, Interval, EVENT_VERSION};
+
+/// The most meters a plan may define.
+pub const MAX_METERS: usize = 50;
+/// The most seats any plan may allow.
+pub const MAX_SEATS: u32 = 1_000_000;
+/// The longest plan code, meter key and plan id, in characters.
+pub const MAX_CODE_CHARS: usize = 64;
+/// The longest plan name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// The most decimal places of a meter quantity or unit price.
+pub const MAX_QUANTITY_PLACES: u32 = 12;
+
+/// The inclusive range of seats a subscription on the plan may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SeatLimits {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl Default for SeatLimits {
+    /// One to ten thousand seats.
+    fn default() -> Self {
+        SeatLimits {
+            min: 1,
+            max: 10_000,
+        }
+    }
+}
+
+impl SeatLimits {
+    /// Whether `seats` is within `min..=max`.
+    pub fn contains(&self, seats: u32) -> bool {
+        self.min <= seats && seats <= self.max
+    }
+
+    /// `Ok` when `seats` is within the limits, else [`DomainError::SeatLimit`].
+    pub fn check(&self, seats: u32) -> Result<(), DomainError> {
+        if self.contains(seats) {
+            Ok(())
+        } else {
+            Err(DomainError::SeatLimit {
+                seats,
+                min: self.min,
+                max: self.max,
+            })
+        }
+    }
+
+    /// `1 <= min <= max <= MAX_SEATS`.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        if self.min < 1 {
+            return Err(DomainError::validation("seats.min", "must be at least 1"));
+        }
+        if self.min > self.max {
+            return Err(DomainError::validation(
+                "seats.min",
+                "must not be greater than seats.max",
+            ));
+        }
+        if self.max > MAX_SEATS {
+            return Err(DomainError::validation(
+                "seats.max",
+                format!("must not exceed {MAX_SEATS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// When a meter's included quantity and hard cap start over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetCadence {
+    Lifetime,
+    Monthly,
+    Yearly,
+}
+
+/// The terms of one metered feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterTerms {
+    /// 1..=64 characters of `[a-z0-9_.-]`.
+    pub key: String,
+    /// Quantity included in the price per reset window.
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub included: Option<Decimal>,
+    /// Usage beyond this quantity per reset window is refused.
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub hard_cap: Option<Decimal>,
+    /// Price per unit beyond `included`; may be finer than the minor unit.
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub overage_unit_price: Option<Decimal>,
+    pub reset: ResetCadence,
+}
+
+/// Whether `key` is a valid meter key: 1..=64 characters of `[a-z0-9_.-]`.
+pub fn is_valid_meter_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.chars().count() <= MAX_CODE_CHARS
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+}
+
+fn validate_quantity(field: &str, value: Option<Decimal>) -> Result<(), DomainError> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(DomainError::validation(field, "must not be negative"));
+    }
+    if value > MAX_AMOUNT {
+        return Err(DomainError::validation(
+            field,
+            format!("must not exceed {MAX_AMOUNT}"),
+        ));
+    }
+    if value.normalize().scale() > MAX_QUANTITY_PLACES {
+        return Err(DomainError::validation(
+            field,
+            format!("at most {MAX_QUANTITY_PLACES} decimal places"),
+        ));
+    }
+    Ok(())
+}
+
+impl MeterTerms {
+    /// Checks the key and quantities; `index` is the meter's position, for the
+    /// field name in the error (`meters[2].hard_cap`).
+    pub fn validate(&self, index: usize) -> Result<(), DomainError> {
+        let field = |name: &str| format!("meters[{index}].{name}");
+        if !is_valid_meter_key(&self.key) {
+            return Err(DomainError::validation(
+                field("key"),
+                "must be 1 to 64 characters of a-z, 0-9, '_', '.', '-'",
+            ));
+        }
+        validate_quantity(&field("included"), self.included)?;
+        validate_quantity(&field("hard_cap"), self.hard_cap)?;
+        validate_quantity(&field("overage_unit_price"), self.overage_unit_price)?;
+        if let (Some(included), Some(hard_cap)) = (self.included, self.hard_cap) {
+            if included > hard_cap {
+                return Err(DomainError::validation(
+                    field("included"),
+                    "must not be greater than hard_cap",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a plan sells. Immutable once the plan exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanTerms {
+    pub code: String,
+    pub name: String,
+    pub currency: Currency,
+    pub interval: Interval,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub base_price: Decimal,
+    /// Price per seat per period; zero when the plan is not priced by seat.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub seat_price: Decimal,
+    #[serde(default)]
+    pub seats: SeatLimits,
+    #[serde(default)]
+    pub meters: Vec<MeterTerms>,
+}
+
+fn validate_text(field: &str, value: &str, max_chars: usize) -> Result<(), DomainError> {
+    if value.trim().is_empty() {
+        return Err(DomainError::validation(field, "must not be empty"));
+    }
+    if value.chars().count() > max_chars {
+        return Err(DomainError::validation(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(DomainError::validation(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl PlanTerms {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        validate_text("code", &self.code, MAX_CODE_CHARS)?;
+        if self.code.trim() != self.code {
+            return Err(DomainError::validation(
+                "code",
+                "must not start or end with whitespace",
+            ));
+        }
+        validate_text("name", &self.name, MAX_NAME_CHARS)?;
+        validate_price("base_price", self.base_price, self.currency)?;
+        validate_price("seat_price", self.seat_price, self.currency)?;
+        self.seats.validate()?;
+        if self.meters.len() > MAX_METERS {
+            return Err(DomainError::validation(
+                "meters",
+                format!("at most {MAX_METERS} meters"),
+            ));
+        }
+        for (index, meter) in self.meters.iter().enumerate() {
+            meter.validate(index)?;
+            if self.meters[..index].iter().any(|m| m.key == meter.key) {
+                return Err(DomainError::validation(
+                    format!("meters[{index}].key"),
+                    format!("duplicate meter key {:?}", meter.key),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The meter with this key.
+    pub fn meter(&self, key: &str) -> Option<&MeterTerms> {
+        self.meters.iter().find(|m| m.key == key)
+    }
+
+    /// The price of one period: `base_price + seats × seat_price`, rounded to
+    /// the currency's minor unit. Validated terms cannot overflow.
+    pub fn recurring_amount(&self, seats: u32) -> Decimal {
+        round_to_minor(
+            self.base_price + Decimal::from(seats) * self.seat_price,
+            self.currency,
+        )
+    }
+}
+
+/// Where a plan is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStatus {
+    Active,
+    Archived,
+}
+
+impl PlanStatus {
+    /// Every status, for tests and tables.
+    pub const ALL: [PlanStatus; 2] = [PlanStatus::Active, PlanStatus::Archived];
+
+    /// The snake_case name ("active", "archived").
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PlanStatus::Active => "active",
+            PlanStatus::Archived => "archived",
+        }
+    }
+}
+
+/// A catalog plan. `status == None` means it was never created.
+#[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub id: Option<String>,
+    pub status: Option<PlanStatus>,
+    pub terms: Option<PlanTerms>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub archived_at: Option<DateTime<Utc>>,
+}
+
+/// What can be asked of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PlanCommand {
+    Create {
+        plan_id: String,
+        terms: PlanTerms,
+        at: DateTime<Utc>,
+    },
+    Archive {
+        at: DateTime<Utc>,
+    },
+}
+
+impl PlanCommand {
+    /// The snake_case command name used in `InvalidTransition`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlanCommand::Create { .. } => "create",
+            PlanCommand::Archive { .. } => "archive",
+        }
+    }
+}
+
+/// What happened to a plan. Stored forever: see [`EVENT_VERSION`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PlanEvent {
+    PlanCreated {
+        plan_id: String,
+        terms: PlanTerms,
+        created_at: DateTime<Utc>,
+    },
+    PlanArchived {
+        archived_at: DateTime<Utc>,
+    },
+}
+
+impl PlanEvent {
+    /// The variant name, used as the stored event type.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlanEvent::PlanCreated { .. } => "PlanCreated",
+            PlanEvent::PlanArchived { .. } => "PlanArchived",
+        }
+    }
+}
+
+/// Checks an aggregate id: 1..=64 characters, no whitespace or control characters.
+pub(crate) fn validate_id(field: &str, id: &str) -> Result<(), DomainError> {
+    if id.is_empty() || id.chars().count() > MAX_CODE_CHARS {
+        return Err(DomainError::validation(
+            field,
+            format!("must be 1 to {MAX_CODE_CHARS} characters"),
+        ));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(DomainError::validation(
+            field,
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// Whether the plan exists and is not archived.
+    pub fn is_active(&self) -> bool {
+        self.status == Some(PlanStatus::Active)
+    }
+
+    /// What a subscription command needs to know about this plan; `None` when
+    /// the plan was never created.
+    pub fn plan_ref(&self) -> Option<PlanRef> {
+        Some(PlanRef {
+            plan_id: self.id.clone()?,
+            terms: self.terms.clone()?,
+            active: self.is_active(),
+        })
+    }
+
+    /// Decides which events `command` causes, or why it is refused.
+    pub fn decide(&self, command: PlanCommand) -> Result<Vec<PlanEvent>, DomainError> {
+        use PlanStatus::{Active, Archived};
+        match (self.status, command) {
+            (None, PlanCommand::Create { plan_id, terms, at }) => {
+                validate_id("plan_id", &plan_id)?;
+                terms.validate()?;
+                Ok(vec![PlanEvent::PlanCreated {
+                    plan_id,
+                    terms,
+                    created_at: at,
+                }])
+            }
+            (Some(Active | Archived), PlanCommand::Create { .. }) => {
+                Err(DomainError::AlreadyExists("plan"))
+            }
+            (None, PlanCommand::Archive { .. }) => Err(DomainError::NotFound("plan")),
+            (Some(Active), PlanCommand::Archive { at }) => {
+                Ok(vec![PlanEvent::PlanArchived { archived_at: at }])
+            }
+            (Some(from @ Archived), command @ PlanCommand::Archive { .. }) => {
+                Err(DomainError::InvalidTransition {
+                    aggregate: "plan",
+                    from: from.as_str().to_owned(),
+                    command: command.name(),
+                })
+            }
+        }
+    }
+
+    /// Applies an event. Events come from `decide`, so an impossible one is a bug.
+    pub fn evolve(&mut self, event: &PlanEvent) {
+        match event {
+            PlanEvent::PlanCreated {
+                plan_id,
+                terms,
+                created_at,
+            } => {
+                assert!(self.status.is_none(), "PlanCreated on an existing plan");
+                self.id = Some(plan_id.clone());
+                self.status = Some(PlanStatus::Active);
+                self.terms = Some(terms.clone());
+                self.created_at = Some(*created_at);
+            }
+            PlanEvent::PlanArchived { archived_at } => {
+                assert_eq!(
+                    self.status,
+                    Some(PlanStatus::Active),
+                    "PlanArchived on a plan that is not active"
+                );
+                self.status = Some(PlanStatus::Archived);
+                self.archived_at = Some(*archived_at);
+            }
+        }
+    }
+}
+
+impl DomainEvent for PlanEvent {
+    fn event_type(&self) -> String {
+        self.name().to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_owned()
+    }
+}
+
+impl Aggregate for Plan {
+    const TYPE: &'static str = "plan";
+    type Command = PlanCommand;
+    type Event = PlanEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &cqrs_es::event_sink::EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.evolve(&event);
+    }
+}

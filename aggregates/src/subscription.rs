@@ -1,0 +1,848 @@
+//! The `Subscription` aggregate: a customer on a plan with a seat count, moving
+//! Draft → Active ⇄ PastDue / Suspended → Canceled (terminal). It owns the
+//! billing-period clock (anniversary billing from the activation anchor), seat
+//! limits, plan changes with proration, and the rating window that a renewal
+//! closes.
+//!
+//! The subscription keeps a copy of its plan's terms, so deciding a seat change
+//! or a proration never needs the plan aggregate; the command layer loads the
+//! target plan for a change and passes it in as a [`PlanRef`].
+
+use chrono::{DateTime, Utc};
+use cqrs_es::{Aggregate, DomainEvent};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::money::round_to_minor;
+use crate::period::{checked_period_at, checked_period_containing};
+use crate::plan::{is_valid_meter_key, validate_id};
+use crate::{Currency, DomainError, Period, PlanTerms, EVENT_VERSION};
+
+/// The longest customer id, in characters.
+pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
+/// The longest cancellation reason or suspension note, in characters.
+pub const MAX_NOTE_CHARS: usize = 1_000;
+/// Decimal places kept in a proration fraction: exact enough for any period
+/// length in seconds, small enough to stay far from `Decimal`'s 28 digits.
+pub const FRACTION_PLACES: u32 = 12;
+
+/// Where a subscription is in its life. `Canceled` is terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Draft,
+    Active,
+    PastDue,
+    Suspended,
+    Canceled,
+}
+
+impl SubscriptionStatus {
+    /// Every status, for tests and tables.
+    pub const ALL: [SubscriptionStatus; 5] = [
+        SubscriptionStatus::Draft,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Suspended,
+        SubscriptionStatus::Canceled,
+    ];
+
+    /// The snake_case name ("draft", "past_due", …), as in the API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SubscriptionStatus::Draft => "draft",
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::PastDue => "past_due",
+            SubscriptionStatus::Suspended => "suspended",
+            SubscriptionStatus::Canceled => "canceled",
+        }
+    }
+}
+
+/// Why a subscription is suspended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum SuspendReason {
+    Manual {
+        #[serde(default)]
+        note: Option<String>,
+    },
+    NonPayment,
+    QuotaExceeded {
+        meter: String,
+    },
+}
+
+impl SuspendReason {
+    fn validate(&self) -> Result<(), DomainError> {
+        match self {
+            SuspendReason::Manual { note: Some(note) } => validate_note("note", note),
+            SuspendReason::Manual { note: None } | SuspendReason::NonPayment => Ok(()),
+            SuspendReason::QuotaExceeded { meter } => {
+                if is_valid_meter_key(meter) {
+                    Ok(())
+                } else {
+                    Err(DomainError::validation("meter", "not a valid meter key"))
+                }
+            }
+        }
+    }
+}
+
+/// The current suspension of a suspended subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    pub reason: SuspendReason,
+    pub since: DateTime<Utc>,
+}
+
+/// Whether a plan or seat change is prorated over the rest of the period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProrationMode {
+    Prorate,
+    None,
+}
+
+/// When a cancellation takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelWhen {
+    Now,
+    PeriodEnd,
+}
+
+/// A plan as the command layer loaded it, passed into a subscription command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRef {
+    pub plan_id: String,
+    pub terms: PlanTerms,
+    /// False when the plan is archived: no new subscriptions or changes to it.
+    pub active: bool,
+}
+
+/// The money side of a prorated change, for invoicing: credit for the unused
+/// part of the old price, charge for the remaining part of the new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProrationFigures {
+    /// The billing period the change falls in.
+    pub period: Period,
+    /// When the change took effect (clamped into `period`).
+    pub at: DateTime<Utc>,
+    /// Remaining / total seconds of the period, to [`FRACTION_PLACES`] places.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub fraction: Decimal,
+    /// `-round(old recurring × fraction)`; zero or negative.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub credit: Decimal,
+    /// `round(new recurring × fraction)`; zero or positive.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub charge: Decimal,
+    /// `credit + charge`.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub net: Decimal,
+    pub currency: Currency,
+}
+
+impl ProrationFigures {
+    /// Prorates a change from `old_recurring` to `new_recurring` (per-period
+    /// amounts) at `at` within `period`. A time outside the period is clamped to
+    /// it: before the start prorates the whole period, after the end nothing.
+    pub fn compute(
+        period: Period,
+        at: DateTime<Utc>,
+        old_recurring: Decimal,
+        new_recurring: Decimal,
+        currency: Currency,
+    ) -> ProrationFigures {
+        let at = at.clamp(period.start, period.end);
+        let total_seconds = period.length_seconds();
+        let remaining_seconds = (period.end - at).num_seconds();
+        let fraction = if total_seconds <= 0 {
+            Decimal::ZERO
+        } else {
+            (Decimal::from(remaining_seconds) / Decimal::from(total_seconds))
+                .round_dp_with_strategy(FRACTION_PLACES, RoundingStrategy::MidpointAwayFromZero)
+        };
+        let credit = round_to_minor(-(old_recurring * fraction), currency);
+        let charge = round_to_minor(new_recurring * fraction, currency);
+        ProrationFigures {
+            period,
+            at,
+            fraction,
+            credit,
+            charge,
+            net: round_to_minor(credit + charge, currency),
+            currency,
+        }
+    }
+}
+
+/// A customer's subscription. `status == None` means it was never created.
+#[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub id: Option<String>,
+    pub customer_id: String,
+    pub plan_id: String,
+    /// The terms of the current plan, copied when the plan was chosen.
+    pub plan: Option<PlanTerms>,
+    pub seats: u32,
+    pub status: Option<SubscriptionStatus>,
+    /// The activation time; every billing period is computed from it.
+    pub anchor: Option<DateTime<Utc>>,
+    pub current_period: Option<Period>,
+    pub suspension: Option<Suspension>,
+    pub cancel_at_period_end: bool,
+    pub created_at: Option<DateTime<Utc>>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub canceled_at: Option<DateTime<Utc>>,
+    pub cancel_reason: Option<String>,
+}
+
+/// What can be asked of a subscription. Every command carries its time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SubscriptionCommand {
+    /// Creates a draft. `seats` defaults to the plan's minimum.
+    Create {
+        subscription_id: String,
+        customer_id: String,
+        plan: PlanRef,
+        seats: Option<u32>,
+        at: DateTime<Utc>,
+    },
+    /// Draft → Active; `at` becomes the billing anchor.
+    Activate { at: DateTime<Utc> },
+    /// Active only: moves to another active plan in the same currency and interval.
+    ChangePlan {
+        plan: PlanRef,
+        proration: ProrationMode,
+        at: DateTime<Utc>,
+    },
+    /// Active only: a new seat count within the plan's limits.
+    ChangeSeats {
+        seats: u32,
+        proration: ProrationMode,
+        at: DateTime<Utc>,
+    },
+    /// Active | PastDue → Suspended; a no-op when already suspended.
+    Suspend {
+        reason: SuspendReason,
+        at: DateTime<Utc>,
+    },
+    /// Suspended → Active.
+    Resume { at: DateTime<Utc> },
+    /// Active → PastDue because `invoice_id` went unpaid; a no-op when past due.
+    MarkPastDue {
+        invoice_id: String,
+        at: DateTime<Utc>,
+    },
+    /// Cancels now, or schedules the cancellation for the period end.
+    Cancel {
+        when: CancelWhen,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// Closes the ended period and opens the next, or carries out a scheduled
+    /// cancellation.
+    Renew { at: DateTime<Utc> },
+}
+
+impl SubscriptionCommand {
+    /// The snake_case command name used in `InvalidTransition`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SubscriptionCommand::Create { .. } => "create",
+            SubscriptionCommand::Activate { .. } => "activate",
+            SubscriptionCommand::ChangePlan { .. } => "change_plan",
+            SubscriptionCommand::ChangeSeats { .. } => "change_seats",
+            SubscriptionCommand::Suspend { .. } => "suspend",
+            SubscriptionCommand::Resume { .. } => "resume",
+            SubscriptionCommand::MarkPastDue { .. } => "mark_past_due",
+            SubscriptionCommand::Cancel { .. } => "cancel",
+            SubscriptionCommand::Renew { .. } => "renew",
+        }
+    }
+}
+
+/// What happened to a subscription. Stored forever: see [`EVENT_VERSION`].
+/// Each event carries the resulting values a projector needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SubscriptionEvent {
+    SubscriptionCreated {
+        subscription_id: String,
+        customer_id: String,
+        plan_id: String,
+        plan: PlanTerms,
+        seats: u32,
+        created_at: DateTime<Utc>,
+    },
+    SubscriptionActivated {
+        anchor: DateTime<Utc>,
+        period: Period,
+        activated_at: DateTime<Utc>,
+    },
+    PlanChanged {
+        from_plan_id: String,
+        to_plan_id: String,
+        plan: PlanTerms,
+        proration: Option<ProrationFigures>,
+        changed_at: DateTime<Utc>,
+    },
+    SeatsChanged {
+        from: u32,
+        to: u32,
+        proration: Option<ProrationFigures>,
+        changed_at: DateTime<Utc>,
+    },
+    SubscriptionSuspended {
+        reason: SuspendReason,
+        suspended_at: DateTime<Utc>,
+    },
+    SubscriptionResumed {
+        resumed_at: DateTime<Utc>,
+    },
+    SubscriptionPastDue {
+        invoice_id: String,
+        at: DateTime<Utc>,
+    },
+    CancellationScheduled {
+        reason: Option<String>,
+        cancel_at: DateTime<Utc>,
+        scheduled_at: DateTime<Utc>,
+    },
+    SubscriptionCanceled {
+        reason: Option<String>,
+        canceled_at: DateTime<Utc>,
+    },
+    /// The rating window: usage in `closed_period` can now be billed.
+    PeriodRenewed {
+        closed_period: Period,
+        new_period: Period,
+        renewed_at: DateTime<Utc>,
+    },
+}
+
+impl SubscriptionEvent {
+    /// The variant name, used as the stored event type.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SubscriptionEvent::SubscriptionCreated { .. } => "SubscriptionCreated",
+            SubscriptionEvent::SubscriptionActivated { .. } => "SubscriptionActivated",
+            SubscriptionEvent::PlanChanged { .. } => "PlanChanged",
+            SubscriptionEvent::SeatsChanged { .. } => "SeatsChanged",
+            SubscriptionEvent::SubscriptionSuspended { .. } => "SubscriptionSuspended",
+            SubscriptionEvent::SubscriptionResumed { .. } => "SubscriptionResumed",
+            SubscriptionEvent::SubscriptionPastDue { .. } => "SubscriptionPastDue",
+            SubscriptionEvent::CancellationScheduled { .. } => "CancellationScheduled",
+            SubscriptionEvent::SubscriptionCanceled { .. } => "SubscriptionCanceled",
+            SubscriptionEvent::PeriodRenewed { .. } => "PeriodRenewed",
+        }
+    }
+}
+
+fn validate_note(field: &str, note: &str) -> Result<(), DomainError> {
+    if note.chars().count() > MAX_NOTE_CHARS {
+        return Err(DomainError::validation(
+            field,
+            format!("must be at most {MAX_NOTE_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_customer_id(customer_id: &str) -> Result<(), DomainError> {
+    if customer_id.trim().is_empty() || customer_id.chars().count() > MAX_CUSTOMER_ID_CHARS {
+        return Err(DomainError::validation(
+            "customer_id",
+            format!("must be 1 to {MAX_CUSTOMER_ID_CHARS} characters"),
+        ));
+    }
+    if customer_id.chars().any(char::is_control) {
+        return Err(DomainError::validation(
+            "customer_id",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A plan that a subscription may move onto: valid terms, not archived.
+fn check_target_plan(plan: &PlanRef) -> Result<(), DomainError> {
+    validate_id("plan_id", &plan.plan_id)?;
+    if !plan.active {
+        return Err(DomainError::validation("plan_id", "the plan is archived"));
+    }
+    plan.terms.validate()
+}
+
+impl Subscription {
+    /// The terms of the current plan.
+    ///
+    /// # Panics
+    /// On a subscription that was never created.
+    pub fn terms(&self) -> &PlanTerms {
+        self.plan
+            .as_ref()
+            .expect("a created subscription has plan terms")
+    }
+
+    /// The current billing period.
+    ///
+    /// # Panics
+    /// On a subscription that was never activated.
+    fn period(&self) -> Period {
+        self.current_period
+            .expect("an activated subscription has a period")
+    }
+
+    /// The subscription's currency, once created.
+    pub fn currency(&self) -> Option<Currency> {
+        self.plan.as_ref().map(|terms| terms.currency)
+    }
+
+    /// The price of one period at the current plan and seats, once created.
+    pub fn recurring_amount(&self) -> Option<Decimal> {
+        self.plan
+            .as_ref()
+            .map(|terms| terms.recurring_amount(self.seats))
+    }
+
+    fn invalid(status: SubscriptionStatus, command: &'static str) -> DomainError {
+        DomainError::InvalidTransition {
+            aggregate: "subscription",
+            from: status.as_str().to_owned(),
+            command,
+        }
+    }
+
+    /// Decides which events `command` causes, or why it is refused. Every
+    /// (status, command) pair is listed on purpose.
+    pub fn decide(
+        &self,
+        command: SubscriptionCommand,
+    ) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        use SubscriptionCommand as C;
+        use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended};
+        let name = command.name();
+        match (self.status, command) {
+            (
+                None,
+                C::Create {
+                    subscription_id,
+                    customer_id,
+                    plan,
+                    seats,
+                    at,
+                },
+            ) => Self::create(subscription_id, customer_id, plan, seats, at),
+            (Some(Draft | Active | PastDue | Suspended | Canceled), C::Create { .. }) => {
+                Err(DomainError::AlreadyExists("subscription"))
+            }
+            (
+                None,
+                C::Activate { .. }
+                | C::ChangePlan { .. }
+                | C::ChangeSeats { .. }
+                | C::Suspend { .. }
+                | C::Resume { .. }
+                | C::MarkPastDue { .. }
+                | C::Cancel { .. }
+                | C::Renew { .. },
+            ) => Err(DomainError::NotFound("subscription")),
+
+            (Some(Draft), C::Activate { at }) => self.activate(at),
+            (Some(status @ (Active | PastDue | Suspended | Canceled)), C::Activate { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (
+                Some(Active),
+                C::ChangePlan {
+                    plan,
+                    proration,
+                    at,
+                },
+            ) => self.change_plan(plan, proration, at),
+            (Some(status @ (Draft | PastDue | Suspended | Canceled)), C::ChangePlan { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (
+                Some(Active),
+                C::ChangeSeats {
+                    seats,
+                    proration,
+                    at,
+                },
+            ) => self.change_seats(seats, proration, at),
+            (Some(status @ (Draft | PastDue | Suspended | Canceled)), C::ChangeSeats { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (Some(Active | PastDue), C::Suspend { reason, at }) => {
+                reason.validate()?;
+                Ok(vec![SubscriptionEvent::SubscriptionSuspended {
+                    reason,
+                    suspended_at: at,
+                }])
+            }
+            // Suspending a suspended subscription keeps the first suspension.
+            (Some(Suspended), C::Suspend { .. }) => Ok(vec![]),
+            (Some(status @ (Draft | Canceled)), C::Suspend { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (Some(Suspended), C::Resume { at }) => {
+                Ok(vec![SubscriptionEvent::SubscriptionResumed { resumed_at: at }])
+            }
+            (Some(status @ (Draft | Active | PastDue | Canceled)), C::Resume { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (Some(Active), C::MarkPastDue { invoice_id, at }) => {
+                validate_id("invoice_id", &invoice_id)?;
+                Ok(vec![SubscriptionEvent::SubscriptionPastDue { invoice_id, at }])
+            }
+            // A second unpaid invoice does not make it more past due.
+            (Some(PastDue), C::MarkPastDue { .. }) => Ok(vec![]),
+            (Some(status @ (Draft | Suspended | Canceled)), C::MarkPastDue { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (
+                Some(Draft | Active | PastDue | Suspended),
+                C::Cancel {
+                    when: CancelWhen::Now,
+                    reason,
+                    at,
+                },
+            )
+            // A draft has no period to run out: it ends now.
+            | (
+                Some(Draft),
+                C::Cancel {
+                    when: CancelWhen::PeriodEnd,
+                    reason,
+                    at,
+                },
+            ) => {
+                if let Some(reason) = &reason {
+                    validate_note("reason", reason)?;
+                }
+                Ok(vec![SubscriptionEvent::SubscriptionCanceled {
+                    reason,
+                    canceled_at: at,
+                }])
+            }
+            (
+                Some(Active | PastDue | Suspended),
+                C::Cancel {
+                    when: CancelWhen::PeriodEnd,
+                    reason,
+                    at,
+                },
+            ) => self.schedule_cancellation(reason, at),
+            (Some(status @ Canceled), C::Cancel { .. }) => Err(Self::invalid(status, name)),
+
+            (Some(Active | PastDue | Suspended), C::Renew { at }) => self.renew(at),
+            (Some(status @ (Draft | Canceled)), C::Renew { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+        }
+    }
+
+    fn create(
+        subscription_id: String,
+        customer_id: String,
+        plan: PlanRef,
+        seats: Option<u32>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        validate_id("subscription_id", &subscription_id)?;
+        validate_customer_id(&customer_id)?;
+        check_target_plan(&plan)?;
+        let seats = seats.unwrap_or(plan.terms.seats.min);
+        plan.terms.seats.check(seats)?;
+        Ok(vec![SubscriptionEvent::SubscriptionCreated {
+            subscription_id,
+            customer_id,
+            plan_id: plan.plan_id,
+            plan: plan.terms,
+            seats,
+            created_at: at,
+        }])
+    }
+
+    fn activate(&self, at: DateTime<Utc>) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        let period = checked_period_at(at, self.terms().interval, 0)
+            .ok_or_else(|| DomainError::validation("at", "out of the supported date range"))?;
+        Ok(vec![SubscriptionEvent::SubscriptionActivated {
+            anchor: at,
+            period,
+            activated_at: at,
+        }])
+    }
+
+    fn prorate(
+        &self,
+        mode: ProrationMode,
+        at: DateTime<Utc>,
+        new_terms: &PlanTerms,
+        new_seats: u32,
+    ) -> Option<ProrationFigures> {
+        match mode {
+            ProrationMode::None => None,
+            ProrationMode::Prorate => Some(ProrationFigures::compute(
+                self.period(),
+                at,
+                self.terms().recurring_amount(self.seats),
+                new_terms.recurring_amount(new_seats),
+                new_terms.currency,
+            )),
+        }
+    }
+
+    fn change_plan(
+        &self,
+        plan: PlanRef,
+        proration: ProrationMode,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        check_target_plan(&plan)?;
+        if plan.plan_id == self.plan_id {
+            return Err(DomainError::validation(
+                "plan_id",
+                "the subscription is already on this plan",
+            ));
+        }
+        let current = self.terms();
+        if plan.terms.currency != current.currency {
+            return Err(DomainError::validation(
+                "plan_id",
+                format!(
+                    "the plan is priced in {}, the subscription in {}",
+                    plan.terms.currency, current.currency
+                ),
+            ));
+        }
+        // Billing periods are computed from the anchor with the plan's
+        // interval; switching interval mid-life would make periods overlap.
+        if plan.terms.interval != current.interval {
+            return Err(DomainError::validation(
+                "plan_id",
+                format!(
+                    "the plan bills every {}, the subscription every {}",
+                    plan.terms.interval.as_str(),
+                    current.interval.as_str()
+                ),
+            ));
+        }
+        plan.terms.seats.check(self.seats)?;
+        let proration = self.prorate(proration, at, &plan.terms, self.seats);
+        Ok(vec![SubscriptionEvent::PlanChanged {
+            from_plan_id: self.plan_id.clone(),
+            to_plan_id: plan.plan_id,
+            plan: plan.terms,
+            proration,
+            changed_at: at,
+        }])
+    }
+
+    fn change_seats(
+        &self,
+        seats: u32,
+        proration: ProrationMode,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        let terms = self.terms();
+        terms.seats.check(seats)?;
+        if seats == self.seats {
+            return Ok(vec![]);
+        }
+        let proration = self.prorate(proration, at, terms, seats);
+        Ok(vec![SubscriptionEvent::SeatsChanged {
+            from: self.seats,
+            to: seats,
+            proration,
+            changed_at: at,
+        }])
+    }
+
+    fn schedule_cancellation(
+        &self,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        if let Some(reason) = &reason {
+            validate_note("reason", reason)?;
+        }
+        // Scheduling twice changes nothing: the period end is the same.
+        if self.cancel_at_period_end {
+            return Ok(vec![]);
+        }
+        Ok(vec![SubscriptionEvent::CancellationScheduled {
+            reason,
+            cancel_at: self.period().end,
+            scheduled_at: at,
+        }])
+    }
+
+    fn renew(&self, at: DateTime<Utc>) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        let closed_period = self.period();
+        if at < closed_period.end {
+            return Err(DomainError::validation(
+                "at",
+                format!(
+                    "the current period ends at {}",
+                    closed_period.end.to_rfc3339()
+                ),
+            ));
+        }
+        if self.cancel_at_period_end {
+            return Ok(vec![SubscriptionEvent::SubscriptionCanceled {
+                reason: self.cancel_reason.clone(),
+                canceled_at: closed_period.end,
+            }]);
+        }
+        let anchor = self
+            .anchor
+            .expect("an activated subscription has an anchor");
+        let new_period =
+            checked_period_containing(anchor, self.terms().interval, closed_period.end)
+                .ok_or_else(|| DomainError::validation("at", "out of the supported date range"))?;
+        Ok(vec![SubscriptionEvent::PeriodRenewed {
+            closed_period,
+            new_period,
+            renewed_at: at,
+        }])
+    }
+
+    fn expect_status(&self, allowed: &[SubscriptionStatus], event: &SubscriptionEvent) {
+        assert!(
+            self.status.is_some_and(|status| allowed.contains(&status)),
+            "{} on a subscription in status {:?}",
+            event.name(),
+            self.status
+        );
+    }
+
+    /// Applies an event. Events come from `decide`, so an impossible one is a bug.
+    pub fn evolve(&mut self, event: &SubscriptionEvent) {
+        use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended};
+        match event {
+            SubscriptionEvent::SubscriptionCreated {
+                subscription_id,
+                customer_id,
+                plan_id,
+                plan,
+                seats,
+                created_at,
+            } => {
+                assert!(self.status.is_none(), "SubscriptionCreated twice");
+                self.id = Some(subscription_id.clone());
+                self.customer_id = customer_id.clone();
+                self.plan_id = plan_id.clone();
+                self.plan = Some(plan.clone());
+                self.seats = *seats;
+                self.status = Some(Draft);
+                self.created_at = Some(*created_at);
+            }
+            SubscriptionEvent::SubscriptionActivated {
+                anchor,
+                period,
+                activated_at,
+            } => {
+                self.expect_status(&[Draft], event);
+                self.status = Some(Active);
+                self.anchor = Some(*anchor);
+                self.current_period = Some(*period);
+                self.activated_at = Some(*activated_at);
+            }
+            SubscriptionEvent::PlanChanged {
+                to_plan_id, plan, ..
+            } => {
+                self.expect_status(&[Active], event);
+                self.plan_id = to_plan_id.clone();
+                self.plan = Some(plan.clone());
+            }
+            SubscriptionEvent::SeatsChanged { to, .. } => {
+                self.expect_status(&[Active], event);
+                self.seats = *to;
+            }
+            SubscriptionEvent::SubscriptionSuspended {
+                reason,
+                suspended_at,
+            } => {
+                self.expect_status(&[Active, PastDue], event);
+                self.status = Some(Suspended);
+                self.suspension = Some(Suspension {
+                    reason: reason.clone(),
+                    since: *suspended_at,
+                });
+            }
+            SubscriptionEvent::SubscriptionResumed { .. } => {
+                self.expect_status(&[Suspended], event);
+                self.status = Some(Active);
+                self.suspension = None;
+            }
+            SubscriptionEvent::SubscriptionPastDue { .. } => {
+                self.expect_status(&[Active], event);
+                self.status = Some(PastDue);
+            }
+            SubscriptionEvent::CancellationScheduled { reason, .. } => {
+                self.expect_status(&[Active, PastDue, Suspended], event);
+                self.cancel_at_period_end = true;
+                self.cancel_reason = reason.clone();
+            }
+            SubscriptionEvent::SubscriptionCanceled {
+                reason,
+                canceled_at,
+            } => {
+                self.expect_status(&[Draft, Active, PastDue, Suspended], event);
+                self.status = Some(Canceled);
+                self.canceled_at = Some(*canceled_at);
+                self.cancel_reason = reason.clone();
+                self.cancel_at_period_end = false;
+                self.suspension = None;
+            }
+            SubscriptionEvent::PeriodRenewed { new_period, .. } => {
+                self.expect_status(&[Active, PastDue, Suspended], event);
+                self.current_period = Some(*new_period);
+            }
+        }
+    }
+}
+
+impl DomainEvent for SubscriptionEvent {
+    fn event_type(&self) -> String {
+        self.name().to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_owned()
+    }
+}
+
+impl Aggregate for Subscription {
+    const TYPE: &'static str = "subscription";
+    type Command = SubscriptionCommand;
+    type Event = SubscriptionEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &cqrs_es::event_sink::EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.evolve(&event);
+    }
+}

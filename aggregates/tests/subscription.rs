@@ -1,0 +1,1335 @@
+//! Given events / when command / then events or error, for every (status,
+//! command) pair of the subscription state machine, every rejection, proration
+//! figures to the cent, and period renewal across short months.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use cqrs_es::test::TestFramework;
+use cqrs_es::DomainEvent;
+use support::*;
+use tally_aggregates::period::period_at;
+use tally_aggregates::{
+    CancelWhen, Currency, DomainError, Interval, MeterTerms, Period, ProrationFigures,
+    ProrationMode, ResetCadence, Subscription, SubscriptionCommand, SubscriptionEvent,
+    SubscriptionStatus, SuspendReason, Suspension, EVENT_VERSION,
+};
+
+// ---------------------------------------------------------------------------
+// The transition matrix
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// Exactly one event of this type, after which the status is this.
+    Then(&'static str, SubscriptionStatus),
+    /// Accepted, nothing happens.
+    NoOp,
+    Invalid,
+    NotFound,
+    AlreadyExists,
+}
+
+/// Every command name; `expected` below fails to compile when a command is
+/// added, and the matrix test fails when a sample for it is missing.
+const COMMAND_NAMES: [&str; 9] = [
+    "create",
+    "activate",
+    "change_plan",
+    "change_seats",
+    "suspend",
+    "resume",
+    "mark_past_due",
+    "cancel",
+    "renew",
+];
+
+/// One valid-looking command of each kind (two for cancel: now and period end).
+fn sample_commands() -> Vec<SubscriptionCommand> {
+    vec![
+        SubscriptionCommand::Create {
+            subscription_id: "sub_1".to_owned(),
+            customer_id: "cus_1".to_owned(),
+            plan: basic(),
+            seats: None,
+            at: t(CREATED),
+        },
+        SubscriptionCommand::Activate { at: t(DURING) },
+        SubscriptionCommand::ChangePlan {
+            plan: pro(),
+            proration: ProrationMode::Prorate,
+            at: t(DURING),
+        },
+        SubscriptionCommand::ChangeSeats {
+            seats: 3,
+            proration: ProrationMode::Prorate,
+            at: t(DURING),
+        },
+        SubscriptionCommand::Suspend {
+            reason: SuspendReason::Manual {
+                note: Some("fraud check".to_owned()),
+            },
+            at: t(DURING),
+        },
+        SubscriptionCommand::Resume { at: t(DURING) },
+        SubscriptionCommand::MarkPastDue {
+            invoice_id: "inv_2".to_owned(),
+            at: t(DURING),
+        },
+        SubscriptionCommand::Cancel {
+            when: CancelWhen::Now,
+            reason: None,
+            at: t(DURING),
+        },
+        SubscriptionCommand::Cancel {
+            when: CancelWhen::PeriodEnd,
+            reason: None,
+            at: t(DURING),
+        },
+        SubscriptionCommand::Renew {
+            at: t("2025-03-01T00:00:00Z"),
+        },
+    ]
+}
+
+/// The state machine as a table.
+fn expected(status: Option<SubscriptionStatus>, command: &SubscriptionCommand) -> Outcome {
+    use Outcome::{AlreadyExists, Invalid, NoOp, NotFound, Then};
+    use SubscriptionCommand as C;
+    use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended};
+    let Some(status) = status else {
+        return match command {
+            C::Create { .. } => Then("SubscriptionCreated", Draft),
+            C::Activate { .. }
+            | C::ChangePlan { .. }
+            | C::ChangeSeats { .. }
+            | C::Suspend { .. }
+            | C::Resume { .. }
+            | C::MarkPastDue { .. }
+            | C::Cancel { .. }
+            | C::Renew { .. } => NotFound,
+        };
+    };
+    match command {
+        C::Create { .. } => AlreadyExists,
+        C::Activate { .. } => match status {
+            Draft => Then("SubscriptionActivated", Active),
+            Active | PastDue | Suspended | Canceled => Invalid,
+        },
+        C::ChangePlan { .. } => match status {
+            Active => Then("PlanChanged", Active),
+            Draft | PastDue | Suspended | Canceled => Invalid,
+        },
+        C::ChangeSeats { .. } => match status {
+            Active => Then("SeatsChanged", Active),
+            Draft | PastDue | Suspended | Canceled => Invalid,
+        },
+        C::Suspend { .. } => match status {
+            Active | PastDue => Then("SubscriptionSuspended", Suspended),
+            Suspended => NoOp,
+            Draft | Canceled => Invalid,
+        },
+        C::Resume { .. } => match status {
+            Suspended => Then("SubscriptionResumed", Active),
+            Draft | Active | PastDue | Canceled => Invalid,
+        },
+        C::MarkPastDue { .. } => match status {
+            Active => Then("SubscriptionPastDue", PastDue),
+            PastDue => NoOp,
+            Draft | Suspended | Canceled => Invalid,
+        },
+        C::Cancel {
+            when: CancelWhen::Now,
+            ..
+        } => match status {
+            Draft | Active | PastDue | Suspended => Then("SubscriptionCanceled", Canceled),
+            Canceled => Invalid,
+        },
+        C::Cancel {
+            when: CancelWhen::PeriodEnd,
+            ..
+        } => match status {
+            Draft => Then("SubscriptionCanceled", Canceled),
+            Active | PastDue | Suspended => Then("CancellationScheduled", status),
+            Canceled => Invalid,
+        },
+        C::Renew { .. } => match status {
+            Active | PastDue | Suspended => Then("PeriodRenewed", status),
+            Draft | Canceled => Invalid,
+        },
+    }
+}
+
+#[test]
+fn every_status_and_command_pair_is_decided_as_the_table_says() {
+    let names: BTreeSet<&str> = sample_commands().iter().map(|c| c.name()).collect();
+    assert_eq!(names, COMMAND_NAMES.into_iter().collect());
+
+    let statuses = std::iter::once(None).chain(SubscriptionStatus::ALL.map(Some));
+    let mut pairs = 0;
+    for status in statuses {
+        for command in sample_commands() {
+            pairs += 1;
+            let before = given(&history(status));
+            assert_eq!(before.status, status, "fixture for {status:?}");
+            let name = command.name();
+            let want = expected(status, &command);
+            let context = format!("{status:?} × {command:?}");
+            match (want, before.decide(command)) {
+                (Outcome::Then(event, new_status), Ok(events)) => {
+                    assert_eq!(events.len(), 1, "{context}: {events:?}");
+                    assert_eq!(events[0].name(), event, "{context}");
+                    let mut after = before.clone();
+                    after.evolve(&events[0]);
+                    assert_eq!(after.status, Some(new_status), "{context}");
+                }
+                (Outcome::NoOp, Ok(events)) => assert_eq!(events, vec![], "{context}"),
+                (
+                    Outcome::Invalid,
+                    Err(DomainError::InvalidTransition {
+                        aggregate,
+                        from,
+                        command,
+                    }),
+                ) => {
+                    assert_eq!(aggregate, "subscription", "{context}");
+                    assert_eq!(Some(from.as_str()), status.map(|s| s.as_str()), "{context}");
+                    assert_eq!(command, name, "{context}");
+                }
+                (Outcome::NotFound, Err(DomainError::NotFound("subscription")))
+                | (Outcome::AlreadyExists, Err(DomainError::AlreadyExists("subscription"))) => {}
+                (want, got) => panic!("{context}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+    assert_eq!(pairs, 6 * 10);
+}
+
+#[test]
+fn invalid_transition_message_names_the_state_and_the_command() {
+    let err = given(&history(Some(SubscriptionStatus::PastDue)))
+        .decide(SubscriptionCommand::ChangeSeats {
+            seats: 2,
+            proration: ProrationMode::None,
+            at: t(DURING),
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot change_seats a past_due subscription"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Create
+// ---------------------------------------------------------------------------
+
+fn create(
+    plan: tally_aggregates::PlanRef,
+    customer_id: &str,
+    seats: Option<u32>,
+) -> SubscriptionCommand {
+    SubscriptionCommand::Create {
+        subscription_id: "sub_1".to_owned(),
+        customer_id: customer_id.to_owned(),
+        plan,
+        seats,
+        at: t(CREATED),
+    }
+}
+
+#[test]
+fn create_defaults_seats_to_the_plan_minimum() {
+    let plan = plan_ref("plan_team", terms("team", "10.00", "5.00", 3, 10));
+    let events = Subscription::default()
+        .decide(create(plan.clone(), "cus_1", None))
+        .unwrap();
+    assert_eq!(events, vec![created_on(plan, 3)]);
+    let subscription = given(&events);
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Draft));
+    assert_eq!(subscription.seats, 3);
+    assert_eq!(subscription.id.as_deref(), Some("sub_1"));
+    assert_eq!(subscription.customer_id, "cus_1");
+    assert_eq!(subscription.plan_id, "plan_team");
+    assert_eq!(subscription.created_at, Some(t(CREATED)));
+    assert_eq!(subscription.current_period, None);
+    assert_eq!(subscription.recurring_amount(), Some(dec("25.00")));
+}
+
+#[test]
+fn create_with_explicit_seats_at_both_limits() {
+    let plan = plan_ref("plan_team", terms("team", "0", "5.00", 2, 4));
+    for seats in [2, 4] {
+        let events = Subscription::default()
+            .decide(create(plan.clone(), "cus_1", Some(seats)))
+            .unwrap();
+        assert_eq!(events, vec![created_on(plan.clone(), seats)]);
+    }
+}
+
+#[test]
+fn create_rejects_seats_outside_the_plan_limits() {
+    let plan = plan_ref("plan_team", terms("team", "0", "5.00", 2, 4));
+    for seats in [0, 1, 5, u32::MAX] {
+        assert_eq!(
+            Subscription::default().decide(create(plan.clone(), "cus_1", Some(seats))),
+            Err(DomainError::SeatLimit {
+                seats,
+                min: 2,
+                max: 4
+            })
+        );
+    }
+}
+
+#[test]
+fn create_rejects_an_archived_plan() {
+    let mut plan = basic();
+    plan.active = false;
+    let err = Subscription::default()
+        .decide(create(plan, "cus_1", None))
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::Validation { ref field, .. } if field == "plan_id"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn create_rejects_invalid_plan_terms() {
+    let plan = plan_ref("plan_bad", terms("bad", "-1.00", "0", 1, 10));
+    let err = Subscription::default()
+        .decide(create(plan, "cus_1", None))
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::Validation { ref field, .. } if field == "base_price"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn create_rejects_bad_customer_ids() {
+    let too_long = "c".repeat(129);
+    for customer_id in ["", "   ", too_long.as_str(), "cus\n1"] {
+        let err = Subscription::default()
+            .decide(create(basic(), customer_id, None))
+            .unwrap_err();
+        assert!(
+            matches!(err, DomainError::Validation { ref field, .. } if field == "customer_id"),
+            "{customer_id:?}: {err:?}"
+        );
+    }
+    let longest = "c".repeat(128);
+    assert!(Subscription::default()
+        .decide(create(basic(), &longest, None))
+        .is_ok());
+}
+
+#[test]
+fn create_rejects_bad_subscription_ids() {
+    for subscription_id in ["", "sub 1", &"s".repeat(65)] {
+        let err = Subscription::default()
+            .decide(SubscriptionCommand::Create {
+                subscription_id: subscription_id.to_owned(),
+                customer_id: "cus_1".to_owned(),
+                plan: basic(),
+                seats: None,
+                at: t(CREATED),
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, DomainError::Validation { ref field, .. } if field == "subscription_id"),
+            "{subscription_id:?}: {err:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Activate
+// ---------------------------------------------------------------------------
+
+#[test]
+fn activate_anchors_billing_and_opens_the_first_period() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::Draft)));
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Activate { at: t(ACTIVATED) },
+    )
+    .unwrap();
+    let first = Period {
+        start: t(ACTIVATED),
+        end: t(FIRST_END),
+    };
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionActivated {
+            anchor: t(ACTIVATED),
+            period: first,
+            activated_at: t(ACTIVATED),
+        }]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+    assert_eq!(subscription.anchor, Some(t(ACTIVATED)));
+    assert_eq!(subscription.current_period, Some(first));
+    assert_eq!(subscription.activated_at, Some(t(ACTIVATED)));
+}
+
+#[test]
+fn activate_on_a_yearly_plan_opens_a_year() {
+    let mut yearly = terms("annual", "100.00", "0", 1, 10);
+    yearly.interval = Interval::Year;
+    let mut subscription = given(&[created_on(plan_ref("plan_annual", yearly), 1)]);
+    run(
+        &mut subscription,
+        SubscriptionCommand::Activate {
+            at: t("2028-02-29T00:00:00Z"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        subscription.current_period,
+        Some(Period {
+            start: t("2028-02-29T00:00:00Z"),
+            end: t("2029-02-28T00:00:00Z"),
+        })
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Change plan
+// ---------------------------------------------------------------------------
+
+fn change_plan(plan: tally_aggregates::PlanRef) -> SubscriptionCommand {
+    SubscriptionCommand::ChangePlan {
+        plan,
+        proration: ProrationMode::None,
+        at: t(DURING),
+    }
+}
+
+fn active() -> Subscription {
+    given(&history(Some(SubscriptionStatus::Active)))
+}
+
+fn assert_validation(result: Result<Vec<SubscriptionEvent>, DomainError>, want_field: &str) {
+    match result {
+        Err(DomainError::Validation { field, .. }) => assert_eq!(field, want_field),
+        other => panic!("expected a validation error on {want_field}, got {other:?}"),
+    }
+}
+
+#[test]
+fn change_plan_without_proration_swaps_the_terms() {
+    let mut subscription = active();
+    let events = run(&mut subscription, change_plan(pro())).unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::PlanChanged {
+            from_plan_id: "plan_basic".to_owned(),
+            to_plan_id: "plan_pro".to_owned(),
+            plan: pro().terms,
+            proration: None,
+            changed_at: t(DURING),
+        }]
+    );
+    assert_eq!(subscription.plan_id, "plan_pro");
+    assert_eq!(subscription.plan, Some(pro().terms));
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+}
+
+#[test]
+fn change_plan_rejects_an_archived_plan() {
+    let mut plan = pro();
+    plan.active = false;
+    assert_validation(active().decide(change_plan(plan)), "plan_id");
+}
+
+#[test]
+fn change_plan_rejects_the_same_plan() {
+    assert_validation(active().decide(change_plan(basic())), "plan_id");
+}
+
+#[test]
+fn change_plan_rejects_another_currency() {
+    let mut usd = pro();
+    usd.terms.currency = Currency::parse("USD").unwrap();
+    assert_validation(active().decide(change_plan(usd)), "plan_id");
+}
+
+#[test]
+fn change_plan_rejects_another_interval() {
+    let mut yearly = pro();
+    yearly.terms.interval = Interval::Year;
+    assert_validation(active().decide(change_plan(yearly)), "plan_id");
+}
+
+#[test]
+fn change_plan_rejects_invalid_terms() {
+    let mut bad = pro();
+    bad.terms.seats.min = 0;
+    assert_validation(active().decide(change_plan(bad)), "seats.min");
+}
+
+#[test]
+fn change_plan_rejects_a_plan_the_current_seats_do_not_fit() {
+    let subscription = given(&[created_on(basic(), 5), activated()]);
+    let small = plan_ref("plan_small", terms("small", "5.00", "0", 1, 3));
+    assert_eq!(
+        subscription.decide(change_plan(small)),
+        Err(DomainError::SeatLimit {
+            seats: 5,
+            min: 1,
+            max: 3
+        })
+    );
+    let big = plan_ref("plan_big", terms("big", "5.00", "0", 6, 100));
+    assert_eq!(
+        subscription.decide(change_plan(big)),
+        Err(DomainError::SeatLimit {
+            seats: 5,
+            min: 6,
+            max: 100
+        })
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Change seats
+// ---------------------------------------------------------------------------
+
+#[test]
+fn change_seats_without_proration() {
+    let mut subscription = active();
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::ChangeSeats {
+            seats: 10,
+            proration: ProrationMode::None,
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SeatsChanged {
+            from: 1,
+            to: 10,
+            proration: None,
+            changed_at: t(DURING),
+        }]
+    );
+    assert_eq!(subscription.seats, 10);
+}
+
+#[test]
+fn change_seats_outside_the_limits_is_a_seat_limit_error() {
+    for seats in [0, 11, u32::MAX] {
+        assert_eq!(
+            active().decide(SubscriptionCommand::ChangeSeats {
+                seats,
+                proration: ProrationMode::Prorate,
+                at: t(DURING),
+            }),
+            Err(DomainError::SeatLimit {
+                seats,
+                min: 1,
+                max: 10
+            })
+        );
+    }
+}
+
+#[test]
+fn change_seats_to_the_same_count_changes_nothing() {
+    assert_eq!(
+        active().decide(SubscriptionCommand::ChangeSeats {
+            seats: 1,
+            proration: ProrationMode::Prorate,
+            at: t(DURING),
+        }),
+        Ok(vec![])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Suspend, resume, past due
+// ---------------------------------------------------------------------------
+
+#[test]
+fn suspend_for_quota_records_the_meter_and_resume_clears_it() {
+    let mut subscription = active();
+    let reason = SuspendReason::QuotaExceeded {
+        meter: "api.calls".to_owned(),
+    };
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Suspend {
+            reason: reason.clone(),
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionSuspended {
+            reason: reason.clone(),
+            suspended_at: t(DURING),
+        }]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Suspended));
+    assert_eq!(
+        subscription.suspension,
+        Some(Suspension {
+            reason,
+            since: t(DURING)
+        })
+    );
+
+    // A second suspension is a no-op and keeps the first reason.
+    assert_eq!(
+        subscription.decide(SubscriptionCommand::Suspend {
+            reason: SuspendReason::NonPayment,
+            at: t(DURING),
+        }),
+        Ok(vec![])
+    );
+
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Resume {
+            at: t("2025-02-12T00:00:00Z"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionResumed {
+            resumed_at: t("2025-02-12T00:00:00Z")
+        }]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+    assert_eq!(subscription.suspension, None);
+}
+
+#[test]
+fn suspend_rejects_a_bad_meter_key_and_an_overlong_note() {
+    assert_validation(
+        active().decide(SubscriptionCommand::Suspend {
+            reason: SuspendReason::QuotaExceeded {
+                meter: "API Calls".to_owned(),
+            },
+            at: t(DURING),
+        }),
+        "meter",
+    );
+    assert_validation(
+        active().decide(SubscriptionCommand::Suspend {
+            reason: SuspendReason::Manual {
+                note: Some("n".repeat(1001)),
+            },
+            at: t(DURING),
+        }),
+        "note",
+    );
+}
+
+#[test]
+fn past_due_then_suspended_for_non_payment_then_resumed_is_active() {
+    let mut subscription = active();
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::MarkPastDue {
+            invoice_id: "inv_9".to_owned(),
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionPastDue {
+            invoice_id: "inv_9".to_owned(),
+            at: t(DURING),
+        }]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::PastDue));
+    run(
+        &mut subscription,
+        SubscriptionCommand::Suspend {
+            reason: SuspendReason::NonPayment,
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    run(
+        &mut subscription,
+        SubscriptionCommand::Resume { at: t(DURING) },
+    )
+    .unwrap();
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+}
+
+#[test]
+fn mark_past_due_rejects_an_empty_invoice_id() {
+    assert_validation(
+        active().decide(SubscriptionCommand::MarkPastDue {
+            invoice_id: String::new(),
+            at: t(DURING),
+        }),
+        "invoice_id",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Cancel
+// ---------------------------------------------------------------------------
+
+#[test]
+fn cancel_now_is_terminal_and_clears_the_suspension() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::Suspended)));
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Cancel {
+            when: CancelWhen::Now,
+            reason: Some("moved on".to_owned()),
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionCanceled {
+            reason: Some("moved on".to_owned()),
+            canceled_at: t(DURING),
+        }]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Canceled));
+    assert_eq!(subscription.canceled_at, Some(t(DURING)));
+    assert_eq!(subscription.cancel_reason.as_deref(), Some("moved on"));
+    assert_eq!(subscription.suspension, None);
+}
+
+#[test]
+fn cancel_at_period_end_on_a_draft_cancels_now() {
+    let events = given(&history(Some(SubscriptionStatus::Draft)))
+        .decide(SubscriptionCommand::Cancel {
+            when: CancelWhen::PeriodEnd,
+            reason: None,
+            at: t(DURING),
+        })
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionCanceled {
+            reason: None,
+            canceled_at: t(DURING),
+        }]
+    );
+}
+
+#[test]
+fn cancel_at_period_end_is_carried_out_by_the_renewal() {
+    let mut subscription = active();
+    let schedule = SubscriptionCommand::Cancel {
+        when: CancelWhen::PeriodEnd,
+        reason: Some("budget".to_owned()),
+        at: t(DURING),
+    };
+    let events = run(&mut subscription, schedule.clone()).unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::CancellationScheduled {
+            reason: Some("budget".to_owned()),
+            cancel_at: t(FIRST_END),
+            scheduled_at: t(DURING),
+        }]
+    );
+    assert!(subscription.cancel_at_period_end);
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+
+    // Scheduling again changes nothing.
+    assert_eq!(subscription.decide(schedule), Ok(vec![]));
+
+    // Not yet.
+    assert_validation(
+        subscription.decide(SubscriptionCommand::Renew {
+            at: t("2025-02-28T09:59:59Z"),
+        }),
+        "at",
+    );
+
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Renew {
+            at: t("2025-03-02T00:00:00Z"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionCanceled {
+            reason: Some("budget".to_owned()),
+            canceled_at: t(FIRST_END),
+        }]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Canceled));
+    assert!(!subscription.cancel_at_period_end);
+}
+
+#[test]
+fn cancel_now_after_scheduling_cancels_now() {
+    let mut subscription = active();
+    run(
+        &mut subscription,
+        SubscriptionCommand::Cancel {
+            when: CancelWhen::PeriodEnd,
+            reason: None,
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Cancel {
+            when: CancelWhen::Now,
+            reason: Some("now please".to_owned()),
+            at: t("2025-02-11T00:00:00Z"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionCanceled {
+            reason: Some("now please".to_owned()),
+            canceled_at: t("2025-02-11T00:00:00Z"),
+        }]
+    );
+}
+
+#[test]
+fn cancel_rejects_an_overlong_reason() {
+    for when in [CancelWhen::Now, CancelWhen::PeriodEnd] {
+        assert_validation(
+            active().decide(SubscriptionCommand::Cancel {
+                when,
+                reason: Some("r".repeat(1001)),
+                at: t(DURING),
+            }),
+            "reason",
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Renew
+// ---------------------------------------------------------------------------
+
+#[test]
+fn renew_before_the_period_ends_is_rejected() {
+    for status in [
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Suspended,
+    ] {
+        assert_validation(
+            given(&history(Some(status))).decide(SubscriptionCommand::Renew { at: t(DURING) }),
+            "at",
+        );
+    }
+}
+
+#[test]
+fn renew_exactly_at_the_period_end_closes_the_rating_window() {
+    let mut subscription = active();
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Renew { at: t(FIRST_END) },
+    )
+    .unwrap();
+    let closed = Period {
+        start: t(ACTIVATED),
+        end: t(FIRST_END),
+    };
+    let next = Period {
+        start: t(FIRST_END),
+        end: t("2025-03-31T10:00:00Z"),
+    };
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::PeriodRenewed {
+            closed_period: closed,
+            new_period: next,
+            renewed_at: t(FIRST_END),
+        }]
+    );
+    assert_eq!(subscription.current_period, Some(next));
+}
+
+#[test]
+fn renewals_clamp_to_month_ends_and_return_to_the_31st() {
+    let mut subscription = given(&[created(), activated_at("2027-01-31T10:00:00Z")]);
+    let expected_ends = [
+        "2027-02-28T10:00:00Z",
+        "2027-03-31T10:00:00Z",
+        "2027-04-30T10:00:00Z",
+        "2027-05-31T10:00:00Z",
+        "2027-06-30T10:00:00Z",
+        "2027-07-31T10:00:00Z",
+        "2027-08-31T10:00:00Z",
+        "2027-09-30T10:00:00Z",
+        "2027-10-31T10:00:00Z",
+        "2027-11-30T10:00:00Z",
+        "2027-12-31T10:00:00Z",
+        "2028-01-31T10:00:00Z",
+        "2028-02-29T10:00:00Z",
+        "2028-03-31T10:00:00Z",
+    ];
+    let mut start = t("2027-01-31T10:00:00Z");
+    for window in expected_ends.windows(2) {
+        let (end, next_end) = (t(window[0]), t(window[1]));
+        assert_eq!(subscription.current_period, Some(Period { start, end }));
+        let events = run(&mut subscription, SubscriptionCommand::Renew { at: end }).unwrap();
+        assert_eq!(
+            events,
+            vec![SubscriptionEvent::PeriodRenewed {
+                closed_period: Period { start, end },
+                new_period: Period {
+                    start: end,
+                    end: next_end
+                },
+                renewed_at: end,
+            }]
+        );
+        start = end;
+    }
+}
+
+#[test]
+fn a_late_renewal_closes_one_period_at_a_time() {
+    let mut subscription = active();
+    let late = t("2025-06-15T00:00:00Z");
+    let anchor = t(ACTIVATED);
+    for index in 0..4 {
+        let events = run(&mut subscription, SubscriptionCommand::Renew { at: late }).unwrap();
+        assert_eq!(
+            events,
+            vec![SubscriptionEvent::PeriodRenewed {
+                closed_period: period_at(anchor, Interval::Month, index),
+                new_period: period_at(anchor, Interval::Month, index + 1),
+                renewed_at: late,
+            }]
+        );
+    }
+    // The period containing the late time is now open: renewing again is early.
+    assert_eq!(
+        subscription.current_period,
+        Some(Period {
+            start: t("2025-05-31T10:00:00Z"),
+            end: t("2025-06-30T10:00:00Z"),
+        })
+    );
+    assert_validation(
+        subscription.decide(SubscriptionCommand::Renew { at: late }),
+        "at",
+    );
+}
+
+#[test]
+fn past_due_and_suspended_subscriptions_keep_renewing() {
+    for status in [SubscriptionStatus::PastDue, SubscriptionStatus::Suspended] {
+        let mut subscription = given(&history(Some(status)));
+        let events = run(
+            &mut subscription,
+            SubscriptionCommand::Renew { at: t(FIRST_END) },
+        )
+        .unwrap();
+        assert_eq!(events[0].name(), "PeriodRenewed");
+        assert_eq!(subscription.status, Some(status));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Proration
+// ---------------------------------------------------------------------------
+
+/// A subscription activated on April 1st: a 30-day period.
+fn active_in_april(plan: tally_aggregates::PlanRef, seats: u32) -> Subscription {
+    given(&[
+        created_on(plan, seats),
+        activated_at("2025-04-01T00:00:00Z"),
+    ])
+}
+
+fn april() -> Period {
+    Period {
+        start: t("2025-04-01T00:00:00Z"),
+        end: t("2025-05-01T00:00:00Z"),
+    }
+}
+
+#[test]
+fn plan_change_a_third_into_the_period_credits_two_thirds_of_the_old_price() {
+    let subscription = active_in_april(basic(), 1);
+    let at = t("2025-04-11T00:00:00Z");
+    let events = subscription
+        .decide(SubscriptionCommand::ChangePlan {
+            plan: pro(),
+            proration: ProrationMode::Prorate,
+            at,
+        })
+        .unwrap();
+    let figures = ProrationFigures {
+        period: april(),
+        at,
+        fraction: dec("0.666666666667"),
+        credit: dec("-6.67"),
+        charge: dec("13.33"),
+        net: dec("6.66"),
+        currency: eur(),
+    };
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::PlanChanged {
+            from_plan_id: "plan_basic".to_owned(),
+            to_plan_id: "plan_pro".to_owned(),
+            plan: pro().terms,
+            proration: Some(figures.clone()),
+            changed_at: at,
+        }]
+    );
+    // The figures print as the API shows them.
+    let json = serde_json::to_value(&figures).unwrap();
+    assert_eq!(json["credit"], "-6.67");
+    assert_eq!(json["charge"], "13.33");
+    assert_eq!(json["net"], "6.66");
+    assert_eq!(json["fraction"], "0.666666666667");
+    assert_eq!(json["currency"], "EUR");
+}
+
+#[test]
+fn seat_change_half_way_through_prorates_both_seat_counts() {
+    let team = plan_ref("plan_team", terms("team", "10.00", "5.00", 1, 10));
+    let subscription = active_in_april(team, 2);
+    let at = t("2025-04-16T00:00:00Z");
+    let events = subscription
+        .decide(SubscriptionCommand::ChangeSeats {
+            seats: 4,
+            proration: ProrationMode::Prorate,
+            at,
+        })
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SeatsChanged {
+            from: 2,
+            to: 4,
+            proration: Some(ProrationFigures {
+                period: april(),
+                at,
+                fraction: dec("0.5"),
+                credit: dec("-10.00"),
+                charge: dec("15.00"),
+                net: dec("5.00"),
+                currency: eur(),
+            }),
+            changed_at: at,
+        }]
+    );
+}
+
+#[test]
+fn seat_reduction_nets_a_credit() {
+    let team = plan_ref("plan_team", terms("team", "0", "7.00", 1, 10));
+    let subscription = active_in_april(team, 3);
+    let events = subscription
+        .decide(SubscriptionCommand::ChangeSeats {
+            seats: 1,
+            proration: ProrationMode::Prorate,
+            at: t("2025-04-21T00:00:00Z"),
+        })
+        .unwrap();
+    let SubscriptionEvent::SeatsChanged {
+        proration: Some(figures),
+        ..
+    } = &events[0]
+    else {
+        panic!("{events:?}");
+    };
+    // 10 of 30 days left: credit 21.00 / 3, charge 7.00 / 3.
+    assert_eq!(figures.fraction, dec("0.333333333333"));
+    assert_eq!(figures.credit, dec("-7.00"));
+    assert_eq!(figures.charge, dec("2.33"));
+    assert_eq!(figures.net, dec("-4.67"));
+}
+
+#[test]
+fn proration_at_the_period_start_and_end() {
+    let whole =
+        ProrationFigures::compute(april(), april().start, dec("10.00"), dec("20.00"), eur());
+    assert_eq!(
+        (whole.fraction, whole.credit, whole.charge, whole.net),
+        (dec("1"), dec("-10.00"), dec("20.00"), dec("10.00"))
+    );
+    // Outside the period is clamped: nothing is left after the end, and a
+    // credit of nothing is "0.00", not "-0.00".
+    let none = ProrationFigures::compute(
+        april(),
+        t("2025-05-03T00:00:00Z"),
+        dec("10.00"),
+        dec("20.00"),
+        eur(),
+    );
+    assert_eq!(none.at, april().end);
+    assert_eq!(none.fraction, dec("0"));
+    assert_eq!(none.credit.to_string(), "0.00");
+    assert_eq!(none.charge.to_string(), "0.00");
+    let early = ProrationFigures::compute(
+        april(),
+        t("2025-03-01T00:00:00Z"),
+        dec("10.00"),
+        dec("20.00"),
+        eur(),
+    );
+    assert_eq!(early.at, april().start);
+    assert_eq!(early.fraction, dec("1"));
+}
+
+#[test]
+fn proration_rounds_half_away_from_zero() {
+    // 0.03 × 1/2 = 0.015 → 0.02 either side.
+    let figures = ProrationFigures::compute(
+        april(),
+        t("2025-04-16T00:00:00Z"),
+        dec("0.03"),
+        dec("0.03"),
+        eur(),
+    );
+    assert_eq!(figures.credit, dec("-0.02"));
+    assert_eq!(figures.charge, dec("0.02"));
+    assert_eq!(figures.net, dec("0.00"));
+}
+
+#[test]
+fn proration_in_a_zero_decimal_currency() {
+    let jpy = Currency::parse("JPY").unwrap();
+    // 20 of 30 days left.
+    let figures = ProrationFigures::compute(
+        april(),
+        t("2025-04-11T00:00:00Z"),
+        dec("1000"),
+        dec("2000"),
+        jpy,
+    );
+    assert_eq!(figures.credit.to_string(), "-667");
+    assert_eq!(figures.charge.to_string(), "1333");
+    assert_eq!(figures.net.to_string(), "666");
+}
+
+#[test]
+fn proration_counts_seconds_in_a_leap_february() {
+    // Anchor Jan 31 2028: the second period is [Feb 29, Mar 31), 31 days.
+    let mut subscription = given(&[created(), activated_at("2028-01-31T00:00:00Z")]);
+    run(
+        &mut subscription,
+        SubscriptionCommand::Renew {
+            at: t("2028-02-29T00:00:00Z"),
+        },
+    )
+    .unwrap();
+    let events = subscription
+        .decide(SubscriptionCommand::ChangePlan {
+            plan: pro(),
+            proration: ProrationMode::Prorate,
+            at: t("2028-03-15T00:00:00Z"),
+        })
+        .unwrap();
+    let SubscriptionEvent::PlanChanged {
+        proration: Some(figures),
+        ..
+    } = &events[0]
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(
+        figures.period,
+        Period {
+            start: t("2028-02-29T00:00:00Z"),
+            end: t("2028-03-31T00:00:00Z"),
+        }
+    );
+    // 16 of 31 days left.
+    assert_eq!(figures.fraction, dec("0.516129032258"));
+    assert_eq!(figures.credit, dec("-5.16"));
+    assert_eq!(figures.charge, dec("10.32"));
+    assert_eq!(figures.net, dec("5.16"));
+}
+
+// ---------------------------------------------------------------------------
+// Events as a stored contract, and the cqrs-es adapter
+// ---------------------------------------------------------------------------
+
+fn one_of_each_event() -> Vec<SubscriptionEvent> {
+    let figures = ProrationFigures::compute(
+        april(),
+        t("2025-04-11T00:00:00Z"),
+        dec("10.00"),
+        dec("20.00"),
+        eur(),
+    );
+    let mut metered = pro().terms;
+    metered.meters.push(MeterTerms {
+        key: "api.calls".to_owned(),
+        included: Some(dec("1000")),
+        hard_cap: Some(dec("5000")),
+        overage_unit_price: Some(dec("0.0015")),
+        reset: ResetCadence::Monthly,
+    });
+    vec![
+        created(),
+        activated(),
+        SubscriptionEvent::PlanChanged {
+            from_plan_id: "plan_basic".to_owned(),
+            to_plan_id: "plan_pro".to_owned(),
+            plan: metered,
+            proration: Some(figures.clone()),
+            changed_at: t(DURING),
+        },
+        SubscriptionEvent::SeatsChanged {
+            from: 1,
+            to: 2,
+            proration: Some(figures),
+            changed_at: t(DURING),
+        },
+        SubscriptionEvent::SubscriptionSuspended {
+            reason: SuspendReason::QuotaExceeded {
+                meter: "api.calls".to_owned(),
+            },
+            suspended_at: t(DURING),
+        },
+        SubscriptionEvent::SubscriptionResumed {
+            resumed_at: t(DURING),
+        },
+        SubscriptionEvent::SubscriptionPastDue {
+            invoice_id: "inv_1".to_owned(),
+            at: t(DURING),
+        },
+        SubscriptionEvent::CancellationScheduled {
+            reason: None,
+            cancel_at: t(FIRST_END),
+            scheduled_at: t(DURING),
+        },
+        SubscriptionEvent::PeriodRenewed {
+            closed_period: period_at(t(ACTIVATED), Interval::Month, 0),
+            new_period: period_at(t(ACTIVATED), Interval::Month, 1),
+            renewed_at: t(FIRST_END),
+        },
+        SubscriptionEvent::SubscriptionCanceled {
+            reason: Some("done".to_owned()),
+            canceled_at: t(FIRST_END),
+        },
+    ]
+}
+
+#[test]
+fn events_are_externally_tagged_by_their_type_and_round_trip() {
+    let events = one_of_each_event();
+    let types: BTreeSet<String> = events.iter().map(|e| e.event_type()).collect();
+    assert_eq!(types.len(), 10, "one of each event type");
+    for event in events {
+        assert_eq!(event.event_version(), EVENT_VERSION);
+        let json = serde_json::to_value(&event).unwrap();
+        let object = json.as_object().unwrap();
+        assert_eq!(object.len(), 1);
+        assert_eq!(object.keys().next().unwrap(), &event.event_type());
+        let back: SubscriptionEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+    }
+}
+
+#[test]
+fn stored_event_json_is_stable() {
+    let json = serde_json::to_value(SubscriptionEvent::SubscriptionSuspended {
+        reason: SuspendReason::QuotaExceeded {
+            meter: "api.calls".to_owned(),
+        },
+        suspended_at: t(DURING),
+    })
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"SubscriptionSuspended": {
+            "reason": {"reason": "quota_exceeded", "meter": "api.calls"},
+            "suspended_at": "2025-02-10T12:00:00Z"
+        }})
+    );
+    let json = serde_json::to_value(created()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"SubscriptionCreated": {
+            "subscription_id": "sub_1",
+            "customer_id": "cus_1",
+            "plan_id": "plan_basic",
+            "plan": {
+                "code": "basic",
+                "name": "basic plan",
+                "currency": "EUR",
+                "interval": "month",
+                "base_price": "10.00",
+                "seat_price": "0",
+                "seats": {"min": 1, "max": 10},
+                "meters": []
+            },
+            "seats": 1,
+            "created_at": "2025-01-30T09:00:00Z"
+        }})
+    );
+    assert_eq!(
+        serde_json::to_value(SubscriptionStatus::PastDue).unwrap(),
+        "past_due"
+    );
+    assert_eq!(SubscriptionStatus::PastDue.as_str(), "past_due");
+}
+
+#[test]
+fn the_state_snapshot_round_trips() {
+    let mut subscription = Subscription::default();
+    for event in one_of_each_event() {
+        subscription.evolve(&event);
+        let json = serde_json::to_string(&subscription).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Subscription>(&json).unwrap(),
+            subscription
+        );
+    }
+}
+
+#[test]
+fn the_cqrs_adapter_emits_what_decide_decides() {
+    TestFramework::<Subscription>::with(())
+        .given(vec![created()])
+        .when(SubscriptionCommand::Activate { at: t(ACTIVATED) })
+        .then_expect_events(vec![activated()]);
+    TestFramework::<Subscription>::with(())
+        .given(history(Some(SubscriptionStatus::Canceled)))
+        .when(SubscriptionCommand::Resume { at: t(DURING) })
+        .then_expect_error(DomainError::InvalidTransition {
+            aggregate: "subscription",
+            from: "canceled".to_owned(),
+            command: "resume",
+        });
+    TestFramework::<Subscription>::with(())
+        .given(history(Some(SubscriptionStatus::Suspended)))
+        .when(SubscriptionCommand::Suspend {
+            reason: SuspendReason::NonPayment,
+            at: t(DURING),
+        })
+        .then_expect_events(vec![]);
+    assert_eq!(<Subscription as cqrs_es::Aggregate>::TYPE, "subscription");
+}
+
+#[test]
+#[should_panic(expected = "SubscriptionActivated on a subscription in status")]
+fn an_impossible_event_is_a_bug() {
+    let mut subscription = active();
+    subscription.evolve(&activated());
+}

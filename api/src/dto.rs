@@ -1,0 +1,407 @@
+//! Request and response bodies of the HTTP API, and their mapping from domain
+//! and read-model types. Only this crate knows these shapes.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tally_aggregates::plan::{MeterTerms, Plan, PlanTerms, ResetCadence, SeatLimits};
+use tally_aggregates::subscription::{Subscription, SuspendReason};
+use tally_aggregates::{Currency, Interval, Money};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+// ---------- shared ----------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeriodDto {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, Clone, Copy)]
+pub struct SeatsDto {
+    pub min: u32,
+    pub max: u32,
+}
+
+/// A list page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListPage<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Parses a decimal string field.
+pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, ApiError> {
+    let d: Decimal = s
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::field(field, "must be a decimal string, e.g. \"12.50\""))?;
+    if d.is_sign_negative() && !d.is_zero() {
+        return Err(ApiError::field(field, "must not be negative"));
+    }
+    Ok(d)
+}
+
+/// Time or now.
+pub fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ApiError::field(field, "must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z"))
+}
+
+// ---------- plans ----------
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlanRequest {
+    pub code: String,
+    pub name: String,
+    /// ISO 4217 code, e.g. "EUR".
+    pub currency: String,
+    #[schema(value_type = String, example = "month")]
+    pub interval: Interval,
+    /// Decimal string.
+    pub base_price: String,
+    pub seat_price: Option<String>,
+    pub seats: Option<SeatsDto>,
+    #[serde(default)]
+    pub meters: Vec<MeterRequest>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeterRequest {
+    pub key: String,
+    pub included: Option<String>,
+    pub hard_cap: Option<String>,
+    pub overage_unit_price: Option<String>,
+    #[schema(value_type = String, example = "monthly")]
+    pub reset: ResetCadence,
+}
+
+impl CreatePlanRequest {
+    pub fn into_terms(self) -> Result<PlanTerms, ApiError> {
+        let currency = Currency::parse(&self.currency)
+            .map_err(|_| ApiError::field("currency", "unknown ISO 4217 currency"))?;
+        let base_price = Money::parse_price("base_price", &self.base_price, currency)?.amount();
+        let seat_price = match &self.seat_price {
+            Some(s) => Money::parse_price("seat_price", s, currency)?.amount(),
+            None => Decimal::ZERO,
+        };
+        let meters = self
+            .meters
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let q = |name: &str, v: &Option<String>| -> Result<Option<Decimal>, ApiError> {
+                    v.as_deref()
+                        .map(|s| parse_decimal(&format!("meters[{i}].{name}"), s))
+                        .transpose()
+                };
+                let overage_unit_price = match &m.overage_unit_price {
+                    Some(s) => Some(
+                        Money::parse_price(
+                            &format!("meters[{i}].overage_unit_price"),
+                            s,
+                            currency,
+                        )?
+                        .amount(),
+                    ),
+                    None => None,
+                };
+                Ok(MeterTerms {
+                    included: q("included", &m.included)?,
+                    hard_cap: q("hard_cap", &m.hard_cap)?,
+                    overage_unit_price,
+                    key: m.key,
+                    reset: m.reset,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let terms = PlanTerms {
+            code: self.code,
+            name: self.name,
+            currency,
+            interval: self.interval,
+            base_price,
+            seat_price,
+            seats: self
+                .seats
+                .map(|s| SeatLimits {
+                    min: s.min,
+                    max: s.max,
+                })
+                .unwrap_or_default(),
+            meters,
+        };
+        terms.validate()?;
+        Ok(terms)
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeterDto {
+    pub key: String,
+    pub included: Option<String>,
+    pub hard_cap: Option<String>,
+    pub overage_unit_price: Option<String>,
+    /// lifetime | monthly | yearly
+    pub reset: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanDto {
+    pub id: String,
+    pub code: String,
+    pub name: String,
+    pub currency: String,
+    /// month | year
+    pub interval: String,
+    pub base_price: String,
+    pub seat_price: String,
+    pub seats: SeatsDto,
+    pub meters: Vec<MeterDto>,
+    /// active | archived
+    pub status: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+fn enum_str<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl PlanDto {
+    pub fn from_state(id: &str, p: &Plan, version: i64) -> Option<PlanDto> {
+        let terms = p.terms.as_ref()?;
+        Some(PlanDto {
+            id: id.to_string(),
+            code: terms.code.clone(),
+            name: terms.name.clone(),
+            currency: terms.currency.code().to_string(),
+            interval: enum_str(&terms.interval),
+            base_price: terms.base_price.to_string(),
+            seat_price: terms.seat_price.to_string(),
+            seats: SeatsDto {
+                min: terms.seats.min,
+                max: terms.seats.max,
+            },
+            meters: terms
+                .meters
+                .iter()
+                .map(|m| MeterDto {
+                    key: m.key.clone(),
+                    included: m.included.map(|d| d.to_string()),
+                    hard_cap: m.hard_cap.map(|d| d.to_string()),
+                    overage_unit_price: m.overage_unit_price.map(|d| d.to_string()),
+                    reset: enum_str(&m.reset),
+                })
+                .collect(),
+            status: p.status.as_ref().map(enum_str).unwrap_or_default(),
+            created_at: p.created_at,
+            archived_at: p.archived_at,
+            version,
+        })
+    }
+}
+
+// ---------- subscriptions ----------
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubscriptionRequest {
+    pub customer_id: String,
+    pub plan_id: String,
+    pub seats: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    /// RFC 3339; defaults to now.
+    pub at: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePlanRequest {
+    pub plan_id: String,
+    /// prorate | none
+    #[schema(value_type = String)]
+    pub proration: tally_aggregates::ProrationMode,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSeatsRequest {
+    pub seats: u32,
+    /// prorate (default) | none
+    #[schema(value_type = Option<String>)]
+    pub proration: Option<tally_aggregates::ProrationMode>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientSuspendReason {
+    Manual,
+    NonPayment,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendRequest {
+    pub reason: ClientSuspendReason,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// now | period_end
+    #[schema(value_type = String)]
+    pub at: tally_aggregates::CancelWhen,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuspensionDto {
+    /// manual | non_payment | quota_exceeded
+    pub reason: String,
+    pub meter: Option<String>,
+    pub note: Option<String>,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionDto {
+    pub id: String,
+    pub customer_id: String,
+    pub plan_id: String,
+    /// draft | active | past_due | suspended | canceled
+    pub status: String,
+    pub seats: u32,
+    pub current_period: Option<PeriodDto>,
+    pub suspension: Option<SuspensionDto>,
+    pub cancel_at_period_end: bool,
+    pub created_at: Option<DateTime<Utc>>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub canceled_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+impl SubscriptionDto {
+    pub fn from_state(id: &str, s: &Subscription, version: i64) -> Option<SubscriptionDto> {
+        let status = s.status?;
+        Some(SubscriptionDto {
+            id: id.to_string(),
+            customer_id: s.customer_id.clone(),
+            plan_id: s.plan_id.clone(),
+            status: status.as_str().to_string(),
+            seats: s.seats,
+            current_period: s.current_period.as_ref().map(|p| PeriodDto {
+                start: p.start,
+                end: p.end,
+            }),
+            suspension: s.suspension.as_ref().map(|x| {
+                let (reason, meter, note) = match &x.reason {
+                    SuspendReason::Manual { note } => ("manual", None, note.clone()),
+                    SuspendReason::NonPayment => ("non_payment", None, None),
+                    SuspendReason::QuotaExceeded { meter } => {
+                        ("quota_exceeded", Some(meter.clone()), None)
+                    }
+                };
+                SuspensionDto {
+                    reason: reason.into(),
+                    meter,
+                    note,
+                    since: x.since,
+                }
+            }),
+            cancel_at_period_end: s.cancel_at_period_end,
+            created_at: s.created_at,
+            activated_at: s.activated_at,
+            canceled_at: s.canceled_at,
+            version,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntitlementDto {
+    pub meter: String,
+    pub window: PeriodDto,
+    pub used: String,
+    pub hard_cap: Option<String>,
+    pub remaining: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntitlementsDto {
+    pub subscription_id: String,
+    pub data: Vec<EntitlementDto>,
+}
+
+// ---------- audit ----------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventDto {
+    pub position: i64,
+    pub sequence: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub event_version: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub metadata: std::collections::HashMap<String, String>,
+    pub recorded_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventsDto {
+    pub data: Vec<AuditEventDto>,
+    pub next_cursor: Option<String>,
+}
+
+// ---------- operations ----------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionDto {
+    pub name: String,
+    pub position: i64,
+    pub log_head: i64,
+    pub lag_events: i64,
+    pub status: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClockDto {
+    pub now: DateTime<Utc>,
+    /// system | manual
+    pub mode: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceClockRequest {
+    /// Move to this time (RFC 3339).
+    pub to: Option<String>,
+    /// Or move by an ISO 8601 duration, e.g. "P1M", "P3DT4H", "PT90S".
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusDto {
+    pub status: String,
+}

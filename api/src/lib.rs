@@ -1,0 +1,218 @@
+//! Tally's HTTP API: command, query, audit and admin endpoints over the write
+//! side (`tally-commands`) and the read models (`tally-projections`), with
+//! auth, idempotency, problem+json errors, OpenAPI, health and metrics. The
+//! `tally` binary (`main.rs`) is a thin CLI over [`start`].
+
+pub mod auth;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tally_commands::{keys, Clock, Dispatcher};
+use tally_projections::runtime::RuntimeConfig;
+use tally_projections::{Db, Runtime};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::extract::MAX_BODY_BYTES;
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub dispatcher: Dispatcher,
+    pub runtime: Runtime,
+    pub metrics: PrometheusHandle,
+}
+
+/// Requests taking longer than this are answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests handled at once; the rest wait in the accept queue.
+pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+
+/// The process-wide Prometheus recorder (installed once).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests embedding us);
+            // then our handle renders our own (empty) registry.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    let mut v1 = Router::new()
+        .route("/v1/plans", post(plans::create).get(plans::list))
+        .route("/v1/plans/{id}", get(plans::get))
+        .route("/v1/plans/{id}/archive", post(plans::archive))
+        .route(
+            "/v1/subscriptions",
+            post(subscriptions::create).get(subscriptions::list),
+        )
+        .route("/v1/subscriptions/{id}", get(subscriptions::get))
+        .route(
+            "/v1/subscriptions/{id}/activate",
+            post(subscriptions::activate),
+        )
+        .route(
+            "/v1/subscriptions/{id}/change-plan",
+            post(subscriptions::change_plan),
+        )
+        .route(
+            "/v1/subscriptions/{id}/change-seats",
+            post(subscriptions::change_seats),
+        )
+        .route(
+            "/v1/subscriptions/{id}/suspend",
+            post(subscriptions::suspend),
+        )
+        .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
+        .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel))
+        .route(
+            "/v1/subscriptions/{id}/entitlements",
+            get(subscriptions::entitlements),
+        )
+        .route(
+            "/v1/audit/streams/{type}/{id}/events",
+            get(audit::stream_events),
+        )
+        .route("/v1/admin/projections", get(admin::projections))
+        .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild));
+    if state.dispatcher.clock().is_manual() {
+        v1 = v1
+            .route("/v1/admin/clock", get(admin::clock))
+            .route("/v1/admin/clock/advance", post(admin::advance_clock));
+    }
+    let v1 = v1
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::idempotency,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .merge(openapi::docs())
+        .merge(v1)
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+/// How the server is started.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub clock: Clock,
+    pub runtime: RuntimeConfig,
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    /// The admin key created on first start (no keys yet), shown once.
+    pub bootstrap_key: Option<String>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Graceful shutdown: stop accepting, finish in-flight requests, stop the
+    /// consumers (their open batch rolls back), close the pools.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await??;
+        self.state.runtime.stop().await;
+        self.state.db.close().await;
+        Ok(())
+    }
+
+    /// Waits until the server stops (after a shutdown signal).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await??;
+        self.state.runtime.stop().await;
+        self.state.db.close().await;
+        Ok(())
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Connects, migrates, bootstraps the first key, starts the consumers and
+/// serves on `listener`.
+pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
+    let db = Db::connect(&config.database_url).await?;
+    db.migrate().await?;
+    let bootstrap_key = if keys::count(&db).await? == 0 {
+        let (_, secret) = keys::create(&db, "default", keys::Role::Admin).await?;
+        Some(secret)
+    } else {
+        None
+    };
+    let head = tally_projections::EventLog::new(db.clone()).head().await?;
+    db.announce(head);
+    let runtime = Runtime::new(
+        db.clone(),
+        tally_projections::all_projectors(),
+        config.runtime.clone(),
+    );
+    runtime.start();
+    let state = AppState {
+        dispatcher: Dispatcher::new(db.clone(), config.clock.clone()),
+        db,
+        runtime,
+        metrics: metrics_handle(),
+    };
+    let app = router(state.clone());
+    let addr = listener.local_addr()?;
+    let (shutdown, mut rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    Ok(Server {
+        addr,
+        state,
+        bootstrap_key,
+        shutdown,
+        task,
+    })
+}

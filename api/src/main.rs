@@ -1,0 +1,193 @@
+//! The `tally` binary: `serve`, `migrate` and `keys create`. Logs are JSON
+//! lines on stderr; stdout carries only what a script wants (a new key).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tally_api::{start, Config};
+use tally_commands::keys::{self, Role};
+use tally_commands::Clock;
+use tally_projections::runtime::RuntimeConfig;
+use tally_projections::Db;
+
+const DEFAULT_DATABASE: &str = "sqlite://tally.db";
+
+#[derive(Parser)]
+#[command(
+    name = "tally",
+    version,
+    about = "Tally: an event-sourced billing ledger"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the HTTP server (applies migrations on start).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// postgres://… or sqlite://FILE (created when missing).
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+        /// `manual` starts a clock that only moves through POST /v1/admin/clock/advance.
+        #[arg(long, value_enum, default_value = "system")]
+        clock: ClockKind,
+        /// Start time of a manual clock (RFC 3339); defaults to now.
+        #[arg(long)]
+        clock_start: Option<String>,
+    },
+    /// Applies the database migrations.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+    },
+    /// Manages API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Creates a key (and the tenant when new) and prints the key alone on stdout.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// admin | writer | reader | auditor
+        #[arg(long)]
+        role: String,
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ClockKind {
+    System,
+    Manual,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tally: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tally: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            database,
+            clock,
+            clock_start,
+        } => {
+            let clock = match clock {
+                ClockKind::System => Clock::System,
+                ClockKind::Manual => {
+                    let start = match clock_start {
+                        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+                            .context("--clock-start must be RFC 3339")?
+                            .with_timezone(&chrono::Utc),
+                        None => chrono::Utc::now(),
+                    };
+                    Clock::manual(start)
+                }
+            };
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let config = Config {
+                database_url: database,
+                clock,
+                runtime: RuntimeConfig::default(),
+            };
+            let server = start(config, listener).await?;
+            if let Some(key) = &server.bootstrap_key {
+                println!("Created tenant `default` with an admin API key (shown once):\n{key}");
+            }
+            tracing::info!(addr = %server.addr, "listening");
+            let stop = server.shutdown_signal();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                let _ = stop.send(true);
+            });
+            server.wait().await
+        }
+        Command::Migrate { database } => {
+            let db = Db::connect(&database).await?;
+            db.migrate().await?;
+            db.close().await;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    tenant,
+                    role,
+                    database,
+                },
+        } => {
+            let role =
+                Role::parse(&role).context("--role must be admin, writer, reader or auditor")?;
+            let db = Db::connect(&database).await?;
+            db.migrate().await?;
+            let (_, secret) = keys::create(&db, &tenant, role).await?;
+            db.close().await;
+            println!("{secret}");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,42 @@
+//! The OpenAPI document (`GET /openapi.json`) and the docs page (`GET
+//! /docs`), served from files built into the binary (no CDN).
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::routes::*;
+use crate::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tally", description = "Event-sourced ledger for SaaS billing: plans, subscriptions, audit."),
+    paths(
+        plans::create, plans::archive, plans::list, plans::get,
+        subscriptions::create, subscriptions::activate, subscriptions::change_plan, subscriptions::change_seats,
+        subscriptions::suspend, subscriptions::resume, subscriptions::cancel, subscriptions::list,
+        subscriptions::get, subscriptions::entitlements,
+        audit::stream_events,
+        admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
+        ops::healthz, ops::readyz, ops::metrics,
+    ),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn docs() -> Router<AppState> {
+    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}

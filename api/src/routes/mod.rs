@@ -1,0 +1,134 @@
+//! HTTP handlers, one module per resource, and the helpers they share:
+//! building command metadata, the resource response (ETag, X-Log-Position),
+//! read-your-writes (`X-Min-Position`) and list paging.
+
+pub mod admin;
+pub mod audit;
+pub mod ops;
+pub mod plans;
+pub mod subscriptions;
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tally_commands::CommandMeta;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::middleware::{IdempotencyKey, RequestIds};
+use crate::AppState;
+
+/// How long a query waits for `X-Min-Position`.
+pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
+
+/// The request-scoped pieces a command needs for its metadata.
+#[derive(Debug, Clone)]
+pub struct CommandCtx {
+    pub meta: CommandMeta,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CommandCtx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, s).await?;
+        let ids = parts
+            .extensions
+            .get::<RequestIds>()
+            .cloned()
+            .unwrap_or(RequestIds {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                correlation_id: String::new(),
+            });
+        let idempotency_key = parts
+            .extensions
+            .get::<IdempotencyKey>()
+            .map(|k| k.0.clone());
+        Ok(CommandCtx {
+            meta: CommandMeta {
+                tenant: principal.tenant().to_string(),
+                actor: principal.0.id.clone(),
+                correlation_id: if ids.correlation_id.is_empty() {
+                    ids.request_id.clone()
+                } else {
+                    ids.correlation_id
+                },
+                request_id: ids.request_id,
+                causation_id: None,
+                idempotency_key,
+            },
+        })
+    }
+}
+
+/// A resource response: JSON body, `ETag: "<version>"`, and
+/// `X-Log-Position` when it comes from a command.
+pub fn resource<T: Serialize>(
+    status: StatusCode,
+    body: &T,
+    version: i64,
+    position: Option<i64>,
+) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Some(p) = position {
+        headers.insert("x-log-position", HeaderValue::from(p));
+    }
+    response
+}
+
+/// Honors `X-Min-Position`: waits up to 2 s for every read model to reach it.
+pub async fn read_your_writes(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = headers.get("x-min-position") else {
+        return Ok(());
+    };
+    let p: i64 = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|p| *p >= 0)
+        .ok_or_else(|| ApiError::field("X-Min-Position", "must be a non-negative integer"))?;
+    if app.runtime.wait_for(p, MIN_POSITION_WAIT).await? {
+        Ok(())
+    } else {
+        Err(ApiError::ProjectionLagging(p))
+    }
+}
+
+/// `?limit=&cursor=` of every list.
+#[derive(Debug, Deserialize, Default)]
+pub struct PageParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match &self.limit {
+            None => Ok(50),
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|l| (1..=tally_projections::MAX_PAGE_LIMIT).contains(l))
+                .ok_or_else(|| ApiError::field("limit", "must be an integer from 1 to 200")),
+        }
+    }
+}
+
+/// Ids are checked for shape before they touch the store; a malformed id is
+/// simply not found.
+pub fn check_id(id: &str, prefix: &str) -> Result<(), ApiError> {
+    if tally_commands::ids::has_prefix(id, prefix) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

@@ -1,0 +1,135 @@
+//! Plan catalog endpoints.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use tally_aggregates::plan::{Plan, PlanCommand};
+use tally_commands::ids;
+use tally_projections::state;
+
+use super::{check_id, read_your_writes, resource, CommandCtx, PageParams};
+use crate::auth::{Access, Principal};
+use crate::dto::{CreatePlanRequest, ListPage, PlanDto};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{if_match, JsonBody, QueryParams};
+use crate::AppState;
+
+#[utoipa::path(post, path = "/v1/plans", tag = "plans", request_body = CreatePlanRequest,
+    responses((status = 201, body = PlanDto), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn create(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    JsonBody(req): JsonBody<CreatePlanRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    let terms = req.into_terms()?;
+    let id = ids::new_id("plan");
+    let at = app.dispatcher.clock().now();
+    let out = app
+        .dispatcher
+        .execute::<Plan, _>(&ctx.meta, &id, None, |p| {
+            p.decide(PlanCommand::Create {
+                plan_id: id.clone(),
+                terms: terms.clone(),
+                at,
+            })
+        })
+        .await?;
+    let dto = PlanDto::from_state(&id, &out.state, out.version)
+        .ok_or_else(|| ApiError::Internal("plan not created".into()))?;
+    Ok(resource(
+        StatusCode::CREATED,
+        &dto,
+        out.version,
+        Some(out.position),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/plans/{id}/archive", tag = "plans", params(("id" = String, Path)),
+    responses((status = 200, body = PlanDto), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn archive(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "plan")?;
+    let at = app.dispatcher.clock().now();
+    let out = app
+        .dispatcher
+        .execute::<Plan, _>(&ctx.meta, &id, if_match(&headers)?, |p| {
+            p.decide(PlanCommand::Archive { at })
+        })
+        .await?;
+    let dto = PlanDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
+    Ok(resource(
+        StatusCode::OK,
+        &dto,
+        out.version,
+        Some(out.position),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PlanListParams {
+    /// active | archived
+    pub status: Option<String>,
+    pub code: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/plans", tag = "plans", params(PlanListParams),
+    responses((status = 200, body = ListPage<PlanDto>)), security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<PlanListParams>,
+) -> ApiResult<axum::Json<ListPage<PlanDto>>> {
+    principal.require(Access::Read)?;
+    read_your_writes(&app, &headers).await?;
+    let page = PageParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let result = state::list::<Plan>(
+        &app.db,
+        principal.tenant(),
+        &[("code", q.code), ("status", q.status)],
+        page.limit()?,
+        page.cursor.as_deref(),
+    )
+    .await?;
+    Ok(axum::Json(ListPage {
+        data: result
+            .data
+            .iter()
+            .filter_map(|v| PlanDto::from_state(&v.id, &v.state, v.version))
+            .collect(),
+        next_cursor: result.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/plans/{id}", tag = "plans", params(("id" = String, Path)),
+    responses((status = 200, body = PlanDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn get(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    principal.require(Access::Read)?;
+    read_your_writes(&app, &headers).await?;
+    check_id(&id, "plan")?;
+    let v = state::get::<Plan>(&app.db, principal.tenant(), &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let dto = PlanDto::from_state(&v.id, &v.state, v.version).ok_or(ApiError::NotFound)?;
+    Ok(resource(StatusCode::OK, &dto, v.version, None))
+}

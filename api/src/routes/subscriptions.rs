@@ -1,0 +1,328 @@
+//! Subscription endpoints: create and every lifecycle command, list and detail.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use tally_aggregates::plan::{Plan, PlanStatus};
+use tally_aggregates::subscription::{PlanRef, Subscription, SubscriptionCommand, SuspendReason};
+use tally_aggregates::ProrationMode;
+use tally_commands::{ids, CommandMeta};
+use tally_projections::state;
+
+use super::{check_id, read_your_writes, resource, CommandCtx, PageParams};
+use crate::auth::{Access, Principal};
+use crate::dto::{
+    parse_time, ActivateRequest, CancelRequest, ChangePlanRequest, ChangeSeatsRequest,
+    ClientSuspendReason, CreateSubscriptionRequest, EmptyRequest, EntitlementsDto, ListPage,
+    SubscriptionDto, SuspendRequest,
+};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{if_match, JsonBody, QueryParams};
+use crate::AppState;
+
+/// Loads a plan for a subscription command; an unknown plan is a bad field.
+async fn plan_ref(app: &AppState, meta: &CommandMeta, plan_id: &str) -> ApiResult<PlanRef> {
+    if !ids::has_prefix(plan_id, "plan") {
+        return Err(ApiError::field("plan_id", "unknown plan"));
+    }
+    let (plan, _) = app.dispatcher.load::<Plan>(&meta.tenant, plan_id).await?;
+    let terms = plan
+        .terms
+        .clone()
+        .ok_or_else(|| ApiError::field("plan_id", "unknown plan"))?;
+    Ok(PlanRef {
+        plan_id: plan_id.to_string(),
+        terms,
+        active: matches!(plan.status, Some(PlanStatus::Active)),
+    })
+}
+
+/// Runs one subscription command and answers with the subscription after it.
+async fn run(
+    app: &AppState,
+    ctx: &CommandCtx,
+    id: &str,
+    headers: &HeaderMap,
+    status: StatusCode,
+    command: impl Fn() -> SubscriptionCommand,
+) -> ApiResult<Response> {
+    let out = app
+        .dispatcher
+        .execute::<Subscription, _>(&ctx.meta, id, if_match(headers)?, |s| s.decide(command()))
+        .await?;
+    let dto = SubscriptionDto::from_state(id, &out.state, out.version).ok_or(ApiError::NotFound)?;
+    Ok(resource(status, &dto, out.version, Some(out.position)))
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = CreateSubscriptionRequest,
+    responses((status = 201, body = SubscriptionDto), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn create(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateSubscriptionRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
+    let id = ids::new_id("sub");
+    let at = app.dispatcher.clock().now();
+    run(&app, &ctx, &id, &headers, StatusCode::CREATED, || {
+        SubscriptionCommand::Create {
+            subscription_id: id.clone(),
+            customer_id: req.customer_id.clone(),
+            plan: plan.clone(),
+            seats: req.seats,
+            at,
+        }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/activate", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = ActivateRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn activate(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ActivateRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    let at = match req.at.as_deref() {
+        Some(s) => parse_time("at", s)?,
+        None => app.dispatcher.clock().now(),
+    };
+    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
+        SubscriptionCommand::Activate { at }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/change-plan", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = ChangePlanRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn change_plan(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ChangePlanRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
+    let at = app.dispatcher.clock().now();
+    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
+        SubscriptionCommand::ChangePlan {
+            plan: plan.clone(),
+            proration: req.proration,
+            at,
+        }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/change-seats", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = ChangeSeatsRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn change_seats(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ChangeSeatsRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    let at = app.dispatcher.clock().now();
+    let proration = req.proration.unwrap_or(ProrationMode::Prorate);
+    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
+        SubscriptionCommand::ChangeSeats {
+            seats: req.seats,
+            proration,
+            at,
+        }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/suspend", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = SuspendRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn suspend(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<SuspendRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    if req.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
+        return Err(ApiError::field("note", "at most 1000 characters"));
+    }
+    let at = app.dispatcher.clock().now();
+    let reason = match req.reason {
+        ClientSuspendReason::Manual => SuspendReason::Manual {
+            note: req.note.clone(),
+        },
+        ClientSuspendReason::NonPayment => SuspendReason::NonPayment,
+    };
+    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
+        SubscriptionCommand::Suspend {
+            reason: reason.clone(),
+            at,
+        }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/resume", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = EmptyRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn resume(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(_empty): JsonBody<EmptyRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    let at = app.dispatcher.clock().now();
+    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
+        SubscriptionCommand::Resume { at }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/cancel", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = CancelRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn cancel(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CancelRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    if req
+        .reason
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 1000)
+    {
+        return Err(ApiError::field("reason", "at most 1000 characters"));
+    }
+    let at = app.dispatcher.clock().now();
+    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
+        SubscriptionCommand::Cancel {
+            when: req.at,
+            reason: req.reason.clone(),
+            at,
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionListParams {
+    /// draft | active | past_due | suspended | canceled
+    pub status: Option<String>,
+    pub customer_id: Option<String>,
+    pub plan_id: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+const STATUSES: [&str; 5] = ["draft", "active", "past_due", "suspended", "canceled"];
+
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", params(SubscriptionListParams),
+    responses((status = 200, body = ListPage<SubscriptionDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<SubscriptionListParams>,
+) -> ApiResult<axum::Json<ListPage<SubscriptionDto>>> {
+    principal.require(Access::Read)?;
+    if let Some(s) = &q.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::field(
+                "status",
+                format!("must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    read_your_writes(&app, &headers).await?;
+    let page = PageParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let result = state::list::<Subscription>(
+        &app.db,
+        principal.tenant(),
+        &[
+            ("customer_id", q.customer_id),
+            ("plan_id", q.plan_id),
+            ("status", q.status),
+        ],
+        page.limit()?,
+        page.cursor.as_deref(),
+    )
+    .await?;
+    Ok(axum::Json(ListPage {
+        data: result
+            .data
+            .iter()
+            .filter_map(|v| SubscriptionDto::from_state(&v.id, &v.state, v.version))
+            .collect(),
+        next_cursor: result.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)),
+    responses((status = 200, body = SubscriptionDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn get(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    principal.require(Access::Read)?;
+    read_your_writes(&app, &headers).await?;
+    check_id(&id, "sub")?;
+    let v = state::get::<Subscription>(&app.db, principal.tenant(), &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let dto = SubscriptionDto::from_state(&v.id, &v.state, v.version).ok_or(ApiError::NotFound)?;
+    Ok(resource(StatusCode::OK, &dto, v.version, None))
+}
+
+/// Per-meter usage against the plan. Usage metering is not built yet, so the
+/// list is empty (API.md allows this until usage exists).
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/entitlements", tag = "subscriptions", params(("id" = String, Path)),
+    responses((status = 200, body = EntitlementsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn entitlements(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<EntitlementsDto>> {
+    principal.require(Access::Read)?;
+    read_your_writes(&app, &headers).await?;
+    check_id(&id, "sub")?;
+    state::get::<Subscription>(&app.db, principal.tenant(), &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(EntitlementsDto {
+        subscription_id: id,
+        data: Vec::new(),
+    }))
+}

@@ -1,0 +1,237 @@
+//! Command dispatch: load the aggregate, let it decide, append its events with
+//! their metadata, and retry a bounded number of times when another writer
+//! appended to the same stream first.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cqrs_es::Aggregate;
+use rand::Rng;
+use tally_aggregates::DomainError;
+use tally_projections::db::{Db, DbError};
+use tally_projections::{stream_key, time, EventLog};
+
+use crate::clock::Clock;
+use crate::store::{self, LogRepository, NewSnapshot, StoreError, SNAPSHOT_EVERY};
+
+/// Attempts per command before giving up with `concurrent_modification`.
+pub const MAX_ATTEMPTS: u32 = 30;
+
+/// Who asked, and why: stored as metadata on every event.
+#[derive(Debug, Clone, Default)]
+pub struct CommandMeta {
+    pub tenant: String,
+    /// An API key id, or `system:<policy>`.
+    pub actor: String,
+    pub request_id: String,
+    pub correlation_id: String,
+    /// The event that caused this command (policy-issued commands).
+    pub causation_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+impl CommandMeta {
+    fn to_map(&self, clock: &Clock) -> HashMap<String, String> {
+        let mut m = HashMap::from([
+            ("tenant".to_string(), self.tenant.clone()),
+            ("actor".to_string(), self.actor.clone()),
+            ("request_id".to_string(), self.request_id.clone()),
+            ("correlation_id".to_string(), self.correlation_id.clone()),
+            ("recorded_at".to_string(), time::to_text(clock.now())),
+        ]);
+        if let Some(c) = &self.causation_id {
+            m.insert("causation_id".into(), c.clone());
+        }
+        if let Some(k) = &self.idempotency_key {
+            m.insert("idempotency_key".into(), k.clone());
+        }
+        m
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("expected version {expected}, the resource is at {actual}")]
+    VersionMismatch { expected: i64, actual: i64 },
+    #[error("the resource kept changing under the command; retries exhausted")]
+    Conflict,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Store(String),
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => CommandError::Conflict,
+            StoreError::Db(d) if d.is_unavailable() => CommandError::Unavailable(d.to_string()),
+            other => CommandError::Store(other.to_string()),
+        }
+    }
+}
+
+impl From<DbError> for CommandError {
+    fn from(e: DbError) -> Self {
+        CommandError::from(StoreError::Db(e))
+    }
+}
+
+/// The result of a command: the resource after it, its version (stream
+/// sequence) and the log position of its last event.
+#[derive(Debug, Clone)]
+pub struct Executed<A> {
+    pub id: String,
+    pub state: A,
+    pub version: i64,
+    pub position: i64,
+    pub appended: usize,
+}
+
+/// Executes commands. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    repo: LogRepository,
+    log: EventLog,
+    clock: Clock,
+}
+
+impl Dispatcher {
+    pub fn new(db: Db, clock: Clock) -> Self {
+        Self {
+            repo: LogRepository::new(db.clone()),
+            log: EventLog::new(db),
+            clock,
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn db(&self) -> &Db {
+        self.repo.db()
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// Loads a resource as the write side sees it (not the read model).
+    pub async fn load<A: Aggregate>(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(A, i64), CommandError> {
+        Ok(self.repo.load::<A>(&stream_key(tenant, id)).await?)
+    }
+
+    /// Runs `decide` against the current state of resource `id` and appends
+    /// the events it returns. `expected_version` (If-Match) must equal the
+    /// stream's sequence. No events means nothing changed (a no-op command).
+    pub async fn execute<A, F>(
+        &self,
+        meta: &CommandMeta,
+        id: &str,
+        expected_version: Option<i64>,
+        decide: F,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A: Aggregate + Clone,
+        F: Fn(&A) -> Result<Vec<A::Event>, DomainError>,
+    {
+        let key = stream_key(&meta.tenant, id);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (mut state, version) = self.repo.load::<A>(&key).await?;
+            if let Some(expected) = expected_version {
+                if expected != version {
+                    return Err(CommandError::VersionMismatch {
+                        expected,
+                        actual: version,
+                    });
+                }
+            }
+            let events = match decide(&state) {
+                Ok(events) => events,
+                Err(e) => {
+                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "rejected")
+                        .increment(1);
+                    return Err(e.into());
+                }
+            };
+            if events.is_empty() {
+                metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "noop").increment(1);
+                let position = self.log.stream_position(A::TYPE, &key).await?;
+                return Ok(Executed {
+                    id: id.to_string(),
+                    state,
+                    version,
+                    position,
+                    appended: 0,
+                });
+            }
+            for e in &events {
+                state.apply(e.clone());
+            }
+            let new_version = version + events.len() as i64;
+            let rows = store::new_events::<A>(version, &events, &meta.to_map(&self.clock))?;
+            let crosses =
+                (version as usize / SNAPSHOT_EVERY) != (new_version as usize / SNAPSHOT_EVERY);
+            let snapshot = if crosses {
+                Some(NewSnapshot {
+                    last_sequence: new_version,
+                    payload: serde_json::to_value(&state).map_err(StoreError::from)?,
+                })
+            } else {
+                None
+            };
+            match store::append(
+                self.db(),
+                A::TYPE,
+                &key,
+                &meta.tenant,
+                self.clock.now(),
+                &rows,
+                snapshot.as_ref(),
+            )
+            .await
+            {
+                Ok(positions) => {
+                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
+                    return Ok(Executed {
+                        id: id.to_string(),
+                        state,
+                        version: new_version,
+                        position: positions.last().copied().unwrap_or_default(),
+                        appended: events.len(),
+                    });
+                }
+                Err(StoreError::Conflict) => {
+                    metrics::counter!("tally_command_conflicts_total", "aggregate" => A::TYPE)
+                        .increment(1);
+                    if let Some(expected) = expected_version {
+                        // The caller asked for this exact version, and another
+                        // writer moved past it.
+                        return Err(CommandError::VersionMismatch {
+                            expected,
+                            actual: expected + 1,
+                        });
+                    }
+                    // Jittered backoff so that competing writers spread out.
+                    let max_ms = 2 + attempt.min(10) * 2;
+                    let ms = rand::thread_rng().gen_range(0..=max_ms);
+                    tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+                }
+                Err(e) => {
+                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "error").increment(1);
+                    return Err(e.into());
+                }
+            }
+        }
+        metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "conflict")
+            .increment(1);
+        Err(CommandError::Conflict)
+    }
+}

@@ -1,0 +1,13 @@
+//! The write side of Tally: the event store (cqrs-es over postgres-es /
+//! sqlite-es, with our own append), command dispatch with conflict retry,
+//! event metadata, idempotency keys, API keys and the injectable clock.
+
+pub mod clock;
+pub mod dispatch;
+pub mod idempotency;
+pub mod ids;
+pub mod keys;
+pub mod store;
+
+pub use clock::Clock;
+pub use dispatch::{CommandError, CommandMeta, Dispatcher, Executed};

@@ -1,0 +1,172 @@
+//! The database handle shared by the read and write sides. Tally runs on
+//! SQLite (embedded default) or PostgreSQL (production) behind the same code:
+//! a typed pool for the cqrs-es repositories and the log, and an `Any` pool
+//! for the portable tables (read models, checkpoints, keys), so that every
+//! read model has one implementation for both backends.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{AnyPool, PgPool, SqlitePool};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database url (expected postgres:// or sqlite:): {0}")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl DbError {
+    /// True when the database could not be reached (as opposed to a query that failed).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The typed pool of the backend in use.
+#[derive(Debug, Clone)]
+pub enum TypedPool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A connected database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub backend: Backend,
+    pub url: String,
+    pub typed: TypedPool,
+    pub any: AnyPool,
+    /// The newest log position this process knows of; appenders publish it,
+    /// consumers wake on it (the in-process half of the wake-up signal).
+    pub head: watch::Sender<i64>,
+}
+
+/// Pool sizes. PostgreSQL sessions are cheap to multiplex; SQLite has one
+/// writer at a time, so a few connections suffice.
+const PG_POOL_MAX: u32 = 48;
+const PG_ANY_POOL_MAX: u32 = 16;
+const SQLITE_POOL_MAX: u32 = 8;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Db {
+    /// Connects to `url` (`postgres://…` or `sqlite:…`; a SQLite file is
+    /// created when missing).
+    pub async fn connect(url: &str) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let (head, _) = watch::channel(0);
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pg = PgPoolOptions::new()
+                .max_connections(PG_POOL_MAX)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await?;
+            let any = AnyPoolOptions::new()
+                .max_connections(PG_ANY_POOL_MAX)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect(url)
+                .await?;
+            Ok(Db {
+                backend: Backend::Postgres,
+                url: url.to_string(),
+                typed: TypedPool::Postgres(pg),
+                any,
+                head,
+            })
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            let sqlite = SqlitePoolOptions::new()
+                .max_connections(SQLITE_POOL_MAX)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await?;
+            // The file exists now; the Any pool opens the same file.
+            let any = AnyPoolOptions::new()
+                .max_connections(SQLITE_POOL_MAX)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .connect(url)
+                .await?;
+            Ok(Db {
+                backend: Backend::Sqlite,
+                url: url.to_string(),
+                typed: TypedPool::Sqlite(sqlite),
+                any,
+                head,
+            })
+        } else {
+            Err(DbError::UnsupportedUrl(url.to_string()))
+        }
+    }
+
+    /// Applies the backend's migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match &self.typed {
+            TypedPool::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+            TypedPool::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Picks the SQL text for the backend in use, for the few statements
+    /// whose dialects differ.
+    pub fn sql<'a>(&self, postgres: &'a str, sqlite: &'a str) -> &'a str {
+        match self.backend {
+            Backend::Postgres => postgres,
+            Backend::Sqlite => sqlite,
+        }
+    }
+
+    /// Publishes a newly committed log position to this process's consumers.
+    pub fn announce(&self, position: i64) {
+        self.head.send_if_modified(|current| {
+            if position > *current {
+                *current = position;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.any).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.any.close().await;
+        match &self.typed {
+            TypedPool::Postgres(p) => p.close().await,
+            TypedPool::Sqlite(p) => p.close().await,
+        }
+    }
+}

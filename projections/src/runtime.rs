@@ -1,0 +1,517 @@
+//! The consumer runtime: named, checkpointed consumers of the ordered log.
+//!
+//! A projector's row changes and its checkpoint commit in one transaction, so
+//! a crash at any point leaves its tables equal to what a rebuild from
+//! position 0 would produce. The checkpoint update runs first in that
+//! transaction and is guarded by the position it expects (`WHERE position =
+//! old`): two runners of one consumer (a takeover race, a rebuild) can never
+//! both commit the same batch. A failing batch rolls back and is retried with
+//! backoff; it is never skipped.
+//!
+//! On PostgreSQL each consumer runs in one process at a time: it holds a
+//! session advisory lock on a dedicated connection; when that process dies the
+//! lock goes with its connection and another process takes over. Consumers
+//! wake on the in-process head signal (appends in this process, and
+//! LISTEN/NOTIFY from other processes), with a slow poll as a fallback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sqlx::{AnyConnection, Connection};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::db::{Backend, Db, DbError, TypedPool};
+use crate::log::{EventLog, StoredEvent};
+use crate::time;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("cannot decode event at position {position}: {message}")]
+    Decode { position: i64, message: String },
+    #[error("unknown projection {0}")]
+    Unknown(String),
+}
+
+impl From<DbError> for ProjectionError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sqlx(e) => ProjectionError::Db(e),
+            other => ProjectionError::Db(sqlx::Error::Protocol(other.to_string())),
+        }
+    }
+}
+
+impl ProjectionError {
+    pub fn decode(event: &StoredEvent, e: impl std::fmt::Display) -> Self {
+        ProjectionError::Decode {
+            position: event.position,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A read model builder: a function from (event, its transaction) to row
+/// changes. It must be idempotent and make no external calls, so that a
+/// rebuild is just running it again from position 0.
+#[async_trait]
+pub trait Projector: Send + Sync + 'static {
+    /// The consumer name (its checkpoint row).
+    fn name(&self) -> &'static str;
+    /// The tables it owns; a rebuild empties them.
+    fn tables(&self) -> &'static [&'static str];
+    /// Applies one event inside the batch transaction.
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError>;
+}
+
+/// What `GET /v1/admin/projections` shows for one consumer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub position: i64,
+    pub log_head: i64,
+    pub lag_events: i64,
+    pub status: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub batch_size: i64,
+    /// Fallback poll when no wake-up arrives (also resolves holes left by
+    /// rolled-back transactions, which send no signal).
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct LocalState {
+    status: String,
+    last_error: Option<String>,
+}
+
+/// Runs a set of projectors. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    db: Db,
+    log: EventLog,
+    config: RuntimeConfig,
+    projectors: Arc<Vec<Arc<dyn Projector>>>,
+    states: Arc<Mutex<HashMap<&'static str, LocalState>>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+const CHANNEL: &str = "tally_events";
+
+impl Runtime {
+    pub fn new(db: Db, projectors: Vec<Arc<dyn Projector>>, config: RuntimeConfig) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            log: EventLog::new(db.clone()),
+            db,
+            config,
+            projectors: Arc::new(projectors),
+            states: Arc::default(),
+            tasks: Arc::default(),
+            shutdown,
+        }
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projectors.iter().map(|p| p.name()).collect()
+    }
+
+    /// Starts one task per projector, plus the cross-process wake-up tasks on PostgreSQL.
+    pub fn start(&self) {
+        let mut tasks = self.tasks.lock().expect("runtime task list");
+        if let TypedPool::Postgres(pool) = &self.db.typed {
+            tasks.push(tokio::spawn(listen(
+                pool.clone(),
+                self.db.clone(),
+                self.shutdown.subscribe(),
+            )));
+            tasks.push(tokio::spawn(notify(
+                pool.clone(),
+                self.db.clone(),
+                self.shutdown.subscribe(),
+            )));
+        }
+        for p in self.projectors.iter() {
+            self.set_state(p.name(), "starting", None);
+            let me = self.clone();
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move { me.run_consumer(p).await }));
+        }
+    }
+
+    /// Stops every task (the current batch's transaction rolls back if it had
+    /// not committed) and waits for them.
+    pub async fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("runtime task list"));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Aborts every task at once, as a crash would.
+    pub fn abort(&self) {
+        for t in self.tasks.lock().expect("runtime task list").iter() {
+            t.abort();
+        }
+    }
+
+    fn set_state(&self, name: &'static str, status: &str, last_error: Option<String>) {
+        let mut states = self.states.lock().expect("runtime states");
+        let s = states.entry(name).or_default();
+        s.status = status.to_string();
+        s.last_error = last_error;
+    }
+
+    /// Status of every consumer, with positions read from the database.
+    pub async fn status(&self) -> Result<Vec<ConsumerStatus>, DbError> {
+        let head = self.log.head().await?;
+        let mut out = Vec::new();
+        for p in self.projectors.iter() {
+            let position = checkpoint(&self.db, p.name()).await?;
+            let local = self
+                .states
+                .lock()
+                .expect("runtime states")
+                .get(p.name())
+                .cloned()
+                .unwrap_or_default();
+            let lag = (head - position).max(0);
+            metrics::gauge!("tally_projection_position", "name" => p.name()).set(position as f64);
+            metrics::gauge!("tally_projection_lag_events", "name" => p.name()).set(lag as f64);
+            out.push(ConsumerStatus {
+                name: p.name().to_string(),
+                position,
+                log_head: head,
+                lag_events: lag,
+                status: if local.status.is_empty() {
+                    "stopped".into()
+                } else {
+                    local.status
+                },
+                last_error: local.last_error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The smallest checkpoint over all projectors: every read model has seen
+    /// the log at least this far.
+    pub async fn min_position(&self) -> Result<i64, DbError> {
+        let mut min = i64::MAX;
+        for p in self.projectors.iter() {
+            min = min.min(checkpoint(&self.db, p.name()).await?);
+        }
+        Ok(if min == i64::MAX { 0 } else { min })
+    }
+
+    /// Waits until every projector has reached `position`, up to `timeout`.
+    pub async fn wait_for(&self, position: i64, timeout: Duration) -> Result<bool, DbError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.db.head.subscribe();
+        loop {
+            if self.min_position().await? >= position {
+                return Ok(true);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Checkpoints move after the head does; re-check on each head
+            // change and at a short interval in between.
+            let step = (deadline - now).min(Duration::from_millis(20));
+            let _ = tokio::time::timeout(step, rx.changed()).await;
+        }
+    }
+
+    /// Rebuilds one projection in place: empties its tables and resets its
+    /// checkpoint in one transaction; its runner then replays from position 0.
+    pub async fn rebuild(&self, name: &str) -> Result<(), ProjectionError> {
+        let p = self
+            .projectors
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| ProjectionError::Unknown(name.to_string()))?
+            .clone();
+        reset(&self.db, p.as_ref()).await?;
+        self.set_state(p.name(), "rebuilding", None);
+        // Wake the runner.
+        self.db.head.send_modify(|_| {});
+        Ok(())
+    }
+
+    async fn run_consumer(&self, p: Arc<dyn Projector>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut wake = self.db.head.subscribe();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            // Ownership: one runner per consumer across processes.
+            let mut lock = match self.acquire_ownership(p.name()).await {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    self.set_state(p.name(), "standby", None);
+                    if wait(&mut shutdown, &mut wake, Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    self.set_state(p.name(), "failing", Some(e.to_string()));
+                    if wait(&mut shutdown, &mut wake, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    continue;
+                }
+            };
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                match self.step(p.as_ref()).await {
+                    Ok(StepOutcome::Applied(_)) => {
+                        backoff = Duration::from_millis(50);
+                        let current = self
+                            .states
+                            .lock()
+                            .expect("states")
+                            .get(p.name())
+                            .map(|s| s.status.clone());
+                        if current.as_deref() != Some("rebuilding") {
+                            self.set_state(p.name(), "running", None);
+                        }
+                    }
+                    Ok(StepOutcome::Idle) => {
+                        self.set_state(p.name(), "running", None);
+                        // Still the owner? A lost lock connection means another
+                        // process may have taken over.
+                        if let Some(conn) = lock.as_mut() {
+                            if conn.ping().await.is_err() {
+                                break;
+                            }
+                        }
+                        if wait(&mut shutdown, &mut wake, self.config.poll_interval).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(consumer = p.name(), error = %e, "batch failed, retrying");
+                        metrics::counter!("tally_projection_failures_total", "name" => p.name())
+                            .increment(1);
+                        self.set_state(p.name(), "failing", Some(e.to_string()));
+                        if wait(&mut shutdown, &mut wake, backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(self.config.max_backoff);
+                        if let Some(conn) = lock.as_mut() {
+                            if conn.ping().await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// On PostgreSQL, takes the consumer's advisory lock on a dedicated
+    /// connection (returned: dropping it releases the lock). On SQLite there is
+    /// one process, so ownership is implicit.
+    async fn acquire_ownership(
+        &self,
+        name: &str,
+    ) -> Result<Option<Option<AnyConnection>>, DbError> {
+        if self.db.backend == Backend::Sqlite {
+            return Ok(Some(None));
+        }
+        let mut conn = self.db.any.acquire().await?.detach();
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('tally.consumer.' || $1))")
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await?;
+        Ok(if got { Some(Some(conn)) } else { None })
+    }
+
+    /// Processes one batch: reads after the checkpoint, applies, commits rows
+    /// and checkpoint together.
+    pub async fn step(&self, p: &dyn Projector) -> Result<StepOutcome, ProjectionError> {
+        let from = checkpoint(&self.db, p.name()).await?;
+        let batch = self.log.read_after(from, self.config.batch_size).await?;
+        let Some(last) = batch.last() else {
+            return Ok(StepOutcome::Idle);
+        };
+        let to = last.position;
+        let mut tx = self.db.any.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE consumer_checkpoints SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4",
+        )
+        .bind(to)
+        .bind(time::to_text(chrono::Utc::now()))
+        .bind(p.name())
+        .bind(from)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            // Someone else moved the checkpoint (a rebuild, a takeover): drop
+            // this batch and start again from the checkpoint as it is now.
+            tx.rollback().await?;
+            return Ok(StepOutcome::Applied(0));
+        }
+        for event in &batch {
+            p.apply(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("tally_projection_events_total", "name" => p.name())
+            .increment(batch.len() as u64);
+        metrics::gauge!("tally_projection_position", "name" => p.name()).set(to as f64);
+        Ok(StepOutcome::Applied(batch.len()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    Applied(usize),
+    Idle,
+}
+
+/// The consumer's checkpoint, creating the row at 0 when new.
+pub async fn checkpoint(db: &Db, name: &str) -> Result<i64, DbError> {
+    sqlx::query(
+        "INSERT INTO consumer_checkpoints (name, position, status, updated_at) VALUES ($1, 0, 'running', $2) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(time::to_text(chrono::Utc::now()))
+    .execute(&db.any)
+    .await?;
+    let p: i64 = sqlx::query_scalar("SELECT position FROM consumer_checkpoints WHERE name = $1")
+        .bind(name)
+        .fetch_one(&db.any)
+        .await?;
+    Ok(p)
+}
+
+/// Empties a projector's tables and sets its checkpoint to 0, atomically.
+pub async fn reset(db: &Db, p: &dyn Projector) -> Result<(), ProjectionError> {
+    checkpoint(db, p.name()).await?;
+    let mut tx = db.any.begin().await?;
+    sqlx::query("UPDATE consumer_checkpoints SET position = 0, updated_at = $1 WHERE name = $2")
+        .bind(time::to_text(chrono::Utc::now()))
+        .bind(p.name())
+        .execute(&mut *tx)
+        .await?;
+    for table in p.tables() {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Waits for a wake-up, a timeout or shutdown; true on shutdown.
+async fn wait(
+    shutdown: &mut watch::Receiver<bool>,
+    wake: &mut watch::Receiver<i64>,
+    timeout: Duration,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = wake.changed() => *shutdown.borrow(),
+        _ = tokio::time::sleep(timeout) => *shutdown.borrow(),
+    }
+}
+
+/// LISTEN half of the cross-process wake-up: positions appended by other
+/// processes are announced to this process's consumers.
+async fn listen(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed");
+                if tokio::time::timeout(Duration::from_secs(1), shutdown.changed())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        if listener.listen(CHANNEL).await.is_err() {
+            continue;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) => {
+                        if let Ok(p) = n.payload().parse::<i64>() {
+                            db.announce(p);
+                        }
+                    }
+                    // The connection was lost; notifications in between are
+                    // covered by the consumers' fallback poll.
+                    Ok(None) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// NOTIFY half: tells other processes about new positions. Sent outside the
+/// appending transactions (NOTIFY inside a transaction serializes commits),
+/// coalesced to the newest position.
+async fn notify(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>) {
+    let mut rx = db.head.subscribe();
+    let mut sent = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let p = *rx.borrow_and_update();
+        if p > sent {
+            if sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(p.to_string())
+                .execute(&pool)
+                .await
+                .is_ok()
+            {
+                sent = p;
+            }
+        }
+    }
+}

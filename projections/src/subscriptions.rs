@@ -1,0 +1,28 @@
+//! Read model of subscriptions (`rm_subscriptions`): list by status and
+//! customer, and detail.
+
+use tally_aggregates::subscription::{Subscription, SubscriptionEvent};
+
+use crate::state::ProjectedState;
+
+impl ProjectedState for Subscription {
+    type Event = SubscriptionEvent;
+    const AGGREGATE: &'static str = "subscription";
+    const CONSUMER: &'static str = "subscriptions";
+    const TABLE: &'static str = "rm_subscriptions";
+    const FILTER_COLUMNS: &'static [&'static str] = &["customer_id", "plan_id", "status"];
+
+    fn fold(&mut self, event: &SubscriptionEvent) {
+        self.evolve(event);
+    }
+
+    fn filter_values(&self) -> Vec<String> {
+        vec![
+            self.customer_id.clone(),
+            self.plan_id.clone(),
+            self.status
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+        ]
+    }
+}

@@ -1,0 +1,466 @@
+//! The end-to-end test harness: `TestApp` starts the real server on port 0
+//! against a fresh database (a new SQLite file, or a new PostgreSQL database
+//! created for the test and dropped after), and has a method per endpoint.
+//!
+//! PostgreSQL tests never skip: without a reachable server they fail. The
+//! server is `TALLY_TEST_POSTGRES_URL` (an admin URL, any database), else
+//! `DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use sqlx::Connection;
+use tally_api::{start, Config, Server};
+use tally_commands::keys::{self, Role};
+use tally_commands::Clock;
+use tally_projections::runtime::RuntimeConfig;
+use tally_projections::Db;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `mod name { sqlite, postgres }` running `name(Backend)` on both.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("TALLY_TEST_POSTGRES_URL")
+        .or_else(|_| {
+            std::env::var("DATABASE_URL").map(|u| {
+                if u.starts_with("postgres") {
+                    u
+                } else {
+                    String::new()
+                }
+            })
+        })
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database made for one test; dropped (PostgreSQL) or deleted (SQLite) after.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    file: Option<PathBuf>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
+        match backend {
+            Backend::Sqlite => {
+                let file = std::env::temp_dir().join(format!("{name}.db"));
+                TestDb {
+                    url: format!("sqlite://{}", file.display()),
+                    pg_name: None,
+                    file: Some(file),
+                }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL tests need a server at {admin} (set TALLY_TEST_POSTGRES_URL): {e}")
+                });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let _ = conn.close().await;
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b.to_string())
+                    .unwrap_or(admin.clone());
+                let url = match admin.split_once('?') {
+                    Some((_, q)) => {
+                        format!("{}/{name}?{q}", base.split('?').next().unwrap_or(&base))
+                    }
+                    None => format!("{base}/{name}"),
+                };
+                TestDb {
+                    url,
+                    pg_name: Some(name),
+                    file: None,
+                }
+            }
+        }
+    }
+
+    /// Connects and migrates.
+    pub async fn connect(&self) -> Db {
+        let db = Db::connect(&self.url).await.expect("connect test database");
+        db.migrate().await.expect("migrate test database");
+        db
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(file) = &self.file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+        }
+        if let Some(name) = self.pg_name.take() {
+            let admin = postgres_admin_url();
+            // Drop from a separate thread: we may be inside a runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// A response as the tests look at it.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `X-Log-Position` of a command response.
+    pub fn position(&self) -> i64 {
+        self.header("x-log-position")
+            .and_then(|p| p.parse().ok())
+            .expect("X-Log-Position header")
+    }
+
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().expect("id in body").to_string()
+    }
+
+    /// Asserts a problem+json error with this status and code.
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "status of {:?}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{:?}",
+            self.body
+        );
+        assert_eq!(self.body["code"], code, "{:?}", self.body);
+        assert_eq!(self.body["status"], status);
+        assert_eq!(
+            self.body["type"],
+            format!("https://tally.dev/errors/{code}")
+        );
+    }
+}
+
+/// The real server on port 0 with its own database.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    /// The bootstrap admin key of tenant `default`.
+    pub admin_key: String,
+    pub backend: Backend,
+    server: Option<Server>,
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with_clock(backend, Clock::System).await
+    }
+
+    pub async fn spawn_manual(backend: Backend, start_at: DateTime<Utc>) -> TestApp {
+        Self::spawn_with_clock(backend, Clock::manual(start_at)).await
+    }
+
+    pub async fn spawn_with_clock(backend: Backend, clock: Clock) -> TestApp {
+        let db = TestDb::new(backend).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let config = Config {
+            database_url: db.url.clone(),
+            clock,
+            runtime: RuntimeConfig {
+                poll_interval: Duration::from_millis(200),
+                ..RuntimeConfig::default()
+            },
+        };
+        let server = start(config, listener).await.expect("start server");
+        let admin_key = server
+            .bootstrap_key
+            .clone()
+            .expect("a bootstrap key on first start");
+        TestApp {
+            base: format!("http://{}", server.addr),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("client"),
+            admin_key,
+            backend,
+            server: Some(server),
+            db,
+        }
+    }
+
+    pub fn state(&self) -> &tally_api::AppState {
+        &self.server.as_ref().expect("running").state
+    }
+
+    /// Stops the server gracefully (the database stays).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("graceful shutdown");
+        }
+    }
+
+    /// A new key for `tenant` with `role`.
+    pub async fn key(&self, tenant: &str, role: &str) -> String {
+        let role = Role::parse(role).expect("role");
+        keys::create(&self.state().db, tenant, role)
+            .await
+            .expect("create key")
+            .1
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        for (n, v) in headers {
+            req = req.header(*n, v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let r = req.send().await.expect("request sent");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.expect("response body");
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: Value) -> Resp {
+        self.post_with(key, path, body, &[]).await
+    }
+
+    pub async fn post_with(
+        &self,
+        key: &str,
+        path: &str,
+        body: Value,
+        headers: &[(&str, String)],
+    ) -> Resp {
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(key),
+            headers,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> Resp {
+        self.request(reqwest::Method::GET, path, Some(key), &[], None)
+            .await
+    }
+
+    /// GET that first waits for the read models to reach `position`.
+    pub async fn get_after(&self, key: &str, path: &str, position: i64) -> Resp {
+        self.request(
+            reqwest::Method::GET,
+            path,
+            Some(key),
+            &[("x-min-position", position.to_string())],
+            None,
+        )
+        .await
+    }
+
+    // ---- one method per endpoint ----
+
+    pub async fn create_plan(&self, key: &str, body: Value) -> Resp {
+        self.post(key, "/v1/plans", body).await
+    }
+
+    pub async fn archive_plan(&self, key: &str, id: &str) -> Resp {
+        self.post(key, &format!("/v1/plans/{id}/archive"), json!({}))
+            .await
+    }
+
+    pub async fn create_subscription(&self, key: &str, body: Value) -> Resp {
+        self.post(key, "/v1/subscriptions", body).await
+    }
+
+    pub async fn activate(&self, key: &str, id: &str, body: Value) -> Resp {
+        self.post(key, &format!("/v1/subscriptions/{id}/activate"), body)
+            .await
+    }
+
+    pub async fn change_plan(&self, key: &str, id: &str, body: Value) -> Resp {
+        self.post(key, &format!("/v1/subscriptions/{id}/change-plan"), body)
+            .await
+    }
+
+    pub async fn change_seats(&self, key: &str, id: &str, body: Value) -> Resp {
+        self.post(key, &format!("/v1/subscriptions/{id}/change-seats"), body)
+            .await
+    }
+
+    pub async fn suspend(&self, key: &str, id: &str, body: Value) -> Resp {
+        self.post(key, &format!("/v1/subscriptions/{id}/suspend"), body)
+            .await
+    }
+
+    pub async fn resume(&self, key: &str, id: &str) -> Resp {
+        self.post(key, &format!("/v1/subscriptions/{id}/resume"), json!({}))
+            .await
+    }
+
+    pub async fn cancel(&self, key: &str, id: &str, body: Value) -> Resp {
+        self.post(key, &format!("/v1/subscriptions/{id}/cancel"), body)
+            .await
+    }
+
+    pub async fn stream_events(&self, key: &str, kind: &str, id: &str) -> Resp {
+        self.get(key, &format!("/v1/audit/streams/{kind}/{id}/events"))
+            .await
+    }
+
+    pub async fn projections(&self, key: &str) -> Resp {
+        self.get(key, "/v1/admin/projections").await
+    }
+
+    pub async fn rebuild(&self, key: &str, name: &str) -> Resp {
+        self.post(
+            key,
+            &format!("/v1/admin/projections/{name}/rebuild"),
+            json!({}),
+        )
+        .await
+    }
+
+    pub async fn advance_clock(&self, key: &str, body: Value) -> Resp {
+        self.post(key, "/v1/admin/clock/advance", body).await
+    }
+
+    /// A standard monthly plan: 10.00 EUR base + 2.50 per seat, 1–20 seats.
+    pub async fn standard_plan(&self) -> String {
+        let r = self
+            .create_plan(&self.admin_key, standard_plan_body("std"))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.id()
+    }
+
+    /// An active subscription on `plan` with `seats`.
+    pub async fn active_subscription(&self, plan: &str, seats: u32) -> (String, Resp) {
+        let r = self
+            .create_subscription(
+                &self.admin_key,
+                json!({"customer_id": "cus_1", "plan_id": plan, "seats": seats}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let id = r.id();
+        let r = self.activate(&self.admin_key, &id, json!({})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        (id, r)
+    }
+
+    /// Waits (bounded) until every projection has reached the log head.
+    pub async fn wait_projections_caught_up(&self) {
+        let head = self.state().dispatcher.log().head().await.expect("head");
+        assert!(
+            self.state()
+                .runtime
+                .wait_for(head, Duration::from_secs(20))
+                .await
+                .expect("wait"),
+            "projections did not reach {head}"
+        );
+    }
+}
+
+pub fn standard_plan_body(code: &str) -> Value {
+    json!({
+        "code": code,
+        "name": "Standard",
+        "currency": "EUR",
+        "interval": "month",
+        "base_price": "10.00",
+        "seat_price": "2.50",
+        "seats": {"min": 1, "max": 20},
+        "meters": [{"key": "api_calls", "included": "1000", "hard_cap": "5000", "overage_unit_price": "0.01", "reset": "monthly"}]
+    })
+}
+
+/// Every row of a table in a stable order, as text, for rebuild comparisons.
+pub async fn table_rows(db: &Db, table: &str, columns: &str) -> Vec<Vec<String>> {
+    use sqlx::Row;
+    let rows = sqlx::query(&format!(
+        "SELECT {columns} FROM {table} ORDER BY tenant, id"
+    ))
+    .fetch_all(&db.any)
+    .await
+    .expect("read table");
+    let n = columns.split(',').count();
+    rows.iter()
+        .map(|r| {
+            (0..n)
+                .map(|i| {
+                    r.try_get::<String, _>(i)
+                        .or_else(|_| r.try_get::<i64, _>(i).map(|v| v.to_string()))
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect()
+}
