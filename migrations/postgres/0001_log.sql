@@ -1,7 +1,6 @@
 -- The event log, shaped for postgres-es (its seven columns) plus Tally's own:
--- a global position, the writing transaction's id and a visibility horizon
--- (see ARCHITECTURE.md, "the log's guarantees", point 1), the event id, the
--- tenant and the recording time.
+-- a global position, the writing transaction's id (see ARCHITECTURE.md, "the
+-- log's guarantees", point 1), the event id, the tenant and the recording time.
 CREATE SEQUENCE IF NOT EXISTS events_position_seq AS bigint CACHE 1;
 
 CREATE TABLE IF NOT EXISTS events (
@@ -14,7 +13,6 @@ CREATE TABLE IF NOT EXISTS events (
     metadata       json        NOT NULL,
     position       bigint      NOT NULL,
     txid           xid8        NOT NULL,
-    horizon        xid8        NOT NULL,
     event_id       text        NOT NULL DEFAULT (gen_random_uuid()::text),
     tenant         text        NOT NULL DEFAULT '',
     recorded_at    timestamptz NOT NULL DEFAULT now(),
@@ -24,21 +22,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_position_idx ON events (position);
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id_idx ON events (event_id);
 CREATE INDEX IF NOT EXISTS events_tenant_position_idx ON events (tenant, position);
 
--- Position allocation. The order of the three steps is the proof that the
--- reader never skips an event:
---   1. the transaction id is taken before the position, so any transaction
---      holding a lower position already had its id when a higher one was taken;
---   2. the horizon is read from a fresh snapshot after the position was taken
---      (a VOLATILE plpgsql expression gets a new snapshot), so it is above the
---      id of every transaction that took a lower position.
--- A reader that sees a hole below a row may step over it only once every
--- transaction below that row's horizon has ended (pg_snapshot_xmin >= horizon).
+-- Position allocation. The transaction id is taken *before* the position, so
+-- a transaction holding a position already had its id when any higher
+-- position was taken. The reader (projections/src/log.rs) relies on this to
+-- decide when a hole in the positions is final.
 CREATE OR REPLACE FUNCTION events_assign_position() RETURNS trigger
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     NEW.txid := pg_current_xact_id();
     NEW.position := nextval('events_position_seq');
-    NEW.horizon := pg_snapshot_xmax(pg_current_snapshot());
     RETURN NEW;
 END
 $$;

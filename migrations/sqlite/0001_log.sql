@@ -1,6 +1,6 @@
 -- The event log, shaped for sqlite-es (its seven columns) plus Tally's own.
--- SQLite has one writer at a time, so positions commit in order and the
--- transaction id / horizon columns stay 0 (the reader's hole rule then never waits).
+-- SQLite has one writer at a time, so positions commit in order and a hole
+-- (none are expected: AUTOINCREMENT rolls back with its transaction) is final.
 CREATE TABLE IF NOT EXISTS events (
     position       INTEGER PRIMARY KEY AUTOINCREMENT,
     aggregate_type TEXT    NOT NULL,
@@ -10,8 +10,6 @@ CREATE TABLE IF NOT EXISTS events (
     event_version  TEXT    NOT NULL,
     payload        TEXT    NOT NULL,
     metadata       TEXT    NOT NULL,
-    txid           INTEGER NOT NULL DEFAULT 0,
-    horizon        INTEGER NOT NULL DEFAULT 0,
     event_id       TEXT    NOT NULL DEFAULT (lower(hex(randomblob(16)))),
     tenant         TEXT    NOT NULL DEFAULT '',
     recorded_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),

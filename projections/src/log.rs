@@ -2,23 +2,30 @@
 //! position order, even when concurrent PostgreSQL transactions commit out of
 //! position order.
 //!
-//! Positions are taken from a sequence before commit, so a reader that sees
+//! Positions come from a sequence before commit, so a reader that sees
 //! position 11 committed may still see 10 appear later (its transaction was
-//! slower), or never (it rolled back). Each row carries a *horizon*: the next
-//! transaction id at the moment its position was taken (see
-//! `migrations/postgres/0001_log.sql`). Any transaction that holds a lower
-//! position already had an id below that horizon. So a hole below a row can be
-//! stepped over only once `pg_snapshot_xmin` of the reader's snapshot is at or
-//! above the row's horizon: by then every such transaction has ended and the
-//! hole is final. Until then the reader stops in front of the hole, and does
-//! not deliver the rows after it.
+//! slower), or never (it rolled back). The reader therefore delivers rows only
+//! up to the first *hole* it cannot prove final. The proof: every appending
+//! transaction takes its transaction id before its position (the insert
+//! trigger), so the holder of a hole below a committed row had its id before
+//! that row committed. When the reader first meets a hole it takes a fresh
+//! transaction id as the hole's *bound* (greater than the holder's id); once
+//! `pg_snapshot_xmin` of a later read is at or above the bound, every
+//! transaction that could hold the hole has ended, and a hole still empty in
+//! that same read is final (a rollback) and is stepped over. Until then the
+//! rows above the hole wait. Bounds live in the `EventLog` (shared by the
+//! consumers of a process); losing them only costs one more wait.
+//!
+//! SQLite has one writer at a time, so commit order is position order and a
+//! hole is always final.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::db::{Db, DbError};
+use crate::db::{Backend, Db, DbError};
 
 /// One event as stored in the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +66,6 @@ const PG_READ: &str = "
 SELECT position, event_id, tenant, aggregate_type, aggregate_id, sequence, event_type,
        event_version, payload::text AS payload, metadata::text AS metadata,
        to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS recorded_at,
-       horizon::text AS horizon,
        pg_snapshot_xmin(pg_current_snapshot())::text AS xmin
   FROM events
  WHERE position > $1
@@ -69,7 +75,7 @@ SELECT position, event_id, tenant, aggregate_type, aggregate_id, sequence, event
 const SQLITE_READ: &str = "
 SELECT position, event_id, tenant, aggregate_type, aggregate_id, sequence, event_type,
        event_version, payload, metadata, recorded_at,
-       '0' AS horizon, '0' AS xmin
+       '0' AS xmin
   FROM events
  WHERE position > $1
  ORDER BY position
@@ -79,7 +85,7 @@ const PG_STREAM: &str = "
 SELECT position, event_id, tenant, aggregate_type, aggregate_id, sequence, event_type,
        event_version, payload::text AS payload, metadata::text AS metadata,
        to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS recorded_at,
-       '0' AS horizon, '0' AS xmin
+       '0' AS xmin
   FROM events
  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
  ORDER BY sequence
@@ -87,7 +93,7 @@ SELECT position, event_id, tenant, aggregate_type, aggregate_id, sequence, event
 
 const SQLITE_STREAM: &str = "
 SELECT position, event_id, tenant, aggregate_type, aggregate_id, sequence, event_type,
-       event_version, payload, metadata, recorded_at, '0' AS horizon, '0' AS xmin
+       event_version, payload, metadata, recorded_at, '0' AS xmin
   FROM events
  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
  ORDER BY sequence
@@ -97,11 +103,20 @@ SELECT position, event_id, tenant, aggregate_type, aggregate_id, sequence, event
 #[derive(Debug, Clone)]
 pub struct EventLog {
     db: Db,
+    /// First position of a hole → its bound (a transaction id).
+    holes: Arc<Mutex<BTreeMap<i64, u64>>>,
 }
+
+/// Holes remembered at most (the oldest are forgotten first; a forgotten
+/// hole only gets a new bound).
+const MAX_HOLES: usize = 10_000;
 
 impl EventLog {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            holes: Arc::default(),
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -120,17 +135,58 @@ impl EventLog {
         let mut out = Vec::with_capacity(rows.len());
         let mut expected = position + 1;
         for row in rows {
-            let horizon: u64 = parse_xid(row.try_get("horizon")?);
-            let xmin: u64 = parse_xid(row.try_get("xmin")?);
             let event = decode_row(&row)?;
-            if event.position != expected && xmin < horizon {
-                // A transaction that took a position in the hole may still commit.
-                break;
+            if event.position != expected && self.db.backend == Backend::Postgres {
+                let xmin = parse_xid(row.try_get("xmin")?);
+                if !self.hole_is_final(expected, xmin).await? {
+                    break;
+                }
             }
             expected = event.position + 1;
             out.push(event);
         }
+        if let Some(last) = out.last() {
+            // Holes this reader has passed need no bound any more; a slower
+            // reader that meets one again just takes a new bound.
+            self.holes
+                .lock()
+                .expect("holes")
+                .retain(|start, _| *start > last.position);
+        }
         Ok(out)
+    }
+
+    /// True while a hole is waiting to be proven final: readers should look
+    /// again soon rather than at their idle poll interval.
+    pub fn has_pending_holes(&self) -> bool {
+        !self.holes.lock().expect("holes").is_empty()
+    }
+
+    /// Whether the hole starting at `start` is final, given the `xmin` of the
+    /// read that found it still empty (see the module doc).
+    async fn hole_is_final(&self, start: i64, xmin: u64) -> Result<bool, DbError> {
+        let known = self.holes.lock().expect("holes").get(&start).copied();
+        match known {
+            Some(bound) if xmin >= bound => {
+                let mut holes = self.holes.lock().expect("holes");
+                holes.remove(&start);
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => {
+                // Taken after the read that saw the row above the hole, so it
+                // is above the id of every transaction that could hold it.
+                let bound: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+                    .fetch_one(&self.db.any)
+                    .await?;
+                let mut holes = self.holes.lock().expect("holes");
+                if holes.len() >= MAX_HOLES {
+                    holes.pop_first();
+                }
+                holes.insert(start, parse_xid(bound));
+                Ok(false)
+            }
+        }
     }
 
     /// The events of one stream after `sequence`, in stream order.

@@ -122,6 +122,8 @@ pub struct Runtime {
 }
 
 const CHANNEL: &str = "tally_events";
+/// How soon a consumer stopped at a pending hole reads again.
+const HOLE_RETRY: Duration = Duration::from_millis(5);
 
 impl Runtime {
     pub fn new(db: Db, projectors: Vec<Arc<dyn Projector>>, config: RuntimeConfig) -> Self {
@@ -318,7 +320,14 @@ impl Runtime {
                                 break;
                             }
                         }
-                        if wait(&mut shutdown, &mut wake, self.config.poll_interval).await {
+                        // A hole that is not yet final resolves without any
+                        // signal (its transaction ends): look again soon.
+                        let idle = if self.log.has_pending_holes() {
+                            HOLE_RETRY
+                        } else {
+                            self.config.poll_interval
+                        };
+                        if wait(&mut shutdown, &mut wake, idle).await {
                             return;
                         }
                     }
