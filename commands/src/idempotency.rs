@@ -39,6 +39,9 @@ pub enum Reservation {
     InFlight,
 }
 
+/// request_hash, state, response status, body, headers, created_at.
+type KeyRow = (String, String, Option<i64>, Option<String>, Option<String>, String);
+
 pub async fn reserve(
     db: &Db,
     tenant: &str,
@@ -61,7 +64,7 @@ pub async fn reserve(
         if inserted.rows_affected() == 1 {
             return Ok(Reservation::Proceed);
         }
-        let row: Option<(String, String, Option<i64>, Option<String>, Option<String>, String)> = sqlx::query_as(
+        let row: Option<KeyRow> = sqlx::query_as(
             "SELECT request_hash, state, response_status, response_body, response_headers, created_at \
              FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2",
         )

@@ -511,16 +511,15 @@ async fn notify(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>)
             r = rx.changed() => if r.is_err() { return },
         }
         let p = *rx.borrow_and_update();
-        if p > sent {
-            if sqlx::query("SELECT pg_notify($1, $2)")
+        if p > sent
+            && sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
                 .bind(p.to_string())
                 .execute(&pool)
                 .await
                 .is_ok()
-            {
-                sent = p;
-            }
+        {
+            sent = p;
         }
     }
 }

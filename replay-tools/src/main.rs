@@ -102,11 +102,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let started = std::time::Instant::now();
                 reset(&db, p.as_ref()).await?;
                 let mut events = 0usize;
-                loop {
-                    match runtime.step(p.as_ref()).await? {
-                        StepOutcome::Applied(n) => events += n,
-                        StepOutcome::Idle => break,
-                    }
+                while let StepOutcome::Applied(n) = runtime.step(p.as_ref()).await? {
+                    events += n;
                 }
                 let secs = started.elapsed().as_secs_f64();
                 println!(
