@@ -40,7 +40,14 @@ pub enum Reservation {
 }
 
 /// request_hash, state, response status, body, headers, created_at.
-type KeyRow = (String, String, Option<i64>, Option<String>, Option<String>, String);
+type KeyRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    String,
+);
 
 pub async fn reserve(
     db: &Db,

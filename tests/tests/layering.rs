@@ -13,7 +13,11 @@ fn metadata() -> Value {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("metadata json")
 }
 
@@ -34,7 +38,13 @@ fn graph(meta: &Value) -> BTreeMap<String, BTreeSet<String>> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|d| d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null()))
+                .filter(|d| {
+                    d["dep_kinds"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|k| k["kind"].is_null())
+                })
                 .map(|d| names[d["pkg"].as_str().unwrap()].to_string())
                 .collect();
             (names[n["id"].as_str().unwrap()].to_string(), deps)
@@ -60,11 +70,26 @@ fn aggregates_depend_on_no_io_crate() {
     let g = graph(&metadata());
     let deps = closure(&g, "tally-aggregates");
     let forbidden = [
-        "sqlx", "sqlx-core", "sqlx-postgres", "sqlx-sqlite", "libsqlite3-sys", "axum", "axum-core", "hyper",
-        "reqwest", "tower", "tower-http", "postgres-es", "sqlite-es", "tokio-postgres",
+        "sqlx",
+        "sqlx-core",
+        "sqlx-postgres",
+        "sqlx-sqlite",
+        "libsqlite3-sys",
+        "axum",
+        "axum-core",
+        "hyper",
+        "reqwest",
+        "tower",
+        "tower-http",
+        "postgres-es",
+        "sqlite-es",
+        "tokio-postgres",
     ];
     let found: Vec<_> = forbidden.iter().filter(|f| deps.contains(**f)).collect();
-    assert!(found.is_empty(), "tally-aggregates pulls in I/O crates: {found:?}");
+    assert!(
+        found.is_empty(),
+        "tally-aggregates pulls in I/O crates: {found:?}"
+    );
 }
 
 #[test]
@@ -73,19 +98,41 @@ fn tally_crates_depend_along_the_arrows() {
     let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("tally-aggregates", &[][..]),
         ("tally-projections", &["tally-aggregates"][..]),
-        ("tally-commands", &["tally-aggregates", "tally-projections"][..]),
-        ("tally-api", &["tally-aggregates", "tally-projections", "tally-commands"][..]),
-        ("tally-replay", &["tally-aggregates", "tally-projections", "tally-commands"][..]),
+        (
+            "tally-commands",
+            &["tally-aggregates", "tally-projections"][..],
+        ),
+        (
+            "tally-api",
+            &["tally-aggregates", "tally-projections", "tally-commands"][..],
+        ),
+        (
+            "tally-replay",
+            &["tally-aggregates", "tally-projections", "tally-commands"][..],
+        ),
     ]);
     for (krate, ok) in &allowed {
-        let direct: BTreeSet<_> = g[*krate].iter().filter(|d| d.starts_with("tally-")).cloned().collect();
-        let bad: Vec<_> = direct.iter().filter(|d| !ok.contains(&d.as_str())).collect();
-        assert!(bad.is_empty(), "{krate} depends against the arrows on {bad:?}");
+        let direct: BTreeSet<_> = g[*krate]
+            .iter()
+            .filter(|d| d.starts_with("tally-"))
+            .cloned()
+            .collect();
+        let bad: Vec<_> = direct
+            .iter()
+            .filter(|d| !ok.contains(&d.as_str()))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{krate} depends against the arrows on {bad:?}"
+        );
     }
     // Nothing but tests and benchmarks depends on the API crate.
     for (krate, deps) in &g {
         if deps.contains("tally-api") {
-            assert!(["tally-tests", "tally-bench"].contains(&krate.as_str()), "{krate} depends on tally-api");
+            assert!(
+                ["tally-tests", "tally-bench"].contains(&krate.as_str()),
+                "{krate} depends on tally-api"
+            );
         }
     }
 }

@@ -443,6 +443,64 @@ async fn events_are_immutable(backend: Backend) {
         .is_err());
 }
 
+/// Two server processes share one PostgreSQL: each consumer runs in one of
+/// them; when that one dies, the other takes over and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_consumer_fails_over_to_another_process() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let db = tdb.connect().await;
+    let dispatcher = Dispatcher::new(db.clone(), Clock::System);
+    let meta = CommandMeta {
+        tenant: "t".into(),
+        actor: "test".into(),
+        ..Default::default()
+    };
+    let plan_id = seed_plan(&dispatcher, &meta).await;
+    seed_subscription(&dispatcher, &meta, &plan_id, "sub_a").await;
+    let cfg = RuntimeConfig {
+        poll_interval: Duration::from_millis(100),
+        ..RuntimeConfig::default()
+    };
+    // Each "process" has its own connection pools.
+    let db_a = tdb.connect().await;
+    let db_b = tdb.connect().await;
+    let a = Runtime::new(db_a, all_projectors(), cfg.clone());
+    a.start();
+    let head = EventLog::new(db.clone()).head().await.unwrap();
+    assert!(a.wait_for(head, Duration::from_secs(20)).await.unwrap());
+    let b = Runtime::new(db_b, all_projectors(), cfg);
+    b.start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = b.status().await.unwrap();
+        if s.iter().all(|c| c.status == "standby") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never stood by: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A dies (its lock connections close with it); new events arrive.
+    a.abort();
+    drop(a);
+    seed_subscription(&dispatcher, &meta, &plan_id, "sub_b").await;
+    let head = EventLog::new(db.clone()).head().await.unwrap();
+    assert!(
+        b.wait_for(head, Duration::from_secs(30)).await.unwrap(),
+        "B did not take over"
+    );
+    assert!(b
+        .status()
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.status == "running"));
+    assert_eq!(table_rows(&db, "rm_subscriptions", "id").await.len(), 2);
+    b.stop().await;
+}
+
 both_backends!(
     no_skip_under_concurrent_writers,
     consumer_killed_mid_batch,
