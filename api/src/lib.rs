@@ -173,6 +173,23 @@ impl Server {
     }
 }
 
+/// How often expired Idempotency-Key records are deleted.
+const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+async fn purge_idempotency_keys(db: Db, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = tally_commands::idempotency::purge(&db).await {
+            tracing::warn!(error = %e, "idempotency key purge failed");
+        }
+        if tokio::time::timeout(IDEMPOTENCY_PURGE_EVERY, stop.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
 /// Connects, migrates, bootstraps the first key, starts the consumers and
 /// serves on `listener`.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
@@ -201,6 +218,10 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let app = router(state.clone());
     let addr = listener.local_addr()?;
     let (shutdown, mut rx) = watch::channel(false);
+    tokio::spawn(purge_idempotency_keys(
+        state.db.clone(),
+        shutdown.subscribe(),
+    ));
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -443,6 +443,80 @@ async fn events_are_immutable(backend: Backend) {
         .is_err());
 }
 
+/// A batch that fails rolls back and is retried with backoff; nothing is
+/// skipped and the read model ends equal to a rebuild.
+async fn failing_batches_are_retried_not_skipped(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = tdb.connect().await;
+    let dispatcher = Dispatcher::new(db.clone(), Clock::System);
+    let meta = CommandMeta {
+        tenant: "t".into(),
+        actor: "test".into(),
+        ..Default::default()
+    };
+    let plan_id = seed_plan(&dispatcher, &meta).await;
+    for i in 0..5 {
+        seed_subscription(&dispatcher, &meta, &plan_id, &format!("sub_{i}")).await;
+    }
+    let head = EventLog::new(db.clone()).head().await.unwrap();
+
+    struct Flaky(Arc<dyn Projector>, std::sync::atomic::AtomicU32);
+    #[async_trait]
+    impl Projector for Flaky {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn tables(&self) -> &'static [&'static str] {
+            self.0.tables()
+        }
+        async fn apply(
+            &self,
+            conn: &mut AnyConnection,
+            event: &StoredEvent,
+        ) -> Result<(), ProjectionError> {
+            self.0.apply(conn, event).await?;
+            // Fails three times on the 6th event, after writing its rows.
+            if event.position == 6 && self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+                return Err(ProjectionError::Decode {
+                    position: 6,
+                    message: "injected failure".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+    let subs = all_projectors()
+        .into_iter()
+        .find(|p| p.name() == "subscriptions")
+        .unwrap();
+    let flaky = Arc::new(Flaky(subs.clone(), std::sync::atomic::AtomicU32::new(0)));
+    let cfg = RuntimeConfig {
+        batch_size: 4,
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(db.clone(), vec![flaky.clone()], cfg);
+    runtime.start();
+    assert!(runtime
+        .wait_for(head, Duration::from_secs(30))
+        .await
+        .unwrap());
+    assert_eq!(
+        flaky.1.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "three failures, then success"
+    );
+    let cols = "tenant, id, customer_id, plan_id, status, body, version";
+    let incremental = table_rows(&db, "rm_subscriptions", cols).await;
+    assert_eq!(incremental.len(), 5);
+    runtime.rebuild("subscriptions").await.unwrap();
+    assert!(runtime
+        .wait_for(head, Duration::from_secs(30))
+        .await
+        .unwrap());
+    assert_eq!(table_rows(&db, "rm_subscriptions", cols).await, incremental);
+    runtime.stop().await;
+}
+
 /// Two server processes share one PostgreSQL: each consumer runs in one of
 /// them; when that one dies, the other takes over and catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -502,6 +576,7 @@ async fn postgres_consumer_fails_over_to_another_process() {
 }
 
 both_backends!(
+    failing_batches_are_retried_not_skipped,
     no_skip_under_concurrent_writers,
     consumer_killed_mid_batch,
     long_streams_use_snapshots,
