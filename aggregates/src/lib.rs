@@ -11,6 +11,7 @@ pub mod money;
 pub mod period;
 pub mod plan;
 pub mod subscription;
+pub mod usage;
 
 pub use error::DomainError;
 pub use money::{Currency, Money};
@@ -21,6 +22,10 @@ pub use plan::{
 pub use subscription::{
     CancelWhen, PlanRef, ProrationFigures, ProrationMode, Subscription, SubscriptionCommand,
     SubscriptionEvent, SubscriptionStatus, SuspendReason, Suspension,
+};
+pub use usage::{
+    total_delta, usage_window, SubscriptionContext, TotalDelta, UsageCommand, UsageEvent,
+    UsageRecord, UsageStatus, UsageTotals, UsageWindow,
 };
 
 /// The `event_version` of every event in this crate. Events are stored forever:

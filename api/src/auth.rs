@@ -67,6 +67,35 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
 /// Longest key we look up.
 const MAX_KEY_LEN: usize = 256;
 
+/// Known keys, so that a request does not cost a key lookup. Entries live
+/// [`KEY_CACHE_TTL`]; unknown keys are never cached.
+#[derive(Debug, Default, Clone)]
+pub struct KeyCache(
+    std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (ApiKey, std::time::Instant)>>,
+    >,
+);
+
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const KEY_CACHE_MAX: usize = 10_000;
+
+impl KeyCache {
+    fn get(&self, secret: &str) -> Option<ApiKey> {
+        let map = self.0.lock().expect("key cache");
+        map.get(secret)
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(k, _)| k.clone())
+    }
+
+    fn put(&self, secret: &str, key: &ApiKey) {
+        let mut map = self.0.lock().expect("key cache");
+        if map.len() >= KEY_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(secret.to_string(), (key.clone(), std::time::Instant::now()));
+    }
+}
+
 pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let secret = req
         .headers()
@@ -78,7 +107,15 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
     let Some(secret) = secret else {
         return ApiError::Unauthorized.into_response();
     };
-    match keys::authenticate(&app.db, secret).await {
+    let found = match app.keys.get(secret) {
+        Some(key) => Ok(Some(key)),
+        None => keys::authenticate(&app.db, secret).await.inspect(|k| {
+            if let Some(k) = k {
+                app.keys.put(secret, k);
+            }
+        }),
+    };
+    match found {
         Ok(Some(key)) => {
             tracing::Span::current().record("key_id", key.id.as_str());
             req.extensions_mut().insert(Principal(key));

@@ -339,7 +339,7 @@ impl SubscriptionDto {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntitlementDto {
     pub meter: String,
-    pub window: PeriodDto,
+    pub window: crate::routes::usage::WindowDto,
     pub used: String,
     pub hard_cap: Option<String>,
     pub remaining: Option<String>,

@@ -86,6 +86,11 @@ impl ApiError {
         }
     }
 
+    /// The stable error code (API.md).
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use ApiError::*;
         match self {

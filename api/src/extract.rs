@@ -55,12 +55,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path == "." || path.is_empty() {
-            "body".to_string()
-        } else {
-            path
-        };
         let message = clean_message(&inner.to_string());
+        let top = path == "." || path.is_empty();
+        // serde reports a missing field at its parent: name the field itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        let field = match (missing, top) {
+            (Some(name), true) => name.to_string(),
+            (Some(name), false) => format!("{path}.{name}"),
+            (None, true) => "body".to_string(),
+            (None, false) => path,
+        };
         ApiError::Validation {
             detail: format!("{field}: {message}"),
             errors: vec![FieldError::new(field, message)],

@@ -19,6 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tally_commands::policies::quota::{self, QuotaPolicy};
 use tally_commands::{keys, Clock, Dispatcher};
 use tally_projections::runtime::RuntimeConfig;
 use tally_projections::{Db, Runtime};
@@ -35,6 +36,7 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub runtime: Runtime,
     pub metrics: PrometheusHandle,
+    pub keys: auth::KeyCache,
 }
 
 /// Requests taking longer than this are answered 503.
@@ -91,6 +93,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/subscriptions/{id}/entitlements",
             get(subscriptions::entitlements),
         )
+        .route("/v1/usage", post(usage::report).get(usage::list))
+        .route("/v1/usage/batch", post(usage::batch))
+        .route("/v1/usage/summary", get(usage::summary))
+        .route("/v1/usage/{id}", get(usage::get))
+        .route("/v1/usage/{id}/void", post(usage::void))
         .route(
             "/v1/audit/streams/{type}/{id}/events",
             get(audit::stream_events),
@@ -173,6 +180,9 @@ impl Server {
     }
 }
 
+/// How often the quota policy looks for subscriptions whose window has ended.
+const QUOTA_RESUME_EVERY: Duration = Duration::from_millis(250);
+
 /// How often expired Idempotency-Key records are deleted.
 const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -203,23 +213,28 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     };
     let head = tally_projections::EventLog::new(db.clone()).head().await?;
     db.announce(head);
-    let runtime = Runtime::new(
-        db.clone(),
-        tally_projections::all_projectors(),
-        config.runtime.clone(),
-    );
+    let dispatcher = Dispatcher::new(db.clone(), config.clock.clone());
+    let mut consumers = tally_projections::all_projectors();
+    consumers.push(std::sync::Arc::new(QuotaPolicy::new(dispatcher.clone())));
+    let runtime = Runtime::new(db.clone(), consumers, config.runtime.clone());
     runtime.start();
     let state = AppState {
-        dispatcher: Dispatcher::new(db.clone(), config.clock.clone()),
+        dispatcher,
         db,
         runtime,
         metrics: metrics_handle(),
+        keys: auth::KeyCache::default(),
     };
     let app = router(state.clone());
     let addr = listener.local_addr()?;
     let (shutdown, mut rx) = watch::channel(false);
     tokio::spawn(purge_idempotency_keys(
         state.db.clone(),
+        shutdown.subscribe(),
+    ));
+    tokio::spawn(quota::run_resume_scheduler(
+        state.dispatcher.clone(),
+        QUOTA_RESUME_EVERY,
         shutdown.subscribe(),
     ));
     let task = tokio::spawn(async move {

@@ -17,6 +17,7 @@ use crate::AppState;
         subscriptions::create, subscriptions::activate, subscriptions::change_plan, subscriptions::change_seats,
         subscriptions::suspend, subscriptions::resume, subscriptions::cancel, subscriptions::list,
         subscriptions::get, subscriptions::entitlements,
+        usage::report, usage::batch, usage::void, usage::list, usage::get, usage::summary,
         audit::stream_events,
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,

@@ -575,7 +575,7 @@ async fn ceiling_measure(pool: &PgPool, connections: usize, duration: Duration) 
                 w.latencies_us.push(t0.elapsed().as_micros() as u64);
                 match inserted {
                     Ok(()) => w.ok += 1,
-                    Err(e) => w.fail(format!("{}", sql_error_kind(&e))),
+                    Err(e) => w.fail(sql_error_kind(&e)),
                 }
             }
             w
@@ -715,7 +715,20 @@ fn mem_total() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::database_url;
+    use super::{database_url, event_row};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn event_rows_are_realistically_sized() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..100 {
+            let (payload, metadata) = event_row(&mut rng, "sub_bench001x000000001");
+            let (p, m) = (payload.to_string().len(), metadata.to_string().len());
+            assert!((250..=350).contains(&p), "payload {p} bytes");
+            assert!((170..=230).contains(&m), "metadata {m} bytes");
+        }
+    }
 
     #[test]
     fn database_url_replaces_the_database() {

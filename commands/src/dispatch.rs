@@ -31,7 +31,7 @@ pub struct CommandMeta {
 }
 
 impl CommandMeta {
-    fn to_map(&self, clock: &Clock) -> HashMap<String, String> {
+    pub fn to_map(&self, clock: &Clock) -> HashMap<String, String> {
         let mut m = HashMap::from([
             ("tenant".to_string(), self.tenant.clone()),
             ("actor".to_string(), self.actor.clone()),

@@ -7,7 +7,10 @@ pub mod dispatch;
 pub mod idempotency;
 pub mod ids;
 pub mod keys;
+pub mod policies;
 pub mod store;
+pub mod topics;
+pub mod usage;
 
 pub use clock::Clock;
 pub use dispatch::{CommandError, CommandMeta, Dispatcher, Executed};

@@ -207,6 +207,127 @@ pub async fn append(
     Ok(positions)
 }
 
+/// Rows per multi-row INSERT statement of [`append_many`].
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// Appends the first events of many new streams of one aggregate type in one
+/// transaction, with multi-row inserts (the usage batch path). Every stream
+/// must be new or continue at its given sequences: any conflict rolls the
+/// whole transaction back and reports `Conflict`, storing nothing. Returns
+/// the position of each stream's last event, in input order.
+pub async fn append_many(
+    db: &Db,
+    aggregate_type: &str,
+    tenant: &str,
+    recorded_at: DateTime<Utc>,
+    streams: &[(String, Vec<NewEvent>)],
+) -> Result<Vec<i64>, StoreError> {
+    let rows: Vec<(&str, &NewEvent)> = streams
+        .iter()
+        .flat_map(|(key, events)| events.iter().map(move |e| (key.as_str(), e)))
+        .collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut last_position: HashMap<(String, i64), i64> = HashMap::new();
+    let placeholders = |n: usize| -> String {
+        (0..n)
+            .map(|r| {
+                let b = r * 10;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    b + 10
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    const COLUMNS: &str =
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata, event_id, tenant, recorded_at) VALUES ";
+    match &db.typed {
+        TypedPool::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "{COLUMNS}{} RETURNING aggregate_id, sequence, position",
+                    placeholders(chunk.len())
+                );
+                let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql);
+                for (key, e) in chunk {
+                    q = q
+                        .bind(aggregate_type)
+                        .bind(*key)
+                        .bind(e.sequence)
+                        .bind(&e.event_type)
+                        .bind(&e.event_version)
+                        .bind(sqlx::types::Json(&e.payload))
+                        .bind(sqlx::types::Json(&e.metadata))
+                        .bind(&e.event_id)
+                        .bind(tenant)
+                        .bind(recorded_at);
+                }
+                for (key, seq, pos) in q.fetch_all(&mut *tx).await? {
+                    last_position.insert((key, seq), pos);
+                }
+            }
+            tx.commit().await?;
+        }
+        TypedPool::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let at = time::to_text(recorded_at);
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "{COLUMNS}{} RETURNING aggregate_id, sequence, position",
+                    placeholders(chunk.len())
+                );
+                let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql);
+                for (key, e) in chunk {
+                    q = q
+                        .bind(aggregate_type)
+                        .bind(*key)
+                        .bind(e.sequence)
+                        .bind(&e.event_type)
+                        .bind(&e.event_version)
+                        .bind(serde_json::to_string(&e.payload)?)
+                        .bind(serde_json::to_string(&e.metadata)?)
+                        .bind(&e.event_id)
+                        .bind(tenant)
+                        .bind(&at);
+                }
+                for (key, seq, pos) in q.fetch_all(&mut *tx).await? {
+                    last_position.insert((key, seq), pos);
+                }
+            }
+            tx.commit().await?;
+        }
+    }
+    let positions: Vec<i64> = streams
+        .iter()
+        .map(|(key, events)| {
+            events
+                .last()
+                .and_then(|e| last_position.get(&(key.clone(), e.sequence)).copied())
+                .unwrap_or_default()
+        })
+        .collect();
+    if let Some(max) = positions.iter().max() {
+        db.announce(*max);
+    }
+    metrics::counter!("tally_events_appended_total", "aggregate" => aggregate_type.to_string())
+        .increment(rows.len() as u64);
+    Ok(positions)
+}
+
 /// Builds the rows for `events` following sequence `after`.
 pub fn new_events<A: Aggregate>(
     after: i64,

@@ -9,6 +9,7 @@ pub mod runtime;
 pub mod state;
 pub mod subscriptions;
 pub mod time;
+pub mod usage;
 
 pub use db::{Backend, Db, DbError};
 pub use log::{EventLog, StoredEvent};
@@ -44,5 +45,6 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(state::StateProjector::<
             tally_aggregates::subscription::Subscription,
         >::default()),
+        Arc::new(usage::UsageProjector),
     ]
 }

@@ -36,6 +36,10 @@ pub enum ProjectionError {
     Decode { position: i64, message: String },
     #[error("unknown projection {0}")]
     Unknown(String),
+    #[error("{0} is a policy, not a read model: it cannot be rebuilt")]
+    NotRebuildable(String),
+    #[error("{0}")]
+    Effect(String),
 }
 
 impl From<DbError> for ProjectionError {
@@ -71,6 +75,26 @@ pub trait Projector: Send + Sync + 'static {
         conn: &mut AnyConnection,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError>;
+
+    /// Whether this consumer does anything with `event`. A batch with nothing
+    /// for it advances its checkpoint without a transaction per batch
+    /// (persisted at most every [`LAZY_CHECKPOINT`] and whenever idle).
+    fn handles(&self, _event: &StoredEvent) -> bool {
+        true
+    }
+
+    /// Side effects of a batch, run before its transaction opens (policies
+    /// issue commands here). They must be idempotent: a batch whose
+    /// transaction then fails runs them again (at-least-once).
+    async fn effects(&self, _batch: &[StoredEvent]) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+
+    /// Whether a rebuild from position 0 is meaningful. Policies answer no:
+    /// replaying them would re-issue old commands.
+    fn rebuildable(&self) -> bool {
+        true
+    }
 }
 
 /// What `GET /v1/admin/projections` shows for one consumer.
@@ -103,6 +127,25 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// A runner's view of its checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// Every event up to here is handled (committed, or irrelevant to it).
+    reached: i64,
+    /// The checkpoint row as this runner last wrote or read it.
+    committed: i64,
+    committed_at: std::time::Instant,
+}
+
+/// How long a consumer may hold progress over irrelevant events before it
+/// writes its checkpoint.
+pub const LAZY_CHECKPOINT: Duration = Duration::from_millis(100);
+/// After a wake-up, consumers wait this long so that one batch takes in the
+/// events appended meanwhile.
+const COALESCE: Duration = Duration::from_millis(2);
+/// How often an idle owner checks that its lock connection is alive.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Default)]
 struct LocalState {
     status: String,
@@ -117,6 +160,8 @@ pub struct Runtime {
     config: RuntimeConfig,
     projectors: Arc<Vec<Arc<dyn Projector>>>,
     states: Arc<Mutex<HashMap<&'static str, LocalState>>>,
+    /// Per consumer run here: (position reached, position last committed).
+    cursors: Arc<Mutex<HashMap<String, Cursor>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -134,6 +179,7 @@ impl Runtime {
             config,
             projectors: Arc::new(projectors),
             states: Arc::default(),
+            cursors: Arc::default(),
             tasks: Arc::default(),
             shutdown,
         }
@@ -193,9 +239,10 @@ impl Runtime {
     /// Status of every consumer, with positions read from the database.
     pub async fn status(&self) -> Result<Vec<ConsumerStatus>, DbError> {
         let head = self.log.head().await?;
+        let stored = checkpoints(&self.db).await?;
         let mut out = Vec::new();
         for p in self.projectors.iter() {
-            let position = checkpoint(&self.db, p.name()).await?;
+            let position = self.position_of(p.name(), &stored);
             let local = self
                 .states
                 .lock()
@@ -225,11 +272,25 @@ impl Runtime {
     /// The smallest checkpoint over all projectors: every read model has seen
     /// the log at least this far.
     pub async fn min_position(&self) -> Result<i64, DbError> {
-        let mut min = i64::MAX;
-        for p in self.projectors.iter() {
-            min = min.min(checkpoint(&self.db, p.name()).await?);
+        let stored = checkpoints(&self.db).await?;
+        let min = self
+            .projectors
+            .iter()
+            .map(|p| self.position_of(p.name(), &stored))
+            .min();
+        Ok(min.unwrap_or(0))
+    }
+
+    /// A consumer's position: what its runner here has reached, else its row.
+    fn position_of(&self, name: &str, stored: &HashMap<String, i64>) -> i64 {
+        let db = stored.get(name).copied().unwrap_or(0);
+        match self.cursors.lock().expect("cursors").get(name) {
+            // A rebuild elsewhere may have moved the row back: trust the row
+            // when it is behind what this runner last committed.
+            Some(c) if db >= c.committed => c.reached.max(db),
+            Some(_) => db,
+            None => db,
         }
-        Ok(if min == i64::MAX { 0 } else { min })
     }
 
     /// Waits until every projector has reached `position`, up to `timeout`.
@@ -260,7 +321,11 @@ impl Runtime {
             .find(|p| p.name() == name)
             .ok_or_else(|| ProjectionError::Unknown(name.to_string()))?
             .clone();
+        if !p.rebuildable() {
+            return Err(ProjectionError::NotRebuildable(name.to_string()));
+        }
         reset(&self.db, p.as_ref()).await?;
+        self.cursors.lock().expect("cursors").remove(p.name());
         self.set_state(p.name(), "rebuilding", None);
         // Wake the runner.
         self.db.head.send_modify(|_| {});
@@ -294,6 +359,9 @@ impl Runtime {
                     continue;
                 }
             };
+            let mut last_lock_check = std::time::Instant::now();
+            // A new owner starts from the checkpoint row.
+            self.cursors.lock().expect("cursors").remove(p.name());
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -313,11 +381,17 @@ impl Runtime {
                     }
                     Ok(StepOutcome::Idle) => {
                         self.set_state(p.name(), "running", None);
+                        if let Err(e) = self.settle(p.name()).await {
+                            tracing::warn!(consumer = p.name(), error = %e, "checkpoint write failed");
+                        }
                         // Still the owner? A lost lock connection means another
                         // process may have taken over.
-                        if let Some(conn) = lock.as_mut() {
-                            if conn.ping().await.is_err() {
-                                break;
+                        if last_lock_check.elapsed() >= LOCK_CHECK_EVERY {
+                            last_lock_check = std::time::Instant::now();
+                            if let Some(conn) = lock.as_mut() {
+                                if conn.ping().await.is_err() {
+                                    break;
+                                }
                             }
                         }
                         // A hole that is not yet final resolves without any
@@ -371,14 +445,24 @@ impl Runtime {
     }
 
     /// Processes one batch: reads after the checkpoint, applies, commits rows
-    /// and checkpoint together.
+    /// and checkpoint together. A batch with nothing for this consumer only
+    /// moves its cursor (written lazily, see [`LAZY_CHECKPOINT`]).
     pub async fn step(&self, p: &dyn Projector) -> Result<StepOutcome, ProjectionError> {
-        let from = checkpoint(&self.db, p.name()).await?;
+        let cursor = self.cursor(p.name()).await?;
+        let from = cursor.reached;
         let batch = self.log.read_after(from, self.config.batch_size).await?;
         let Some(last) = batch.last() else {
             return Ok(StepOutcome::Idle);
         };
         let to = last.position;
+        if !batch.iter().any(|e| p.handles(e)) {
+            self.advance(p.name(), to, false);
+            if cursor.committed_at.elapsed() >= LAZY_CHECKPOINT {
+                self.settle(p.name()).await?;
+            }
+            return Ok(StepOutcome::Applied(batch.len()));
+        }
+        p.effects(&batch).await?;
         let mut tx = self.db.any.begin().await?;
         let moved = sqlx::query(
             "UPDATE consumer_checkpoints SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4",
@@ -386,23 +470,80 @@ impl Runtime {
         .bind(to)
         .bind(time::to_text(chrono::Utc::now()))
         .bind(p.name())
-        .bind(from)
+        .bind(cursor.committed)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() != 1 {
             // Someone else moved the checkpoint (a rebuild, a takeover): drop
             // this batch and start again from the checkpoint as it is now.
             tx.rollback().await?;
+            self.cursors.lock().expect("cursors").remove(p.name());
             return Ok(StepOutcome::Applied(0));
         }
-        for event in &batch {
+        for event in batch.iter().filter(|e| p.handles(e)) {
             p.apply(&mut tx, event).await?;
         }
         tx.commit().await?;
+        self.advance(p.name(), to, true);
         metrics::counter!("tally_projection_events_total", "name" => p.name())
             .increment(batch.len() as u64);
         metrics::gauge!("tally_projection_position", "name" => p.name()).set(to as f64);
         Ok(StepOutcome::Applied(batch.len()))
+    }
+
+    /// This runner's cursor, read from the checkpoint row when it has none.
+    async fn cursor(&self, name: &str) -> Result<Cursor, DbError> {
+        if let Some(c) = self.cursors.lock().expect("cursors").get(name) {
+            return Ok(*c);
+        }
+        let at = checkpoint(&self.db, name).await?;
+        let c = Cursor {
+            reached: at,
+            committed: at,
+            committed_at: std::time::Instant::now(),
+        };
+        self.cursors
+            .lock()
+            .expect("cursors")
+            .insert(name.to_string(), c);
+        Ok(c)
+    }
+
+    fn advance(&self, name: &str, to: i64, committed: bool) {
+        let mut cursors = self.cursors.lock().expect("cursors");
+        if let Some(c) = cursors.get_mut(name) {
+            c.reached = to;
+            if committed {
+                c.committed = to;
+                c.committed_at = std::time::Instant::now();
+            }
+        }
+    }
+
+    /// Writes progress held in memory (over irrelevant events) to the
+    /// checkpoint row, guarded like a batch.
+    async fn settle(&self, name: &str) -> Result<(), DbError> {
+        let Some(c) = self.cursors.lock().expect("cursors").get(name).copied() else {
+            return Ok(());
+        };
+        if c.reached == c.committed {
+            return Ok(());
+        }
+        let moved = sqlx::query(
+            "UPDATE consumer_checkpoints SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4",
+        )
+        .bind(c.reached)
+        .bind(time::to_text(chrono::Utc::now()))
+        .bind(name)
+        .bind(c.committed)
+        .execute(&self.db.any)
+        .await?;
+        if moved.rows_affected() == 1 {
+            self.advance(name, c.reached, true);
+        } else {
+            self.cursors.lock().expect("cursors").remove(name);
+        }
+        Ok(())
     }
 }
 
@@ -427,6 +568,15 @@ pub async fn checkpoint(db: &Db, name: &str) -> Result<i64, DbError> {
         .fetch_one(&db.any)
         .await?;
     Ok(p)
+}
+
+/// Every checkpoint row.
+pub async fn checkpoints(db: &Db) -> Result<HashMap<String, i64>, DbError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT name, position FROM consumer_checkpoints")
+            .fetch_all(&db.any)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Empties a projector's tables and sets its checkpoint to 0, atomically.
@@ -455,7 +605,11 @@ async fn wait(
 ) -> bool {
     tokio::select! {
         _ = shutdown.changed() => true,
-        _ = wake.changed() => *shutdown.borrow(),
+        _ = wake.changed() => {
+            // Let the appends of the same moment join this batch.
+            tokio::time::sleep(COALESCE).await;
+            *shutdown.borrow()
+        }
         _ = tokio::time::sleep(timeout) => *shutdown.borrow(),
     }
 }

@@ -51,6 +51,10 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
         std::slice::from_ref(&S::TABLE)
     }
 
+    fn handles(&self, event: &StoredEvent) -> bool {
+        event.aggregate_type == S::AGGREGATE
+    }
+
     async fn apply(
         &self,
         conn: &mut AnyConnection,

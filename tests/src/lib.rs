@@ -418,14 +418,16 @@ impl TestApp {
     /// Waits (bounded) until every projection has reached the log head.
     pub async fn wait_projections_caught_up(&self) {
         let head = self.state().dispatcher.log().head().await.expect("head");
-        assert!(
-            self.state()
-                .runtime
-                .wait_for(head, Duration::from_secs(20))
-                .await
-                .expect("wait"),
-            "projections did not reach {head}"
-        );
+        if !self
+            .state()
+            .runtime
+            .wait_for(head, Duration::from_secs(20))
+            .await
+            .expect("wait")
+        {
+            let status = self.state().runtime.status().await.expect("status");
+            panic!("projections did not reach {head}: {status:#?}");
+        }
     }
 }
 

@@ -69,13 +69,24 @@ async fn postgres_reader_waits_for_an_open_lower_position() {
             .execute(&mut a)
             .await
             .unwrap();
-        let seen: Vec<i64> = log
-            .read_after(start, 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.position)
-            .collect();
+        // The hole's fate is known now; it is final once every transaction
+        // that was running when the reader met it has ended. xmin is
+        // cluster-wide, so other databases' transactions may delay that a
+        // little: wait for it with a deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let seen: Vec<i64> = loop {
+            let seen: Vec<i64> = log
+                .read_after(start, 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.position)
+                .collect();
+            if !seen.is_empty() || tokio::time::Instant::now() > deadline {
+                break seen;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         if commit_a {
             assert_eq!(seen, vec![pa, pb]);
         } else {

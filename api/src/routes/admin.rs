@@ -45,10 +45,12 @@ pub async fn rebuild(
     if !app.runtime.names().contains(&name.as_str()) {
         return Err(ApiError::NotFound);
     }
-    app.runtime
-        .rebuild(&name)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    app.runtime.rebuild(&name).await.map_err(|e| match e {
+        tally_projections::ProjectionError::NotRebuildable(_) => {
+            ApiError::InvalidTransition(e.to_string())
+        }
+        other => ApiError::Internal(other.to_string()),
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(StatusDto {

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod ops;
 pub mod plans;
 pub mod subscriptions;
+pub mod usage;
 
 use std::time::Duration;
 

@@ -305,8 +305,8 @@ pub async fn get(
     Ok(resource(StatusCode::OK, &dto, v.version, None))
 }
 
-/// Per-meter usage against the plan. Usage metering is not built yet, so the
-/// list is empty (API.md allows this until usage exists).
+/// Per-meter usage of the current window against the plan's hard caps
+/// (empty for a subscription that was never activated).
 #[utoipa::path(get, path = "/v1/subscriptions/{id}/entitlements", tag = "subscriptions", params(("id" = String, Path)),
     responses((status = 200, body = EntitlementsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn entitlements(
@@ -318,11 +318,9 @@ pub async fn entitlements(
     principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     check_id(&id, "sub")?;
-    state::get::<Subscription>(&app.db, principal.tenant(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let data = super::usage::entitlements(&app, principal.tenant(), &id).await?;
     Ok(axum::Json(EntitlementsDto {
         subscription_id: id,
-        data: Vec::new(),
+        data,
     }))
 }

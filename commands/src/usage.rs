@@ -1,0 +1,274 @@
+//! Usage ingest. A usage record's stream id is derived from the client's
+//! transaction id, so a repeated report (retried, concurrent, or once in a
+//! batch and once alone) lands on the same stream and is recorded once: the
+//! aggregate answers a repeat with no events, and a simultaneous repeat loses
+//! the append race and, on retry, sees the original.
+//!
+//! Batches take a fast path: one query finds the transaction ids already
+//! recorded, every new record is decided in memory, and all their events are
+//! appended in one transaction with multi-row inserts (each record still its
+//! own stream). If that transaction meets a concurrent report of one of the
+//! same ids, it stores nothing and the batch falls back to one command per record.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use tally_aggregates::subscription::Subscription;
+use tally_aggregates::usage::{SubscriptionContext, UsageCommand, UsageRecord};
+use tally_aggregates::DomainError;
+use tally_projections::stream_key;
+
+use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
+use crate::store::{self, StoreError};
+
+/// Largest batch accepted.
+pub const MAX_BATCH: usize = 1000;
+
+/// One usage report as the client sent it (parsed).
+#[derive(Debug, Clone)]
+pub struct UsageReport {
+    pub subscription_id: String,
+    pub meter: String,
+    pub quantity: Decimal,
+    pub timestamp: DateTime<Utc>,
+    pub transaction_id: String,
+    pub properties: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The record id of a transaction id: `use_` and 32 hex digits of its SHA-256.
+pub fn record_id(transaction_id: &str) -> String {
+    let digest = Sha256::digest(transaction_id.as_bytes());
+    format!("use_{}", &hex::encode(digest)[..32])
+}
+
+#[derive(Debug)]
+pub enum Reported {
+    Created(Executed<UsageRecord>),
+    Duplicate(Executed<UsageRecord>),
+}
+
+/// What the command layer knows of a subscription when usage is reported.
+pub async fn subscription_context(
+    d: &Dispatcher,
+    tenant: &str,
+    subscription_id: &str,
+) -> Result<SubscriptionContext, CommandError> {
+    let unknown = || {
+        CommandError::Domain(DomainError::Validation {
+            field: "subscription_id".into(),
+            message: "unknown subscription".into(),
+        })
+    };
+    if !crate::ids::has_prefix(subscription_id, "sub") {
+        return Err(unknown());
+    }
+    let (sub, _) = d.load::<Subscription>(tenant, subscription_id).await?;
+    let (Some(status), Some(plan)) = (sub.status, sub.plan.clone()) else {
+        return Err(unknown());
+    };
+    Ok(SubscriptionContext {
+        subscription_id: subscription_id.to_string(),
+        status,
+        anchor: sub.anchor,
+        plan,
+    })
+}
+
+fn record_command(r: &UsageReport, ctx: &SubscriptionContext, now: DateTime<Utc>) -> UsageCommand {
+    UsageCommand::Record {
+        record_id: record_id(&r.transaction_id),
+        transaction_id: r.transaction_id.clone(),
+        subscription: ctx.clone(),
+        meter: r.meter.clone(),
+        quantity: r.quantity,
+        timestamp: r.timestamp,
+        properties: r.properties.clone(),
+        now,
+    }
+}
+
+/// Records one report.
+pub async fn report(
+    d: &Dispatcher,
+    meta: &CommandMeta,
+    r: &UsageReport,
+) -> Result<Reported, CommandError> {
+    let ctx = subscription_context(d, &meta.tenant, &r.subscription_id).await?;
+    let id = record_id(&r.transaction_id);
+    let now = d.clock().now();
+    let out = d
+        .execute::<UsageRecord, _>(meta, &id, None, |u| u.decide(record_command(r, &ctx, now)))
+        .await?;
+    Ok(if out.appended == 0 {
+        Reported::Duplicate(out)
+    } else {
+        Reported::Created(out)
+    })
+}
+
+/// The result for one record of a batch.
+#[derive(Debug)]
+pub enum BatchOutcome {
+    Created { id: String, position: i64 },
+    Duplicate { id: String },
+    Rejected { error: CommandError },
+}
+
+/// Records a batch (at most [`MAX_BATCH`]); one bad record does not reject the others.
+pub async fn report_batch(
+    d: &Dispatcher,
+    meta: &CommandMeta,
+    reports: Vec<Result<UsageReport, CommandError>>,
+) -> Vec<BatchOutcome> {
+    let now = d.clock().now();
+    // One load per subscription.
+    let mut contexts: HashMap<String, Result<SubscriptionContext, String>> = HashMap::new();
+    for r in reports.iter().flatten() {
+        if !contexts.contains_key(&r.subscription_id) {
+            let c = subscription_context(d, &meta.tenant, &r.subscription_id)
+                .await
+                .map_err(|e| e.to_string());
+            contexts.insert(r.subscription_id.clone(), c);
+        }
+    }
+    let ids: Vec<String> = reports
+        .iter()
+        .flatten()
+        .map(|r| record_id(&r.transaction_id))
+        .collect();
+    let existing = match existing_records(d, &meta.tenant, &ids).await {
+        Ok(e) => e,
+        Err(e) => {
+            let message = e.to_string();
+            let unavailable = e.is_unavailable();
+            return reports
+                .iter()
+                .map(|_| BatchOutcome::Rejected {
+                    error: if unavailable {
+                        CommandError::Unavailable(message.clone())
+                    } else {
+                        CommandError::Store(message.clone())
+                    },
+                })
+                .collect();
+        }
+    };
+    let mut outcomes: Vec<Option<BatchOutcome>> = Vec::with_capacity(reports.len());
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut to_append: Vec<(usize, String, Vec<store::NewEvent>)> = Vec::new();
+    let metadata = meta.to_map(d.clock());
+    for (i, r) in reports.iter().enumerate() {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                outcomes.push(Some(BatchOutcome::Rejected {
+                    error: clone_error(e),
+                }));
+                continue;
+            }
+        };
+        let id = record_id(&r.transaction_id);
+        if existing.contains(&id) || seen.contains(&id) {
+            outcomes.push(Some(BatchOutcome::Duplicate { id }));
+            continue;
+        }
+        let ctx = match &contexts[&r.subscription_id] {
+            Ok(c) => c,
+            Err(_) => {
+                let error = CommandError::Domain(DomainError::Validation {
+                    field: "subscription_id".into(),
+                    message: "unknown subscription".into(),
+                });
+                outcomes.push(Some(BatchOutcome::Rejected { error }));
+                continue;
+            }
+        };
+        match UsageRecord::default().decide(record_command(r, ctx, now)) {
+            Ok(events) => match store::new_events::<UsageRecord>(0, &events, &metadata) {
+                Ok(rows) => {
+                    seen.insert(id.clone());
+                    to_append.push((i, id, rows));
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(BatchOutcome::Rejected { error: e.into() })),
+            },
+            Err(e) => outcomes.push(Some(BatchOutcome::Rejected { error: e.into() })),
+        }
+    }
+    let streams: Vec<(String, Vec<store::NewEvent>)> = to_append
+        .iter()
+        .map(|(_, id, rows)| (stream_key(&meta.tenant, id), rows.clone()))
+        .collect();
+    match store::append_many(d.db(), "usage_record", &meta.tenant, now, &streams).await {
+        Ok(positions) => {
+            for ((i, id, _), position) in to_append.into_iter().zip(positions) {
+                outcomes[i] = Some(BatchOutcome::Created { id, position });
+            }
+        }
+        Err(StoreError::Conflict) => {
+            // A concurrent report of one of these ids: nothing was stored;
+            // record one by one (each then sees its duplicate).
+            for (i, _, _) in to_append {
+                let Ok(r) = &reports[i] else { continue };
+                outcomes[i] = Some(match report(d, meta, r).await {
+                    Ok(Reported::Created(out)) => BatchOutcome::Created {
+                        id: out.id,
+                        position: out.position,
+                    },
+                    Ok(Reported::Duplicate(out)) => BatchOutcome::Duplicate { id: out.id },
+                    Err(error) => BatchOutcome::Rejected { error },
+                });
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for (i, _, _) in to_append {
+                outcomes[i] = Some(BatchOutcome::Rejected {
+                    error: CommandError::Store(message.clone()),
+                });
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.expect("every record has an outcome"))
+        .collect()
+}
+
+fn clone_error(e: &CommandError) -> CommandError {
+    match e {
+        CommandError::Domain(d) => CommandError::Domain(d.clone()),
+        other => CommandError::Store(other.to_string()),
+    }
+}
+
+/// Which of these record ids already have a stream.
+async fn existing_records(
+    d: &Dispatcher,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashSet<String>, tally_projections::DbError> {
+    let mut found = HashSet::new();
+    for chunk in ids.chunks(500) {
+        if chunk.is_empty() {
+            continue;
+        }
+        let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+        let sql = format!(
+            "SELECT aggregate_id FROM events WHERE aggregate_type = 'usage_record' AND sequence = 1 AND aggregate_id IN ({})",
+            params.join(", ")
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for id in chunk {
+            q = q.bind(stream_key(tenant, id));
+        }
+        for key in q.fetch_all(&d.db().any).await? {
+            if let Some((_, id)) = tally_projections::split_stream_key(&key) {
+                found.insert(id.to_string());
+            }
+        }
+    }
+    Ok(found)
+}

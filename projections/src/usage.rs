@@ -1,0 +1,280 @@
+//! Read model of usage: one row per record (`rm_usage_records`) and running
+//! totals per subscription, meter and window (`rm_usage_totals`). Windows come
+//! in the events (the command layer computed them from the meter's reset
+//! cadence), so this projector only adds and subtracts.
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyConnection, Row};
+use tally_aggregates::usage::{total_delta, TotalDelta, UsageEvent, UsageRecord};
+
+use crate::db::{Db, DbError};
+use crate::log::StoredEvent;
+use crate::runtime::{ProjectionError, Projector};
+use crate::state::Versioned;
+use crate::{time, Page, MAX_PAGE_LIMIT};
+
+#[derive(Debug, Default)]
+pub struct UsageProjector;
+
+pub const CONSUMER: &str = "usage";
+
+#[async_trait]
+impl Projector for UsageProjector {
+    fn name(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_usage_records", "rm_usage_totals"]
+    }
+
+    fn handles(&self, event: &StoredEvent) -> bool {
+        event.aggregate_type == "usage_record"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        if event.aggregate_type != "usage_record" {
+            return Ok(());
+        }
+        let id = event.resource_id();
+        let row =
+            sqlx::query("SELECT body, version FROM rm_usage_records WHERE tenant = $1 AND id = $2")
+                .bind(&event.tenant)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let mut state = match row {
+            Some(row) => {
+                let version: i64 = row.try_get("version")?;
+                if version >= event.sequence {
+                    return Ok(());
+                }
+                let body: String = row.try_get("body")?;
+                serde_json::from_str::<UsageRecord>(&body)
+                    .map_err(|e| ProjectionError::decode(event, e))?
+            }
+            None => UsageRecord::default(),
+        };
+        let decoded: UsageEvent = event
+            .decode()
+            .map_err(|e| ProjectionError::decode(event, e))?;
+        state.evolve(&decoded);
+        let body = serde_json::to_string(&state).map_err(|e| ProjectionError::decode(event, e))?;
+        sqlx::query(
+            "INSERT INTO rm_usage_records (tenant, id, transaction_id, subscription_id, meter, ts, status, body, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant, id) DO UPDATE SET \
+             status = excluded.status, body = excluded.body, version = excluded.version",
+        )
+        .bind(&event.tenant)
+        .bind(id)
+        .bind(&state.transaction_id)
+        .bind(&state.subscription_id)
+        .bind(&state.meter)
+        .bind(state.timestamp.map(time::to_text).unwrap_or_default())
+        .bind(state.status.map(|s| s.as_str()).unwrap_or_default())
+        .bind(body)
+        .bind(event.sequence)
+        .execute(&mut *conn)
+        .await?;
+        if let Some(delta) = total_delta(&decoded) {
+            add_to_total(conn, &event.tenant, &delta)
+                .await
+                .map_err(|e| match e {
+                    AddError::Db(e) => ProjectionError::Db(e),
+                    AddError::Corrupt(m) => ProjectionError::decode(event, m),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+enum AddError {
+    Db(sqlx::Error),
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for AddError {
+    fn from(e: sqlx::Error) -> Self {
+        AddError::Db(e)
+    }
+}
+
+async fn add_to_total(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    d: &TotalDelta,
+) -> Result<(), AddError> {
+    let start = time::to_text(d.window.start);
+    let current: Option<(String, i64)> = sqlx::query_as(
+        "SELECT total, record_count FROM rm_usage_totals \
+         WHERE tenant = $1 AND subscription_id = $2 AND meter = $3 AND window_start = $4",
+    )
+    .bind(tenant)
+    .bind(&d.subscription_id)
+    .bind(&d.meter)
+    .bind(&start)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (total, count) = match current {
+        Some((t, c)) => (
+            t.parse::<Decimal>()
+                .map_err(|e| AddError::Corrupt(e.to_string()))?,
+            c,
+        ),
+        None => (Decimal::ZERO, 0),
+    };
+    let new_total = (total + d.quantity).normalize();
+    sqlx::query(
+        "INSERT INTO rm_usage_totals (tenant, subscription_id, meter, window_start, window_end, total, record_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, subscription_id, meter, window_start) \
+         DO UPDATE SET total = excluded.total, record_count = excluded.record_count",
+    )
+    .bind(tenant)
+    .bind(&d.subscription_id)
+    .bind(&d.meter)
+    .bind(&start)
+    .bind(d.window.end.map(time::to_text))
+    .bind(new_total.to_string())
+    .bind(count + d.records)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The total of one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowTotal {
+    pub meter: String,
+    pub total: Decimal,
+    pub record_count: i64,
+}
+
+/// Total of (subscription, meter, window starting at `window_start`); zero when nothing was recorded.
+pub async fn total(
+    db: &Db,
+    tenant: &str,
+    subscription_id: &str,
+    meter: &str,
+    window_start: chrono::DateTime<chrono::Utc>,
+) -> Result<WindowTotal, DbError> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT total, record_count FROM rm_usage_totals \
+         WHERE tenant = $1 AND subscription_id = $2 AND meter = $3 AND window_start = $4",
+    )
+    .bind(tenant)
+    .bind(subscription_id)
+    .bind(meter)
+    .bind(time::to_text(window_start))
+    .fetch_optional(&db.any)
+    .await?;
+    let (total, record_count) = match row {
+        Some((t, c)) => (
+            t.parse().map_err(|e: rust_decimal::Error| {
+                DbError::Sqlx(sqlx::Error::Decode(Box::new(e)))
+            })?,
+            c,
+        ),
+        None => (Decimal::ZERO, 0),
+    };
+    Ok(WindowTotal {
+        meter: meter.to_string(),
+        total,
+        record_count,
+    })
+}
+
+pub async fn get(
+    db: &Db,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Versioned<UsageRecord>>, DbError> {
+    let row =
+        sqlx::query("SELECT id, body, version FROM rm_usage_records WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&db.any)
+            .await?;
+    row.map(|r| decode(&r)).transpose()
+}
+
+/// Filters of the record list.
+#[derive(Debug, Default, Clone)]
+pub struct RecordFilter {
+    pub subscription_id: Option<String>,
+    pub meter: Option<String>,
+    /// Inclusive lower and exclusive upper bound on the record's timestamp.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Records in timestamp order, one page after `cursor` (`<timestamp>|<id>`).
+pub async fn list(
+    db: &Db,
+    tenant: &str,
+    f: &RecordFilter,
+    limit: i64,
+    cursor: Option<&str>,
+) -> Result<Page<Versioned<UsageRecord>>, DbError> {
+    let limit = limit.clamp(1, MAX_PAGE_LIMIT);
+    let (after_ts, after_id) = cursor
+        .and_then(|c| c.split_once('|'))
+        .map(|(t, i)| (t.to_string(), i.to_string()))
+        .unwrap_or_default();
+    let mut sql = String::from(
+        "SELECT id, body, version, ts FROM rm_usage_records WHERE tenant = $1 AND (ts > $2 OR (ts = $2 AND id > $3))",
+    );
+    let mut binds: Vec<String> = Vec::new();
+    let mut push = |sql: &mut String, cond: &str, v: String| {
+        binds.push(v);
+        sql.push_str(&format!(" AND {cond} ${}", binds.len() + 3));
+    };
+    if let Some(s) = &f.subscription_id {
+        push(&mut sql, "subscription_id =", s.clone());
+    }
+    if let Some(m) = &f.meter {
+        push(&mut sql, "meter =", m.clone());
+    }
+    if let Some(t) = f.from {
+        push(&mut sql, "ts >=", time::to_text(t));
+    }
+    if let Some(t) = f.to {
+        push(&mut sql, "ts <", time::to_text(t));
+    }
+    sql.push_str(&format!(" ORDER BY ts, id LIMIT {}", limit + 1));
+    let mut q = sqlx::query(&sql).bind(tenant).bind(after_ts).bind(after_id);
+    for b in binds {
+        q = q.bind(b);
+    }
+    let rows = q.fetch_all(&db.any).await?;
+    let mut cursors = Vec::new();
+    let mut data = Vec::new();
+    for r in &rows {
+        let ts: String = r.try_get("ts")?;
+        let v = decode(r)?;
+        cursors.push(format!("{ts}|{}", v.id));
+        data.push(v);
+    }
+    let next_cursor = if data.len() as i64 > limit {
+        data.truncate(limit as usize);
+        cursors.get(limit as usize - 1).cloned()
+    } else {
+        None
+    };
+    Ok(Page { data, next_cursor })
+}
+
+fn decode(row: &sqlx::any::AnyRow) -> Result<Versioned<UsageRecord>, DbError> {
+    let body: String = row.try_get("body")?;
+    Ok(Versioned {
+        id: row.try_get("id")?,
+        state: serde_json::from_str(&body)
+            .map_err(|e| DbError::Sqlx(sqlx::Error::Decode(Box::new(e))))?,
+        version: row.try_get("version")?,
+    })
+}
