@@ -1,5 +1,6 @@
-//! Tally's domain: the `Plan` and `Subscription` aggregates, their commands and
-//! events, and the money and billing-period arithmetic they rely on.
+//! Tally's domain: the `Plan`, `Subscription`, `UsageRecord`, `Ticket` and
+//! `Inbox` aggregates, their commands and events, and the money and
+//! billing-period arithmetic they rely on.
 //!
 //! Everything here is pure. Commands carry the time and the new ids, so `decide`
 //! and `evolve` never read a clock, generate an id or touch I/O; the `cqrs_es`
@@ -7,13 +8,16 @@
 //! currency, never a float.
 
 pub mod error;
+pub mod inbox;
 pub mod money;
 pub mod period;
 pub mod plan;
 pub mod subscription;
+pub mod ticket;
 pub mod usage;
 
 pub use error::DomainError;
+pub use inbox::{valid_recipient, Inbox, InboxCommand, InboxEvent};
 pub use money::{Currency, Money};
 pub use period::{Interval, Period};
 pub use plan::{
@@ -22,6 +26,10 @@ pub use plan::{
 pub use subscription::{
     CancelWhen, PlanRef, ProrationFigures, ProrationMode, Subscription, SubscriptionCommand,
     SubscriptionEvent, SubscriptionStatus, SuspendReason, Suspension,
+};
+pub use ticket::{
+    can_transition, Attachment, Comment, Priority, Ticket, TicketCommand, TicketEvent,
+    TicketStatus, ALLOWED_CONTENT_TYPES, MAX_ATTACHMENTS, MAX_ATTACHMENT_BYTES, TRANSITIONS,
 };
 pub use usage::{
     total_delta, usage_window, SubscriptionContext, TotalDelta, UsageCommand, UsageEvent,

@@ -93,6 +93,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/subscriptions/{id}/entitlements",
             get(subscriptions::entitlements),
         )
+        .route("/v1/tickets", post(tickets::create).get(tickets::list))
+        .route("/v1/tickets/{id}", get(tickets::get))
+        .route("/v1/tickets/{id}/assign", post(tickets::assign))
+        .route("/v1/tickets/{id}/comments", post(tickets::comment))
+        .route("/v1/tickets/{id}/attachments", post(tickets::attach))
+        .route("/v1/tickets/{id}/transition", post(tickets::transition))
+        .route("/v1/inbox", get(inbox::list))
+        .route("/v1/inbox/read-all", post(inbox::read_all))
+        .route("/v1/inbox/{item_id}/read", post(inbox::read))
+        .route("/v1/inbox/{item_id}/archive", post(inbox::archive))
         .route("/v1/usage", post(usage::report).get(usage::list))
         .route("/v1/usage/batch", post(usage::batch))
         .route("/v1/usage/summary", get(usage::summary))

@@ -18,6 +18,8 @@ use crate::AppState;
         subscriptions::suspend, subscriptions::resume, subscriptions::cancel, subscriptions::list,
         subscriptions::get, subscriptions::entitlements,
         usage::report, usage::batch, usage::void, usage::list, usage::get, usage::summary,
+        tickets::create, tickets::assign, tickets::comment, tickets::attach, tickets::transition, tickets::list, tickets::get,
+        inbox::list, inbox::read, inbox::archive, inbox::read_all,
         audit::stream_events,
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,

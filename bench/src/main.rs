@@ -1,15 +1,23 @@
 //! `tally-bench`: benchmark programs that print figures.
 //!
-//! `tally-bench commands` measures how close Tally's write path comes to what
-//! the same PostgreSQL can do for the cheapest possible event append, in one
-//! run on one machine, so the two figures are directly comparable:
+//! Each subcommand measures how close one of Tally's write paths comes to
+//! what the same PostgreSQL can do for the cheapest equivalent raw append, in
+//! one run on one machine, so the two figures are directly comparable. Both
+//! share the same frame: a fresh database `tally_bench_<unix time>` is
+//! created, the real server is started in-process (`tally_api::start` on
+//! 127.0.0.1:0, system clock, default projection runtime, no tracing
+//! subscriber so no per-request logs), a plan plus `--subscriptions` active
+//! subscriptions are created over HTTP, the HTTP phase runs, the server is
+//! stopped, and the raw ceiling runs in a table `bench_events` shaped like the
+//! event log, in the same database. The database is dropped at the end, also
+//! when a phase fails or the run is interrupted (Ctrl-C). Every loop is
+//! bounded in time; non-2xx answers and failed inserts are counted and
+//! reported, never hidden.
 //!
-//! * **(a) command throughput.** A fresh database `tally_bench_<unix time>` is
-//!   created, the real server is started in-process (`tally_api::start` on
-//!   127.0.0.1:0, system clock, default projection runtime, no tracing
-//!   subscriber so no per-request logs), and a plan plus `--subscriptions`
-//!   active subscriptions are created over HTTP. Then `--connections` client
-//!   tasks share one `reqwest::Client` and, for `--seconds`, each sends
+//! `tally-bench commands`:
+//!
+//! * **(a) command throughput.** `--connections` client tasks share one
+//!   `reqwest::Client` and, for `--seconds`, each sends
 //!   `POST /v1/subscriptions/{random id}/change-seats` with a random seat
 //!   count and `"proration": "prorate"`. Each such command loads the
 //!   aggregate, decides, and appends a `SeatsChanged` event (with the
@@ -19,18 +27,32 @@
 //!   separately (a non-2xx, e.g. 409 `concurrent_modification` after the
 //!   server's retries, is reported, never hidden); the latency of every
 //!   answered request is recorded.
-//! * **(b) raw ceiling.** With the server stopped, a table `bench_events`
-//!   shaped like the event log is created in the same database, and the same
-//!   number of tasks over a `PgPool` with that many connections each loop
-//!   for `--seconds` on `BEGIN; INSERT one row; COMMIT` with a realistic
-//!   payload (~300 bytes) and metadata (~200 bytes). That is the floor cost
-//!   of durably appending one event; Tally cannot beat it.
+//! * **(b) raw ceiling.** The same number of tasks over a `PgPool` with that
+//!   many connections each loop for `--seconds` on `BEGIN; INSERT one row;
+//!   COMMIT` with a realistic payload (~300 bytes) and metadata (~200 bytes).
+//!   That is the floor cost of durably appending one event; Tally cannot beat
+//!   it.
 //!
 //! The ratio (a)/(b) says how much of the database's append capacity the
-//! command path keeps; the target is at least 0.6. The database is dropped
-//! at the end, also when a phase fails or the run is interrupted (Ctrl-C).
+//! command path keeps; the target is at least 0.6.
+//!
+//! `tally-bench usage`:
+//!
+//! * **(a) usage ingest.** The plan has one meter `api_calls` without a hard
+//!   cap (so the quota policy never suspends anything). `--connections`
+//!   client tasks each loop for `--seconds` on `POST /v1/usage/batch` with
+//!   1,000 records (random subscription, quantity 1, timestamp now, a
+//!   transaction id unique per record). Records answered `created` are
+//!   counted, as are batches answered 2xx or not, and the batch latency.
+//! * **(b) raw ceiling.** The same number of tasks each loop on `BEGIN; one
+//!   multi-row INSERT of 100 rows; COMMIT` with `UsageRecorded`-like payloads
+//!   (~300 bytes) and metadata (~200 bytes).
+//!
+//! The ratio records/s ÷ rows/s says how much of the database's bulk append
+//! capacity the ingest path keeps; the target is at least 0.5.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +81,12 @@ const DRAIN_GRACE: Duration = Duration::from_secs(15);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Seat counts sent by the command loop: `1..=MAX_SEATS`.
 const MAX_SEATS: u32 = 1000;
+/// Records per `POST /v1/usage/batch` (the API's maximum).
+const USAGE_BATCH: usize = 1000;
+/// The meter the usage benchmark reports on.
+const USAGE_METER: &str = "api_calls";
+/// Rows per INSERT in the usage ceiling.
+const USAGE_CEILING_ROWS: usize = 100;
 
 #[derive(Parser, Debug)]
 #[command(name = "tally-bench", about = "Benchmark programs that print figures")]
@@ -71,10 +99,12 @@ struct Cli {
 enum Command {
     /// Command throughput over HTTP versus raw PostgreSQL insert ceiling.
     Commands(CommandsArgs),
+    /// Usage batch ingest over HTTP versus raw PostgreSQL multi-row inserts.
+    Usage(UsageArgs),
 }
 
 #[derive(Args, Debug, Clone)]
-struct CommandsArgs {
+struct DatabaseArgs {
     /// A PostgreSQL URL allowed to create and drop databases (any database).
     #[arg(
         long,
@@ -82,6 +112,12 @@ struct CommandsArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_admin_url: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct CommandsArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
     /// Length of each measuring phase, in seconds.
     #[arg(long, default_value_t = 30.0)]
     seconds: f64,
@@ -93,18 +129,41 @@ struct CommandsArgs {
     subscriptions: usize,
 }
 
+#[derive(Args, Debug, Clone)]
+struct UsageArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    /// Length of each measuring phase, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Concurrent clients (HTTP tasks in (a), pooled connections in (b)).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Active subscriptions the usage records are spread over.
+    #[arg(long, default_value_t = 100)]
+    subscriptions: usize,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Commands(args) => commands(args).await,
+        Command::Usage(args) => usage(args).await,
     }
 }
 
 /// Latency and outcome figures of one measured phase.
 struct Phase {
+    /// Operations (requests, transactions) that succeeded.
     ok: u64,
+    /// Units those operations wrote: usage records created, rows inserted
+    /// (one per operation where an operation writes one).
+    items: u64,
     failures: BTreeMap<String, u64>,
+    /// Per-item outcomes other than success inside successful operations
+    /// (e.g. a rejected record in an accepted batch).
+    notes: BTreeMap<String, u64>,
     /// Latencies in microseconds, sorted.
     latencies_us: Vec<u64>,
     wall: Duration,
@@ -115,13 +174,23 @@ impl Phase {
         self.failures.values().sum()
     }
 
-    fn rate(&self) -> f64 {
+    fn per_second(&self, n: u64) -> f64 {
         let secs = self.wall.as_secs_f64();
         if secs > 0.0 {
-            self.ok as f64 / secs
+            n as f64 / secs
         } else {
             0.0
         }
+    }
+
+    /// Successful operations per second.
+    fn rate(&self) -> f64 {
+        self.per_second(self.ok)
+    }
+
+    /// Items written per second.
+    fn item_rate(&self) -> f64 {
+        self.per_second(self.items)
     }
 
     /// The `p`-quantile (0..=1) in milliseconds (nearest rank).
@@ -138,12 +207,45 @@ impl Phase {
         self.latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0
     }
 
-    fn failure_summary(&self) -> String {
-        self.failures
-            .iter()
-            .map(|(k, n)| format!("{k} x{n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// `p50 … ms, p99 … ms, max … ms`.
+    fn latency_summary(&self) -> String {
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.quantile_ms(0.50),
+            self.quantile_ms(0.99),
+            self.max_ms()
+        )
+    }
+
+    /// Prints the failures and the notes, each on an indented line, if any.
+    fn print_issues(&self, failures: &str, notes: &str) {
+        if !self.failures.is_empty() {
+            println!("  {failures}: {}", summary(&self.failures));
+        }
+        if !self.notes.is_empty() {
+            println!("  {notes}: {}", summary(&self.notes));
+        }
+    }
+}
+
+fn summary(counts: &BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints the ratio line of a benchmark against its ceiling.
+fn print_ratio(rate: f64, ceiling: f64, target: f64) {
+    if ceiling > 0.0 {
+        let ratio = rate / ceiling;
+        println!(
+            "ratio:    {ratio:.2} (target >= {target}: {})",
+            if ratio >= target { "met" } else { "NOT met" }
+        );
+    } else {
+        println!("ratio:    n/a (the ceiling phase completed no insert)");
     }
 }
 
@@ -151,13 +253,30 @@ impl Phase {
 #[derive(Default)]
 struct WorkerResult {
     ok: u64,
+    items: u64,
     failures: BTreeMap<String, u64>,
+    notes: BTreeMap<String, u64>,
     latencies_us: Vec<u64>,
 }
 
 impl WorkerResult {
+    fn new() -> Self {
+        WorkerResult {
+            latencies_us: Vec::with_capacity(4096),
+            ..WorkerResult::default()
+        }
+    }
+
     fn fail(&mut self, what: String) {
         *self.failures.entry(what).or_insert(0) += 1;
+    }
+
+    fn note(&mut self, what: String) {
+        *self.notes.entry(what).or_insert(0) += 1;
+    }
+
+    fn record_latency(&mut self, since: Instant) {
+        self.latencies_us.push(since.elapsed().as_micros() as u64);
     }
 }
 
@@ -169,7 +288,9 @@ async fn collect(
 ) -> Result<Phase> {
     let mut phase = Phase {
         ok: 0,
+        items: 0,
         failures: BTreeMap::new(),
+        notes: BTreeMap::new(),
         latencies_us: Vec::new(),
         wall: Duration::ZERO,
     };
@@ -180,8 +301,12 @@ async fn collect(
         let Some(joined) = next else { break };
         let worker = joined.context("a worker task failed")?;
         phase.ok += worker.ok;
+        phase.items += worker.items;
         for (k, n) in worker.failures {
             *phase.failures.entry(k).or_insert(0) += n;
+        }
+        for (k, n) in worker.notes {
+            *phase.notes.entry(k).or_insert(0) += n;
         }
         phase.latencies_us.extend(worker.latencies_us);
     }
@@ -190,16 +315,121 @@ async fn collect(
     Ok(phase)
 }
 
-async fn commands(args: CommandsArgs) -> Result<()> {
-    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+/// Checks the shared arguments; returns the length of a measuring phase.
+fn measuring_duration(seconds: f64, connections: usize, subscriptions: usize) -> Result<Duration> {
+    if !(seconds > 0.0 && seconds <= 3600.0) {
         bail!("--seconds must be in (0, 3600]");
     }
-    if args.connections == 0 || args.subscriptions == 0 {
+    if connections == 0 || subscriptions == 0 {
         bail!("--connections and --subscriptions must be at least 1");
     }
-    let duration = Duration::from_secs_f64(args.seconds);
-    println!("machine: {} cores, {}", cores(), mem_total());
+    Ok(Duration::from_secs_f64(seconds))
+}
 
+async fn commands(args: CommandsArgs) -> Result<()> {
+    let duration = measuring_duration(args.seconds, args.connections, args.subscriptions)?;
+    let connections = args.connections;
+    let subscriptions = args.subscriptions;
+    let (commands, ceiling) =
+        in_fresh_database(&args.db.database_admin_url, connections, |url| async move {
+            let commands = with_server(&url, connections, |api| async move {
+                let plan = json!({
+                    "code": "bench",
+                    "name": "Bench",
+                    "currency": "EUR",
+                    "interval": "month",
+                    "base_price": "10.00",
+                    "seat_price": "1.00",
+                    "seats": {"min": 1, "max": 100000}
+                });
+                let ids = setup(&api, &plan, subscriptions).await?;
+                command_phase(&api, ids, connections, duration).await
+            })
+            .await?;
+            let ceiling = ceiling_phase(&url, connections, duration, &SEATS_CHANGED_ROWS).await?;
+            Ok((commands, ceiling))
+        })
+        .await?;
+
+    println!(
+        "commands: {:.1}/s over {:.1} s (ok {}, failed {}), {}",
+        commands.rate(),
+        commands.wall.as_secs_f64(),
+        commands.ok,
+        commands.failed(),
+        commands.latency_summary(),
+    );
+    commands.print_issues("command failures", "command notes");
+    println!(
+        "ceiling:  {:.1} inserts/s over {:.1} s (ok {}, failed {}), {}",
+        ceiling.rate(),
+        ceiling.wall.as_secs_f64(),
+        ceiling.ok,
+        ceiling.failed(),
+        ceiling.latency_summary(),
+    );
+    ceiling.print_issues("insert failures", "insert notes");
+    print_ratio(commands.rate(), ceiling.rate(), 0.6);
+    Ok(())
+}
+
+async fn usage(args: UsageArgs) -> Result<()> {
+    let duration = measuring_duration(args.seconds, args.connections, args.subscriptions)?;
+    let connections = args.connections;
+    let subscriptions = args.subscriptions;
+    let (ingest, ceiling) =
+        in_fresh_database(&args.db.database_admin_url, connections, |url| async move {
+            let ingest = with_server(&url, connections, |api| async move {
+                // No hard cap: the quota policy never suspends a subscription.
+                let plan = json!({
+                    "code": "bench",
+                    "name": "Bench",
+                    "currency": "EUR",
+                    "interval": "month",
+                    "base_price": "1.00",
+                    "meters": [{"key": USAGE_METER, "reset": "monthly"}]
+                });
+                let ids = setup(&api, &plan, subscriptions).await?;
+                usage_phase(&api, ids, connections, duration).await
+            })
+            .await?;
+            let ceiling = ceiling_phase(&url, connections, duration, &USAGE_RECORDED_ROWS).await?;
+            Ok((ingest, ceiling))
+        })
+        .await?;
+
+    println!(
+        "usage:    {:.1} records/s over {:.1} s (batches ok {}, failed {}; records created {}), batch {}",
+        ingest.item_rate(),
+        ingest.wall.as_secs_f64(),
+        ingest.ok,
+        ingest.failed(),
+        ingest.items,
+        ingest.latency_summary(),
+    );
+    ingest.print_issues("batch failures", "records not created");
+    println!(
+        "ceiling:  {:.1} rows/s over {:.1} s ({}-row inserts, ok {}, failed {}), {}",
+        ceiling.item_rate(),
+        ceiling.wall.as_secs_f64(),
+        USAGE_RECORDED_ROWS.rows_per_insert,
+        ceiling.ok,
+        ceiling.failed(),
+        ceiling.latency_summary(),
+    );
+    ceiling.print_issues("insert failures", "insert notes");
+    print_ratio(ingest.item_rate(), ceiling.item_rate(), 0.5);
+    Ok(())
+}
+
+/// Prints the machine, creates a fresh database, runs `body` with its URL
+/// (interruptible by Ctrl-C) and drops the database again, whatever happened.
+async fn in_fresh_database<T, F, Fut>(admin_url: &str, connections: usize, body: F) -> Result<T>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    println!("machine: {} cores, {}", cores(), mem_total());
     let name = format!(
         "tally_bench_{}",
         std::time::SystemTime::now()
@@ -208,22 +438,18 @@ async fn commands(args: CommandsArgs) -> Result<()> {
             .as_secs()
     );
     {
-        let mut admin = tokio::time::timeout(
-            ADMIN_TIMEOUT,
-            PgConnection::connect(&args.database_admin_url),
-        )
-        .await
-        .context("connecting to PostgreSQL timed out")?
-        .with_context(|| format!("connecting to {}", args.database_admin_url))?;
+        let mut admin = tokio::time::timeout(ADMIN_TIMEOUT, PgConnection::connect(admin_url))
+            .await
+            .context("connecting to PostgreSQL timed out")?
+            .with_context(|| format!("connecting to {admin_url}"))?;
         let max: String = sqlx::query_scalar("SHOW max_connections")
             .fetch_one(&mut admin)
             .await?;
         let max: usize = max.parse().context("max_connections")?;
         // The ceiling pool plus this admin connection, with some headroom.
-        if args.connections + 4 > max {
+        if connections + 4 > max {
             bail!(
-                "--connections {} needs more than PostgreSQL's max_connections {max} allows",
-                args.connections
+                "--connections {connections} needs more than PostgreSQL's max_connections {max} allows"
             );
         }
         tokio::time::timeout(
@@ -235,59 +461,26 @@ async fn commands(args: CommandsArgs) -> Result<()> {
         .with_context(|| format!("creating database {name}"))?;
         let _ = admin.close().await;
     }
-    let url = database_url(&args.database_admin_url, &name);
+    let url = database_url(admin_url, &name);
 
     let outcome = tokio::select! {
-        r = run(&args, &url, duration) => r,
+        r = body(url) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
-    let dropped = drop_database(&args.database_admin_url, &name).await;
-    let (commands, ceiling) = outcome?;
+    let dropped = drop_database(admin_url, &name).await;
+    let outcome = outcome?;
     dropped?;
-
-    let cmd_rate = commands.rate();
-    let raw_rate = ceiling.rate();
-    println!(
-        "commands: {:.1}/s over {:.1} s (ok {}, failed {}), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        cmd_rate,
-        commands.wall.as_secs_f64(),
-        commands.ok,
-        commands.failed(),
-        commands.quantile_ms(0.50),
-        commands.quantile_ms(0.99),
-        commands.max_ms(),
-    );
-    if commands.failed() > 0 {
-        println!("  command failures: {}", commands.failure_summary());
-    }
-    println!(
-        "ceiling:  {:.1} inserts/s over {:.1} s (ok {}, failed {}), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        raw_rate,
-        ceiling.wall.as_secs_f64(),
-        ceiling.ok,
-        ceiling.failed(),
-        ceiling.quantile_ms(0.50),
-        ceiling.quantile_ms(0.99),
-        ceiling.max_ms(),
-    );
-    if ceiling.failed() > 0 {
-        println!("  insert failures: {}", ceiling.failure_summary());
-    }
-    if raw_rate > 0.0 {
-        let ratio = cmd_rate / raw_rate;
-        println!(
-            "ratio:    {ratio:.2} (target >= 0.6: {})",
-            if ratio >= 0.6 { "met" } else { "NOT met" }
-        );
-    } else {
-        println!("ratio:    n/a (the ceiling phase completed no insert)");
-    }
-    Ok(())
+    Ok(outcome)
 }
 
-/// The whole measured part, against the fresh database at `url`: server,
-/// setup, phase (a), server shutdown, phase (b).
-async fn run(args: &CommandsArgs, url: &str, duration: Duration) -> Result<(Phase, Phase)> {
+/// Starts the server on the database at `url`, runs `phase` against it, and
+/// stops the server (closing its pools) before returning, also when `phase`
+/// failed, so that a following ceiling phase has the database to itself.
+async fn with_server<T, F, Fut>(url: &str, connections: usize, phase: F) -> Result<T>
+where
+    F: FnOnce(Api) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = start(
         Config {
@@ -299,13 +492,13 @@ async fn run(args: &CommandsArgs, url: &str, duration: Duration) -> Result<(Phas
     )
     .await
     .context("starting the Tally server")?;
-    let commands = async {
+    let outcome = async {
         let key = server
             .bootstrap_key
             .clone()
             .context("the server created no bootstrap key (database not fresh?)")?;
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(args.connections.max(SETUP_CONCURRENCY))
+            .pool_max_idle_per_host(connections.max(SETUP_CONCURRENCY))
             .timeout(REQUEST_TIMEOUT)
             .build()?;
         let api = Api {
@@ -313,23 +506,19 @@ async fn run(args: &CommandsArgs, url: &str, duration: Duration) -> Result<(Phas
             base: format!("http://{}", server.addr),
             key,
         };
-        let ids = setup(&api, args.subscriptions).await?;
-        command_phase(&api, ids, args.connections, duration).await
+        phase(api).await
     }
     .await;
-    // Stop the server (and close its pools) before the ceiling phase, also
-    // when the command phase failed.
     let stopped = tokio::time::timeout(ADMIN_TIMEOUT, server.shutdown()).await;
-    let commands = commands?;
+    let outcome = outcome?;
     stopped
         .context("server shutdown timed out")?
         .context("server shutdown")?;
-
-    let ceiling = ceiling_phase(url, args.connections, duration).await?;
-    Ok((commands, ceiling))
+    Ok(outcome)
 }
 
 /// A client of the running server.
+#[derive(Clone)]
 struct Api {
     client: reqwest::Client,
     base: String,
@@ -364,34 +553,60 @@ impl Api {
             .map(str::to_string)
             .with_context(|| format!("POST {path}: no id in {answer}"))
     }
+
+    /// POSTs `body` during a measured phase and records the latency (up to
+    /// the whole answer body) in `w`. Returns the body of a 2xx answer; any
+    /// other outcome is recorded as a failure in `w` and gives `None`.
+    async fn post_measured(
+        &self,
+        path: &str,
+        body: &Value,
+        w: &mut WorkerResult,
+    ) -> Option<Vec<u8>> {
+        let t0 = Instant::now();
+        let sent = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await;
+        let r = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                w.record_latency(t0);
+                w.fail(format!("transport: {}", error_kind(&e)));
+                return None;
+            }
+        };
+        let status = r.status();
+        let bytes = r.bytes().await;
+        w.record_latency(t0);
+        match bytes {
+            Ok(b) if status.is_success() => Some(Vec::from(b)),
+            Ok(b) => {
+                let code = serde_json::from_slice::<Value>(&b)
+                    .ok()
+                    .and_then(|v| v["code"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                w.fail(format!("{} {code}", status.as_u16()));
+                None
+            }
+            Err(e) => {
+                w.fail(format!("body: {}", error_kind(&e)));
+                None
+            }
+        }
+    }
 }
 
-/// Creates the plan and `n` active subscriptions; returns their ids.
-async fn setup(api: &Api, n: usize) -> Result<Arc<Vec<String>>> {
+/// Creates the plan `plan` and `n` active subscriptions on it; returns their ids.
+async fn setup(api: &Api, plan: &Value, n: usize) -> Result<Arc<Vec<String>>> {
     let started = Instant::now();
     let deadline = started + SETUP_DEADLINE;
-    let plan = api
-        .post_expect(
-            "/v1/plans",
-            &json!({
-                "code": "bench",
-                "name": "Bench",
-                "currency": "EUR",
-                "interval": "month",
-                "base_price": "10.00",
-                "seat_price": "1.00",
-                "seats": {"min": 1, "max": 100000}
-            }),
-            201,
-        )
-        .await?;
+    let plan = api.post_expect("/v1/plans", plan, 201).await?;
     let plan = Arc::new(plan);
     let next = Arc::new(AtomicUsize::new(0));
-    let api = Arc::new(Api {
-        client: api.client.clone(),
-        base: api.base.clone(),
-        key: api.key.clone(),
-    });
     let mut set = JoinSet::new();
     for _ in 0..SETUP_CONCURRENCY.min(n) {
         let (api, plan, next) = (api.clone(), plan.clone(), next.clone());
@@ -435,7 +650,7 @@ async fn setup(api: &Api, n: usize) -> Result<Arc<Vec<String>>> {
     Ok(Arc::new(ids))
 }
 
-/// Phase (a): `connections` tasks sending change-seats for `duration`.
+/// `commands` (a): `connections` tasks sending change-seats for `duration`.
 async fn command_phase(
     api: &Api,
     ids: Arc<Vec<String>>,
@@ -446,47 +661,73 @@ async fn command_phase(
     let deadline = started + duration;
     let mut set = JoinSet::new();
     for _ in 0..connections {
-        let client = api.client.clone();
-        let base = api.base.clone();
-        let key = api.key.clone();
+        let api = api.clone();
         let ids = ids.clone();
         set.spawn(async move {
             let mut rng = StdRng::from_entropy();
-            let mut w = WorkerResult {
-                latencies_us: Vec::with_capacity(4096),
-                ..WorkerResult::default()
-            };
+            let mut w = WorkerResult::new();
             while Instant::now() < deadline {
                 let id = &ids[rng.gen_range(0..ids.len())];
                 let seats = rng.gen_range(1..=MAX_SEATS);
                 let body = json!({"seats": seats, "proration": "prorate"});
-                let t0 = Instant::now();
-                let sent = client
-                    .post(format!("{base}/v1/subscriptions/{id}/change-seats"))
-                    .bearer_auth(&key)
-                    .json(&body)
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) => {
-                        let status = r.status();
-                        let bytes = r.bytes().await;
-                        w.latencies_us.push(t0.elapsed().as_micros() as u64);
-                        match bytes {
-                            Ok(_) if status.is_success() => w.ok += 1,
-                            Ok(b) => {
-                                let code = serde_json::from_slice::<Value>(&b)
-                                    .ok()
-                                    .and_then(|v| v["code"].as_str().map(str::to_string))
-                                    .unwrap_or_default();
-                                w.fail(format!("{} {code}", status.as_u16()));
-                            }
-                            Err(e) => w.fail(format!("body: {}", error_kind(&e))),
-                        }
+                let path = format!("/v1/subscriptions/{id}/change-seats");
+                if api.post_measured(&path, &body, &mut w).await.is_some() {
+                    w.ok += 1;
+                    w.items += 1;
+                }
+            }
+            w
+        });
+    }
+    collect(set, started, deadline + DRAIN_GRACE).await
+}
+
+/// `usage` (a): `connections` tasks posting batches of [`USAGE_BATCH`]
+/// records for `duration`. `ok`/failures count batches, `items` the records
+/// answered `created`, notes the records answered otherwise.
+async fn usage_phase(
+    api: &Api,
+    ids: Arc<Vec<String>>,
+    connections: usize,
+    duration: Duration,
+) -> Result<Phase> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut set = JoinSet::new();
+    for client in 0..connections {
+        let api = api.clone();
+        let ids = ids.clone();
+        set.spawn(async move {
+            let mut rng = StdRng::from_entropy();
+            let mut w = WorkerResult::new();
+            let mut counter: u64 = 0;
+            while Instant::now() < deadline {
+                let body = usage_batch(&mut rng, &ids, client, &mut counter);
+                let Some(answer) = api.post_measured("/v1/usage/batch", &body, &mut w).await else {
+                    continue;
+                };
+                let results = serde_json::from_slice::<Value>(&answer).ok().and_then(|v| {
+                    match v.get("results") {
+                        Some(Value::Array(results)) => Some(results.clone()),
+                        _ => None,
                     }
-                    Err(e) => {
-                        w.latencies_us.push(t0.elapsed().as_micros() as u64);
-                        w.fail(format!("transport: {}", error_kind(&e)));
+                });
+                let Some(results) = results else {
+                    w.fail("2xx without results".to_string());
+                    continue;
+                };
+                w.ok += 1;
+                if results.len() != USAGE_BATCH {
+                    w.note(format!("batch answered with {} results", results.len()));
+                }
+                for r in &results {
+                    match r["status"].as_str().unwrap_or("no status") {
+                        "created" => w.items += 1,
+                        "rejected" => w.note(format!(
+                            "rejected {}",
+                            r["error"]["code"].as_str().unwrap_or("?")
+                        )),
+                        other => w.note(other.to_string()),
                     }
                 }
             }
@@ -494,6 +735,26 @@ async fn command_phase(
         });
     }
     collect(set, started, deadline + DRAIN_GRACE).await
+}
+
+/// One `POST /v1/usage/batch` body: [`USAGE_BATCH`] records on random
+/// subscriptions of `ids`, timestamped now, with transaction ids
+/// `<client>-<counter>` (`counter` is advanced per record).
+fn usage_batch(rng: &mut StdRng, ids: &[String], client: usize, counter: &mut u64) -> Value {
+    let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let records: Vec<Value> = (0..USAGE_BATCH)
+        .map(|_| {
+            *counter += 1;
+            json!({
+                "subscription_id": ids[rng.gen_range(0..ids.len())],
+                "meter": USAGE_METER,
+                "quantity": "1",
+                "timestamp": timestamp,
+                "transaction_id": format!("{client}-{counter}"),
+            })
+        })
+        .collect();
+    json!({ "records": records })
 }
 
 fn error_kind(e: &reqwest::Error) -> &'static str {
@@ -508,21 +769,62 @@ fn error_kind(e: &reqwest::Error) -> &'static str {
     }
 }
 
-/// Phase (b): `connections` tasks over a pool of as many connections, each
-/// doing `BEGIN; INSERT one event row; COMMIT` for `duration`.
-async fn ceiling_phase(url: &str, connections: usize, duration: Duration) -> Result<Phase> {
+/// What a ceiling phase inserts: how many rows per `INSERT` (one transaction
+/// each) and what the rows look like.
+struct CeilingRows {
+    rows_per_insert: usize,
+    aggregate_type: &'static str,
+    event_type: &'static str,
+    /// Prefix of the (unique) aggregate ids, like the server's id prefixes.
+    id_prefix: &'static str,
+    /// The payload and metadata of one row, given its aggregate id.
+    row: fn(&mut StdRng, &str) -> (Value, Value),
+}
+
+/// `commands` (b): one `SeatsChanged` row per transaction.
+const SEATS_CHANGED_ROWS: CeilingRows = CeilingRows {
+    rows_per_insert: 1,
+    aggregate_type: "Subscription",
+    event_type: "SeatsChanged",
+    id_prefix: "sub",
+    row: event_row,
+};
+
+/// `usage` (b): [`USAGE_CEILING_ROWS`] `UsageRecorded` rows per transaction.
+const USAGE_RECORDED_ROWS: CeilingRows = CeilingRows {
+    rows_per_insert: USAGE_CEILING_ROWS,
+    aggregate_type: "usage_record",
+    event_type: "UsageRecorded",
+    id_prefix: "use",
+    row: usage_row,
+};
+
+/// Ceiling phase (b): `connections` tasks over a pool of as many connections,
+/// each doing `BEGIN; INSERT rows.rows_per_insert rows; COMMIT` for
+/// `duration`. `ok` counts transactions, `items` rows.
+async fn ceiling_phase(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    rows: &'static CeilingRows,
+) -> Result<Phase> {
     let pool = PgPoolOptions::new()
         .max_connections(connections as u32)
         .acquire_timeout(REQUEST_TIMEOUT)
         .connect(url)
         .await
         .context("connecting the ceiling pool")?;
-    let phase = ceiling_measure(&pool, connections, duration).await;
+    let phase = ceiling_measure(&pool, connections, duration, rows).await;
     pool.close().await;
     phase
 }
 
-async fn ceiling_measure(pool: &PgPool, connections: usize, duration: Duration) -> Result<Phase> {
+async fn ceiling_measure(
+    pool: &PgPool,
+    connections: usize,
+    duration: Duration,
+    rows: &'static CeilingRows,
+) -> Result<Phase> {
     sqlx::query(
         "CREATE TABLE bench_events (
             aggregate_type text        NOT NULL,
@@ -553,28 +855,35 @@ async fn ceiling_measure(pool: &PgPool, connections: usize, duration: Duration) 
     }
     drop(warm);
 
+    let sql = insert_sql(rows.rows_per_insert);
     let started = Instant::now();
     let deadline = started + duration;
     let mut set = JoinSet::new();
     for task in 0..connections {
         let pool = pool.clone();
+        let sql = sql.clone();
         set.spawn(async move {
             let mut rng = StdRng::from_entropy();
-            let mut w = WorkerResult {
-                latencies_us: Vec::with_capacity(4096),
-                ..WorkerResult::default()
-            };
+            let mut w = WorkerResult::new();
             let mut n: u64 = 0;
+            let mut batch = Vec::with_capacity(rows.rows_per_insert);
             while Instant::now() < deadline {
-                n += 1;
-                let aggregate_id = format!("sub_bench{task:03}x{n:09}");
-                let event_id = format!("{:032x}", rng.gen::<u128>());
-                let (payload, metadata) = event_row(&mut rng, &aggregate_id);
+                batch.clear();
+                for _ in 0..rows.rows_per_insert {
+                    n += 1;
+                    let aggregate_id = format!("{}_bench{task:03}x{n:09}", rows.id_prefix);
+                    let event_id = format!("{:032x}", rng.gen::<u128>());
+                    let (payload, metadata) = (rows.row)(&mut rng, &aggregate_id);
+                    batch.push((aggregate_id, event_id, payload, metadata));
+                }
                 let t0 = Instant::now();
-                let inserted = insert_one(&pool, &aggregate_id, &event_id, payload, metadata).await;
-                w.latencies_us.push(t0.elapsed().as_micros() as u64);
+                let inserted = insert_rows(&pool, &sql, rows, &batch).await;
+                w.record_latency(t0);
                 match inserted {
-                    Ok(()) => w.ok += 1,
+                    Ok(()) => {
+                        w.ok += 1;
+                        w.items += batch.len() as u64;
+                    }
                     Err(e) => w.fail(sql_error_kind(&e)),
                 }
             }
@@ -584,30 +893,56 @@ async fn ceiling_measure(pool: &PgPool, connections: usize, duration: Duration) 
     collect(set, started, deadline + DRAIN_GRACE).await
 }
 
-async fn insert_one(
-    pool: &PgPool,
-    aggregate_id: &str,
-    event_id: &str,
-    payload: Value,
-    metadata: Value,
-) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
+/// `INSERT INTO bench_events … VALUES (…), …` for `rows` rows of 8
+/// parameters each (sequence 1, `recorded_at` by default).
+fn insert_sql(rows: usize) -> String {
+    let values = (0..rows)
+        .map(|r| {
+            let b = r * 8;
+            format!(
+                "(${}, ${}, 1, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
         "INSERT INTO bench_events
             (aggregate_type, aggregate_id, sequence, event_type, event_version,
              payload, metadata, event_id, tenant)
-         VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8)",
+         VALUES {values}"
     )
-    .bind("Subscription")
-    .bind(aggregate_id)
-    .bind("SeatsChanged")
-    .bind("1.0")
-    .bind(payload)
-    .bind(metadata)
-    .bind(event_id)
-    .bind("default")
-    .execute(&mut *tx)
-    .await?;
+}
+
+/// One transaction inserting `batch` (aggregate id, event id, payload,
+/// metadata) with the statement from [`insert_sql`].
+async fn insert_rows(
+    pool: &PgPool,
+    sql: &str,
+    rows: &CeilingRows,
+    batch: &[(String, String, Value, Value)],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut q = sqlx::query(sql);
+    for (aggregate_id, event_id, payload, metadata) in batch {
+        q = q
+            .bind(rows.aggregate_type)
+            .bind(aggregate_id)
+            .bind(rows.event_type)
+            .bind("1.0")
+            .bind(payload)
+            .bind(metadata)
+            .bind(event_id)
+            .bind("default");
+    }
+    q.execute(&mut *tx).await?;
     tx.commit().await
 }
 
@@ -642,15 +977,38 @@ fn event_row(rng: &mut StdRng, aggregate_id: &str) -> (Value, Value) {
             "changed_at": now
         }
     });
-    let metadata = json!({
+    (payload, command_metadata(rng, "change_seats", aggregate_id))
+}
+
+/// A `UsageRecorded`-like payload (~300 bytes) and command metadata (~200 bytes).
+fn usage_row(rng: &mut StdRng, aggregate_id: &str) -> (Value, Value) {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let payload = json!({
+        "UsageRecorded": {
+            "record_id": aggregate_id,
+            "transaction_id": format!("{}-{}", rng.gen_range(0..64), rng.gen_range(0..10_000_000u64)),
+            "subscription_id": format!("sub_{:032x}", rng.gen::<u128>()),
+            "meter": USAGE_METER,
+            "quantity": "1",
+            "timestamp": now,
+            "window": {"start": "2025-01-01T00:00:00Z", "end": "2025-02-01T00:00:00Z"},
+            "properties": {},
+            "recorded_at": now
+        }
+    });
+    (payload, command_metadata(rng, "report_usage", aggregate_id))
+}
+
+/// Command metadata as the server records it (~200 bytes).
+fn command_metadata(rng: &mut StdRng, command: &str, correlation_id: &str) -> Value {
+    json!({
         "tenant": "default",
         "actor": format!("key_{:016x}", rng.gen::<u64>()),
-        "command": "change_seats",
+        "command": command,
         "request_id": format!("{:032x}", rng.gen::<u128>()),
-        "correlation_id": aggregate_id,
+        "correlation_id": correlation_id,
         "recorded_by": "tally-bench"
-    });
-    (payload, metadata)
+    })
 }
 
 /// `admin_url` with its database replaced by `name` (query string kept).
@@ -715,9 +1073,10 @@ fn mem_total() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{database_url, event_row};
+    use super::{database_url, event_row, insert_sql, usage_batch, usage_row, USAGE_BATCH};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+    use std::collections::HashSet;
 
     #[test]
     fn event_rows_are_realistically_sized() {
@@ -728,6 +1087,53 @@ mod tests {
             assert!((250..=350).contains(&p), "payload {p} bytes");
             assert!((170..=230).contains(&m), "metadata {m} bytes");
         }
+    }
+
+    #[test]
+    fn usage_rows_are_realistically_sized() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..100 {
+            let (payload, metadata) = usage_row(&mut rng, "use_bench001x000000001");
+            let (p, m) = (payload.to_string().len(), metadata.to_string().len());
+            assert!((250..=350).contains(&p), "payload {p} bytes");
+            assert!((170..=230).contains(&m), "metadata {m} bytes");
+        }
+    }
+
+    #[test]
+    fn insert_sql_numbers_eight_parameters_per_row() {
+        let one = insert_sql(1);
+        assert!(
+            one.ends_with("VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8)"),
+            "{one}"
+        );
+        let many = insert_sql(100);
+        assert_eq!(many.matches("), (").count(), 99);
+        assert!(many.ends_with("($793, $794, 1, $795, $796, $797, $798, $799, $800)"));
+    }
+
+    #[test]
+    fn usage_batches_have_unique_transaction_ids_across_batches() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let ids = vec!["sub_a".to_string(), "sub_b".to_string()];
+        let mut counter = 0;
+        let mut seen = HashSet::new();
+        for _ in 0..2 {
+            let body = usage_batch(&mut rng, &ids, 3, &mut counter);
+            let records = body["records"].as_array().unwrap();
+            assert_eq!(records.len(), USAGE_BATCH);
+            for r in records {
+                assert!(ids.iter().any(|id| r["subscription_id"] == **id));
+                assert_eq!(r["meter"], "api_calls");
+                assert_eq!(r["quantity"], "1");
+                let ts = r["timestamp"].as_str().unwrap();
+                chrono::DateTime::parse_from_rfc3339(ts).unwrap();
+                let txid = r["transaction_id"].as_str().unwrap().to_string();
+                assert!(txid.starts_with("3-"), "{txid}");
+                assert!(seen.insert(txid));
+            }
+        }
+        assert_eq!(counter, 2 * USAGE_BATCH as u64);
     }
 
     #[test]

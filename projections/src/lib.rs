@@ -3,11 +3,13 @@
 //! queries. It knows nothing of HTTP and nothing of how commands are decided.
 
 pub mod db;
+pub mod inbox;
 pub mod log;
 pub mod plans;
 pub mod runtime;
 pub mod state;
 pub mod subscriptions;
+pub mod tickets;
 pub mod time;
 pub mod usage;
 
@@ -46,5 +48,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
             tally_aggregates::subscription::Subscription,
         >::default()),
         Arc::new(usage::UsageProjector),
+        Arc::new(state::StateProjector::<tally_aggregates::ticket::Ticket>::default()),
+        Arc::new(inbox::InboxProjector),
     ]
 }

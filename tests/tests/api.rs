@@ -671,7 +671,17 @@ async fn operations_endpoints(backend: Backend) {
     let p = app.projections(&app.admin_key).await;
     let list = p.body.as_array().unwrap();
     let names: Vec<_> = list.iter().map(|x| x["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["plans", "subscriptions", "usage", "policy.quota"]);
+    assert_eq!(
+        names,
+        [
+            "plans",
+            "subscriptions",
+            "usage",
+            "tickets",
+            "inbox",
+            "policy.quota"
+        ]
+    );
     for x in list {
         assert_eq!(x["lag_events"], 0, "{x:?}");
         assert_eq!(x["position"], x["log_head"]);

@@ -4,9 +4,11 @@
 
 pub mod admin;
 pub mod audit;
+pub mod inbox;
 pub mod ops;
 pub mod plans;
 pub mod subscriptions;
+pub mod tickets;
 pub mod usage;
 
 use std::time::Duration;

@@ -1,0 +1,245 @@
+//! Notification inbox endpoints. Read, archive and read-all are commands on
+//! the recipient's `Inbox` aggregate, so a rebuild of the inbox keeps them.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use tally_aggregates::inbox::{Inbox, InboxCommand};
+use tally_projections::inbox;
+use utoipa::ToSchema;
+
+use super::{read_your_writes, resource, CommandCtx, PageParams};
+use crate::auth::{Access, Principal};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{JsonBody, QueryParams};
+use crate::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectRef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxItemDto {
+    pub id: String,
+    pub recipient: String,
+    /// info | warning | critical
+    pub severity: String,
+    pub title: String,
+    pub body: String,
+    pub subject_ref: SubjectRef,
+    /// unread | read | archived
+    pub state: String,
+    pub created_at: String,
+}
+
+impl From<inbox::Item> for InboxItemDto {
+    fn from(i: inbox::Item) -> Self {
+        InboxItemDto {
+            id: i.id,
+            recipient: i.recipient,
+            severity: i.severity,
+            title: i.title,
+            body: i.body,
+            subject_ref: SubjectRef {
+                kind: i.subject_type,
+                id: i.subject_id,
+            },
+            state: i.state,
+            created_at: i.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxPage {
+    pub data: Vec<InboxItemDto>,
+    pub unread_count: i64,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InboxParams {
+    /// `customer:<id>` or `user:<name>`.
+    pub recipient: String,
+    /// unread | read | archived
+    pub state: Option<String>,
+    /// info | warning | critical
+    pub severity: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/inbox", tag = "inbox", params(InboxParams),
+    responses((status = 200, body = InboxPage), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<InboxParams>,
+) -> ApiResult<axum::Json<InboxPage>> {
+    principal.require(Access::Read)?;
+    if !tally_aggregates::inbox::valid_recipient(&q.recipient) {
+        return Err(ApiError::field(
+            "recipient",
+            "must be customer:<id> or user:<name>",
+        ));
+    }
+    if q.state
+        .as_deref()
+        .is_some_and(|s| !["unread", "read", "archived"].contains(&s))
+    {
+        return Err(ApiError::field("state", "must be unread, read or archived"));
+    }
+    if q.severity
+        .as_deref()
+        .is_some_and(|s| !["info", "warning", "critical"].contains(&s))
+    {
+        return Err(ApiError::field(
+            "severity",
+            "must be info, warning or critical",
+        ));
+    }
+    let cursor = match &q.cursor {
+        None => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| ApiError::field("cursor", "invalid cursor"))?,
+        ),
+    };
+    read_your_writes(&app, &headers).await?;
+    let page = PageParams {
+        limit: q.limit,
+        cursor: None,
+    };
+    let (items, next_cursor, unread_count) = inbox::list(
+        &app.db,
+        principal.tenant(),
+        &q.recipient,
+        q.state.as_deref(),
+        q.severity.as_deref(),
+        page.limit()?,
+        cursor,
+    )
+    .await?;
+    Ok(axum::Json(InboxPage {
+        data: items.into_iter().map(Into::into).collect(),
+        unread_count,
+        next_cursor,
+    }))
+}
+
+async fn item_command(
+    app: &AppState,
+    ctx: &CommandCtx,
+    item_id: &str,
+    state: &str,
+    command: impl Fn(String) -> InboxCommand,
+) -> ApiResult<Response> {
+    let mut item = inbox::get(&app.db, &ctx.meta.tenant, item_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let recipient = item.recipient.clone();
+    let out = app
+        .dispatcher
+        .execute::<Inbox, _>(&ctx.meta, &recipient, None, |i| {
+            i.decide(command(recipient.clone()))
+        })
+        .await?;
+    // The read model catches up on its own; answer with the item as the command left it.
+    if item.state != "archived" {
+        item.state = state.to_string();
+    }
+    Ok(resource(
+        StatusCode::OK,
+        &InboxItemDto::from(item),
+        out.version,
+        Some(out.position),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/inbox/{item_id}/read", tag = "inbox", params(("item_id" = String, Path)),
+    responses((status = 200, body = InboxItemDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn read(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    Path(item_id): Path<String>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    let at = app.dispatcher.clock().now();
+    item_command(&app, &ctx, &item_id, "read", |recipient| {
+        InboxCommand::MarkRead {
+            recipient,
+            item_id: item_id.clone(),
+            at,
+        }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/inbox/{item_id}/archive", tag = "inbox", params(("item_id" = String, Path)),
+    responses((status = 200, body = InboxItemDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn archive(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    Path(item_id): Path<String>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    let at = app.dispatcher.clock().now();
+    item_command(&app, &ctx, &item_id, "archived", |recipient| {
+        InboxCommand::Archive {
+            recipient,
+            item_id: item_id.clone(),
+            at,
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadAllRequest {
+    pub recipient: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadAllDto {
+    pub recipient: String,
+    pub read_all: bool,
+}
+
+#[utoipa::path(post, path = "/v1/inbox/read-all", tag = "inbox", request_body = ReadAllRequest,
+    responses((status = 200, body = ReadAllDto), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn read_all(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    JsonBody(req): JsonBody<ReadAllRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    let at = app.dispatcher.clock().now();
+    let out = app
+        .dispatcher
+        .execute::<Inbox, _>(&ctx.meta, &req.recipient, None, |i| {
+            i.decide(InboxCommand::ReadAll {
+                recipient: req.recipient.clone(),
+                at,
+            })
+        })
+        .await?;
+    Ok(resource(
+        StatusCode::OK,
+        &ReadAllDto {
+            recipient: req.recipient,
+            read_all: true,
+        },
+        out.version,
+        Some(out.position),
+    ))
+}
