@@ -10,10 +10,9 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::{DomainError, EVENT_VERSION};
+use crate::DomainError;
 
 /// The longest inbox item id, in characters.
 pub const MAX_ITEM_ID_CHARS: usize = 64;
@@ -237,36 +236,4 @@ impl Inbox {
     }
 }
 
-impl DomainEvent for InboxEvent {
-    fn event_type(&self) -> String {
-        self.name().to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        EVENT_VERSION.to_owned()
-    }
-}
-
-impl Aggregate for Inbox {
-    const TYPE: &'static str = "inbox";
-    type Command = InboxCommand;
-    type Event = InboxEvent;
-    type Error = DomainError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &cqrs_es::event_sink::EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
-        self.evolve(&event);
-    }
-}
+crate::cqrs_adapter!(Inbox, "inbox", InboxCommand, InboxEvent);

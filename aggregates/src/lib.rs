@@ -7,6 +7,49 @@
 //! adapters only forward to them. Money is `rust_decimal` with an ISO 4217
 //! currency, never a float.
 
+/// The thin cqrs-es adapter over an aggregate's `decide` / `evolve` (STYLE.md:
+/// the framework impl holds no logic): one definition for every aggregate.
+/// The event type names itself with `name()`; every event is version
+/// [`EVENT_VERSION`] until an upcaster says otherwise.
+#[macro_export]
+macro_rules! cqrs_adapter {
+    ($aggregate:ty, $type:literal, $command:ty, $event:ty) => {
+        impl cqrs_es::DomainEvent for $event {
+            fn event_type(&self) -> String {
+                self.name().to_owned()
+            }
+
+            fn event_version(&self) -> String {
+                $crate::EVENT_VERSION.to_owned()
+            }
+        }
+
+        impl cqrs_es::Aggregate for $aggregate {
+            const TYPE: &'static str = $type;
+            type Command = $command;
+            type Event = $event;
+            type Error = $crate::DomainError;
+            type Services = ();
+
+            async fn handle(
+                &mut self,
+                command: Self::Command,
+                _services: &Self::Services,
+                sink: &cqrs_es::event_sink::EventSink<Self>,
+            ) -> Result<(), Self::Error> {
+                for event in self.decide(command)? {
+                    sink.write(event, self).await;
+                }
+                Ok(())
+            }
+
+            fn apply(&mut self, event: Self::Event) {
+                self.evolve(&event);
+            }
+        }
+    };
+}
+
 pub mod error;
 pub mod inbox;
 pub mod money;

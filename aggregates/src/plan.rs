@@ -3,13 +3,12 @@
 //! terms they are on, so archiving a plan never changes what a customer pays.
 
 use chrono::{DateTime, Utc};
-use cqrs_es::{Aggregate, DomainEvent};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::money::{round_to_minor, validate_price, MAX_AMOUNT};
 use crate::subscription::PlanRef;
-use crate::{Currency, DomainError, Interval, EVENT_VERSION};
+use crate::{Currency, DomainError, Interval};
 
 /// The most meters a plan may define.
 pub const MAX_METERS: usize = 50;
@@ -413,36 +412,4 @@ impl Plan {
     }
 }
 
-impl DomainEvent for PlanEvent {
-    fn event_type(&self) -> String {
-        self.name().to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        EVENT_VERSION.to_owned()
-    }
-}
-
-impl Aggregate for Plan {
-    const TYPE: &'static str = "plan";
-    type Command = PlanCommand;
-    type Event = PlanEvent;
-    type Error = DomainError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &cqrs_es::event_sink::EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
-        self.evolve(&event);
-    }
-}
+crate::cqrs_adapter!(Plan, "plan", PlanCommand, PlanEvent);

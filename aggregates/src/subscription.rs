@@ -9,14 +9,13 @@
 //! target plan for a change and passes it in as a [`PlanRef`].
 
 use chrono::{DateTime, Utc};
-use cqrs_es::{Aggregate, DomainEvent};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::money::round_to_minor;
 use crate::period::{checked_period_at, checked_period_containing};
 use crate::plan::{is_valid_meter_key, validate_id};
-use crate::{Currency, DomainError, Period, PlanTerms, EVENT_VERSION};
+use crate::{Currency, DomainError, Period, PlanTerms};
 
 /// The longest customer id, in characters.
 pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
@@ -813,36 +812,9 @@ impl Subscription {
     }
 }
 
-impl DomainEvent for SubscriptionEvent {
-    fn event_type(&self) -> String {
-        self.name().to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        EVENT_VERSION.to_owned()
-    }
-}
-
-impl Aggregate for Subscription {
-    const TYPE: &'static str = "subscription";
-    type Command = SubscriptionCommand;
-    type Event = SubscriptionEvent;
-    type Error = DomainError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &cqrs_es::event_sink::EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
-        self.evolve(&event);
-    }
-}
+crate::cqrs_adapter!(
+    Subscription,
+    "subscription",
+    SubscriptionCommand,
+    SubscriptionEvent
+);

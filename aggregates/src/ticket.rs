@@ -10,11 +10,10 @@
 //! subject, so the inbox projector delivers notifications without a lookup.
 
 use chrono::{DateTime, Utc};
-use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::validate_id;
-use crate::{DomainError, EVENT_VERSION};
+use crate::DomainError;
 
 /// The longest subject, in characters.
 pub const MAX_SUBJECT_CHARS: usize = 200;
@@ -657,36 +656,4 @@ impl Ticket {
     }
 }
 
-impl DomainEvent for TicketEvent {
-    fn event_type(&self) -> String {
-        self.name().to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        EVENT_VERSION.to_owned()
-    }
-}
-
-impl Aggregate for Ticket {
-    const TYPE: &'static str = "ticket";
-    type Command = TicketCommand;
-    type Event = TicketEvent;
-    type Error = DomainError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &cqrs_es::event_sink::EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
-        self.evolve(&event);
-    }
-}
+crate::cqrs_adapter!(Ticket, "ticket", TicketCommand, TicketEvent);

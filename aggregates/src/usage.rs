@@ -13,14 +13,13 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use cqrs_es::{Aggregate, DomainEvent};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::money::MAX_AMOUNT;
 use crate::period::checked_period_containing;
 use crate::plan::{validate_id, MAX_QUANTITY_PLACES};
-use crate::{DomainError, Interval, PlanTerms, ResetCadence, SubscriptionStatus, EVENT_VERSION};
+use crate::{DomainError, Interval, PlanTerms, ResetCadence, SubscriptionStatus};
 
 /// The longest client transaction id, in characters.
 pub const MAX_TRANSACTION_ID_CHARS: usize = 255;
@@ -488,39 +487,7 @@ impl UsageRecord {
     }
 }
 
-impl DomainEvent for UsageEvent {
-    fn event_type(&self) -> String {
-        self.name().to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        EVENT_VERSION.to_owned()
-    }
-}
-
-impl Aggregate for UsageRecord {
-    const TYPE: &'static str = "usage_record";
-    type Command = UsageCommand;
-    type Event = UsageEvent;
-    type Error = DomainError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &cqrs_es::event_sink::EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
-        self.evolve(&event);
-    }
-}
+crate::cqrs_adapter!(UsageRecord, "usage_record", UsageCommand, UsageEvent);
 
 /// The change one event makes to the total of its (subscription, meter, window).
 #[derive(Debug, Clone, PartialEq)]
@@ -631,7 +598,10 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    use cqrs_es::{Aggregate, DomainEvent};
+
     use super::*;
+    use crate::EVENT_VERSION;
     use crate::{Currency, MeterTerms, SeatLimits};
 
     fn t(rfc3339: &str) -> DateTime<Utc> {
