@@ -115,8 +115,6 @@ pub struct NewSnapshot {
     pub payload: Value,
 }
 
-const PG_INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-     payload, metadata, event_id, tenant, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING position";
 const SQLITE_INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
      payload, metadata, event_id, tenant, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING position";
 const SNAPSHOT_UPSERT: &str = "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
@@ -139,34 +137,69 @@ pub async fn append(
     let mut positions = Vec::with_capacity(events.len());
     match &db.typed {
         TypedPool::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
+            // One statement, so one round trip and atomic without an explicit
+            // transaction: the events in a multi-row insert, the snapshot in a
+            // data-modifying CTE. A taken sequence fails the whole statement.
+            let rows: Vec<String> = (0..events.len())
+                .map(|r| {
+                    let b = r * 6 + 5;
+                    format!(
+                        "($1, $2, ${}, ${}, ${}, ${}, ${}, ${}, $3, $4)",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5
+                    )
+                })
+                .collect();
+            let values = rows.join(", ");
+            let sql = match snapshot {
+                None => format!(
+                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                     payload, metadata, event_id, tenant, recorded_at) VALUES {values} RETURNING sequence, position"
+                ),
+                Some(_) => {
+                    let n = 5 + events.len() * 6;
+                    format!(
+                        "WITH ins AS (INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                         event_version, payload, metadata, event_id, tenant, recorded_at) VALUES {values} \
+                         RETURNING sequence, position), \
+                         snap AS (INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
+                         VALUES ($1, $2, ${a}, ${b}, ${c}) ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
+                         last_sequence = excluded.last_sequence, current_snapshot = excluded.current_snapshot, \
+                         payload = excluded.payload WHERE snapshots.last_sequence < excluded.last_sequence) \
+                         SELECT sequence, position FROM ins",
+                        a = n,
+                        b = n + 1,
+                        c = n + 2
+                    )
+                }
+            };
+            let mut q = sqlx::query_as::<_, (i64, i64)>(&sql)
+                .bind(aggregate_type)
+                .bind(stream_key)
+                .bind(tenant)
+                .bind(recorded_at);
             for e in events {
-                let p: i64 = sqlx::query_scalar(PG_INSERT)
-                    .bind(aggregate_type)
-                    .bind(stream_key)
+                q = q
                     .bind(e.sequence)
                     .bind(&e.event_type)
                     .bind(&e.event_version)
                     .bind(sqlx::types::Json(&e.payload))
                     .bind(sqlx::types::Json(&e.metadata))
-                    .bind(&e.event_id)
-                    .bind(tenant)
-                    .bind(recorded_at)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                positions.push(p);
+                    .bind(&e.event_id);
             }
             if let Some(s) = snapshot {
-                sqlx::query(SNAPSHOT_UPSERT)
-                    .bind(aggregate_type)
-                    .bind(stream_key)
+                q = q
                     .bind(s.last_sequence)
                     .bind(s.last_sequence / SNAPSHOT_EVERY as i64)
-                    .bind(sqlx::types::Json(&s.payload))
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(sqlx::types::Json(&s.payload));
             }
-            tx.commit().await?;
+            let mut rows = q.fetch_all(pool).await?;
+            rows.sort_unstable();
+            positions.extend(rows.into_iter().map(|(_, p)| p));
         }
         TypedPool::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
