@@ -520,6 +520,10 @@ impl Ticket {
             // The requester answering in public means the solution did not hold;
             // an internal note (which a requester should not be writing) does not.
             Solved if public && by_requester => Some(Open),
+            // Pending waits on the requester: their public reply puts the
+            // ticket back in the agents' queue (on-hold waits on a third
+            // party and stays).
+            Pending if public && by_requester => Some(Open),
             New | Open | Pending | OnHold | Solved => None,
             Closed => unreachable!("a closed ticket takes no comments"),
         };

@@ -741,13 +741,16 @@ fn an_internal_requester_comment_or_an_agent_comment_keeps_a_solved_ticket_solve
 }
 
 #[test]
-fn comments_in_open_pending_and_on_hold_never_move_the_status() {
+fn comments_in_open_pending_and_on_hold_never_move_the_status_but_a_requester_reply_on_pending() {
     for status in [
         TicketStatus::Open,
         TicketStatus::Pending,
         TicketStatus::OnHold,
     ] {
         for (author, public) in [(REQUESTER, true), (REQUESTER, false), (AGENT, true)] {
+            if status == TicketStatus::Pending && author == REQUESTER && public {
+                continue; // the requester's public reply reopens: tested below
+            }
             let (events, ticket) = status_after(status, comment("cmt_1", author, public));
             assert_eq!(events.len(), 1, "{status:?} {author} {public}");
             assert_eq!(ticket.status, Some(status));
@@ -1020,9 +1023,9 @@ fn a_status_change_caused_by_a_comment_names_its_author_and_others_do_not() {
             }
         }
     }
-    // The agent's first comment on the new ticket, and the requester's
-    // public reply to the solved one.
-    assert_eq!(by_comment, 2);
+    // The agent's first comment on the new ticket, the requester's public
+    // reply to the pending one, and to the solved one.
+    assert_eq!(by_comment, 3);
 }
 
 // ---------------------------------------------------------------------------
@@ -1353,4 +1356,16 @@ proptest! {
             prop_assert!(closed.decide(command.clone()).is_err(), "{command:?}");
         }
     }
+}
+
+/// Issue 5's sequence: a pending ticket waits on the requester; their public
+/// reply reopens it, an internal note of theirs does not.
+#[test]
+fn a_public_reply_of_the_requester_reopens_a_pending_ticket() {
+    let (events, ticket) = status_after(TicketStatus::Pending, comment("cmt_1", REQUESTER, true));
+    assert_eq!(events.len(), 2);
+    assert_eq!(ticket.status, Some(TicketStatus::Open));
+    let (events, ticket) = status_after(TicketStatus::Pending, comment("cmt_1", REQUESTER, false));
+    assert_eq!(events.len(), 1);
+    assert_eq!(ticket.status, Some(TicketStatus::Pending));
 }

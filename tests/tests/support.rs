@@ -69,6 +69,15 @@ async fn a_tickets_life(backend: Backend) {
         .post(k, &t("transition"), json!({"to": "pending"}))
         .await;
     assert_eq!(r.body["status"], "pending");
+    // The requester replies while the ticket waits on them: it reopens.
+    let r = app
+        .post(
+            k,
+            &t("comments"),
+            json!({"author": "customer:cus_7", "body": "Here is the log", "public": true}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "open");
     let r = app.post(k, &t("transition"), json!({"to": "solved"})).await;
     assert_eq!(r.body["status"], "solved");
     // The requester replies publicly: the ticket reopens.
@@ -116,8 +125,8 @@ async fn a_tickets_life(backend: Backend) {
             .map(|c| c["public"].as_bool().unwrap())
             .collect::<Vec<_>>()
     };
-    assert_eq!(publics(&as_reader), [true, true]);
-    assert_eq!(publics(&as_writer), [false, true, true]);
+    assert_eq!(publics(&as_reader), [true, true, true]);
+    assert_eq!(publics(&as_writer), [false, true, true, true]);
     let listed = app
         .get(&reader, "/v1/tickets?status=closed&assignee=alice")
         .await;
