@@ -356,6 +356,9 @@ pub struct EntitlementsDto {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditEventDto {
     pub position: i64,
+    /// The stream's type (`plan`, `subscription`, …) and resource id.
+    pub stream_type: String,
+    pub stream_id: String,
     pub sequence: i64,
     pub event_id: String,
     pub event_type: String,

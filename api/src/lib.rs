@@ -108,6 +108,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage/summary", get(usage::summary))
         .route("/v1/usage/{id}", get(usage::get))
         .route("/v1/usage/{id}/void", post(usage::void))
+        .route("/v1/audit/streams/{type}/{id}/state", get(audit::state_at))
+        .route("/v1/audit/events", get(audit::feed))
         .route(
             "/v1/audit/streams/{type}/{id}/events",
             get(audit::stream_events),

@@ -20,6 +20,7 @@ both_backends!(
     operations_endpoints,
     docs_work_offline,
     manual_clock,
+    audit_state_and_feed,
 );
 
 async fn walkthrough(backend: Backend) {
@@ -790,4 +791,101 @@ async fn manual_clock(backend: Backend) {
     sys.get(&sys.admin_key, "/v1/admin/clock")
         .await
         .assert_problem(404, "not_found");
+}
+
+async fn audit_state_and_feed(backend: Backend) {
+    let start = chrono::DateTime::parse_from_rfc3339("2026-01-31T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let app = TestApp::spawn_manual(backend, start).await;
+    let k = &app.admin_key;
+    let plan = app.standard_plan().await;
+    let id = app
+        .create_subscription(
+            k,
+            json!({"customer_id": "cus_a", "plan_id": plan, "seats": 2}),
+        )
+        .await
+        .id();
+    app.advance_clock(k, json!({"by": "P1D"})).await;
+    app.activate(k, &id, json!({})).await;
+    app.advance_clock(k, json!({"by": "P1D"})).await;
+    let last = app.change_seats(k, &id, json!({"seats": 5})).await;
+    let path = |q: &str| format!("/v1/audit/streams/subscription/{id}/state?{q}");
+    // As of the first day: the draft, shaped like GET /v1/subscriptions/{id}.
+    let draft = app.get(k, &path("at=2026-01-31T12:00:00Z")).await;
+    assert_eq!(draft.status, 200, "{:?}", draft.body);
+    assert_eq!(draft.body["sequence"], 1);
+    assert_eq!(draft.body["state"]["status"], "draft");
+    assert_eq!(draft.body["state"]["seats"], 2);
+    assert_eq!(draft.body["state"]["id"], id.as_str());
+    let second = app.get(k, &path("sequence=2")).await;
+    assert_eq!(second.body["state"]["status"], "active");
+    assert_eq!(second.body["state"]["seats"], 2);
+    let now = app.get(k, &path("")).await;
+    let current = app
+        .get_after(k, &format!("/v1/subscriptions/{id}"), last.position())
+        .await;
+    assert_eq!(
+        now.body["state"], current.body,
+        "the latest state equals the resource's GET"
+    );
+    app.get(k, &path("at=2026-01-01T00:00:00Z"))
+        .await
+        .assert_problem(404, "not_found");
+    app.get(k, &path("at=yesterday"))
+        .await
+        .assert_problem(422, "validation_failed");
+    app.get(k, &path("at=2026-01-31T12:00:00Z&sequence=1"))
+        .await
+        .assert_problem(422, "validation_failed");
+    let auditor = app.key("default", "auditor").await;
+    assert_eq!(app.get(&auditor, &path("sequence=1")).await.status, 200);
+    let reader = app.key("default", "reader").await;
+    app.get(&reader, &path("sequence=1"))
+        .await
+        .assert_problem(403, "forbidden");
+
+    // The tenant's global feed, in position order, with cursors; another
+    // tenant's events never appear.
+    let other = app.key("acme", "admin").await;
+    app.create_plan(&other, standard_plan_body("acme")).await;
+    let page1 = app.get(k, "/v1/audit/events?limit=2").await;
+    assert_eq!(page1.status, 200, "{:?}", page1.body);
+    let mut seen: Vec<i64> = page1.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    let mut cursor = page1.body["next_cursor"].as_str().unwrap().to_string();
+    for _ in 0..10 {
+        let page = app
+            .get(k, &format!("/v1/audit/events?after={cursor}&limit=2"))
+            .await;
+        let data = page.body["data"].as_array().unwrap();
+        if data.is_empty() {
+            break;
+        }
+        assert!(data.iter().all(|e| e["metadata"]["tenant"] == "default"));
+        seen.extend(data.iter().map(|e| e["position"].as_i64().unwrap()));
+        cursor = page.body["next_cursor"].as_str().unwrap().to_string();
+    }
+    assert_eq!(
+        seen.len(),
+        4,
+        "plan created, subscription created, activated, seats changed: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    let theirs = app.get(&other, "/v1/audit/events").await;
+    let their_types: Vec<_> = theirs.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(their_types, ["plan"]);
+    app.get(k, "/v1/audit/events?limit=0")
+        .await
+        .assert_problem(422, "validation_failed");
 }

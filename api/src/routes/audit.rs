@@ -75,16 +75,7 @@ pub async fn stream_events(
     let data: Vec<AuditEventDto> = events
         .into_iter()
         .take(limit as usize)
-        .map(|e| AuditEventDto {
-            position: e.position,
-            sequence: e.sequence,
-            event_id: e.event_id,
-            event_type: e.event_type,
-            event_version: e.event_version,
-            payload: e.payload,
-            metadata: e.metadata,
-            recorded_at: e.recorded_at,
-        })
+        .map(audit_event)
         .collect();
     let next_cursor = if more {
         data.last().map(|e| e.sequence.to_string())
@@ -92,4 +83,216 @@ pub async fn stream_events(
         None
     };
     Ok(axum::Json(AuditEventsDto { data, next_cursor }))
+}
+
+fn audit_event(e: tally_projections::StoredEvent) -> AuditEventDto {
+    AuditEventDto {
+        stream_type: e.aggregate_type.clone(),
+        stream_id: e.resource_id().to_string(),
+        position: e.position,
+        sequence: e.sequence,
+        event_id: e.event_id,
+        event_type: e.event_type,
+        event_version: e.event_version,
+        payload: e.payload,
+        metadata: e.metadata,
+        recorded_at: e.recorded_at,
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StateParams {
+    /// The state as of this time (RFC 3339): every event recorded at or before it.
+    pub at: Option<String>,
+    /// Or as of this stream sequence.
+    pub sequence: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StateAtDto {
+    pub sequence: i64,
+    pub recorded_at: String,
+    /// The resource as its own GET would have shown it then.
+    #[schema(value_type = Object)]
+    pub state: serde_json::Value,
+}
+
+/// Folds events into an aggregate with its own `apply` (the write path's fold).
+fn fold<A: cqrs_es::Aggregate>(events: &[tally_projections::StoredEvent]) -> ApiResult<A> {
+    let mut state = A::default();
+    for e in events {
+        let event: A::Event = e
+            .decode()
+            .map_err(|err| ApiError::Internal(format!("event {}: {err}", e.position)))?;
+        state.apply(event);
+    }
+    Ok(state)
+}
+
+fn to_value<T: serde::Serialize>(v: Option<T>) -> ApiResult<serde_json::Value> {
+    let v = v.ok_or(ApiError::NotFound)?;
+    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Pages of 1,000 events read for one state-as-of (streams are capped there).
+const MAX_STATE_PAGES: usize = 100;
+
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    At(chrono::DateTime<chrono::Utc>),
+    Sequence(i64),
+}
+
+#[utoipa::path(get, path = "/v1/audit/streams/{type}/{id}/state", tag = "audit",
+    params(("type" = String, Path), ("id" = String, Path), StateParams),
+    responses((status = 200, body = StateAtDto), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn state_at(
+    State(app): State<AppState>,
+    principal: Principal,
+    Path((kind, id)): Path<(String, String)>,
+    QueryParams(q): QueryParams<StateParams>,
+) -> ApiResult<axum::Json<StateAtDto>> {
+    use tally_aggregates::{
+        inbox::Inbox, plan::Plan, subscription::Subscription, ticket::Ticket, usage::UsageRecord,
+    };
+    principal.require(Access::Audit)?;
+    if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
+        return Err(ApiError::NotFound);
+    }
+    let cut = match (q.at.as_deref(), q.sequence.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field("at", "give `at` or `sequence`, not both"))
+        }
+        (Some(at), None) => Cut::At(crate::dto::parse_time("at", at)?),
+        (None, Some(s)) => Cut::Sequence(
+            s.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ApiError::field("sequence", "must be a positive integer"))?,
+        ),
+        (None, None) => Cut::Sequence(i64::MAX),
+    };
+    let key = stream_key(principal.tenant(), &id);
+    let mut events = Vec::new();
+    let mut after = 0;
+    for _ in 0..MAX_STATE_PAGES {
+        let page = app
+            .dispatcher
+            .log()
+            .read_stream(&kind, &key, after, 1000)
+            .await?;
+        let full = page.len() == 1000;
+        for e in page {
+            after = e.sequence;
+            let keep = match cut {
+                Cut::Sequence(n) => e.sequence <= n,
+                Cut::At(t) => {
+                    tally_projections::time::from_text(&e.recorded_at).is_some_and(|r| r <= t)
+                }
+            };
+            if keep {
+                events.push(e);
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    let Some(last) = events.last() else {
+        return Err(ApiError::NotFound);
+    };
+    let (sequence, recorded_at) = (last.sequence, last.recorded_at.clone());
+    let state = match kind.as_str() {
+        "plan" => to_value(crate::dto::PlanDto::from_state(
+            &id,
+            &fold::<Plan>(&events)?,
+            sequence,
+        ))?,
+        "subscription" => to_value(crate::dto::SubscriptionDto::from_state(
+            &id,
+            &fold::<Subscription>(&events)?,
+            sequence,
+        ))?,
+        "usage_record" => to_value(super::usage::UsageRecordDto::from_state(
+            &id,
+            &fold::<UsageRecord>(&events)?,
+            sequence,
+            false,
+        ))?,
+        "ticket" => to_value(super::tickets::TicketDto::from_state(
+            &id,
+            &fold::<Ticket>(&events)?,
+            sequence,
+            true,
+        ))?,
+        _ => to_value(Some(fold::<Inbox>(&events)?))?,
+    };
+    Ok(axum::Json(StateAtDto {
+        sequence,
+        recorded_at,
+        state,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FeedParams {
+    /// Continue after this global position (`next_cursor` of the previous page).
+    pub after: Option<String>,
+    /// 1-1000, default 100.
+    pub limit: Option<String>,
+}
+
+/// Log rows scanned per feed request at most (other tenants' rows included).
+const FEED_SCAN_LIMIT: usize = 20_000;
+
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(FeedParams),
+    responses((status = 200, body = AuditEventsDto), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn feed(
+    State(app): State<AppState>,
+    principal: Principal,
+    QueryParams(q): QueryParams<FeedParams>,
+) -> ApiResult<axum::Json<AuditEventsDto>> {
+    principal.require(Access::Audit)?;
+    let limit: usize = match &q.limit {
+        None => 100,
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::field("limit", "must be an integer from 1 to 1000"))?,
+    };
+    let mut at: i64 = match &q.after {
+        None => 0,
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|p| *p >= 0)
+            .ok_or_else(|| ApiError::field("after", "must be a log position"))?,
+    };
+    // The ordered reader (it never passes an open lower position), filtered
+    // to the tenant; the cursor is the last position scanned.
+    let mut data = Vec::new();
+    let mut scanned = 0;
+    'scan: while scanned < FEED_SCAN_LIMIT {
+        let batch = app.dispatcher.log().read_after(at, 1000).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for e in batch {
+            scanned += 1;
+            at = e.position;
+            if e.tenant == principal.tenant() {
+                data.push(audit_event(e));
+                if data.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+    }
+    Ok(axum::Json(AuditEventsDto {
+        data,
+        next_cursor: Some(at.to_string()),
+    }))
 }

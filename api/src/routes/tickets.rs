@@ -101,7 +101,12 @@ pub struct TicketDto {
 }
 
 impl TicketDto {
-    fn from_state(id: &str, t: &Ticket, version: i64, internal: bool) -> Option<TicketDto> {
+    pub(crate) fn from_state(
+        id: &str,
+        t: &Ticket,
+        version: i64,
+        internal: bool,
+    ) -> Option<TicketDto> {
         Some(TicketDto {
             id: id.to_string(),
             subject: t.subject.clone(),

@@ -110,7 +110,12 @@ pub struct UsageRecordDto {
 }
 
 impl UsageRecordDto {
-    fn from_state(id: &str, r: &UsageRecord, version: i64, duplicate: bool) -> Option<Self> {
+    pub(crate) fn from_state(
+        id: &str,
+        r: &UsageRecord,
+        version: i64,
+        duplicate: bool,
+    ) -> Option<Self> {
         Some(UsageRecordDto {
             id: id.to_string(),
             transaction_id: r.transaction_id.clone(),
