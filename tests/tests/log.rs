@@ -169,15 +169,13 @@ async fn no_skip_under_concurrent_writers(backend: Backend) {
 /// A consumer killed between writing its rows and committing leaves the read
 /// model equal to a rebuild after restart.
 async fn consumer_killed_mid_batch(backend: Backend) {
-    let tdb = TestDb::new(backend).await;
-    let db = tdb.connect().await;
-    let dispatcher = Dispatcher::new(db.clone(), Clock::System);
-    let meta = CommandMeta {
-        tenant: "t".into(),
-        actor: "test".into(),
-        ..Default::default()
-    };
-    let plan_id = seed_plan(&dispatcher, &meta).await;
+    let Seeded {
+        tdb: _tdb,
+        db,
+        dispatcher,
+        meta,
+        plan_id,
+    } = Seeded::new(backend).await;
     for i in 0..20 {
         seed_subscription(&dispatcher, &meta, &plan_id, &format!("sub_{i:04}")).await;
     }
@@ -246,6 +244,37 @@ async fn consumer_killed_mid_batch(backend: Backend) {
     runtime.stop().await;
 }
 
+/// A fresh database with a dispatcher, tenant `t`'s command metadata and one
+/// seeded plan: the common start of the runtime tests.
+struct Seeded {
+    tdb: TestDb,
+    db: Db,
+    dispatcher: Dispatcher,
+    meta: CommandMeta,
+    plan_id: String,
+}
+
+impl Seeded {
+    async fn new(backend: Backend) -> Seeded {
+        let tdb = TestDb::new(backend).await;
+        let db = tdb.connect().await;
+        let dispatcher = Dispatcher::new(db.clone(), Clock::System);
+        let meta = CommandMeta {
+            tenant: "t".into(),
+            actor: "test".into(),
+            ..Default::default()
+        };
+        let plan_id = seed_plan(&dispatcher, &meta).await;
+        Seeded {
+            tdb,
+            db,
+            dispatcher,
+            meta,
+            plan_id,
+        }
+    }
+}
+
 async fn seed_plan(dispatcher: &Dispatcher, meta: &CommandMeta) -> String {
     use tally_aggregates::plan::{Plan, PlanCommand, PlanTerms, SeatLimits};
     let terms = PlanTerms {
@@ -311,15 +340,13 @@ async fn seed_subscription(dispatcher: &Dispatcher, meta: &CommandMeta, plan_id:
 async fn long_streams_use_snapshots(backend: Backend) {
     use tally_aggregates::subscription::SubscriptionCommand;
     use tally_aggregates::ProrationMode;
-    let tdb = TestDb::new(backend).await;
-    let db = tdb.connect().await;
-    let dispatcher = Dispatcher::new(db.clone(), Clock::System);
-    let meta = CommandMeta {
-        tenant: "t".into(),
-        actor: "test".into(),
-        ..Default::default()
-    };
-    let plan_id = seed_plan(&dispatcher, &meta).await;
+    let Seeded {
+        tdb: _tdb,
+        db,
+        dispatcher,
+        meta,
+        plan_id,
+    } = Seeded::new(backend).await;
     seed_subscription(&dispatcher, &meta, &plan_id, "sub_long").await;
     let at = chrono::Utc::now();
     for i in 0..248u32 {
@@ -457,15 +484,13 @@ async fn events_are_immutable(backend: Backend) {
 /// A batch that fails rolls back and is retried with backoff; nothing is
 /// skipped and the read model ends equal to a rebuild.
 async fn failing_batches_are_retried_not_skipped(backend: Backend) {
-    let tdb = TestDb::new(backend).await;
-    let db = tdb.connect().await;
-    let dispatcher = Dispatcher::new(db.clone(), Clock::System);
-    let meta = CommandMeta {
-        tenant: "t".into(),
-        actor: "test".into(),
-        ..Default::default()
-    };
-    let plan_id = seed_plan(&dispatcher, &meta).await;
+    let Seeded {
+        tdb: _tdb,
+        db,
+        dispatcher,
+        meta,
+        plan_id,
+    } = Seeded::new(backend).await;
     for i in 0..5 {
         seed_subscription(&dispatcher, &meta, &plan_id, &format!("sub_{i}")).await;
     }
@@ -532,15 +557,13 @@ async fn failing_batches_are_retried_not_skipped(backend: Backend) {
 /// them; when that one dies, the other takes over and catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_consumer_fails_over_to_another_process() {
-    let tdb = TestDb::new(Backend::Postgres).await;
-    let db = tdb.connect().await;
-    let dispatcher = Dispatcher::new(db.clone(), Clock::System);
-    let meta = CommandMeta {
-        tenant: "t".into(),
-        actor: "test".into(),
-        ..Default::default()
-    };
-    let plan_id = seed_plan(&dispatcher, &meta).await;
+    let Seeded {
+        tdb,
+        db,
+        dispatcher,
+        meta,
+        plan_id,
+    } = Seeded::new(Backend::Postgres).await;
     seed_subscription(&dispatcher, &meta, &plan_id, "sub_a").await;
     let cfg = RuntimeConfig {
         poll_interval: Duration::from_millis(100),
