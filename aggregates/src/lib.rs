@@ -1,5 +1,5 @@
-//! Tally's domain: the `Plan`, `Subscription`, `UsageRecord`, `Ticket` and
-//! `Inbox` aggregates, their commands and events, and the money and
+//! Tally's domain: the `Plan`, `Subscription`, `UsageRecord`, `Invoice`,
+//! `InvoiceNumbering`, `Ticket` and `Inbox` aggregates, their commands and events, and the money and
 //! billing-period arithmetic they rely on.
 //!
 //! Everything here is pure. Commands carry the time and the new ids, so `decide`
@@ -50,8 +50,10 @@ macro_rules! cqrs_adapter {
     };
 }
 
+pub mod billing;
 pub mod error;
 pub mod inbox;
+pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod plan;
@@ -61,6 +63,10 @@ pub mod usage;
 
 pub use error::DomainError;
 pub use inbox::{valid_recipient, Inbox, InboxCommand, InboxEvent};
+pub use invoice::{
+    Invoice, InvoiceCommand, InvoiceEvent, InvoiceLine, InvoiceNumbering, InvoiceStatus, LineKind,
+    NewLine, NumberingCommand, NumberingEvent, Payment,
+};
 pub use money::{Currency, Money};
 pub use period::{Interval, Period};
 pub use plan::{

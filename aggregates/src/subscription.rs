@@ -192,6 +192,12 @@ pub struct Subscription {
     pub current_period: Option<Period>,
     pub suspension: Option<Suspension>,
     pub cancel_at_period_end: bool,
+    /// Prorated changes in the current period, billed in arrears at renewal.
+    #[serde(default)]
+    pub pending_prorations: Vec<ProrationFigures>,
+    /// The unpaid invoice that made the subscription past due.
+    #[serde(default)]
+    pub past_due_invoice: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub activated_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
@@ -235,6 +241,12 @@ pub enum SubscriptionCommand {
         invoice_id: String,
         at: DateTime<Utc>,
     },
+    /// PastDue → Active once `invoice_id`, the invoice that made it past
+    /// due, is paid; a no-op otherwise.
+    ClearPastDue {
+        invoice_id: String,
+        at: DateTime<Utc>,
+    },
     /// Cancels now, or schedules the cancellation for the period end.
     Cancel {
         when: CancelWhen,
@@ -257,6 +269,7 @@ impl SubscriptionCommand {
             SubscriptionCommand::Suspend { .. } => "suspend",
             SubscriptionCommand::Resume { .. } => "resume",
             SubscriptionCommand::MarkPastDue { .. } => "mark_past_due",
+            SubscriptionCommand::ClearPastDue { .. } => "clear_past_due",
             SubscriptionCommand::Cancel { .. } => "cancel",
             SubscriptionCommand::Renew { .. } => "renew",
         }
@@ -304,6 +317,11 @@ pub enum SubscriptionEvent {
         invoice_id: String,
         at: DateTime<Utc>,
     },
+    /// The invoice that made it past due was paid: back to Active.
+    PastDueCleared {
+        invoice_id: String,
+        at: DateTime<Utc>,
+    },
     CancellationScheduled {
         reason: Option<String>,
         cancel_at: DateTime<Utc>,
@@ -313,11 +331,23 @@ pub enum SubscriptionEvent {
         reason: Option<String>,
         canceled_at: DateTime<Utc>,
     },
-    /// The rating window: usage in `closed_period` can now be billed.
+    /// The rating window: usage in `closed_period` can now be billed. It
+    /// carries what the renewal invoice needs: the plan and seats for the new
+    /// period (billed in advance) and the closed period's prorated changes
+    /// (billed in arrears). Events stored before these fields existed read
+    /// them as absent.
     PeriodRenewed {
         closed_period: Period,
         new_period: Period,
         renewed_at: DateTime<Utc>,
+        #[serde(default)]
+        plan_id: Option<String>,
+        #[serde(default)]
+        plan: Option<PlanTerms>,
+        #[serde(default)]
+        seats: Option<u32>,
+        #[serde(default)]
+        prorations: Vec<ProrationFigures>,
     },
 }
 
@@ -332,6 +362,7 @@ impl SubscriptionEvent {
             SubscriptionEvent::SubscriptionSuspended { .. } => "SubscriptionSuspended",
             SubscriptionEvent::SubscriptionResumed { .. } => "SubscriptionResumed",
             SubscriptionEvent::SubscriptionPastDue { .. } => "SubscriptionPastDue",
+            SubscriptionEvent::PastDueCleared { .. } => "PastDueCleared",
             SubscriptionEvent::CancellationScheduled { .. } => "CancellationScheduled",
             SubscriptionEvent::SubscriptionCanceled { .. } => "SubscriptionCanceled",
             SubscriptionEvent::PeriodRenewed { .. } => "PeriodRenewed",
@@ -445,6 +476,7 @@ impl Subscription {
                 | C::Suspend { .. }
                 | C::Resume { .. }
                 | C::MarkPastDue { .. }
+                | C::ClearPastDue { .. }
                 | C::Cancel { .. }
                 | C::Renew { .. },
             ) => Err(DomainError::NotFound("subscription")),
@@ -505,6 +537,25 @@ impl Subscription {
             // A second unpaid invoice does not make it more past due.
             (Some(PastDue), C::MarkPastDue { .. }) => Ok(vec![]),
             (Some(status @ (Draft | Suspended | Canceled)), C::MarkPastDue { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (Some(PastDue), C::ClearPastDue { invoice_id, at }) => {
+                validate_id("invoice_id", &invoice_id)?;
+                if self.past_due_invoice.as_deref() == Some(invoice_id.as_str()) {
+                    Ok(vec![SubscriptionEvent::PastDueCleared { invoice_id, at }])
+                } else {
+                    // Another invoice keeps it past due.
+                    Ok(vec![])
+                }
+            }
+            // Paid while not past due (on time, or after a suspension, which
+            // only Resume lifts): nothing to clear.
+            (Some(Active | Suspended), C::ClearPastDue { invoice_id, .. }) => {
+                validate_id("invoice_id", &invoice_id)?;
+                Ok(vec![])
+            }
+            (Some(status @ (Draft | Canceled)), C::ClearPastDue { .. }) => {
                 Err(Self::invalid(status, name))
             }
 
@@ -713,6 +764,10 @@ impl Subscription {
             closed_period,
             new_period,
             renewed_at: at,
+            plan_id: Some(self.plan_id.clone()),
+            plan: Some(self.terms().clone()),
+            seats: Some(self.seats),
+            prorations: self.pending_prorations.clone(),
         }])
     }
 
@@ -758,15 +813,20 @@ impl Subscription {
                 self.activated_at = Some(*activated_at);
             }
             SubscriptionEvent::PlanChanged {
-                to_plan_id, plan, ..
+                to_plan_id,
+                plan,
+                proration,
+                ..
             } => {
                 self.expect_status(&[Active], event);
                 self.plan_id = to_plan_id.clone();
                 self.plan = Some(plan.clone());
+                self.pending_prorations.extend(proration.clone());
             }
-            SubscriptionEvent::SeatsChanged { to, .. } => {
+            SubscriptionEvent::SeatsChanged { to, proration, .. } => {
                 self.expect_status(&[Active], event);
                 self.seats = *to;
+                self.pending_prorations.extend(proration.clone());
             }
             SubscriptionEvent::SubscriptionSuspended {
                 reason,
@@ -783,10 +843,17 @@ impl Subscription {
                 self.expect_status(&[Suspended], event);
                 self.status = Some(Active);
                 self.suspension = None;
+                self.past_due_invoice = None;
             }
-            SubscriptionEvent::SubscriptionPastDue { .. } => {
+            SubscriptionEvent::SubscriptionPastDue { invoice_id, .. } => {
                 self.expect_status(&[Active], event);
                 self.status = Some(PastDue);
+                self.past_due_invoice = Some(invoice_id.clone());
+            }
+            SubscriptionEvent::PastDueCleared { .. } => {
+                self.expect_status(&[PastDue], event);
+                self.status = Some(Active);
+                self.past_due_invoice = None;
             }
             SubscriptionEvent::CancellationScheduled { reason, .. } => {
                 self.expect_status(&[Active, PastDue, Suspended], event);
@@ -803,10 +870,12 @@ impl Subscription {
                 self.cancel_reason = reason.clone();
                 self.cancel_at_period_end = false;
                 self.suspension = None;
+                self.past_due_invoice = None;
             }
             SubscriptionEvent::PeriodRenewed { new_period, .. } => {
                 self.expect_status(&[Active, PastDue, Suspended], event);
                 self.current_period = Some(*new_period);
+                self.pending_prorations.clear();
             }
         }
     }

@@ -1,11 +1,14 @@
 //! Given events / when command / then events or error, for every (status,
 //! command) pair of the subscription state machine, every rejection, proration
-//! figures to the cent, and period renewal across short months.
+//! figures to the cent, the past-due invoice that `ClearPastDue` answers to,
+//! prorations that wait for the renewal, and period renewal across short
+//! months with what the renewal invoice needs.
 
 mod support;
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use cqrs_es::test::TestFramework;
 use cqrs_es::DomainEvent;
 use support::*;
@@ -33,7 +36,7 @@ enum Outcome {
 
 /// Every command name; `expected` below fails to compile when a command is
 /// added, and the matrix test fails when a sample for it is missing.
-const COMMAND_NAMES: [&str; 9] = [
+const COMMAND_NAMES: [&str; 10] = [
     "create",
     "activate",
     "change_plan",
@@ -41,6 +44,7 @@ const COMMAND_NAMES: [&str; 9] = [
     "suspend",
     "resume",
     "mark_past_due",
+    "clear_past_due",
     "cancel",
     "renew",
 ];
@@ -77,6 +81,11 @@ fn sample_commands() -> Vec<SubscriptionCommand> {
             invoice_id: "inv_2".to_owned(),
             at: t(DURING),
         },
+        // The invoice that made the past-due fixture past due.
+        SubscriptionCommand::ClearPastDue {
+            invoice_id: "inv_1".to_owned(),
+            at: t(DURING),
+        },
         SubscriptionCommand::Cancel {
             when: CancelWhen::Now,
             reason: None,
@@ -107,6 +116,7 @@ fn expected(status: Option<SubscriptionStatus>, command: &SubscriptionCommand) -
             | C::Suspend { .. }
             | C::Resume { .. }
             | C::MarkPastDue { .. }
+            | C::ClearPastDue { .. }
             | C::Cancel { .. }
             | C::Renew { .. } => NotFound,
         };
@@ -138,6 +148,12 @@ fn expected(status: Option<SubscriptionStatus>, command: &SubscriptionCommand) -
             Active => Then("SubscriptionPastDue", PastDue),
             PastDue => NoOp,
             Draft | Suspended | Canceled => Invalid,
+        },
+        C::ClearPastDue { .. } => match status {
+            PastDue => Then("PastDueCleared", Active),
+            // Paid on time, or suspended (only Resume lifts a suspension).
+            Active | Suspended => NoOp,
+            Draft | Canceled => Invalid,
         },
         C::Cancel {
             when: CancelWhen::Now,
@@ -203,7 +219,7 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
             }
         }
     }
-    assert_eq!(pairs, 6 * 10);
+    assert_eq!(pairs, 6 * 11);
 }
 
 #[test]
@@ -680,6 +696,163 @@ fn mark_past_due_rejects_an_empty_invoice_id() {
     );
 }
 
+#[test]
+fn mark_past_due_remembers_the_first_unpaid_invoice() {
+    let mut subscription = active();
+    assert_eq!(subscription.past_due_invoice, None);
+    run(
+        &mut subscription,
+        SubscriptionCommand::MarkPastDue {
+            invoice_id: "inv_9".to_owned(),
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(subscription.past_due_invoice.as_deref(), Some("inv_9"));
+    // A second unpaid invoice is a no-op and does not replace the first.
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::MarkPastDue {
+            invoice_id: "inv_10".to_owned(),
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(events, vec![]);
+    assert_eq!(subscription.past_due_invoice.as_deref(), Some("inv_9"));
+}
+
+// ---------------------------------------------------------------------------
+// Clear past due
+// ---------------------------------------------------------------------------
+
+fn clear_past_due(invoice_id: &str) -> SubscriptionCommand {
+    SubscriptionCommand::ClearPastDue {
+        invoice_id: invoice_id.to_owned(),
+        at: t("2025-02-12T00:00:00Z"),
+    }
+}
+
+#[test]
+fn paying_the_invoice_that_made_it_past_due_makes_it_active() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::PastDue)));
+    assert_eq!(subscription.past_due_invoice.as_deref(), Some("inv_1"));
+    let events = run(&mut subscription, clear_past_due("inv_1")).unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::PastDueCleared {
+            invoice_id: "inv_1".to_owned(),
+            at: t("2025-02-12T00:00:00Z"),
+        }]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+    assert_eq!(subscription.past_due_invoice, None);
+    // A retried payment notification finds nothing left to clear.
+    assert_eq!(subscription.decide(clear_past_due("inv_1")), Ok(vec![]));
+}
+
+#[test]
+fn paying_another_invoice_keeps_it_past_due() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::PastDue)));
+    let before = subscription.clone();
+    assert_eq!(run(&mut subscription, clear_past_due("inv_2")), Ok(vec![]));
+    assert_eq!(subscription, before);
+    assert_eq!(subscription.status, Some(SubscriptionStatus::PastDue));
+}
+
+#[test]
+fn clear_past_due_while_active_or_suspended_is_a_no_op() {
+    for status in [SubscriptionStatus::Active, SubscriptionStatus::Suspended] {
+        for invoice_id in ["inv_1", "inv_2"] {
+            assert_eq!(
+                given(&history(Some(status))).decide(clear_past_due(invoice_id)),
+                Ok(vec![]),
+                "{status:?} {invoice_id}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_suspension_outlives_the_payment_and_resume_forgets_the_invoice() {
+    // Past due, then suspended for non-payment: the invoice is remembered.
+    let mut subscription = given(&history(Some(SubscriptionStatus::PastDue)));
+    run(
+        &mut subscription,
+        SubscriptionCommand::Suspend {
+            reason: SuspendReason::NonPayment,
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(subscription.past_due_invoice.as_deref(), Some("inv_1"));
+    // Paying it does not lift the suspension: that is Resume's job.
+    assert_eq!(run(&mut subscription, clear_past_due("inv_1")), Ok(vec![]));
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Suspended));
+    run(
+        &mut subscription,
+        SubscriptionCommand::Resume { at: t(DURING) },
+    )
+    .unwrap();
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+    assert_eq!(subscription.past_due_invoice, None);
+}
+
+#[test]
+fn cancel_forgets_the_past_due_invoice() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::PastDue)));
+    run(
+        &mut subscription,
+        SubscriptionCommand::Cancel {
+            when: CancelWhen::Now,
+            reason: None,
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(subscription.past_due_invoice, None);
+    assert_eq!(
+        subscription.decide(clear_past_due("inv_1")),
+        Err(DomainError::InvalidTransition {
+            aggregate: "subscription",
+            from: "canceled".to_owned(),
+            command: "clear_past_due",
+        })
+    );
+}
+
+#[test]
+fn clear_past_due_rejects_a_bad_invoice_id_in_every_state_that_accepts_it() {
+    for status in [
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Suspended,
+    ] {
+        for invoice_id in ["", "inv 1", &"i".repeat(65)] {
+            assert_validation(
+                given(&history(Some(status))).decide(clear_past_due(invoice_id)),
+                "invoice_id",
+            );
+        }
+    }
+}
+
+#[test]
+fn clear_past_due_on_a_missing_or_draft_subscription() {
+    assert_eq!(
+        Subscription::default().decide(clear_past_due("inv_1")),
+        Err(DomainError::NotFound("subscription"))
+    );
+    assert_eq!(
+        given(&history(Some(SubscriptionStatus::Draft))).decide(clear_past_due("inv_1")),
+        Err(DomainError::InvalidTransition {
+            aggregate: "subscription",
+            from: "draft".to_owned(),
+            command: "clear_past_due",
+        })
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Cancel
 // ---------------------------------------------------------------------------
@@ -838,6 +1011,20 @@ fn renew_before_the_period_ends_is_rejected() {
     }
 }
 
+/// The renewal of a fixture subscription still on the basic plan with one seat
+/// and no prorated change.
+fn renewed_on_basic(closed: Period, new: Period, at: DateTime<Utc>) -> SubscriptionEvent {
+    SubscriptionEvent::PeriodRenewed {
+        closed_period: closed,
+        new_period: new,
+        renewed_at: at,
+        plan_id: Some("plan_basic".to_owned()),
+        plan: Some(basic().terms),
+        seats: Some(1),
+        prorations: vec![],
+    }
+}
+
 #[test]
 fn renew_exactly_at_the_period_end_closes_the_rating_window() {
     let mut subscription = active();
@@ -860,6 +1047,10 @@ fn renew_exactly_at_the_period_end_closes_the_rating_window() {
             closed_period: closed,
             new_period: next,
             renewed_at: t(FIRST_END),
+            plan_id: Some("plan_basic".to_owned()),
+            plan: Some(basic().terms),
+            seats: Some(1),
+            prorations: vec![],
         }]
     );
     assert_eq!(subscription.current_period, Some(next));
@@ -891,14 +1082,14 @@ fn renewals_clamp_to_month_ends_and_return_to_the_31st() {
         let events = run(&mut subscription, SubscriptionCommand::Renew { at: end }).unwrap();
         assert_eq!(
             events,
-            vec![SubscriptionEvent::PeriodRenewed {
-                closed_period: Period { start, end },
-                new_period: Period {
+            vec![renewed_on_basic(
+                Period { start, end },
+                Period {
                     start: end,
                     end: next_end
                 },
-                renewed_at: end,
-            }]
+                end
+            )]
         );
         start = end;
     }
@@ -913,11 +1104,11 @@ fn a_late_renewal_closes_one_period_at_a_time() {
         let events = run(&mut subscription, SubscriptionCommand::Renew { at: late }).unwrap();
         assert_eq!(
             events,
-            vec![SubscriptionEvent::PeriodRenewed {
-                closed_period: period_at(anchor, Interval::Month, index),
-                new_period: period_at(anchor, Interval::Month, index + 1),
-                renewed_at: late,
-            }]
+            vec![renewed_on_basic(
+                period_at(anchor, Interval::Month, index),
+                period_at(anchor, Interval::Month, index + 1),
+                late
+            )]
         );
     }
     // The period containing the late time is now open: renewing again is early.
@@ -945,6 +1136,129 @@ fn past_due_and_suspended_subscriptions_keep_renewing() {
         .unwrap();
         assert_eq!(events[0].name(), "PeriodRenewed");
         assert_eq!(subscription.status, Some(status));
+    }
+}
+
+#[test]
+fn prorated_changes_wait_for_the_renewal_and_are_billed_once() {
+    let team = plan_ref("plan_team", terms("team", "10.00", "5.00", 1, 10));
+    let big_team = plan_ref("plan_big_team", terms("big_team", "30.00", "6.00", 1, 10));
+    let mut subscription = active_in_april(team, 2);
+    assert_eq!(subscription.pending_prorations, vec![]);
+
+    // A third in: 2 → 4 seats on team (20.00 → 30.00 a month).
+    let seats_at = t("2025-04-11T00:00:00Z");
+    run(
+        &mut subscription,
+        SubscriptionCommand::ChangeSeats {
+            seats: 4,
+            proration: ProrationMode::Prorate,
+            at: seats_at,
+        },
+    )
+    .unwrap();
+    let seat_figures = ProrationFigures {
+        period: april(),
+        at: seats_at,
+        fraction: dec("0.666666666667"),
+        credit: dec("-13.33"),
+        charge: dec("20.00"),
+        net: dec("6.67"),
+        currency: eur(),
+    };
+    assert_eq!(subscription.pending_prorations, vec![seat_figures.clone()]);
+
+    // A change without proration adds nothing to bill.
+    run(
+        &mut subscription,
+        SubscriptionCommand::ChangeSeats {
+            seats: 5,
+            proration: ProrationMode::None,
+            at: t("2025-04-14T00:00:00Z"),
+        },
+    )
+    .unwrap();
+    assert_eq!(subscription.pending_prorations, vec![seat_figures.clone()]);
+
+    // Half way: team with 5 seats (35.00) → big team with 5 seats (60.00).
+    let plan_at = t("2025-04-16T00:00:00Z");
+    run(
+        &mut subscription,
+        SubscriptionCommand::ChangePlan {
+            plan: big_team.clone(),
+            proration: ProrationMode::Prorate,
+            at: plan_at,
+        },
+    )
+    .unwrap();
+    let plan_figures = ProrationFigures {
+        period: april(),
+        at: plan_at,
+        fraction: dec("0.5"),
+        credit: dec("-17.50"),
+        charge: dec("30.00"),
+        net: dec("12.50"),
+        currency: eur(),
+    };
+    assert_eq!(
+        subscription.pending_prorations,
+        vec![seat_figures.clone(), plan_figures.clone()]
+    );
+
+    // The renewal carries the new plan, the seats and both prorations…
+    let may = Period {
+        start: t("2025-05-01T00:00:00Z"),
+        end: t("2025-06-01T00:00:00Z"),
+    };
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Renew { at: april().end },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::PeriodRenewed {
+            closed_period: april(),
+            new_period: may,
+            renewed_at: april().end,
+            plan_id: Some("plan_big_team".to_owned()),
+            plan: Some(big_team.terms.clone()),
+            seats: Some(5),
+            prorations: vec![seat_figures, plan_figures],
+        }]
+    );
+    // …and clears them, so the next renewal bills none of them again.
+    assert_eq!(subscription.pending_prorations, vec![]);
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Renew { at: may.end },
+    )
+    .unwrap();
+    let SubscriptionEvent::PeriodRenewed {
+        prorations, seats, ..
+    } = &events[0]
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(prorations, &vec![]);
+    assert_eq!(*seats, Some(5));
+}
+
+#[test]
+fn past_due_and_suspended_renewals_carry_the_plan_and_seats() {
+    for status in [SubscriptionStatus::PastDue, SubscriptionStatus::Suspended] {
+        let events = given(&history(Some(status)))
+            .decide(SubscriptionCommand::Renew { at: t(FIRST_END) })
+            .unwrap();
+        assert_eq!(
+            events,
+            vec![renewed_on_basic(
+                period_at(t(ACTIVATED), Interval::Month, 0),
+                period_at(t(ACTIVATED), Interval::Month, 1),
+                t(FIRST_END)
+            )],
+            "{status:?}"
+        );
     }
 }
 
@@ -1190,14 +1504,14 @@ fn one_of_each_event() -> Vec<SubscriptionEvent> {
         SubscriptionEvent::PlanChanged {
             from_plan_id: "plan_basic".to_owned(),
             to_plan_id: "plan_pro".to_owned(),
-            plan: metered,
+            plan: metered.clone(),
             proration: Some(figures.clone()),
             changed_at: t(DURING),
         },
         SubscriptionEvent::SeatsChanged {
             from: 1,
             to: 2,
-            proration: Some(figures),
+            proration: Some(figures.clone()),
             changed_at: t(DURING),
         },
         SubscriptionEvent::SubscriptionSuspended {
@@ -1213,6 +1527,10 @@ fn one_of_each_event() -> Vec<SubscriptionEvent> {
             invoice_id: "inv_1".to_owned(),
             at: t(DURING),
         },
+        SubscriptionEvent::PastDueCleared {
+            invoice_id: "inv_1".to_owned(),
+            at: t(DURING),
+        },
         SubscriptionEvent::CancellationScheduled {
             reason: None,
             cancel_at: t(FIRST_END),
@@ -1222,6 +1540,10 @@ fn one_of_each_event() -> Vec<SubscriptionEvent> {
             closed_period: period_at(t(ACTIVATED), Interval::Month, 0),
             new_period: period_at(t(ACTIVATED), Interval::Month, 1),
             renewed_at: t(FIRST_END),
+            plan_id: Some("plan_pro".to_owned()),
+            plan: Some(metered),
+            seats: Some(2),
+            prorations: vec![figures.clone(), figures],
         },
         SubscriptionEvent::SubscriptionCanceled {
             reason: Some("done".to_owned()),
@@ -1234,7 +1556,7 @@ fn one_of_each_event() -> Vec<SubscriptionEvent> {
 fn events_are_externally_tagged_by_their_type_and_round_trip() {
     let events = one_of_each_event();
     let types: BTreeSet<String> = events.iter().map(|e| e.event_type()).collect();
-    assert_eq!(types.len(), 10, "one of each event type");
+    assert_eq!(types.len(), 11, "one of each event type");
     for event in events {
         assert_eq!(event.event_version(), EVENT_VERSION);
         let json = serde_json::to_value(&event).unwrap();
@@ -1291,6 +1613,59 @@ fn stored_event_json_is_stable() {
 }
 
 #[test]
+fn a_period_renewed_stored_before_the_billing_fields_still_reads() {
+    let json = serde_json::json!({"PeriodRenewed": {
+        "closed_period": {"start": "2025-01-31T10:00:00Z", "end": "2025-02-28T10:00:00Z"},
+        "new_period": {"start": "2025-02-28T10:00:00Z", "end": "2025-03-31T10:00:00Z"},
+        "renewed_at": "2025-02-28T10:00:00Z"
+    }});
+    let event: SubscriptionEvent = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        event,
+        SubscriptionEvent::PeriodRenewed {
+            closed_period: period_at(t(ACTIVATED), Interval::Month, 0),
+            new_period: period_at(t(ACTIVATED), Interval::Month, 1),
+            renewed_at: t(FIRST_END),
+            plan_id: None,
+            plan: None,
+            seats: None,
+            prorations: vec![],
+        }
+    );
+    // A subscription folded from such an event is the same as before.
+    let mut subscription = active();
+    subscription.evolve(&event);
+    assert_eq!(
+        subscription.current_period,
+        Some(period_at(t(ACTIVATED), Interval::Month, 1))
+    );
+    // A snapshot taken before the new state fields existed reads too.
+    let mut old_snapshot = serde_json::to_value(active()).unwrap();
+    let object = old_snapshot.as_object_mut().unwrap();
+    object.remove("pending_prorations").unwrap();
+    object.remove("past_due_invoice").unwrap();
+    assert_eq!(
+        serde_json::from_value::<Subscription>(old_snapshot).unwrap(),
+        active()
+    );
+}
+
+#[test]
+fn stored_past_due_cleared_json_is_stable() {
+    assert_eq!(
+        serde_json::to_value(SubscriptionEvent::PastDueCleared {
+            invoice_id: "inv_1".to_owned(),
+            at: t(DURING),
+        })
+        .unwrap(),
+        serde_json::json!({"PastDueCleared": {
+            "invoice_id": "inv_1",
+            "at": "2025-02-10T12:00:00Z"
+        }})
+    );
+}
+
+#[test]
 fn the_state_snapshot_round_trips() {
     let mut subscription = Subscription::default();
     for event in one_of_each_event() {
@@ -1317,6 +1692,17 @@ fn the_cqrs_adapter_emits_what_decide_decides() {
             from: "canceled".to_owned(),
             command: "resume",
         });
+    TestFramework::<Subscription>::with(())
+        .given(history(Some(SubscriptionStatus::PastDue)))
+        .when(clear_past_due("inv_1"))
+        .then_expect_events(vec![SubscriptionEvent::PastDueCleared {
+            invoice_id: "inv_1".to_owned(),
+            at: t("2025-02-12T00:00:00Z"),
+        }]);
+    TestFramework::<Subscription>::with(())
+        .given(history(Some(SubscriptionStatus::PastDue)))
+        .when(clear_past_due("inv_2"))
+        .then_expect_events(vec![]);
     TestFramework::<Subscription>::with(())
         .given(history(Some(SubscriptionStatus::Suspended)))
         .when(SubscriptionCommand::Suspend {

@@ -19,6 +19,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tally_commands::policies::billing::{BillingConfig, BillingPolicy};
+use tally_commands::policies::collections;
 use tally_commands::policies::quota::{self, QuotaPolicy};
 use tally_commands::{keys, Clock, Dispatcher};
 use tally_projections::runtime::RuntimeConfig;
@@ -37,6 +39,7 @@ pub struct AppState {
     pub runtime: Runtime,
     pub metrics: PrometheusHandle,
     pub keys: auth::KeyCache,
+    pub billing: BillingConfig,
 }
 
 /// Requests taking longer than this are answered 503.
@@ -99,6 +102,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tickets/{id}/comments", post(tickets::comment))
         .route("/v1/tickets/{id}/attachments", post(tickets::attach))
         .route("/v1/tickets/{id}/transition", post(tickets::transition))
+        .route("/v1/invoices", post(invoices::create).get(invoices::list))
+        .route("/v1/invoices/{id}", get(invoices::get))
+        .route("/v1/invoices/{id}/lines", post(invoices::add_line))
+        .route("/v1/invoices/{id}/issue", post(invoices::issue))
+        .route("/v1/invoices/{id}/payments", post(invoices::pay))
+        .route("/v1/invoices/{id}/void", post(invoices::void))
+        .route(
+            "/v1/invoices/{id}/mark-uncollectible",
+            post(invoices::mark_uncollectible),
+        )
+        .route(
+            "/v1/customers/{customer_id}/balance",
+            get(invoices::balance),
+        )
+        .route(
+            "/v1/customers/{customer_id}/journal",
+            get(invoices::journal),
+        )
         .route("/v1/inbox", get(inbox::list))
         .route("/v1/inbox/read-all", post(inbox::read_all))
         .route("/v1/inbox/{item_id}/read", post(inbox::read))
@@ -156,6 +177,7 @@ pub struct Config {
     pub database_url: String,
     pub clock: Clock,
     pub runtime: RuntimeConfig,
+    pub billing: BillingConfig,
 }
 
 /// A running server.
@@ -191,6 +213,9 @@ impl Server {
         self.shutdown.clone()
     }
 }
+
+/// How often the billing scheduler renews due subscriptions and collections runs.
+const BILLING_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the quota policy looks for subscriptions whose window has ended.
 const QUOTA_RESUME_EVERY: Duration = Duration::from_millis(250);
@@ -228,6 +253,10 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let dispatcher = Dispatcher::new(db.clone(), config.clock.clone());
     let mut consumers = tally_projections::all_projectors();
     consumers.push(std::sync::Arc::new(QuotaPolicy::new(dispatcher.clone())));
+    consumers.push(std::sync::Arc::new(BillingPolicy::new(
+        dispatcher.clone(),
+        config.billing.clone(),
+    )));
     let runtime = Runtime::new(db.clone(), consumers, config.runtime.clone());
     runtime.start();
     let state = AppState {
@@ -236,12 +265,19 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         runtime,
         metrics: metrics_handle(),
         keys: auth::KeyCache::default(),
+        billing: config.billing.clone(),
     };
     let app = router(state.clone());
     let addr = listener.local_addr()?;
     let (shutdown, mut rx) = watch::channel(false);
     tokio::spawn(purge_idempotency_keys(
         state.db.clone(),
+        shutdown.subscribe(),
+    ));
+    tokio::spawn(collections::run_scheduler(
+        state.dispatcher.clone(),
+        state.billing.clone(),
+        BILLING_EVERY,
         shutdown.subscribe(),
     ));
     tokio::spawn(quota::run_resume_scheduler(

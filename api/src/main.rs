@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tally_api::{start, Config};
 use tally_commands::keys::{self, Role};
+use tally_commands::policies::billing::BillingConfig;
 use tally_commands::Clock;
 use tally_projections::runtime::RuntimeConfig;
 use tally_projections::Db;
@@ -40,6 +41,12 @@ enum Command {
         /// Start time of a manual clock (RFC 3339); defaults to now.
         #[arg(long)]
         clock_start: Option<String>,
+        /// Payment terms of renewal invoices, in days.
+        #[arg(long, env = "TALLY_INVOICE_DUE_DAYS", default_value_t = 30)]
+        invoice_due_days: u32,
+        /// Days a past-due subscription keeps running before it is suspended.
+        #[arg(long, env = "TALLY_GRACE_DAYS", default_value_t = 7)]
+        grace_days: u32,
     },
     /// Applies the database migrations.
     Migrate {
@@ -108,6 +115,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
             clock,
             clock_start,
+            invoice_due_days,
+            grace_days,
         } => {
             let clock = match clock {
                 ClockKind::System => Clock::System,
@@ -124,10 +133,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
+            if invoice_due_days > tally_aggregates::invoice::MAX_DUE_DAYS || grace_days > 365 {
+                anyhow::bail!("--invoice-due-days and --grace-days must be 0 to 365");
+            }
             let config = Config {
                 database_url: database,
                 clock,
                 runtime: RuntimeConfig::default(),
+                billing: BillingConfig {
+                    due_days: invoice_due_days,
+                    grace: chrono::Duration::days(i64::from(grace_days)),
+                },
             };
             let server = start(config, listener).await?;
             if let Some(key) = &server.bootstrap_key {

@@ -487,6 +487,7 @@ where
             database_url: url.to_string(),
             clock: Clock::System,
             runtime: RuntimeConfig::default(),
+            billing: Default::default(),
         },
         listener,
     )

@@ -3,6 +3,7 @@
 //! appended to the same stream first.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cqrs_es::Aggregate;
@@ -90,12 +91,61 @@ pub struct Executed<A> {
     pub appended: usize,
 }
 
+/// A decided command's rows, ready to append.
+struct Prepared<A> {
+    state: A,
+    version: i64,
+    rows: Vec<store::NewEvent>,
+    snapshot: Option<NewSnapshot>,
+    appended: usize,
+}
+
+/// Applies `events` to `state` (at `version`) and builds their rows, with a
+/// snapshot when the stream crosses a multiple of [`SNAPSHOT_EVERY`].
+fn prepare<A: Aggregate>(
+    mut state: A,
+    version: i64,
+    events: Vec<A::Event>,
+    metadata: &HashMap<String, String>,
+) -> Result<Prepared<A>, CommandError> {
+    let rows = store::new_events::<A>(version, &events, metadata)?;
+    let appended = events.len();
+    for e in events {
+        state.apply(e);
+    }
+    let new_version = version + appended as i64;
+    let crosses = (version as usize / SNAPSHOT_EVERY) != (new_version as usize / SNAPSHOT_EVERY);
+    let snapshot = if crosses {
+        Some(NewSnapshot {
+            last_sequence: new_version,
+            payload: serde_json::to_value(&state).map_err(StoreError::from)?,
+        })
+    } else {
+        None
+    };
+    Ok(Prepared {
+        state,
+        version: new_version,
+        rows,
+        snapshot,
+        appended,
+    })
+}
+
+/// Jittered backoff after a conflict, so that competing writers spread out.
+async fn backoff(attempt: u32) {
+    let max_ms = 2 + attempt.min(10) * 2;
+    let ms = rand::thread_rng().gen_range(0..=max_ms);
+    tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+}
+
 /// Executes commands. Cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
     repo: LogRepository,
     log: EventLog,
     clock: Clock,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Dispatcher {
@@ -104,7 +154,20 @@ impl Dispatcher {
             repo: LogRepository::new(db.clone()),
             log: EventLog::new(db),
             clock,
+            locks: Arc::default(),
         }
+    }
+
+    /// A process-wide lock for `key`, for streams every writer of a tenant
+    /// contends on (the invoice numbering): waiting here is cheaper than
+    /// losing the optimistic race over and over. Other processes still meet
+    /// on the stream's sequence, so correctness never depends on it.
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().expect("lock map poisoned");
+            locks.entry(key.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     pub fn clock(&self) -> &Clock {
@@ -144,7 +207,7 @@ impl Dispatcher {
     {
         let key = stream_key(&meta.tenant, id);
         for attempt in 0..MAX_ATTEMPTS {
-            let (mut state, version) = self.repo.load::<A>(&key).await?;
+            let (state, version) = self.repo.load::<A>(&key).await?;
             if let Some(expected) = expected_version {
                 if expected != version {
                     return Err(CommandError::VersionMismatch {
@@ -172,29 +235,15 @@ impl Dispatcher {
                     appended: 0,
                 });
             }
-            for e in &events {
-                state.apply(e.clone());
-            }
-            let new_version = version + events.len() as i64;
-            let rows = store::new_events::<A>(version, &events, &meta.to_map(&self.clock))?;
-            let crosses =
-                (version as usize / SNAPSHOT_EVERY) != (new_version as usize / SNAPSHOT_EVERY);
-            let snapshot = if crosses {
-                Some(NewSnapshot {
-                    last_sequence: new_version,
-                    payload: serde_json::to_value(&state).map_err(StoreError::from)?,
-                })
-            } else {
-                None
-            };
+            let p = prepare(state, version, events, &meta.to_map(&self.clock))?;
             match store::append(
                 self.db(),
                 A::TYPE,
                 &key,
                 &meta.tenant,
                 self.clock.now(),
-                &rows,
-                snapshot.as_ref(),
+                &p.rows,
+                p.snapshot.as_ref(),
             )
             .await
             {
@@ -202,10 +251,10 @@ impl Dispatcher {
                     metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
                     return Ok(Executed {
                         id: id.to_string(),
-                        state,
-                        version: new_version,
+                        state: p.state,
+                        version: p.version,
                         position: positions.last().copied().unwrap_or_default(),
-                        appended: events.len(),
+                        appended: p.appended,
                     });
                 }
                 Err(StoreError::Conflict) => {
@@ -219,10 +268,118 @@ impl Dispatcher {
                             actual: expected + 1,
                         });
                     }
-                    // Jittered backoff so that competing writers spread out.
-                    let max_ms = 2 + attempt.min(10) * 2;
-                    let ms = rand::thread_rng().gen_range(0..=max_ms);
-                    tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+                    backoff(attempt).await;
+                }
+                Err(e) => {
+                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "error").increment(1);
+                    return Err(e.into());
+                }
+            }
+        }
+        metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "conflict")
+            .increment(1);
+        Err(CommandError::Conflict)
+    }
+
+    /// Like [`Dispatcher::execute`] for one command that changes two streams
+    /// at once (an invoice and the tenant's numbering): `decide` sees both
+    /// states, and both streams' events are appended in one transaction, or
+    /// neither. `expected_version` applies to the first resource. When
+    /// `decide` returns nothing for the first stream, nothing is appended.
+    pub async fn execute_pair<A, B, F>(
+        &self,
+        meta: &CommandMeta,
+        id_a: &str,
+        id_b: &str,
+        expected_version: Option<i64>,
+        decide: F,
+    ) -> Result<(Executed<A>, Executed<B>), CommandError>
+    where
+        A: Aggregate + Clone,
+        B: Aggregate + Clone,
+        F: Fn(&A, &B) -> Result<(Vec<A::Event>, Vec<B::Event>), DomainError>,
+    {
+        let key_a = stream_key(&meta.tenant, id_a);
+        let key_b = stream_key(&meta.tenant, id_b);
+        for attempt in 0..MAX_ATTEMPTS {
+            let ((a, version_a), (b, version_b)) =
+                tokio::try_join!(self.repo.load::<A>(&key_a), self.repo.load::<B>(&key_b))?;
+            if let Some(expected) = expected_version {
+                if expected != version_a {
+                    return Err(CommandError::VersionMismatch {
+                        expected,
+                        actual: version_a,
+                    });
+                }
+            }
+            let (events_a, events_b) = match decide(&a, &b) {
+                Ok(out) => out,
+                Err(e) => {
+                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "rejected")
+                        .increment(1);
+                    return Err(e.into());
+                }
+            };
+            if events_a.is_empty() {
+                let position = self.log.stream_position(A::TYPE, &key_a).await?;
+                return Ok((
+                    Executed {
+                        id: id_a.to_string(),
+                        state: a,
+                        version: version_a,
+                        position,
+                        appended: 0,
+                    },
+                    Executed {
+                        id: id_b.to_string(),
+                        state: b,
+                        version: version_b,
+                        position,
+                        appended: 0,
+                    },
+                ));
+            }
+            let metadata = meta.to_map(&self.clock);
+            let pa = prepare(a, version_a, events_a, &metadata)?;
+            let pb = prepare(b, version_b, events_b, &metadata)?;
+            let streams = [
+                store::StreamAppend {
+                    aggregate_type: A::TYPE,
+                    key: key_a.clone(),
+                    events: pa.rows.clone(),
+                    snapshot: pa.snapshot.clone(),
+                },
+                store::StreamAppend {
+                    aggregate_type: B::TYPE,
+                    key: key_b.clone(),
+                    events: pb.rows.clone(),
+                    snapshot: pb.snapshot.clone(),
+                },
+            ];
+            match store::append_many(self.db(), &meta.tenant, self.clock.now(), &streams).await {
+                Ok(positions) => {
+                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
+                    return Ok((
+                        Executed {
+                            id: id_a.to_string(),
+                            state: pa.state,
+                            version: pa.version,
+                            position: positions[0],
+                            appended: pa.appended,
+                        },
+                        Executed {
+                            id: id_b.to_string(),
+                            state: pb.state,
+                            version: pb.version,
+                            position: positions[1],
+                            appended: pb.appended,
+                        },
+                    ));
+                }
+                Err(StoreError::Conflict) => {
+                    metrics::counter!("tally_command_conflicts_total", "aggregate" => A::TYPE)
+                        .increment(1);
+                    backoff(attempt).await;
                 }
                 Err(e) => {
                     metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "error").increment(1);

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod dispatch;
 pub mod idempotency;
 pub mod ids;
+pub mod invoices;
 pub mod keys;
 pub mod policies;
 pub mod store;

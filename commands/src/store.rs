@@ -243,26 +243,38 @@ pub async fn append(
 /// Rows per multi-row INSERT statement of [`append_many`].
 const ROWS_PER_STATEMENT: usize = 200;
 
-/// Appends the first events of many new streams of one aggregate type in one
-/// transaction, with multi-row inserts (the usage batch path). Every stream
-/// must be new or continue at its given sequences: any conflict rolls the
-/// whole transaction back and reports `Conflict`, storing nothing. Returns
-/// the position of each stream's last event, in input order.
+/// Events for one stream in an [`append_many`].
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub aggregate_type: &'static str,
+    pub key: String,
+    pub events: Vec<NewEvent>,
+    pub snapshot: Option<NewSnapshot>,
+}
+
+/// Appends events to many streams in one transaction, with multi-row inserts
+/// (the usage batch path; an invoice issued with its number). Every stream
+/// must continue at its given sequences: any conflict rolls the whole
+/// transaction back and reports `Conflict`, storing nothing. Returns the
+/// position of each stream's last event, in input order.
 pub async fn append_many(
     db: &Db,
-    aggregate_type: &str,
     tenant: &str,
     recorded_at: DateTime<Utc>,
-    streams: &[(String, Vec<NewEvent>)],
+    streams: &[StreamAppend],
 ) -> Result<Vec<i64>, StoreError> {
-    let rows: Vec<(&str, &NewEvent)> = streams
+    let rows: Vec<(&str, &str, &NewEvent)> = streams
         .iter()
-        .flat_map(|(key, events)| events.iter().map(move |e| (key.as_str(), e)))
+        .flat_map(|s| {
+            s.events
+                .iter()
+                .map(move |e| (s.aggregate_type, s.key.as_str(), e))
+        })
         .collect();
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut last_position: HashMap<(String, i64), i64> = HashMap::new();
+    let mut last_position: HashMap<(String, String, i64), i64> = HashMap::new();
     let placeholders = |n: usize| -> String {
         (0..n)
             .map(|r| {
@@ -292,13 +304,13 @@ pub async fn append_many(
             let mut tx = pool.begin().await?;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let sql = format!(
-                    "{COLUMNS}{} RETURNING aggregate_id, sequence, position",
+                    "{COLUMNS}{} RETURNING aggregate_type, aggregate_id, sequence, position",
                     placeholders(chunk.len())
                 );
-                let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql);
-                for (key, e) in chunk {
+                let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql);
+                for (aggregate_type, key, e) in chunk {
                     q = q
-                        .bind(aggregate_type)
+                        .bind(*aggregate_type)
                         .bind(*key)
                         .bind(e.sequence)
                         .bind(&e.event_type)
@@ -309,8 +321,20 @@ pub async fn append_many(
                         .bind(tenant)
                         .bind(recorded_at);
                 }
-                for (key, seq, pos) in q.fetch_all(&mut *tx).await? {
-                    last_position.insert((key, seq), pos);
+                for (ty, key, seq, pos) in q.fetch_all(&mut *tx).await? {
+                    last_position.insert((ty, key, seq), pos);
+                }
+            }
+            for s in streams {
+                if let Some(snap) = &s.snapshot {
+                    sqlx::query(SNAPSHOT_UPSERT)
+                        .bind(s.aggregate_type)
+                        .bind(&s.key)
+                        .bind(snap.last_sequence)
+                        .bind(snap.last_sequence / SNAPSHOT_EVERY as i64)
+                        .bind(sqlx::types::Json(&snap.payload))
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
             tx.commit().await?;
@@ -320,13 +344,13 @@ pub async fn append_many(
             let at = time::to_text(recorded_at);
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let sql = format!(
-                    "{COLUMNS}{} RETURNING aggregate_id, sequence, position",
+                    "{COLUMNS}{} RETURNING aggregate_type, aggregate_id, sequence, position",
                     placeholders(chunk.len())
                 );
-                let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql);
-                for (key, e) in chunk {
+                let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql);
+                for (aggregate_type, key, e) in chunk {
                     q = q
-                        .bind(aggregate_type)
+                        .bind(*aggregate_type)
                         .bind(*key)
                         .bind(e.sequence)
                         .bind(&e.event_type)
@@ -337,8 +361,20 @@ pub async fn append_many(
                         .bind(tenant)
                         .bind(&at);
                 }
-                for (key, seq, pos) in q.fetch_all(&mut *tx).await? {
-                    last_position.insert((key, seq), pos);
+                for (ty, key, seq, pos) in q.fetch_all(&mut *tx).await? {
+                    last_position.insert((ty, key, seq), pos);
+                }
+            }
+            for s in streams {
+                if let Some(snap) = &s.snapshot {
+                    sqlx::query(SNAPSHOT_UPSERT)
+                        .bind(s.aggregate_type)
+                        .bind(&s.key)
+                        .bind(snap.last_sequence)
+                        .bind(snap.last_sequence / SNAPSHOT_EVERY as i64)
+                        .bind(serde_json::to_string(&snap.payload)?)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
             tx.commit().await?;
@@ -346,18 +382,24 @@ pub async fn append_many(
     }
     let positions: Vec<i64> = streams
         .iter()
-        .map(|(key, events)| {
-            events
+        .map(|s| {
+            s.events
                 .last()
-                .and_then(|e| last_position.get(&(key.clone(), e.sequence)).copied())
+                .and_then(|e| {
+                    last_position
+                        .get(&(s.aggregate_type.to_string(), s.key.clone(), e.sequence))
+                        .copied()
+                })
                 .unwrap_or_default()
         })
         .collect();
     if let Some(max) = positions.iter().max() {
         db.announce(*max);
     }
-    metrics::counter!("tally_events_appended_total", "aggregate" => aggregate_type.to_string())
-        .increment(rows.len() as u64);
+    for s in streams {
+        metrics::counter!("tally_events_appended_total", "aggregate" => s.aggregate_type)
+            .increment(s.events.len() as u64);
+    }
     Ok(positions)
 }
 

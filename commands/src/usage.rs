@@ -21,7 +21,7 @@ use tally_aggregates::DomainError;
 use tally_projections::stream_key;
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
-use crate::store::{self, StoreError};
+use crate::store::{self, StoreError, StreamAppend};
 
 /// Largest batch accepted.
 pub const MAX_BATCH: usize = 1000;
@@ -197,11 +197,16 @@ pub async fn report_batch(
             Err(e) => outcomes.push(Some(BatchOutcome::Rejected { error: e.into() })),
         }
     }
-    let streams: Vec<(String, Vec<store::NewEvent>)> = to_append
+    let streams: Vec<StreamAppend> = to_append
         .iter()
-        .map(|(_, id, rows)| (stream_key(&meta.tenant, id), rows.clone()))
+        .map(|(_, id, rows)| StreamAppend {
+            aggregate_type: "usage_record",
+            key: stream_key(&meta.tenant, id),
+            events: rows.clone(),
+            snapshot: None,
+        })
         .collect();
-    match store::append_many(d.db(), "usage_record", &meta.tenant, now, &streams).await {
+    match store::append_many(d.db(), &meta.tenant, now, &streams).await {
         Ok(positions) => {
             for ((i, id, _), position) in to_append.into_iter().zip(positions) {
                 outcomes[i] = Some(BatchOutcome::Created { id, position });

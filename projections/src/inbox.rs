@@ -12,6 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 use tally_aggregates::inbox::InboxEvent;
+use tally_aggregates::invoice::InvoiceEvent;
 use tally_aggregates::subscription::{SubscriptionEvent, SuspendReason};
 use tally_aggregates::ticket::TicketEvent;
 
@@ -98,7 +99,7 @@ impl Projector for InboxProjector {
     fn handles(&self, event: &StoredEvent) -> bool {
         matches!(
             event.aggregate_type.as_str(),
-            "subscription" | "ticket" | "inbox"
+            "subscription" | "invoice" | "ticket" | "inbox"
         )
     }
 
@@ -109,6 +110,7 @@ impl Projector for InboxProjector {
     ) -> Result<(), ProjectionError> {
         match event.aggregate_type.as_str() {
             "subscription" => subscription(conn, event).await,
+            "invoice" => invoice(conn, event).await,
             "ticket" => ticket(conn, event).await,
             "inbox" => inbox(conn, event).await,
             _ => Ok(()),
@@ -171,9 +173,14 @@ async fn subscription(
             "Subscription canceled".to_string(),
             format!("Subscription {sub} is canceled."),
         ),
+        SubscriptionEvent::SubscriptionPastDue { invoice_id, .. } => (
+            "warning",
+            "Invoice past due".to_string(),
+            format!("Invoice {invoice_id} is past due; subscription {sub} is past due until it is paid."),
+        ),
         SubscriptionEvent::PlanChanged { .. }
         | SubscriptionEvent::SeatsChanged { .. }
-        | SubscriptionEvent::SubscriptionPastDue { .. }
+        | SubscriptionEvent::PastDueCleared { .. }
         | SubscriptionEvent::CancellationScheduled { .. }
         | SubscriptionEvent::PeriodRenewed { .. } => return Ok(()),
     };
@@ -197,6 +204,54 @@ async fn subscription(
             body,
             subject_type: "subscription",
             subject_id: sub,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn invoice(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+    let e: InvoiceEvent = event
+        .decode()
+        .map_err(|err| ProjectionError::decode(event, err))?;
+    let id = event.resource_id().to_string();
+    let (customer, title, body) = match e {
+        InvoiceEvent::InvoiceIssued {
+            number,
+            customer_id,
+            currency,
+            total,
+            due_at,
+            ..
+        } => (
+            customer_id,
+            format!("Invoice {number} issued"),
+            format!(
+                "Invoice {number} for {total} {currency} is due {}.",
+                due_at.to_rfc3339()
+            ),
+        ),
+        InvoiceEvent::InvoicePaid { customer_id, .. } => (
+            customer_id,
+            "Invoice paid".to_string(),
+            format!("Invoice {id} is paid. Thank you."),
+        ),
+        InvoiceEvent::InvoiceCreated { .. }
+        | InvoiceEvent::LineAdded { .. }
+        | InvoiceEvent::PaymentRecorded { .. }
+        | InvoiceEvent::InvoiceVoided { .. }
+        | InvoiceEvent::InvoiceMarkedUncollectible { .. } => return Ok(()),
+    };
+    deliver(
+        conn,
+        event,
+        Delivery {
+            recipient: format!("customer:{customer}"),
+            severity: "info",
+            title,
+            body,
+            subject_type: "invoice",
+            subject_id: id,
         },
     )
     .await?;

@@ -2,8 +2,10 @@
 //! log reader, the checkpointed consumer runtime, and every read model with its
 //! queries. It knows nothing of HTTP and nothing of how commands are decided.
 
+pub mod balances;
 pub mod db;
 pub mod inbox;
+pub mod invoices;
 pub mod log;
 pub mod plans;
 pub mod runtime;
@@ -48,6 +50,8 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
             tally_aggregates::subscription::Subscription,
         >::default()),
         Arc::new(usage::UsageProjector),
+        Arc::new(state::StateProjector::<tally_aggregates::invoice::Invoice>::default()),
+        Arc::new(balances::BalanceProjector),
         Arc::new(state::StateProjector::<tally_aggregates::ticket::Ticket>::default()),
         Arc::new(inbox::InboxProjector),
     ]

@@ -1,16 +1,18 @@
 //! Read model of subscriptions (`rm_subscriptions`): list by status and
-//! customer, and detail.
+//! customer, and detail; `period_end` is what the billing scheduler scans.
 
 use tally_aggregates::subscription::{Subscription, SubscriptionEvent};
 
 use crate::state::ProjectedState;
+use crate::time;
 
 impl ProjectedState for Subscription {
     type Event = SubscriptionEvent;
     const AGGREGATE: &'static str = "subscription";
     const CONSUMER: &'static str = "subscriptions";
     const TABLE: &'static str = "rm_subscriptions";
-    const FILTER_COLUMNS: &'static [&'static str] = &["customer_id", "plan_id", "status"];
+    const FILTER_COLUMNS: &'static [&'static str] =
+        &["customer_id", "plan_id", "status", "period_end"];
 
     fn fold(&mut self, event: &SubscriptionEvent) {
         self.evolve(event);
@@ -22,6 +24,9 @@ impl ProjectedState for Subscription {
             self.plan_id.clone(),
             self.status
                 .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            self.current_period
+                .map(|p| time::to_text(p.end))
                 .unwrap_or_default(),
         ]
     }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use tally_api::{start, Config, Server};
 use tally_commands::keys::{self, Role};
+pub use tally_commands::policies::billing::BillingConfig;
 use tally_commands::Clock;
 use tally_projections::runtime::RuntimeConfig;
 use tally_projections::Db;
@@ -205,6 +206,23 @@ impl TestApp {
     }
 
     pub async fn spawn_with_clock(backend: Backend, clock: Clock) -> TestApp {
+        Self::spawn_configured(backend, clock, BillingConfig::default()).await
+    }
+
+    /// A manual-clock server with its own payment terms and grace period.
+    pub async fn spawn_billing(
+        backend: Backend,
+        start_at: DateTime<Utc>,
+        billing: BillingConfig,
+    ) -> TestApp {
+        Self::spawn_configured(backend, Clock::manual(start_at), billing).await
+    }
+
+    pub async fn spawn_configured(
+        backend: Backend,
+        clock: Clock,
+        billing: BillingConfig,
+    ) -> TestApp {
         let db = TestDb::new(backend).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -216,6 +234,7 @@ impl TestApp {
                 poll_interval: Duration::from_millis(200),
                 ..RuntimeConfig::default()
             },
+            billing,
         };
         let server = start(config, listener).await.expect("start server");
         let admin_key = server
@@ -429,6 +448,20 @@ impl TestApp {
             panic!("projections did not reach {head}: {status:#?}");
         }
     }
+
+    /// Waits until every consumer has reached the head and the head stays
+    /// put: policies append events (renewal invoices, suspensions) that
+    /// other consumers must then read too.
+    pub async fn settle(&self) {
+        loop {
+            let before = self.state().dispatcher.log().head().await.expect("head");
+            self.wait_projections_caught_up().await;
+            let after = self.state().dispatcher.log().head().await.expect("head");
+            if after == before {
+                return;
+            }
+        }
+    }
 }
 
 pub fn standard_plan_body(code: &str) -> Value {
@@ -444,15 +477,14 @@ pub fn standard_plan_body(code: &str) -> Value {
     })
 }
 
-/// Every row of a table in a stable order, as text, for rebuild comparisons.
+/// Every row of a table in a stable order (by the listed columns, which
+/// must include the key), as text, for rebuild comparisons.
 pub async fn table_rows(db: &Db, table: &str, columns: &str) -> Vec<Vec<String>> {
     use sqlx::Row;
-    let rows = sqlx::query(&format!(
-        "SELECT {columns} FROM {table} ORDER BY tenant, id"
-    ))
-    .fetch_all(&db.any)
-    .await
-    .expect("read table");
+    let rows = sqlx::query(&format!("SELECT {columns} FROM {table} ORDER BY {columns}"))
+        .fetch_all(&db.any)
+        .await
+        .expect("read table");
     let n = columns.split(',').count();
     rows.iter()
         .map(|r| {

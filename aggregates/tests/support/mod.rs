@@ -1,5 +1,6 @@
-//! Fixtures shared by the aggregate test binaries: times, plans, and the event
-//! histories that put a subscription into each status. Each test binary uses a
+//! Fixtures shared by the aggregate test binaries: times, currencies, plans,
+//! the event histories that put a subscription into each status, and an exact
+//! reference for rounding a product of decimals. Each test binary uses a
 //! subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
@@ -22,6 +23,43 @@ pub fn dec(s: &str) -> Decimal {
 
 pub fn eur() -> Currency {
     Currency::parse("EUR").expect("EUR")
+}
+
+/// A currency without a minor unit.
+pub fn jpy() -> Currency {
+    Currency::parse("JPY").expect("JPY")
+}
+
+/// A currency with three decimal places.
+pub fn kwd() -> Currency {
+    Currency::parse("KWD").expect("KWD")
+}
+
+/// `a × b` rounded half away from zero to `places`, computed on the exact
+/// integer product of the mantissas, independently of `Decimal`'s own
+/// multiplication (which rounds products wider than 28 digits). `None` when
+/// the product of the mantissas does not fit an `i128`; generators keep their
+/// factors small enough for it to fit.
+pub fn exact_round_product(a: Decimal, b: Decimal, places: u32) -> Option<Decimal> {
+    let product = a.mantissa().checked_mul(b.mantissa())?;
+    let scale = a.scale() + b.scale();
+    let units = if scale >= places {
+        let divisor = 10i128.checked_pow(scale - places)?;
+        let (quotient, remainder) = (product / divisor, product % divisor);
+        if remainder.abs() * 2 >= divisor {
+            quotient + product.signum()
+        } else {
+            quotient
+        }
+    } else {
+        product.checked_mul(10i128.pow(places - scale))?
+    };
+    let mut rounded = Decimal::try_from_i128_with_scale(units, places).ok()?;
+    // The product rounds like money: a zero is never negative.
+    if rounded.is_zero() {
+        rounded.set_sign_positive(true);
+    }
+    Some(rounded)
 }
 
 /// Monthly EUR terms with a base price, a seat price and seat limits.

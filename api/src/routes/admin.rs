@@ -103,7 +103,12 @@ pub async fn advance_clock(
         _ => return Err(ApiError::field("body", "give exactly one of `to` and `by`")),
     };
     match clock.advance_to(to) {
-        Some(Ok(_)) => Ok(axum::Json(clock_dto(&app))),
+        Some(Ok(_)) => {
+            // Renewals and collections due at the new time happen before the
+            // answer, so a test that advances the clock sees them at once.
+            tally_commands::policies::collections::tick(&app.dispatcher, &app.billing).await;
+            Ok(axum::Json(clock_dto(&app)))
+        }
         Some(Err(now)) => Err(ApiError::field(
             "to",
             format!("the clock never goes back (now {now})"),

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod inbox;
+pub mod invoices;
 pub mod ops;
 pub mod plans;
 pub mod subscriptions;

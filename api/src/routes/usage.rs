@@ -42,15 +42,20 @@ pub enum QuantityInput {
     Integer(i64),
 }
 
+impl QuantityInput {
+    /// The quantity as a non-negative decimal; errors name `field`.
+    pub fn non_negative(self, field: &str) -> Result<Decimal, ApiError> {
+        match self {
+            QuantityInput::Text(s) => parse_decimal(field, &s),
+            QuantityInput::Integer(i) if i >= 0 => Ok(Decimal::from(i)),
+            QuantityInput::Integer(_) => Err(ApiError::field(field, "must not be negative")),
+        }
+    }
+}
+
 impl UsageRequest {
     fn into_report(self) -> Result<UsageReport, ApiError> {
-        let quantity = match self.quantity {
-            QuantityInput::Text(s) => parse_decimal("quantity", &s)?,
-            QuantityInput::Integer(i) if i >= 0 => Decimal::from(i),
-            QuantityInput::Integer(_) => {
-                return Err(ApiError::field("quantity", "must not be negative"))
-            }
-        };
+        let quantity = self.quantity.non_negative("quantity")?;
         let properties = self.properties.unwrap_or_default();
         if serde_json::to_vec(&properties)
             .map(|b| b.len())

@@ -1,4 +1,69 @@
-//! Policies (process managers): consumers of the log that turn events into
-//! further commands, with causation metadata pointing at the event.
+//! Policies (process managers): consumers of the log and clock-driven
+//! schedulers that turn events and time into further commands, with
+//! causation metadata pointing at the event.
 
+pub mod billing;
+pub mod collections;
 pub mod quota;
+
+use std::time::Duration;
+
+use tally_projections::runtime::{checkpoints, ProjectionError};
+use tally_projections::{Db, StoredEvent};
+
+use crate::dispatch::CommandMeta;
+
+/// The metadata of a command a policy issues because of `event`.
+pub fn system_meta(event: &StoredEvent, actor: &str) -> CommandMeta {
+    CommandMeta {
+        tenant: event.tenant.clone(),
+        actor: actor.into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+        correlation_id: event
+            .metadata
+            .get("correlation_id")
+            .cloned()
+            .unwrap_or_else(|| event.event_id.clone()),
+        causation_id: Some(event.event_id.clone()),
+        idempotency_key: None,
+    }
+}
+
+/// The metadata of a command a scheduler issues on its own (no causing event).
+pub fn scheduler_meta(tenant: &str, actor: &str) -> CommandMeta {
+    CommandMeta {
+        tenant: tenant.to_string(),
+        actor: actor.into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+        correlation_id: uuid::Uuid::now_v7().to_string(),
+        causation_id: None,
+        idempotency_key: None,
+    }
+}
+
+/// Waits until the named read models have reached `position`, or fails the
+/// batch (it is retried) after `timeout`.
+pub async fn wait_for_consumers(
+    db: &Db,
+    consumers: &[&str],
+    position: i64,
+    timeout: Duration,
+) -> Result<(), ProjectionError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut head = db.head.subscribe();
+    loop {
+        let at = checkpoints(db).await?;
+        if consumers
+            .iter()
+            .all(|c| at.get(*c).copied().unwrap_or(0) >= position)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ProjectionError::Effect(format!(
+                "read models {consumers:?} have not reached position {position}"
+            )));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(10), head.changed()).await;
+    }
+}

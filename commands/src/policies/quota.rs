@@ -18,10 +18,11 @@ use sqlx::{AnyConnection, Row};
 use tally_aggregates::subscription::{Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::usage::{usage_window, UsageEvent};
 use tally_aggregates::DomainError;
-use tally_projections::runtime::{checkpoints, ProjectionError, Projector};
+use tally_projections::runtime::{ProjectionError, Projector};
 use tally_projections::{state, usage, StoredEvent};
 
-use crate::dispatch::{CommandError, CommandMeta, Dispatcher};
+use super::{scheduler_meta, system_meta, wait_for_consumers};
+use crate::dispatch::{CommandError, Dispatcher};
 
 pub const CONSUMER: &str = "policy.quota";
 pub const ACTOR: &str = "system:quota";
@@ -37,44 +38,6 @@ pub struct QuotaPolicy {
 impl QuotaPolicy {
     pub fn new(dispatcher: Dispatcher) -> Self {
         Self { dispatcher }
-    }
-
-    async fn wait_for_read_models(&self, position: i64) -> Result<(), ProjectionError> {
-        let deadline = tokio::time::Instant::now() + READ_MODEL_WAIT;
-        let db = self.dispatcher.db();
-        let mut head = db.head.subscribe();
-        loop {
-            let at = checkpoints(db).await?;
-            let usage_at = at.get(usage::CONSUMER).copied().unwrap_or(0);
-            let subs_at = at
-                .get(<Subscription as state::ProjectedState>::CONSUMER)
-                .copied()
-                .unwrap_or(0);
-            if usage_at >= position && subs_at >= position {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProjectionError::Effect(format!(
-                    "read models have not reached position {position}"
-                )));
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(10), head.changed()).await;
-        }
-    }
-}
-
-fn meta_for(event: &StoredEvent) -> CommandMeta {
-    CommandMeta {
-        tenant: event.tenant.clone(),
-        actor: ACTOR.into(),
-        request_id: uuid::Uuid::now_v7().to_string(),
-        correlation_id: event
-            .metadata
-            .get("correlation_id")
-            .cloned()
-            .unwrap_or_else(|| event.event_id.clone()),
-        causation_id: Some(event.event_id.clone()),
-        idempotency_key: None,
     }
 }
 
@@ -131,7 +94,16 @@ impl Projector for QuotaPolicy {
         if touched.is_empty() {
             return Ok(());
         }
-        self.wait_for_read_models(last.position).await?;
+        wait_for_consumers(
+            self.dispatcher.db(),
+            &[
+                usage::CONSUMER,
+                <Subscription as state::ProjectedState>::CONSUMER,
+            ],
+            last.position,
+            READ_MODEL_WAIT,
+        )
+        .await?;
         let now = self.dispatcher.clock().now();
         let db = self.dispatcher.db();
         for ((tenant, sub_id, meter, window_start), (event, window_end)) in touched {
@@ -160,7 +132,7 @@ impl Projector for QuotaPolicy {
             };
             let result = self
                 .dispatcher
-                .execute::<Subscription, _>(&meta_for(event), &sub_id, None, |s| {
+                .execute::<Subscription, _>(&system_meta(event, ACTOR), &sub_id, None, |s| {
                     s.decide(SubscriptionCommand::Suspend {
                         reason: reason.clone(),
                         at: now,
@@ -208,14 +180,7 @@ pub async fn resume_due(dispatcher: &Dispatcher) -> Result<usize, CommandError> 
         if !window_ended(&sub, now) {
             continue;
         }
-        let meta = CommandMeta {
-            tenant,
-            actor: ACTOR.into(),
-            request_id: uuid::Uuid::now_v7().to_string(),
-            correlation_id: uuid::Uuid::now_v7().to_string(),
-            causation_id: None,
-            idempotency_key: None,
-        };
+        let meta = scheduler_meta(&tenant, ACTOR);
         // Decided on the write side's state: only a subscription still
         // suspended for that quota, with its window over, is resumed.
         let out = dispatcher

@@ -1,0 +1,870 @@
+//! The `Invoice` aggregate: Draft → Open → Paid | Void | Uncollectible, and
+//! the tenant's `InvoiceNumbering`, which hands out gapless invoice numbers.
+//!
+//! Money is exact: every line amount is `quantity × unit_price` rounded half
+//! away from zero to the currency's minor unit, and the totals are sums of
+//! rounded lines, fixed when the invoice is issued. Issuing takes the number
+//! from the tenant's numbering stream; the command layer appends the
+//! `InvoiceIssued` and the `InvoiceNumberAssigned` events in one transaction,
+//! so a number is used exactly when an invoice is issued with it.
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::money::{round_to_minor, MAX_AMOUNT};
+use crate::plan::validate_id;
+use crate::{Currency, DomainError, Period};
+
+/// The longest customer id, description, reference or reason, in characters.
+pub const MAX_TEXT_CHARS: usize = 500;
+/// Lines per invoice.
+pub const MAX_LINES: usize = 250;
+/// Payments per invoice.
+pub const MAX_PAYMENTS: usize = 1_000;
+/// Decimal places allowed in a quantity or a unit price (a unit price may be
+/// finer than the minor unit, e.g. 0.0004 EUR per API call).
+pub const MAX_LINE_PLACES: u32 = 12;
+/// The default and the longest payment term, in days.
+pub const DEFAULT_DUE_DAYS: u32 = 30;
+pub const MAX_DUE_DAYS: u32 = 365;
+/// The numbering stream's id (one per tenant).
+pub const NUMBERING_ID: &str = "invoice_numbers";
+
+/// Where an invoice is in its life. Paid, Void and Uncollectible are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    Draft,
+    Open,
+    Paid,
+    Void,
+    Uncollectible,
+}
+
+impl InvoiceStatus {
+    pub const ALL: [InvoiceStatus; 5] = [
+        InvoiceStatus::Draft,
+        InvoiceStatus::Open,
+        InvoiceStatus::Paid,
+        InvoiceStatus::Void,
+        InvoiceStatus::Uncollectible,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InvoiceStatus::Draft => "draft",
+            InvoiceStatus::Open => "open",
+            InvoiceStatus::Paid => "paid",
+            InvoiceStatus::Void => "void",
+            InvoiceStatus::Uncollectible => "uncollectible",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InvoiceStatus> {
+        InvoiceStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// What a line charges for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    Recurring,
+    Usage,
+    Proration,
+    #[default]
+    Manual,
+}
+
+/// A line as asked for: the amount is computed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewLine {
+    pub description: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    /// May be negative (a credit or discount line).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unit_price: Decimal,
+    pub kind: LineKind,
+    /// The service period the line covers, for recurring, usage and proration lines.
+    #[serde(default)]
+    pub period: Option<Period>,
+}
+
+/// A line on an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    /// 1-based position on the invoice.
+    pub number: u32,
+    pub description: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unit_price: Decimal,
+    pub kind: LineKind,
+    #[serde(default)]
+    pub period: Option<Period>,
+    /// `round(quantity × unit_price)` to the minor unit.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+}
+
+/// A payment received against an open invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    pub payment_id: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub reference: String,
+    pub captured_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// An invoice. `status == None` means it was never created.
+#[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Invoice {
+    pub id: Option<String>,
+    pub customer_id: String,
+    pub currency: Option<Currency>,
+    pub subscription_id: Option<String>,
+    /// The billing period a renewal invoice was made for.
+    pub billing_period: Option<Period>,
+    pub due_days: u32,
+    pub status: Option<InvoiceStatus>,
+    pub lines: Vec<InvoiceLine>,
+    pub number: Option<String>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_paid: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_due: Decimal,
+    pub payments: Vec<Payment>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub issued_at: Option<DateTime<Utc>>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub voided_at: Option<DateTime<Utc>>,
+    pub void_reason: Option<String>,
+    pub uncollectible_at: Option<DateTime<Utc>>,
+}
+
+/// What can be asked of an invoice. Every command carries its time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InvoiceCommand {
+    /// Creates a draft, optionally with its first lines.
+    Create {
+        invoice_id: String,
+        customer_id: String,
+        currency: Currency,
+        subscription_id: Option<String>,
+        billing_period: Option<Period>,
+        due_days: Option<u32>,
+        lines: Vec<NewLine>,
+        at: DateTime<Utc>,
+    },
+    /// Draft only.
+    AddLine { line: NewLine, at: DateTime<Utc> },
+    /// Draft → Open with `number` (from [`InvoiceNumbering`]); a total of
+    /// zero or less is settled at once (→ Paid).
+    Issue { number: u64, at: DateTime<Utc> },
+    /// Open only; at most `amount_due`. A repeat of a payment reference with
+    /// the same amount is a no-op (a provider's retried notification).
+    RecordPayment {
+        payment_id: String,
+        amount: Decimal,
+        reference: String,
+        captured_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Open with nothing paid → Void.
+    Void { reason: String, at: DateTime<Utc> },
+    /// Open → Uncollectible: the amount due is written off.
+    MarkUncollectible { at: DateTime<Utc> },
+}
+
+impl InvoiceCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            InvoiceCommand::Create { .. } => "create",
+            InvoiceCommand::AddLine { .. } => "add_line",
+            InvoiceCommand::Issue { .. } => "issue",
+            InvoiceCommand::RecordPayment { .. } => "record_payment",
+            InvoiceCommand::Void { .. } => "void",
+            InvoiceCommand::MarkUncollectible { .. } => "mark_uncollectible",
+        }
+    }
+}
+
+/// What happened to an invoice. Each event after creation carries the
+/// customer and currency, so the balance journal needs no other source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InvoiceEvent {
+    InvoiceCreated {
+        invoice_id: String,
+        customer_id: String,
+        currency: Currency,
+        subscription_id: Option<String>,
+        billing_period: Option<Period>,
+        due_days: u32,
+        created_at: DateTime<Utc>,
+    },
+    LineAdded {
+        line: InvoiceLine,
+    },
+    InvoiceIssued {
+        number: String,
+        sequence: u64,
+        customer_id: String,
+        currency: Currency,
+        #[serde(with = "rust_decimal::serde::str")]
+        subtotal: Decimal,
+        #[serde(with = "rust_decimal::serde::str")]
+        total: Decimal,
+        #[serde(with = "rust_decimal::serde::str")]
+        amount_due: Decimal,
+        issued_at: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+    },
+    PaymentRecorded {
+        payment: Payment,
+        customer_id: String,
+        currency: Currency,
+        #[serde(with = "rust_decimal::serde::str")]
+        amount_paid: Decimal,
+        #[serde(with = "rust_decimal::serde::str")]
+        amount_due: Decimal,
+    },
+    InvoicePaid {
+        customer_id: String,
+        subscription_id: Option<String>,
+        paid_at: DateTime<Utc>,
+    },
+    InvoiceVoided {
+        customer_id: String,
+        currency: Currency,
+        /// The total taken back.
+        #[serde(with = "rust_decimal::serde::str")]
+        amount: Decimal,
+        reason: String,
+        voided_at: DateTime<Utc>,
+    },
+    InvoiceMarkedUncollectible {
+        customer_id: String,
+        currency: Currency,
+        /// The amount due written off.
+        #[serde(with = "rust_decimal::serde::str")]
+        amount: Decimal,
+        at: DateTime<Utc>,
+    },
+}
+
+impl InvoiceEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            InvoiceEvent::InvoiceCreated { .. } => "InvoiceCreated",
+            InvoiceEvent::LineAdded { .. } => "LineAdded",
+            InvoiceEvent::InvoiceIssued { .. } => "InvoiceIssued",
+            InvoiceEvent::PaymentRecorded { .. } => "PaymentRecorded",
+            InvoiceEvent::InvoicePaid { .. } => "InvoicePaid",
+            InvoiceEvent::InvoiceVoided { .. } => "InvoiceVoided",
+            InvoiceEvent::InvoiceMarkedUncollectible { .. } => "InvoiceMarkedUncollectible",
+        }
+    }
+}
+
+/// The invoice number for a sequence: `INV-000042`.
+pub fn format_number(sequence: u64) -> String {
+    format!("INV-{sequence:06}")
+}
+
+fn validate_text(field: &str, value: &str) -> Result<(), DomainError> {
+    if value.trim().is_empty() || value.chars().count() > MAX_TEXT_CHARS {
+        return Err(DomainError::validation(
+            field,
+            format!("must be 1 to {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(DomainError::validation(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_decimal(field: &str, value: Decimal) -> Result<(), DomainError> {
+    if value.abs() > MAX_AMOUNT {
+        return Err(DomainError::validation(
+            field,
+            format!("must be within ±{MAX_AMOUNT}"),
+        ));
+    }
+    if value.normalize().scale() > MAX_LINE_PLACES {
+        return Err(DomainError::validation(
+            field,
+            format!("at most {MAX_LINE_PLACES} decimal places"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a line and computes its amount. `index` names the line in errors
+/// of a create command (`lines[2].quantity`); `None` for a single line.
+pub fn price_line(
+    line: &NewLine,
+    currency: Currency,
+    number: u32,
+    index: Option<usize>,
+) -> Result<InvoiceLine, DomainError> {
+    let field = |name: &str| match index {
+        Some(i) => format!("lines[{i}].{name}"),
+        None => name.to_owned(),
+    };
+    validate_text(&field("description"), &line.description)?;
+    if line.quantity.is_sign_negative() && !line.quantity.is_zero() {
+        return Err(DomainError::validation(
+            field("quantity"),
+            "must not be negative",
+        ));
+    }
+    check_decimal(&field("quantity"), line.quantity)?;
+    check_decimal(&field("unit_price"), line.unit_price)?;
+    // The bound is checked on `Decimal`'s product, which may be rounded in its
+    // last digits; the amount itself is rounded once, from the exact product.
+    let amount = line
+        .quantity
+        .checked_mul(line.unit_price)
+        .filter(|a| a.abs() <= MAX_AMOUNT)
+        .and_then(|_| line_amount(line.quantity, line.unit_price, currency))
+        .ok_or_else(|| {
+            DomainError::validation(
+                field("quantity"),
+                format!("quantity × unit_price must be within ±{MAX_AMOUNT}"),
+            )
+        })?;
+    Ok(InvoiceLine {
+        number,
+        description: line.description.clone(),
+        quantity: line.quantity.normalize(),
+        unit_price: line.unit_price.normalize(),
+        kind: line.kind,
+        period: line.period,
+        amount,
+    })
+}
+
+/// `quantity × unit_price` rounded half away from zero to the currency's
+/// minor unit, from the exact product. `Decimal` multiplication rounds a
+/// product that needs more than 28 digits, and rounding that again to the
+/// minor unit can land one minor unit off: 540312518478.138489041097 ×
+/// 0.000001234567 is 667052.004999…, which `Decimal` makes 667052.005 and then
+/// 667052.01. The line checks bound both factors (|x| ≤ [`MAX_AMOUNT`], at
+/// most [`MAX_LINE_PLACES`] places), so their mantissas are below 10^27 and
+/// the product is exact in `u128` as `high × 10^28 + low`.
+fn line_amount(quantity: Decimal, unit_price: Decimal, currency: Currency) -> Option<Decimal> {
+    const HALF: u128 = 100_000_000_000_000; // 10^14
+    const LOW: u128 = HALF * HALF; // 10^28
+    let (q, p) = (quantity.normalize(), unit_price.normalize());
+    let (a, b) = (q.mantissa().unsigned_abs(), p.mantissa().unsigned_abs());
+    if a >= LOW / 10 || b >= LOW / 10 {
+        return None;
+    }
+    // a = ah × 10^14 + al with ah < 10^13, likewise b.
+    let (ah, al, bh, bl) = (a / HALF, a % HALF, b / HALF, b % HALF);
+    let mid = ah * bl + al * bh; // < 2 × 10^27
+    let low = (mid % HALF) * HALF + al * bl; // < 2 × 10^28
+    let high = ah * bh + mid / HALF + low / LOW;
+    let low = low % LOW;
+    let places = currency.minor_units();
+    let scale = q.scale() + p.scale();
+    let units = if scale >= places {
+        // At most 2 × MAX_LINE_PLACES places: the shift stays below 28.
+        let divisor = 10u128.pow(scale - places);
+        let units = high
+            .checked_mul(LOW / divisor)?
+            .checked_add(low / divisor)?;
+        if (low % divisor) * 2 >= divisor {
+            units.checked_add(1)?
+        } else {
+            units
+        }
+    } else {
+        high.checked_mul(LOW)?
+            .checked_add(low)?
+            .checked_mul(10u128.pow(places - scale))?
+    };
+    let units = i128::try_from(units).ok()?;
+    let signed = if q.is_sign_negative() != p.is_sign_negative() {
+        -units
+    } else {
+        units
+    };
+    let amount = Decimal::try_from_i128_with_scale(signed, places).ok()?;
+    Some(round_to_minor(amount, currency))
+}
+
+impl Invoice {
+    fn invalid(status: InvoiceStatus, command: &'static str) -> DomainError {
+        DomainError::InvalidTransition {
+            aggregate: "invoice",
+            from: status.as_str().to_owned(),
+            command,
+        }
+    }
+
+    /// The invoice's currency.
+    ///
+    /// # Panics
+    /// On an invoice that was never created.
+    pub fn currency(&self) -> Currency {
+        self.currency.expect("a created invoice has a currency")
+    }
+
+    /// The sum of the line amounts (already rounded), in the currency's scale.
+    pub fn lines_total(&self) -> Decimal {
+        let sum: Decimal = self.lines.iter().map(|l| l.amount).sum();
+        round_to_minor(sum, self.currency())
+    }
+
+    /// Decides which events `command` causes, or why it is refused. Every
+    /// (status, command) pair is listed on purpose.
+    pub fn decide(&self, command: InvoiceCommand) -> Result<Vec<InvoiceEvent>, DomainError> {
+        use InvoiceCommand as C;
+        use InvoiceStatus::{Draft, Open, Paid, Uncollectible, Void};
+        let name = command.name();
+        match (self.status, command) {
+            (
+                None,
+                C::Create {
+                    invoice_id,
+                    customer_id,
+                    currency,
+                    subscription_id,
+                    billing_period,
+                    due_days,
+                    lines,
+                    at,
+                },
+            ) => Self::create(
+                invoice_id,
+                customer_id,
+                currency,
+                subscription_id,
+                billing_period,
+                due_days,
+                lines,
+                at,
+            ),
+            (Some(Draft | Open | Paid | Void | Uncollectible), C::Create { .. }) => {
+                Err(DomainError::AlreadyExists("invoice"))
+            }
+            (
+                None,
+                C::AddLine { .. }
+                | C::Issue { .. }
+                | C::RecordPayment { .. }
+                | C::Void { .. }
+                | C::MarkUncollectible { .. },
+            ) => Err(DomainError::NotFound("invoice")),
+
+            (Some(Draft), C::AddLine { line, .. }) => {
+                if self.lines.len() >= MAX_LINES {
+                    return Err(DomainError::validation(
+                        "lines",
+                        format!("an invoice has at most {MAX_LINES} lines"),
+                    ));
+                }
+                let line = price_line(&line, self.currency(), self.lines.len() as u32 + 1, None)?;
+                Ok(vec![InvoiceEvent::LineAdded { line }])
+            }
+            (Some(status @ (Open | Paid | Void | Uncollectible)), C::AddLine { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (Some(Draft), C::Issue { number, at }) => self.issue(number, at),
+            (Some(status @ (Open | Paid | Void | Uncollectible)), C::Issue { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (
+                Some(Open),
+                C::RecordPayment {
+                    payment_id,
+                    amount,
+                    reference,
+                    captured_at,
+                    at,
+                },
+            ) => self.record_payment(payment_id, amount, reference, captured_at, at),
+            (Some(status @ (Draft | Paid | Void | Uncollectible)), C::RecordPayment { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (Some(Open), C::Void { reason, at }) => {
+                validate_text("reason", &reason)?;
+                if !self.amount_paid.is_zero() {
+                    return Err(DomainError::validation(
+                        "amount_paid",
+                        "an invoice with payments cannot be voided",
+                    ));
+                }
+                Ok(vec![InvoiceEvent::InvoiceVoided {
+                    customer_id: self.customer_id.clone(),
+                    currency: self.currency(),
+                    amount: self.total,
+                    reason,
+                    voided_at: at,
+                }])
+            }
+            (Some(status @ (Draft | Paid | Void | Uncollectible)), C::Void { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+
+            (Some(Open), C::MarkUncollectible { at }) => {
+                Ok(vec![InvoiceEvent::InvoiceMarkedUncollectible {
+                    customer_id: self.customer_id.clone(),
+                    currency: self.currency(),
+                    amount: self.amount_due,
+                    at,
+                }])
+            }
+            (Some(status @ (Draft | Paid | Void | Uncollectible)), C::MarkUncollectible { .. }) => {
+                Err(Self::invalid(status, name))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        invoice_id: String,
+        customer_id: String,
+        currency: Currency,
+        subscription_id: Option<String>,
+        billing_period: Option<Period>,
+        due_days: Option<u32>,
+        lines: Vec<NewLine>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InvoiceEvent>, DomainError> {
+        validate_id("invoice_id", &invoice_id)?;
+        validate_text("customer_id", &customer_id)?;
+        if let Some(sub) = &subscription_id {
+            validate_id("subscription_id", sub)?;
+        }
+        let due_days = due_days.unwrap_or(DEFAULT_DUE_DAYS);
+        if due_days > MAX_DUE_DAYS {
+            return Err(DomainError::validation(
+                "due_days",
+                format!("must be 0 to {MAX_DUE_DAYS}"),
+            ));
+        }
+        if lines.len() > MAX_LINES {
+            return Err(DomainError::validation(
+                "lines",
+                format!("an invoice has at most {MAX_LINES} lines"),
+            ));
+        }
+        let mut events = vec![InvoiceEvent::InvoiceCreated {
+            invoice_id,
+            customer_id,
+            currency,
+            subscription_id,
+            billing_period,
+            due_days,
+            created_at: at,
+        }];
+        for (i, line) in lines.iter().enumerate() {
+            let line = price_line(line, currency, i as u32 + 1, Some(i))?;
+            events.push(InvoiceEvent::LineAdded { line });
+        }
+        Ok(events)
+    }
+
+    fn issue(&self, number: u64, at: DateTime<Utc>) -> Result<Vec<InvoiceEvent>, DomainError> {
+        if number == 0 {
+            return Err(DomainError::validation("number", "must be at least 1"));
+        }
+        let total = self.lines_total();
+        let amount_due = total.max(round_to_minor(Decimal::ZERO, self.currency()));
+        let due_at = at + Duration::days(i64::from(self.due_days));
+        let mut events = vec![InvoiceEvent::InvoiceIssued {
+            number: format_number(number),
+            sequence: number,
+            customer_id: self.customer_id.clone(),
+            currency: self.currency(),
+            subtotal: total,
+            total,
+            amount_due,
+            issued_at: at,
+            due_at,
+        }];
+        // Nothing to collect (a zero or credit invoice): settled on issue.
+        if amount_due.is_zero() {
+            events.push(InvoiceEvent::InvoicePaid {
+                customer_id: self.customer_id.clone(),
+                subscription_id: self.subscription_id.clone(),
+                paid_at: at,
+            });
+        }
+        Ok(events)
+    }
+
+    fn record_payment(
+        &self,
+        payment_id: String,
+        amount: Decimal,
+        reference: String,
+        captured_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InvoiceEvent>, DomainError> {
+        validate_id("payment_id", &payment_id)?;
+        validate_text("reference", &reference)?;
+        let currency = self.currency();
+        if amount <= Decimal::ZERO {
+            return Err(DomainError::validation("amount", "must be greater than 0"));
+        }
+        if amount.normalize().scale() > currency.minor_units() {
+            return Err(DomainError::validation(
+                "amount",
+                format!(
+                    "{currency} allows at most {} decimal places",
+                    currency.minor_units()
+                ),
+            ));
+        }
+        let amount = round_to_minor(amount, currency);
+        if let Some(earlier) = self.payments.iter().find(|p| p.reference == reference) {
+            if earlier.amount == amount {
+                return Ok(vec![]);
+            }
+            return Err(DomainError::validation(
+                "reference",
+                format!(
+                    "a payment with this reference was recorded for {}",
+                    earlier.amount
+                ),
+            ));
+        }
+        if amount > self.amount_due {
+            return Err(DomainError::validation(
+                "amount",
+                format!("must not exceed the amount due, {}", self.amount_due),
+            ));
+        }
+        if self.payments.len() >= MAX_PAYMENTS {
+            return Err(DomainError::validation(
+                "payments",
+                format!("an invoice takes at most {MAX_PAYMENTS} payments"),
+            ));
+        }
+        let amount_paid = round_to_minor(self.amount_paid + amount, currency);
+        let amount_due = round_to_minor(self.amount_due - amount, currency);
+        let mut events = vec![InvoiceEvent::PaymentRecorded {
+            payment: Payment {
+                payment_id,
+                amount,
+                reference,
+                captured_at,
+                recorded_at: at,
+            },
+            customer_id: self.customer_id.clone(),
+            currency,
+            amount_paid,
+            amount_due,
+        }];
+        if amount_due.is_zero() {
+            events.push(InvoiceEvent::InvoicePaid {
+                customer_id: self.customer_id.clone(),
+                subscription_id: self.subscription_id.clone(),
+                paid_at: at,
+            });
+        }
+        Ok(events)
+    }
+
+    fn expect_status(&self, allowed: &[InvoiceStatus], event: &InvoiceEvent) {
+        assert!(
+            self.status.is_some_and(|status| allowed.contains(&status)),
+            "{} on an invoice in status {:?}",
+            event.name(),
+            self.status
+        );
+    }
+
+    /// Applies an event. Events come from `decide`, so an impossible one is a bug.
+    pub fn evolve(&mut self, event: &InvoiceEvent) {
+        use InvoiceStatus::{Draft, Open, Paid, Uncollectible, Void};
+        match event {
+            InvoiceEvent::InvoiceCreated {
+                invoice_id,
+                customer_id,
+                currency,
+                subscription_id,
+                billing_period,
+                due_days,
+                created_at,
+            } => {
+                assert!(self.status.is_none(), "InvoiceCreated twice");
+                self.id = Some(invoice_id.clone());
+                self.customer_id = customer_id.clone();
+                self.currency = Some(*currency);
+                self.subscription_id = subscription_id.clone();
+                self.billing_period = *billing_period;
+                self.due_days = *due_days;
+                self.status = Some(Draft);
+                self.created_at = Some(*created_at);
+                let zero = round_to_minor(Decimal::ZERO, *currency);
+                self.subtotal = zero;
+                self.total = zero;
+                self.amount_paid = zero;
+                self.amount_due = zero;
+            }
+            InvoiceEvent::LineAdded { line } => {
+                self.expect_status(&[Draft], event);
+                self.lines.push(line.clone());
+                // A draft shows its running total; issuing fixes it.
+                self.subtotal = self.lines_total();
+                self.total = self.subtotal;
+                self.amount_due = self
+                    .total
+                    .max(round_to_minor(Decimal::ZERO, self.currency()));
+            }
+            InvoiceEvent::InvoiceIssued {
+                number,
+                subtotal,
+                total,
+                amount_due,
+                issued_at,
+                due_at,
+                ..
+            } => {
+                self.expect_status(&[Draft], event);
+                self.status = Some(Open);
+                self.number = Some(number.clone());
+                self.subtotal = *subtotal;
+                self.total = *total;
+                self.amount_due = *amount_due;
+                self.issued_at = Some(*issued_at);
+                self.due_at = Some(*due_at);
+            }
+            InvoiceEvent::PaymentRecorded {
+                payment,
+                amount_paid,
+                amount_due,
+                ..
+            } => {
+                self.expect_status(&[Open], event);
+                self.payments.push(payment.clone());
+                self.amount_paid = *amount_paid;
+                self.amount_due = *amount_due;
+            }
+            InvoiceEvent::InvoicePaid { paid_at, .. } => {
+                self.expect_status(&[Open], event);
+                self.status = Some(Paid);
+                self.paid_at = Some(*paid_at);
+            }
+            InvoiceEvent::InvoiceVoided {
+                reason, voided_at, ..
+            } => {
+                self.expect_status(&[Open], event);
+                self.status = Some(Void);
+                self.voided_at = Some(*voided_at);
+                self.void_reason = Some(reason.clone());
+                self.amount_due = round_to_minor(Decimal::ZERO, self.currency());
+            }
+            InvoiceEvent::InvoiceMarkedUncollectible { at, .. } => {
+                self.expect_status(&[Open], event);
+                self.status = Some(Uncollectible);
+                self.uncollectible_at = Some(*at);
+            }
+        }
+    }
+}
+
+crate::cqrs_adapter!(Invoice, "invoice", InvoiceCommand, InvoiceEvent);
+
+/// The tenant's invoice number counter: one stream per tenant
+/// ([`NUMBERING_ID`]). Its events are appended in the same transaction as the
+/// `InvoiceIssued` that uses the number, so numbers are unique and gapless.
+#[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct InvoiceNumbering {
+    /// The last number handed out (0 before the first).
+    pub last: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NumberingCommand {
+    /// Takes the next number for `invoice_id`.
+    Assign {
+        invoice_id: String,
+        at: DateTime<Utc>,
+    },
+}
+
+impl NumberingCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NumberingCommand::Assign { .. } => "assign",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NumberingEvent {
+    InvoiceNumberAssigned {
+        invoice_id: String,
+        sequence: u64,
+        number: String,
+        at: DateTime<Utc>,
+    },
+}
+
+impl NumberingEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NumberingEvent::InvoiceNumberAssigned { .. } => "InvoiceNumberAssigned",
+        }
+    }
+}
+
+impl InvoiceNumbering {
+    /// The number the next assignment takes.
+    pub fn next(&self) -> u64 {
+        self.last + 1
+    }
+
+    pub fn decide(&self, command: NumberingCommand) -> Result<Vec<NumberingEvent>, DomainError> {
+        match command {
+            NumberingCommand::Assign { invoice_id, at } => {
+                validate_id("invoice_id", &invoice_id)?;
+                let sequence = self.next();
+                Ok(vec![NumberingEvent::InvoiceNumberAssigned {
+                    invoice_id,
+                    sequence,
+                    number: format_number(sequence),
+                    at,
+                }])
+            }
+        }
+    }
+
+    pub fn evolve(&mut self, event: &NumberingEvent) {
+        match event {
+            NumberingEvent::InvoiceNumberAssigned { sequence, .. } => {
+                assert_eq!(*sequence, self.last + 1, "invoice numbers skip");
+                self.last = *sequence;
+            }
+        }
+    }
+}
+
+crate::cqrs_adapter!(
+    InvoiceNumbering,
+    "invoice_numbering",
+    NumberingCommand,
+    NumberingEvent
+);

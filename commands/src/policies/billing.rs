@@ -1,0 +1,423 @@
+//! The billing cycle. A clock-driven scheduler renews every subscription
+//! whose period has ended ([`renew_due`]): one `PeriodRenewed` per period, the
+//! rating window. This policy consumes those events and turns each into
+//! exactly one issued invoice ([`bill_renewal`]): the recurring fee for the
+//! new period in advance, usage overage and prorations of the closed period
+//! in arrears (the lines come from `tally_aggregates::billing`).
+//!
+//! Exactly one invoice per renewal, however often this runs: the invoice id
+//! is derived from the subscription and the closed period, so a second run
+//! finds the invoice already there and only finishes what the first did not
+//! (marking usage billed, issuing). Usage records it bills become Billed on
+//! that invoice, so they can never be billed twice.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::{AnyConnection, Row};
+use tally_aggregates::billing::{renewal_lines, MeterUsage, Renewal};
+use tally_aggregates::invoice::{Invoice, InvoiceCommand, InvoiceStatus};
+use tally_aggregates::subscription::{Subscription, SubscriptionCommand, SubscriptionEvent};
+use tally_aggregates::usage::{checked_usage_window, UsageCommand, UsageRecord, UsageStatus};
+use tally_aggregates::{DomainError, Period};
+use tally_projections::runtime::{ProjectionError, Projector};
+use tally_projections::usage::{self as usage_rm, RecordFilter};
+use tally_projections::{stream_key, time, StoredEvent};
+
+use super::{scheduler_meta, system_meta, wait_for_consumers};
+use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
+use crate::ids::derived_id;
+use crate::invoices;
+use crate::store::{self, StreamAppend};
+
+pub const CONSUMER: &str = "policy.billing";
+pub const ACTOR: &str = "system:billing";
+
+/// How long the policy waits for the usage read model to reach a renewal.
+const READ_MODEL_WAIT: Duration = Duration::from_secs(10);
+/// Renewals one subscription catches up on per scheduler tick.
+const MAX_RENEWALS_PER_TICK: usize = 120;
+/// Subscriptions looked at per scheduler tick.
+const SCAN_LIMIT: i64 = 1000;
+
+/// Payment terms of the invoices the billing cycle issues, and the grace
+/// period of collections.
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    pub due_days: u32,
+    pub grace: chrono::Duration,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            due_days: tally_aggregates::invoice::DEFAULT_DUE_DAYS,
+            grace: chrono::Duration::days(7),
+        }
+    }
+}
+
+/// The id of the invoice for a subscription's closed period.
+pub fn renewal_invoice_id(subscription_id: &str, closed_period: &Period) -> String {
+    derived_id(
+        "inv",
+        &[
+            "renewal",
+            subscription_id,
+            &time::to_text(closed_period.start),
+        ],
+    )
+}
+
+pub struct BillingPolicy {
+    dispatcher: Dispatcher,
+    config: BillingConfig,
+}
+
+impl BillingPolicy {
+    pub fn new(dispatcher: Dispatcher, config: BillingConfig) -> Self {
+        Self { dispatcher, config }
+    }
+}
+
+#[async_trait]
+impl Projector for BillingPolicy {
+    fn name(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn rebuildable(&self) -> bool {
+        false
+    }
+
+    fn handles(&self, event: &StoredEvent) -> bool {
+        event.aggregate_type == "subscription" && event.event_type == "PeriodRenewed"
+    }
+
+    async fn apply(
+        &self,
+        _conn: &mut AnyConnection,
+        _event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+
+    async fn effects(&self, batch: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for event in batch.iter().filter(|e| self.handles(e)) {
+            let decoded: SubscriptionEvent = event
+                .decode()
+                .map_err(|err| ProjectionError::decode(event, err))?;
+            let SubscriptionEvent::PeriodRenewed {
+                closed_period,
+                new_period,
+                plan: Some(plan),
+                seats: Some(seats),
+                prorations,
+                ..
+            } = decoded
+            else {
+                // Renewed before renewals carried their terms: not billable here.
+                continue;
+            };
+            wait_for_consumers(
+                self.dispatcher.db(),
+                &[usage_rm::CONSUMER],
+                event.position,
+                READ_MODEL_WAIT,
+            )
+            .await?;
+            let renewal = Renewal {
+                closed_period,
+                new_period,
+                plan: &plan,
+                seats,
+                prorations: &prorations,
+            };
+            bill_renewal(&self.dispatcher, &self.config, event, &renewal)
+                .await
+                .map_err(|e| ProjectionError::Effect(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Drafts, fills and issues the invoice of one renewal; idempotent.
+pub async fn bill_renewal(
+    d: &Dispatcher,
+    config: &BillingConfig,
+    event: &StoredEvent,
+    renewal: &Renewal<'_>,
+) -> Result<Executed<Invoice>, CommandError> {
+    let meta = system_meta(event, ACTOR);
+    let sub_id = event.resource_id();
+    let invoice_id = renewal_invoice_id(sub_id, &renewal.closed_period);
+    let (invoice, _) = d.load::<Invoice>(&meta.tenant, &invoice_id).await?;
+    if invoice.status.is_none() {
+        let (sub, _) = d.load::<Subscription>(&meta.tenant, sub_id).await?;
+        let anchor = sub.anchor.ok_or_else(|| {
+            CommandError::Store(format!("renewed subscription {sub_id} has no anchor"))
+        })?;
+        let usage = rate_usage(d, &meta, sub_id, anchor, renewal, &invoice_id).await?;
+        let lines = renewal_lines(renewal, &usage);
+        let at = d.clock().now();
+        let created = d
+            .execute::<Invoice, _>(&meta, &invoice_id, None, |inv| {
+                inv.decide(InvoiceCommand::Create {
+                    invoice_id: invoice_id.clone(),
+                    customer_id: sub.customer_id.clone(),
+                    currency: renewal.plan.currency,
+                    subscription_id: Some(sub_id.to_string()),
+                    billing_period: Some(renewal.closed_period),
+                    due_days: Some(config.due_days),
+                    lines: lines.clone(),
+                    at,
+                })
+            })
+            .await;
+        match created {
+            Ok(_) | Err(CommandError::Domain(DomainError::AlreadyExists(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match invoices::issue(d, &meta, &invoice_id, None).await {
+        Ok(issued) => {
+            tracing::info!(tenant = %meta.tenant, subscription = %sub_id, invoice = %invoice_id,
+                number = ?issued.state.number, "renewal invoiced");
+            Ok(issued)
+        }
+        // Issued by an earlier run.
+        Err(CommandError::Domain(DomainError::InvalidTransition { .. })) => {
+            let (state, version) = d.load::<Invoice>(&meta.tenant, &invoice_id).await?;
+            debug_assert_ne!(state.status, Some(InvoiceStatus::Draft));
+            Ok(Executed {
+                id: invoice_id,
+                state,
+                version,
+                position: event.position,
+                appended: 0,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The usage of the closed period per meter window, for meters with an
+/// overage price. Records of the period that are still Recorded are marked
+/// Billed on `invoice_id` first; what counts as billed here is what ended up
+/// Billed on this invoice (a record voided meanwhile drops out).
+async fn rate_usage(
+    d: &Dispatcher,
+    meta: &CommandMeta,
+    sub_id: &str,
+    anchor: DateTime<Utc>,
+    renewal: &Renewal<'_>,
+    invoice_id: &str,
+) -> Result<Vec<MeterUsage>, CommandError> {
+    let closed = renewal.closed_period;
+    let mut out = Vec::new();
+    for meter in renewal
+        .plan
+        .meters
+        .iter()
+        .filter(|m| m.overage_unit_price.is_some())
+    {
+        let Some(first) = checked_usage_window(anchor, meter.reset, closed.start) else {
+            continue;
+        };
+        let records =
+            records_between(d, &meta.tenant, sub_id, &meter.key, first.start, closed.end).await?;
+        let (in_period, earlier): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| r.state.timestamp.is_some_and(|t| t >= closed.start));
+        let billed = mark_billed(d, meta, in_period, invoice_id).await?;
+        // Walk the meter's windows that the closed period touches.
+        let mut window = first;
+        loop {
+            let in_window = |t: Option<DateTime<Utc>>| t.is_some_and(|t| window.contains(t));
+            let before: Decimal = earlier
+                .iter()
+                .filter(|r| r.state.status != Some(UsageStatus::Voided))
+                .filter(|r| in_window(r.state.timestamp))
+                .map(|r| r.state.quantity)
+                .sum();
+            let during: Decimal = billed
+                .iter()
+                .filter(|r| in_window(r.timestamp))
+                .map(|r| r.quantity)
+                .sum();
+            out.push(MeterUsage {
+                meter: meter.key.clone(),
+                before,
+                during,
+            });
+            match window.end {
+                Some(end) if end < closed.end => {
+                    match checked_usage_window(anchor, meter.reset, end) {
+                        Some(next) => window = next,
+                        None => break,
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every usage record of a subscription's meter with a timestamp in `[from, to)`.
+async fn records_between(
+    d: &Dispatcher,
+    tenant: &str,
+    sub_id: &str,
+    meter: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<tally_projections::state::Versioned<UsageRecord>>, CommandError> {
+    let filter = RecordFilter {
+        subscription_id: Some(sub_id.to_string()),
+        meter: Some(meter.to_string()),
+        from: Some(from),
+        to: Some(to),
+    };
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = usage_rm::list(
+            d.db(),
+            tenant,
+            &filter,
+            tally_projections::MAX_PAGE_LIMIT,
+            cursor.as_deref(),
+        )
+        .await?;
+        all.extend(page.data);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Marks the Recorded records Billed on `invoice_id` (one transaction for
+/// all; one by one when any changed meanwhile) and returns the records that
+/// are Billed on it.
+async fn mark_billed(
+    d: &Dispatcher,
+    meta: &CommandMeta,
+    records: Vec<tally_projections::state::Versioned<UsageRecord>>,
+    invoice_id: &str,
+) -> Result<Vec<UsageRecord>, CommandError> {
+    let at = d.clock().now();
+    let billed_here = |r: &UsageRecord| r.billed_invoice_id.as_deref() == Some(invoice_id);
+    let (to_bill, rest): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|r| r.state.status == Some(UsageStatus::Recorded));
+    let mut billed: Vec<UsageRecord> = rest
+        .into_iter()
+        .map(|r| r.state)
+        .filter(billed_here)
+        .collect();
+    if to_bill.is_empty() {
+        return Ok(billed);
+    }
+    let metadata = meta.to_map(d.clock());
+    let mut streams = Vec::with_capacity(to_bill.len());
+    let mut states = Vec::with_capacity(to_bill.len());
+    for r in &to_bill {
+        let events = r.state.decide(UsageCommand::MarkBilled {
+            invoice_id: invoice_id.to_string(),
+            at,
+        })?;
+        let mut state = r.state.clone();
+        for e in &events {
+            state.evolve(e);
+        }
+        streams.push(StreamAppend {
+            aggregate_type: "usage_record",
+            key: stream_key(&meta.tenant, &r.id),
+            events: store::new_events::<UsageRecord>(r.version, &events, &metadata)?,
+            snapshot: None,
+        });
+        states.push(state);
+    }
+    match store::append_many(d.db(), &meta.tenant, at, &streams).await {
+        Ok(_) => billed.extend(states),
+        Err(store::StoreError::Conflict) => {
+            // Some record changed since the read model saw it: decide each on
+            // its current state.
+            for r in to_bill {
+                let out = d
+                    .execute::<UsageRecord, _>(meta, &r.id, None, |rec| {
+                        if billed_here(rec) {
+                            return Ok(vec![]);
+                        }
+                        rec.decide(UsageCommand::MarkBilled {
+                            invoice_id: invoice_id.to_string(),
+                            at,
+                        })
+                    })
+                    .await;
+                match out {
+                    Ok(done) if billed_here(&done.state) => billed.push(done.state),
+                    Ok(_) | Err(CommandError::Domain(DomainError::InvalidTransition { .. })) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(billed)
+}
+
+/// Renews every subscription whose period ended by the dispatcher's clock,
+/// catching up on several periods when the clock jumped. Returns the number
+/// of renewals.
+pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
+    let now = d.clock().now();
+    let rows = sqlx::query(
+        "SELECT tenant, id FROM rm_subscriptions WHERE status IN ('active', 'past_due', 'suspended') \
+         AND period_end <> '' AND period_end <= $1 ORDER BY period_end, tenant, id LIMIT $2",
+    )
+    .bind(time::to_text(now))
+    .bind(SCAN_LIMIT)
+    .fetch_all(&d.db().any)
+    .await
+    .map_err(|e| CommandError::from(tally_projections::DbError::Sqlx(e)))?;
+    let mut renewed = 0;
+    for row in rows {
+        let tenant: String = row
+            .try_get("tenant")
+            .map_err(|e| CommandError::Store(e.to_string()))?;
+        let id: String = row
+            .try_get("id")
+            .map_err(|e| CommandError::Store(e.to_string()))?;
+        let meta = scheduler_meta(&tenant, ACTOR);
+        for _ in 0..MAX_RENEWALS_PER_TICK {
+            // Decided on the write side: a period that has not ended (the
+            // read model was behind) renews nothing.
+            let out = d
+                .execute::<Subscription, _>(&meta, &id, None, |s| match s.current_period {
+                    Some(p) if p.end <= now => s.decide(SubscriptionCommand::Renew { at: now }),
+                    _ => Ok(vec![]),
+                })
+                .await;
+            match out {
+                Ok(o) if o.appended > 0 => {
+                    renewed += 1;
+                    if o.state.current_period.is_none_or(|p| p.end > now) {
+                        break;
+                    }
+                }
+                Ok(_) | Err(CommandError::Domain(_)) => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(renewed)
+}

@@ -1,0 +1,490 @@
+//! The billing cycle and collections end to end, on the manual clock: 24
+//! months of a monthly subscription activated on 31 January, with a plan
+//! upgrade, a seat change, usage overage and one late payment, checked to
+//! the cent; and the billing policy run a second time over every renewal
+//! without a second invoice.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tally_projections::runtime::Projector;
+use tally_tests::{both_backends, table_rows, BillingConfig, Resp, TestApp};
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+fn dec(v: &Value) -> Decimal {
+    Decimal::from_str(v.as_str().expect("decimal string")).expect("decimal")
+}
+
+fn time_of(v: &Value) -> DateTime<Utc> {
+    t(v.as_str().expect("time string"))
+}
+
+/// What a renewal invoice must say: its closed period and its lines as
+/// (kind, quantity, unit price, amount).
+struct Expected {
+    closed: (&'static str, &'static str),
+    lines: Vec<(&'static str, &'static str, &'static str, &'static str)>,
+    total: &'static str,
+}
+
+const LATE: usize = 10;
+
+/// Plan B at 4 seats after the seat change: 30.00 + 4 × 5.00.
+fn plan_b_4_seats() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    vec![
+        ("recurring", "1", "30", "30.00"),
+        ("recurring", "4", "5", "20.00"),
+    ]
+}
+
+/// The closed periods: the anchor is 31 January 10:00 UTC, so periods end on
+/// the last day of shorter months and come back to the 31st.
+const PERIOD_ENDS: [&str; 25] = [
+    "2026-01-31",
+    "2026-02-28",
+    "2026-03-31",
+    "2026-04-30",
+    "2026-05-31",
+    "2026-06-30",
+    "2026-07-31",
+    "2026-08-31",
+    "2026-09-30",
+    "2026-10-31",
+    "2026-11-30",
+    "2026-12-31",
+    "2027-01-31",
+    "2027-02-28",
+    "2027-03-31",
+    "2027-04-30",
+    "2027-05-31",
+    "2027-06-30",
+    "2027-07-31",
+    "2027-08-31",
+    "2027-09-30",
+    "2027-10-31",
+    "2027-11-30",
+    "2027-12-31",
+    "2028-01-31",
+];
+
+fn expected(renewal: usize) -> Expected {
+    let closed = (PERIOD_ENDS[renewal - 1], PERIOD_ENDS[renewal]);
+    let (lines, total) = match renewal {
+        // Plan A at 2 seats: 10.00 + 2 × 2.50.
+        1 | 2 => (
+            vec![
+                ("recurring", "1", "10", "10.00"),
+                ("recurring", "2", "2.5", "5.00"),
+            ],
+            "15.00",
+        ),
+        // Upgrade to plan B on 15 April, half-way through a 30-day period:
+        // credit half of 15.00, charge half of 40.00.
+        3 => (
+            vec![
+                ("recurring", "1", "30", "30.00"),
+                ("recurring", "2", "5", "10.00"),
+                ("proration", "1", "-7.5", "-7.50"),
+                ("proration", "1", "20", "20.00"),
+            ],
+            "52.50",
+        ),
+        // 2 → 4 seats on 16 May with 15 of 31 days left: fraction
+        // 0.483870967742; credit round(−40.00 × f) = −19.35, charge
+        // round(50.00 × f) = 24.19.
+        4 => {
+            let mut l = plan_b_4_seats();
+            l.push(("proration", "1", "-19.35", "-19.35"));
+            l.push(("proration", "1", "24.19", "24.19"));
+            (l, "54.84")
+        }
+        // 1500 api_calls in the closed period, 1000 included: 500 × 0.01.
+        7 => {
+            let mut l = plan_b_4_seats();
+            l.push(("usage", "500", "0.01", "5.00"));
+            (l, "55.00")
+        }
+        _ => (plan_b_4_seats(), "50.00"),
+    };
+    Expected {
+        closed,
+        lines,
+        total,
+    }
+}
+
+fn plan_body(code: &str, base: &str, seat: &str) -> Value {
+    json!({
+        "code": code,
+        "name": code,
+        "currency": "EUR",
+        "interval": "month",
+        "base_price": base,
+        "seat_price": seat,
+        "seats": {"min": 1, "max": 20},
+        "meters": [{"key": "api_calls", "included": "1000", "hard_cap": "5000",
+                    "overage_unit_price": "0.01", "reset": "monthly"}]
+    })
+}
+
+async fn advance_to(app: &TestApp, to: DateTime<Utc>) {
+    let r = app
+        .advance_clock(&app.admin_key, json!({"to": to.to_rfc3339()}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.settle().await;
+}
+
+async fn subscription(app: &TestApp, id: &str) -> Value {
+    app.settle().await;
+    let r = app
+        .get(&app.admin_key, &format!("/v1/subscriptions/{id}"))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body
+}
+
+/// Every invoice of the subscription, through all pages.
+async fn invoices_of(app: &TestApp, sub: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/invoices?subscription_id={sub}&limit=7");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let r: Resp = app.get(&app.admin_key, &path).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        out.extend(r.body["data"].as_array().expect("data").iter().cloned());
+        match r.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+fn check_invoice(inv: &Value, renewal: usize) {
+    let want = expected(renewal);
+    let period = &inv["billing_period"];
+    assert_eq!(
+        time_of(&period["start"]),
+        t(&format!("{}T10:00:00Z", want.closed.0)),
+        "renewal {renewal}: {inv:#}"
+    );
+    assert_eq!(
+        time_of(&period["end"]),
+        t(&format!("{}T10:00:00Z", want.closed.1))
+    );
+    let lines = inv["lines"].as_array().expect("lines");
+    let got: Vec<(String, Decimal, Decimal, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().expect("kind").to_string(),
+                dec(&l["quantity"]),
+                dec(&l["unit_price"]),
+                l["amount"].as_str().expect("amount").to_string(),
+            )
+        })
+        .collect();
+    let want_lines: Vec<(String, Decimal, Decimal, String)> = want
+        .lines
+        .iter()
+        .map(|(k, q, p, a)| {
+            (
+                k.to_string(),
+                Decimal::from_str(q).expect("q"),
+                Decimal::from_str(p).expect("p"),
+                a.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want_lines, "renewal {renewal} lines: {inv:#}");
+    assert_eq!(inv["total"], want.total, "renewal {renewal}");
+    let sum: Decimal = lines.iter().map(|l| dec(&l["amount"])).sum();
+    assert_eq!(sum, dec(&inv["total"]), "total = sum of rounded lines");
+    // The recurring lines cover the new period, in advance.
+    for l in lines.iter().filter(|l| l["kind"] == "recurring") {
+        assert_eq!(
+            time_of(&l["period"]["start"]),
+            t(&format!("{}T10:00:00Z", want.closed.1))
+        );
+    }
+}
+
+async fn pay(app: &TestApp, inv: &Value) -> Resp {
+    let id = inv["id"].as_str().expect("id");
+    let r = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/invoices/{id}/payments"),
+            json!({"amount": inv["amount_due"], "reference": format!("wire-{id}")}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "paid");
+    r
+}
+
+async fn twenty_four_months(backend: tally_tests::Backend) {
+    let app = TestApp::spawn_billing(
+        backend,
+        t("2026-01-31T10:00:00Z"),
+        BillingConfig {
+            due_days: 10,
+            grace: Duration::days(7),
+        },
+    )
+    .await;
+    let _tdb = &app.db;
+    let key = app.admin_key.clone();
+    let plan_a = app
+        .create_plan(&key, plan_body("a", "10.00", "2.50"))
+        .await
+        .id();
+    let plan_b = app
+        .create_plan(&key, plan_body("b", "30.00", "5.00"))
+        .await
+        .id();
+    let r = app
+        .create_subscription(
+            &key,
+            json!({"customer_id": "cus_acme", "plan_id": plan_a, "seats": 2}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let sub = r.id();
+    let r = app.activate(&key, &sub, json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    let mut paid_total = Decimal::ZERO;
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for renewal in 1..=24 {
+        // What happens inside the period that this renewal closes.
+        match renewal {
+            3 => {
+                advance_to(&app, t("2026-04-15T10:00:00Z")).await;
+                let r = app
+                    .change_plan(
+                        &key,
+                        &sub,
+                        json!({"plan_id": plan_b, "proration": "prorate"}),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+            }
+            4 => {
+                advance_to(&app, t("2026-05-16T10:00:00Z")).await;
+                let r = app
+                    .change_seats(&key, &sub, json!({"seats": 4, "proration": "prorate"}))
+                    .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+            }
+            6 => {
+                // Within the included quantity: no overage line.
+                advance_to(&app, t("2026-07-10T10:00:00Z")).await;
+                report_usage(&app, &sub, "jul", 800).await;
+            }
+            7 => {
+                advance_to(&app, t("2026-08-10T10:00:00Z")).await;
+                report_usage(&app, &sub, "aug-1", 900).await;
+                report_usage(&app, &sub, "aug-2", 600).await;
+            }
+            _ => {}
+        }
+        let end = time_of(&subscription(&app, &sub).await["current_period"]["end"]);
+        assert_eq!(end, t(&format!("{}T10:00:00Z", PERIOD_ENDS[renewal])));
+        advance_to(&app, end).await;
+        let all = invoices_of(&app, &sub).await;
+        assert_eq!(all.len(), renewal, "one invoice per renewal so far");
+        let new: Vec<&Value> = all
+            .iter()
+            .filter(|i| !seen.contains(i["id"].as_str().expect("id")))
+            .collect();
+        assert_eq!(new.len(), 1, "exactly one new invoice at renewal {renewal}");
+        let inv = new[0].clone();
+        seen.insert(inv["id"].as_str().expect("id").to_string());
+        assert_eq!(inv["status"], "open", "issued automatically");
+        assert_eq!(inv["number"], format!("INV-{renewal:06}"));
+        check_invoice(&inv, renewal);
+        paid_total += dec(&inv["total"]);
+
+        if renewal == LATE {
+            late_payment(&app, &sub, &inv).await;
+        } else {
+            pay(&app, &inv).await;
+        }
+    }
+    app.settle().await;
+
+    // Usage billed on the overage invoice is Billed, on that invoice.
+    let usage = app
+        .get(
+            &key,
+            &format!("/v1/usage?subscription_id={sub}&meter=api_calls"),
+        )
+        .await;
+    for rec in usage.body["data"].as_array().expect("records") {
+        assert_eq!(rec["status"], "billed", "{rec:#}");
+    }
+
+    // The balance journal.
+    let b = app.get(&key, "/v1/customers/cus_acme/balance").await;
+    assert_eq!(b.status, 200, "{:?}", b.body);
+    let eur = &b.body["data"][0];
+    assert_eq!(eur["currency"], "EUR");
+    assert_eq!(dec(&eur["invoiced"]), paid_total);
+    assert_eq!(dec(&eur["paid"]), paid_total);
+    assert_eq!(eur["outstanding"], "0.00");
+    assert_eq!(eur["voided"], "0.00");
+    let mut debits = Decimal::ZERO;
+    let mut credits = Decimal::ZERO;
+    let mut cursor: Option<String> = None;
+    let mut entries = 0;
+    loop {
+        let mut path = "/v1/customers/cus_acme/journal?limit=200".to_string();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let j = app.get(&key, &path).await;
+        assert_eq!(j.status, 200, "{:?}", j.body);
+        for e in j.body["data"].as_array().expect("entries") {
+            debits += dec(&e["debit"]);
+            credits += dec(&e["credit"]);
+            entries += 1;
+        }
+        match j.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(debits, credits, "debits equal credits");
+    assert_eq!(
+        debits,
+        paid_total * Decimal::from(2),
+        "issue + payment per invoice"
+    );
+    assert_eq!(
+        entries,
+        24 * 4,
+        "two legs for the issue, two for the payment"
+    );
+
+    // The inbox of the customer has the invoice notices.
+    let inbox = app
+        .get(&key, "/v1/inbox?recipient=customer:cus_acme&limit=200")
+        .await;
+    let titles: Vec<&str> = inbox.body["data"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["title"].as_str())
+        .collect();
+    assert_eq!(titles.iter().filter(|t| t.ends_with(" issued")).count(), 24);
+    assert_eq!(titles.iter().filter(|t| **t == "Invoice paid").count(), 24);
+    assert_eq!(
+        titles.iter().filter(|t| **t == "Invoice past due").count(),
+        1
+    );
+
+    // The billing policy runs again over every renewal: no second invoice,
+    // no new invoice or usage events.
+    let invoice_rows = table_rows(&app.state().db, "rm_invoices", "id, status, version").await;
+    let renewals: Vec<_> = app
+        .state()
+        .dispatcher
+        .log()
+        .read_after(0, 10_000)
+        .await
+        .expect("log")
+        .into_iter()
+        .filter(|e| e.event_type == "PeriodRenewed")
+        .collect();
+    assert_eq!(renewals.len(), 24);
+    let policy = tally_commands::policies::billing::BillingPolicy::new(
+        app.state().dispatcher.clone(),
+        app.state().billing.clone(),
+    );
+    let head = app.state().dispatcher.log().head().await.expect("head");
+    policy.effects(&renewals).await.expect("second run");
+    assert_eq!(
+        app.state().dispatcher.log().head().await.expect("head"),
+        head
+    );
+    app.settle().await;
+    assert_eq!(
+        table_rows(&app.state().db, "rm_invoices", "id, status, version").await,
+        invoice_rows
+    );
+
+    // Rebuilding the invoice and balance read models gives the same tables.
+    let tables = [
+        ("rm_invoices", "tenant, id, customer_id, subscription_id, status, number, due_at, body, version"),
+        ("rm_journal", "tenant, event_id, leg, position, customer_id, currency, invoice_id, account, debit, credit, recorded_at"),
+        ("rm_balances", "tenant, customer_id, currency, body"),
+    ];
+    let mut before = Vec::new();
+    for (table, cols) in tables {
+        before.push(table_rows(&app.state().db, table, cols).await);
+    }
+    for name in ["invoices", "balances"] {
+        let r = app.rebuild(&key, name).await;
+        assert!(r.status < 300, "{:?}", r.body);
+    }
+    app.settle().await;
+    for ((table, cols), rows) in tables.iter().zip(before) {
+        assert_eq!(
+            table_rows(&app.state().db, table, cols).await,
+            rows,
+            "{table}"
+        );
+    }
+}
+
+async fn report_usage(app: &TestApp, sub: &str, tx: &str, quantity: u32) {
+    let now = app.state().dispatcher.clock().now();
+    let r = app
+        .post(
+            &app.admin_key,
+            "/v1/usage",
+            json!({"subscription_id": sub, "meter": "api_calls", "quantity": quantity,
+                   "timestamp": now.to_rfc3339(), "transaction_id": tx}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
+
+/// The late invoice: past its due date the subscription is past_due, after
+/// the grace period suspended for non-payment, and paying it resumes it.
+async fn late_payment(app: &TestApp, sub: &str, inv: &Value) {
+    let due = time_of(&inv["due_at"]);
+    assert_eq!(due, time_of(&inv["issued_at"]) + Duration::days(10));
+    advance_to(app, due).await;
+    assert_eq!(
+        subscription(app, sub).await["status"],
+        "active",
+        "due, not past due"
+    );
+    advance_to(app, due + Duration::seconds(1)).await;
+    assert_eq!(subscription(app, sub).await["status"], "past_due");
+    advance_to(app, due + Duration::days(7)).await;
+    let s = subscription(app, sub).await;
+    assert_eq!(s["status"], "suspended", "{s:#}");
+    assert_eq!(s["suspension"]["reason"], "non_payment");
+    let r = pay(app, inv).await;
+    assert_eq!(r.body["amount_due"], "0.00");
+    advance_to(app, due + Duration::days(7) + Duration::seconds(1)).await;
+    let s = subscription(app, sub).await;
+    assert_eq!(s["status"], "active", "{s:#}");
+    assert!(s["suspension"].is_null());
+}
+
+both_backends!(twenty_four_months);
