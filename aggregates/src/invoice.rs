@@ -501,7 +501,24 @@ impl Invoice {
                     at,
                 },
             ) => self.record_payment(payment_id, amount, reference, captured_at, at),
-            (Some(status @ (Draft | Paid | Void | Uncollectible)), C::RecordPayment { .. }) => {
+            // A source retrying the notice of the payment that settled the
+            // invoice gets the same answer as any other repeat.
+            (
+                Some(Paid),
+                C::RecordPayment {
+                    amount, reference, ..
+                },
+            ) => {
+                let repeat = self.payments.iter().any(|p| {
+                    p.reference == reference && p.amount == round_to_minor(amount, self.currency())
+                });
+                if repeat {
+                    Ok(vec![])
+                } else {
+                    Err(Self::invalid(InvoiceStatus::Paid, name))
+                }
+            }
+            (Some(status @ (Draft | Void | Uncollectible)), C::RecordPayment { .. }) => {
                 Err(Self::invalid(status, name))
             }
 

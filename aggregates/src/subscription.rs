@@ -288,10 +288,16 @@ pub enum SubscriptionEvent {
         seats: u32,
         created_at: DateTime<Utc>,
     },
+    /// Opens the first period; the plan and seats it starts on are what the
+    /// first invoice bills (absent in events stored before they were added).
     SubscriptionActivated {
         anchor: DateTime<Utc>,
         period: Period,
         activated_at: DateTime<Utc>,
+        #[serde(default)]
+        plan: Option<PlanTerms>,
+        #[serde(default)]
+        seats: Option<u32>,
     },
     PlanChanged {
         from_plan_id: String,
@@ -630,6 +636,8 @@ impl Subscription {
             anchor: at,
             period,
             activated_at: at,
+            plan: Some(self.terms().clone()),
+            seats: Some(self.seats),
         }])
     }
 
@@ -805,6 +813,7 @@ impl Subscription {
                 anchor,
                 period,
                 activated_at,
+                ..
             } => {
                 self.expect_status(&[Draft], event);
                 self.status = Some(Active);

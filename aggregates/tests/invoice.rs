@@ -1106,6 +1106,28 @@ fn a_repeated_reference_with_the_same_amount_is_a_no_op() {
 }
 
 #[test]
+fn a_retried_notice_of_the_settling_payment_on_a_paid_invoice_is_a_no_op() {
+    let mut invoice = Fixture::OpenPartlyPaid.invoice();
+    let events = run(&mut invoice, pay("pay_2", "60.00", "ref_2")).unwrap();
+    assert_eq!(names(&events), vec!["PaymentRecorded", "InvoicePaid"]);
+    let before = invoice.clone();
+    // The provider sends the settling payment (and an earlier one) again.
+    for retry in [pay("pay_7", "60.00", "ref_2"), pay("pay_8", "40", "ref_1")] {
+        assert_eq!(run(&mut invoice, retry), Ok(vec![]));
+    }
+    assert_eq!(invoice, before);
+    // Anything else on a paid invoice is still a transition it does not allow.
+    assert!(matches!(
+        invoice.decide(pay("pay_9", "60.00", "ref_9")),
+        Err(DomainError::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        invoice.decide(pay("pay_9", "61.00", "ref_2")),
+        Err(DomainError::InvalidTransition { .. })
+    ));
+}
+
+#[test]
 fn a_repeated_reference_with_another_amount_is_refused() {
     let partly_paid = Fixture::OpenPartlyPaid.invoice();
     let err = partly_paid
@@ -1801,7 +1823,14 @@ proptest! {
             };
             match outcome {
                 Ok(events) => {
-                    prop_assert!(!terminal, "a {:?} invoice accepted {:?}", before.status, action);
+                    // A terminal invoice accepts nothing but a retried
+                    // notice of a payment it already has, which changes nothing.
+                    prop_assert!(
+                        !terminal || events.is_empty(),
+                        "a {:?} invoice accepted {:?}",
+                        before.status,
+                        action
+                    );
                     for event in &events {
                         invoice.evolve(event);
                         let json = serde_json::to_string(event).unwrap();

@@ -383,6 +383,8 @@ fn activate_anchors_billing_and_opens_the_first_period() {
             anchor: t(ACTIVATED),
             period: first,
             activated_at: t(ACTIVATED),
+            plan: Some(subscription.terms().clone()),
+            seats: Some(subscription.seats),
         }]
     );
     assert_eq!(subscription.status, Some(SubscriptionStatus::Active));

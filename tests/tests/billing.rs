@@ -265,8 +265,23 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
     let r = app.activate(&key, &sub, json!({})).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 
-    let mut paid_total = Decimal::ZERO;
+    // Activation bills the first period in advance.
+    app.settle().await;
+    let first = invoices_of(&app, &sub).await;
+    assert_eq!(first.len(), 1, "{first:#?}");
+    let inv = &first[0];
+    assert_eq!(inv["number"], "INV-000001");
+    assert!(inv["billing_period"].is_null(), "not a renewal");
+    assert_eq!(inv["total"], "15.00");
+    assert_eq!(inv["lines"].as_array().expect("lines").len(), 2);
+    assert_eq!(
+        time_of(&inv["lines"][0]["period"]["end"]),
+        t("2026-02-28T10:00:00Z")
+    );
+    let mut paid_total = dec(&inv["total"]);
+    pay(&app, inv).await;
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    seen.insert(inv["id"].as_str().expect("id").to_string());
     for renewal in 1..=24 {
         // What happens inside the period that this renewal closes.
         match renewal {
@@ -304,7 +319,11 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
         assert_eq!(end, t(&format!("{}T10:00:00Z", PERIOD_ENDS[renewal])));
         advance_to(&app, end).await;
         let all = invoices_of(&app, &sub).await;
-        assert_eq!(all.len(), renewal, "one invoice per renewal so far");
+        assert_eq!(
+            all.len(),
+            renewal + 1,
+            "the first invoice and one per renewal so far"
+        );
         let new: Vec<&Value> = all
             .iter()
             .filter(|i| !seen.contains(i["id"].as_str().expect("id")))
@@ -313,7 +332,7 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
         let inv = new[0].clone();
         seen.insert(inv["id"].as_str().expect("id").to_string());
         assert_eq!(inv["status"], "open", "issued automatically");
-        assert_eq!(inv["number"], format!("INV-{renewal:06}"));
+        assert_eq!(inv["number"], format!("INV-{:06}", renewal + 1));
         check_invoice(&inv, renewal);
         paid_total += dec(&inv["total"]);
 
@@ -374,7 +393,7 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
     );
     assert_eq!(
         entries,
-        24 * 4,
+        25 * 4,
         "two legs for the issue, two for the payment"
     );
 
@@ -388,8 +407,8 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
         .iter()
         .filter_map(|i| i["title"].as_str())
         .collect();
-    assert_eq!(titles.iter().filter(|t| t.ends_with(" issued")).count(), 24);
-    assert_eq!(titles.iter().filter(|t| **t == "Invoice paid").count(), 24);
+    assert_eq!(titles.iter().filter(|t| t.ends_with(" issued")).count(), 25);
+    assert_eq!(titles.iter().filter(|t| **t == "Invoice paid").count(), 25);
     assert_eq!(
         titles.iter().filter(|t| **t == "Invoice past due").count(),
         1
@@ -398,22 +417,25 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
     // The billing policy runs again over every renewal: no second invoice,
     // no new invoice or usage events.
     let invoice_rows = table_rows(&app.state().db, "rm_invoices", "id, status, version").await;
-    let renewals: Vec<_> = app
-        .state()
-        .dispatcher
-        .log()
-        .read_after(0, 10_000)
-        .await
-        .expect("log")
-        .into_iter()
-        .filter(|e| e.event_type == "PeriodRenewed")
-        .collect();
-    assert_eq!(renewals.len(), 24);
+    let log = app.state().dispatcher.log();
+    let head = log.head().await.expect("head");
+    let mut renewals = Vec::new();
+    let mut at = 0;
+    while at < head {
+        let batch = log.read_after(at, 10_000).await.expect("log");
+        at = batch.last().map_or(head, |e| e.position);
+        renewals.extend(batch.into_iter().filter(|e| {
+            matches!(
+                e.event_type.as_str(),
+                "PeriodRenewed" | "SubscriptionActivated"
+            )
+        }));
+    }
+    assert_eq!(renewals.len(), 25);
     let policy = tally_commands::policies::billing::BillingPolicy::new(
         app.state().dispatcher.clone(),
         app.state().billing.clone(),
     );
-    let head = app.state().dispatcher.log().head().await.expect("head");
     policy.effects(&renewals).await.expect("second run");
     assert_eq!(
         app.state().dispatcher.log().head().await.expect("head"),

@@ -124,6 +124,8 @@ pub fn activated_at(at: &str) -> SubscriptionEvent {
         anchor,
         period: tally_aggregates::period::period_at(anchor, Interval::Month, 0),
         activated_at: anchor,
+        plan: Some(basic().terms),
+        seats: Some(1),
     }
 }
 

@@ -1,15 +1,16 @@
-//! The billing cycle. A clock-driven scheduler renews every subscription
+//! The billing cycle. Activation bills the first period in advance
+//! ([`bill_activation`]). A clock-driven scheduler renews every subscription
 //! whose period has ended ([`renew_due`]): one `PeriodRenewed` per period, the
 //! rating window. This policy consumes those events and turns each into
 //! exactly one issued invoice ([`bill_renewal`]): the recurring fee for the
 //! new period in advance, usage overage and prorations of the closed period
 //! in arrears (the lines come from `tally_aggregates::billing`).
 //!
-//! Exactly one invoice per renewal, however often this runs: the invoice id
-//! is derived from the subscription and the closed period, so a second run
-//! finds the invoice already there and only finishes what the first did not
-//! (marking usage billed, issuing). Usage records it bills become Billed on
-//! that invoice, so they can never be billed twice.
+//! Exactly one invoice per activation or renewal, however often this runs:
+//! the invoice id is derived from the subscription and the period, so a
+//! second run finds the invoice already there and only finishes what the
+//! first did not (marking usage billed, issuing). Usage records it bills
+//! become Billed on that invoice, so they can never be billed twice.
 
 use std::time::Duration;
 
@@ -59,6 +60,14 @@ impl Default for BillingConfig {
     }
 }
 
+/// The id of the first invoice of a subscription, for its first period.
+pub fn activation_invoice_id(subscription_id: &str, period: &Period) -> String {
+    derived_id(
+        "inv",
+        &["activation", subscription_id, &time::to_text(period.start)],
+    )
+}
+
 /// The id of the invoice for a subscription's closed period.
 pub fn renewal_invoice_id(subscription_id: &str, closed_period: &Period) -> String {
     derived_id(
@@ -97,7 +106,11 @@ impl Projector for BillingPolicy {
     }
 
     fn handles(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == "subscription" && event.event_type == "PeriodRenewed"
+        event.aggregate_type == "subscription"
+            && matches!(
+                event.event_type.as_str(),
+                "PeriodRenewed" | "SubscriptionActivated"
+            )
     }
 
     async fn apply(
@@ -113,6 +126,18 @@ impl Projector for BillingPolicy {
             let decoded: SubscriptionEvent = event
                 .decode()
                 .map_err(|err| ProjectionError::decode(event, err))?;
+            if let SubscriptionEvent::SubscriptionActivated {
+                period,
+                plan: Some(plan),
+                seats: Some(seats),
+                ..
+            } = &decoded
+            {
+                bill_activation(&self.dispatcher, &self.config, event, *period, plan, *seats)
+                    .await
+                    .map_err(|e| ProjectionError::Effect(e.to_string()))?;
+                continue;
+            }
             let SubscriptionEvent::PeriodRenewed {
                 closed_period,
                 new_period,
@@ -147,6 +172,32 @@ impl Projector for BillingPolicy {
     }
 }
 
+/// Drafts and issues the first invoice of an activated subscription: the
+/// recurring fee of the first period, in advance; idempotent.
+pub async fn bill_activation(
+    d: &Dispatcher,
+    config: &BillingConfig,
+    event: &StoredEvent,
+    period: Period,
+    plan: &tally_aggregates::PlanTerms,
+    seats: u32,
+) -> Result<Executed<Invoice>, CommandError> {
+    let sub_id = event.resource_id();
+    let invoice_id = activation_invoice_id(sub_id, &period);
+    // The fee of the new period and nothing to rate: an empty closed period.
+    let first = Renewal {
+        closed_period: Period {
+            start: period.start,
+            end: period.start,
+        },
+        new_period: period,
+        plan,
+        seats,
+        prorations: &[],
+    };
+    invoice_once(d, config, event, &invoice_id, None, &first, false).await
+}
+
 /// Drafts, fills and issues the invoice of one renewal; idempotent.
 pub async fn bill_renewal(
     d: &Dispatcher,
@@ -154,16 +205,36 @@ pub async fn bill_renewal(
     event: &StoredEvent,
     renewal: &Renewal<'_>,
 ) -> Result<Executed<Invoice>, CommandError> {
+    let invoice_id = renewal_invoice_id(event.resource_id(), &renewal.closed_period);
+    let closed = Some(renewal.closed_period);
+    invoice_once(d, config, event, &invoice_id, closed, renewal, true).await
+}
+
+/// Creates invoice `invoice_id` with the lines of `renewal` unless it exists
+/// (rating usage first when `rate`), then issues it unless it is issued.
+async fn invoice_once(
+    d: &Dispatcher,
+    config: &BillingConfig,
+    event: &StoredEvent,
+    invoice_id: &str,
+    billing_period: Option<Period>,
+    renewal: &Renewal<'_>,
+    rate: bool,
+) -> Result<Executed<Invoice>, CommandError> {
     let meta = system_meta(event, ACTOR);
     let sub_id = event.resource_id();
-    let invoice_id = renewal_invoice_id(sub_id, &renewal.closed_period);
+    let invoice_id = invoice_id.to_string();
     let (invoice, _) = d.load::<Invoice>(&meta.tenant, &invoice_id).await?;
     if invoice.status.is_none() {
         let (sub, _) = d.load::<Subscription>(&meta.tenant, sub_id).await?;
-        let anchor = sub.anchor.ok_or_else(|| {
-            CommandError::Store(format!("renewed subscription {sub_id} has no anchor"))
-        })?;
-        let usage = rate_usage(d, &meta, sub_id, anchor, renewal, &invoice_id).await?;
+        let usage = if rate {
+            let anchor = sub.anchor.ok_or_else(|| {
+                CommandError::Store(format!("renewed subscription {sub_id} has no anchor"))
+            })?;
+            rate_usage(d, &meta, sub_id, anchor, renewal, &invoice_id).await?
+        } else {
+            Vec::new()
+        };
         let lines = renewal_lines(renewal, &usage);
         let at = d.clock().now();
         let created = d
@@ -173,7 +244,7 @@ pub async fn bill_renewal(
                     customer_id: sub.customer_id.clone(),
                     currency: renewal.plan.currency,
                     subscription_id: Some(sub_id.to_string()),
-                    billing_period: Some(renewal.closed_period),
+                    billing_period,
                     due_days: Some(config.due_days),
                     lines: lines.clone(),
                     at,
