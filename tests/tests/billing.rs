@@ -282,7 +282,7 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
     pay(&app, inv).await;
     let mut seen: BTreeSet<String> = BTreeSet::new();
     seen.insert(inv["id"].as_str().expect("id").to_string());
-    for renewal in 1..=24 {
+    for (renewal, period_end) in PERIOD_ENDS.iter().enumerate().skip(1) {
         // What happens inside the period that this renewal closes.
         match renewal {
             3 => {
@@ -316,7 +316,7 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
             _ => {}
         }
         let end = time_of(&subscription(&app, &sub).await["current_period"]["end"]);
-        assert_eq!(end, t(&format!("{}T10:00:00Z", PERIOD_ENDS[renewal])));
+        assert_eq!(end, t(&format!("{period_end}T10:00:00Z")));
         advance_to(&app, end).await;
         let all = invoices_of(&app, &sub).await;
         assert_eq!(
