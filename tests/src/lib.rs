@@ -434,8 +434,8 @@ impl TestApp {
         (id, r)
     }
 
-    /// Waits (bounded) until every projection has reached the log head.
-    pub async fn wait_projections_caught_up(&self) {
+    /// Waits (bounded) until every consumer has reached the current log head.
+    async fn wait_for_head(&self) {
         let head = self.state().dispatcher.log().head().await.expect("head");
         if !self
             .state()
@@ -455,7 +455,7 @@ impl TestApp {
     pub async fn settle(&self) {
         loop {
             let before = self.state().dispatcher.log().head().await.expect("head");
-            self.wait_projections_caught_up().await;
+            self.wait_for_head().await;
             let after = self.state().dispatcher.log().head().await.expect("head");
             if after == before {
                 return;

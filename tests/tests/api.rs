@@ -24,7 +24,12 @@ both_backends!(
 );
 
 async fn walkthrough(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    // The clock stands on the activation day: with the system clock the
+    // billing scheduler would at once renew the periods since then.
+    let start = chrono::DateTime::parse_from_rfc3339("2026-01-31T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let app = TestApp::spawn_manual(backend, start).await;
     let key = &app.admin_key;
     let plan = app.create_plan(key, standard_plan_body("pro")).await;
     assert_eq!(plan.status, 201, "{:?}", plan.body);
@@ -167,7 +172,7 @@ async fn idempotency_replay_and_reuse(backend: Backend) {
         )
         .await;
     other.assert_problem(422, "idempotency_key_reused");
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let list = app.get(&app.admin_key, "/v1/subscriptions").await;
     assert_eq!(
         list.body["data"].as_array().unwrap().len(),
@@ -234,7 +239,7 @@ async fn idempotency_simultaneous_requests(backend: Backend) {
         1,
         "all eight requests answered with the same subscription"
     );
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let list = app.get(&app.admin_key, "/v1/subscriptions").await;
     assert_eq!(list.body["data"].as_array().unwrap().len(), 1);
 }
@@ -579,7 +584,7 @@ async fn rebuild_equals_incremental(backend: Backend) {
             app.cancel(key, &id, json!({"at": "period_end"})).await;
         }
     }
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let db = &app.state().db;
     let cols = "tenant, id, customer_id, plan_id, status, body, version";
     let before_subs = table_rows(db, "rm_subscriptions", cols).await;
@@ -589,7 +594,7 @@ async fn rebuild_equals_incremental(backend: Backend) {
         let r = app.rebuild(key, name).await;
         assert_eq!(r.status, 202, "{:?}", r.body);
     }
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     assert_eq!(table_rows(db, "rm_subscriptions", cols).await, before_subs);
     assert_eq!(
         table_rows(db, "rm_plans", "tenant, id, code, status, body, version").await,
@@ -664,7 +669,7 @@ async fn operations_endpoints(backend: Backend) {
     assert_eq!(h.status, 200);
     let plan = app.standard_plan().await;
     app.active_subscription(&plan, 1).await;
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let ready = app
         .request(reqwest::Method::GET, "/readyz", None, &[], None)
         .await;
@@ -678,9 +683,12 @@ async fn operations_endpoints(backend: Backend) {
             "plans",
             "subscriptions",
             "usage",
+            "invoices",
+            "balances",
             "tickets",
             "inbox",
-            "policy.quota"
+            "policy.quota",
+            "policy.billing"
         ]
     );
     for x in list {
@@ -850,16 +858,24 @@ async fn audit_state_and_feed(backend: Backend) {
     // tenant's events never appear.
     let other = app.key("acme", "admin").await;
     app.create_plan(&other, standard_plan_body("acme")).await;
+    // Activation also issued the first invoice (billing policy): let it land.
+    app.settle().await;
     let page1 = app.get(k, "/v1/audit/events?limit=2").await;
     assert_eq!(page1.status, 200, "{:?}", page1.body);
-    let mut seen: Vec<i64> = page1.body["data"]
+    let entry = |e: &serde_json::Value| {
+        (
+            e["position"].as_i64().unwrap(),
+            e["stream_type"].as_str().unwrap().to_string(),
+        )
+    };
+    let mut seen: Vec<(i64, String)> = page1.body["data"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["position"].as_i64().unwrap())
+        .map(entry)
         .collect();
     let mut cursor = page1.body["next_cursor"].as_str().unwrap().to_string();
-    for _ in 0..10 {
+    for _ in 0..20 {
         let page = app
             .get(k, &format!("/v1/audit/events?after={cursor}&limit=2"))
             .await;
@@ -868,15 +884,21 @@ async fn audit_state_and_feed(backend: Backend) {
             break;
         }
         assert!(data.iter().all(|e| e["metadata"]["tenant"] == "default"));
-        seen.extend(data.iter().map(|e| e["position"].as_i64().unwrap()));
+        seen.extend(data.iter().map(entry));
         cursor = page.body["next_cursor"].as_str().unwrap().to_string();
     }
+    let ours: Vec<&(i64, String)> = seen
+        .iter()
+        .filter(|(_, t)| t == "plan" || t == "subscription")
+        .collect();
     assert_eq!(
-        seen.len(),
+        ours.len(),
         4,
         "plan created, subscription created, activated, seats changed: {seen:?}"
     );
-    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    // The rest is the first invoice: created, two lines, issued, numbered.
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
     let theirs = app.get(&other, "/v1/audit/events").await;
     let their_types: Vec<_> = theirs.body["data"]
         .as_array()

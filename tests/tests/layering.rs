@@ -8,11 +8,20 @@ use serde_json::Value;
 
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run cargo metadata");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(&cargo)
+            .args(["metadata", "--format-version", "1"])
+            .args(extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run cargo metadata")
+    };
+    // Offline first; metadata also wants the manifests of other platforms'
+    // packages, which a build never fetched: then let cargo fetch them.
+    let mut out = run(&["--offline"]);
+    if !out.status.success() {
+        out = run(&[]);
+    }
     assert!(
         out.status.success(),
         "{}",

@@ -11,7 +11,7 @@ both_backends!(
 );
 
 async fn inbox(app: &TestApp, recipient: &str, extra: &str) -> Resp {
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     app.get(
         &app.admin_key,
         &format!("/v1/inbox?recipient={recipient}{extra}"),
@@ -349,7 +349,7 @@ async fn support_rebuild_keeps_read_state(backend: Backend) {
         json!({"assignee": "alice"}),
     )
     .await;
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let db = &app.state().db;
     let cols = "tenant, id, recipient, severity, title, body, subject_type, subject_id, state, created_at, position";
     let before = table_rows(db, "rm_inbox_items", cols).await;
@@ -368,7 +368,7 @@ async fn support_rebuild_keeps_read_state(backend: Backend) {
     for name in ["inbox", "tickets"] {
         assert_eq!(app.rebuild(k, name).await.status, 202);
     }
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let after = table_rows(db, "rm_inbox_items", cols).await;
     assert_eq!(
         after, before,

@@ -70,7 +70,7 @@ async fn quota_suspends_and_the_next_window_resumes(backend: Backend) {
     );
     let r = report(&app, &sub, "40", "tx-2", "2026-03-10T12:00:00Z").await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let s = app
         .get(&app.admin_key, &format!("/v1/subscriptions/{sub}"))
         .await;
@@ -124,7 +124,7 @@ async fn quota_suspends_and_the_next_window_resumes(backend: Backend) {
     let suspended = wait_status(&app, &sub, "suspended").await;
     assert_eq!(suspended["suspension"]["reason"], "quota_exceeded");
     assert_eq!(suspended["suspension"]["meter"], "api_calls");
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let events = app
         .stream_events(&app.admin_key, "subscription", &sub)
         .await;
@@ -176,7 +176,7 @@ async fn quota_suspends_and_the_next_window_resumes(backend: Backend) {
     assert_eq!(r.status, 200);
     let resumed = wait_status(&app, &sub, "active").await;
     assert_eq!(resumed["suspension"], Value::Null);
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let e = app
         .get(
             &app.admin_key,
@@ -234,7 +234,7 @@ async fn same_transaction_id_twenty_times_at_once(backend: Backend) {
     }
     assert_eq!(created, 1, "recorded once");
     assert_eq!(ids.len(), 1, "every answer is the same record");
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let s = app
         .get(
             &app.admin_key,
@@ -300,7 +300,7 @@ async fn batch_with_good_duplicate_and_bad_records(backend: Backend) {
     assert_eq!(results[7]["error"]["errors"][0]["field"], "subscription_id");
     assert_eq!(results[8]["error"]["errors"][0]["field"], "timestamp");
     assert_eq!(results[4]["transaction_id"], "b-missing");
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let s = app
         .get(
             &app.admin_key,
@@ -509,7 +509,7 @@ async fn usage_rebuild_equals_incremental(backend: Backend) {
         )
         .await;
     }
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     let db = &app.state().db;
     let recs = "tenant, id, transaction_id, subscription_id, meter, ts, status, body, version";
     let before = tally_tests::table_rows(db, "rm_usage_records", recs).await;
@@ -526,7 +526,7 @@ async fn usage_rebuild_equals_incremental(backend: Backend) {
     let before_totals = totals().await;
     assert_eq!(before.len(), 50);
     assert_eq!(app.rebuild(&app.admin_key, "usage").await.status, 202);
-    app.wait_projections_caught_up().await;
+    app.settle().await;
     assert_eq!(
         tally_tests::table_rows(db, "rm_usage_records", recs).await,
         before

@@ -5,9 +5,10 @@
 //!    reason `non_payment`.
 //! 2. A `past_due` subscription whose overdue invoice is no longer open
 //!    (paid or voided) is active again.
-//! 3. A subscription suspended for non-payment with no open invoice past
-//!    the grace period resumes (if another invoice is still past due, the
-//!    next tick makes it `past_due` again).
+//! 3. A subscription suspended for non-payment after being past due, with no
+//!    open invoice past the grace period, resumes (if another invoice is
+//!    still past due, the next tick makes it `past_due` again). A manual
+//!    non-payment suspension of an active subscription is left alone.
 //!
 //! It compares states rather than reacting to single events, so it heals
 //! whatever a crash or a race left half done, and every decision is taken
@@ -213,8 +214,12 @@ async fn resume_settled(
     Ok(())
 }
 
+/// Suspended for non-payment after being past due on an invoice (a manual
+/// non-payment suspension of an active subscription names no invoice and
+/// stays until someone resumes it).
 fn suspended_for_non_payment(s: &Subscription) -> bool {
     s.status == Some(SubscriptionStatus::Suspended)
+        && s.past_due_invoice.is_some()
         && s.suspension
             .as_ref()
             .is_some_and(|x| x.reason == SuspendReason::NonPayment)
