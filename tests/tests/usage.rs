@@ -39,6 +39,30 @@ async fn report(app: &TestApp, sub: &str, qty: &str, txid: &str, at: &str) -> Re
     .await
 }
 
+/// Pays every open invoice of the subscription in full.
+async fn pay_open_invoices(app: &TestApp, sub: &str) {
+    app.settle().await;
+    let list = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/invoices?subscription_id={sub}&status=open"),
+        )
+        .await;
+    let open = list.body["data"].as_array().expect("invoices");
+    assert!(!open.is_empty(), "activation issued an invoice");
+    for inv in open {
+        let id = inv["id"].as_str().expect("id");
+        let r = app
+            .post(
+                &app.admin_key,
+                &format!("/v1/invoices/{id}/payments"),
+                json!({"amount": inv["amount_due"], "reference": format!("pay-{id}")}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+}
+
 /// Waits (bounded) until the subscription read model shows `status`.
 async fn wait_status(app: &TestApp, id: &str, status: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -169,6 +193,9 @@ async fn quota_suspends_and_the_next_window_resumes(backend: Backend) {
     report(&app, &sub, "1", "tx-late", "2026-03-10T12:00:00Z")
         .await
         .assert_problem(409, "invalid_transition");
+    // The first invoice (activation) is paid, or by the next window it would
+    // be past due and collections would make the subscription past_due.
+    pay_open_invoices(&app, &sub).await;
     // The next monthly window starts: the subscription resumes.
     let r = app
         .advance_clock(&app.admin_key, json!({"to": "2026-04-10T12:00:01Z"}))
