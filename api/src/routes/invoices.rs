@@ -14,11 +14,11 @@ use tally_aggregates::invoice::{
 use tally_aggregates::Currency;
 use tally_commands::invoices::{self, PaymentNotice};
 use tally_commands::{ids, Executed};
-use tally_projections::{balances, state};
+use tally_projections::balances;
 use utoipa::ToSchema;
 
 use super::usage::QuantityInput;
-use super::{check_id, read_your_writes, resource, CommandCtx, PageParams};
+use super::{check_id, get_state, list_state, read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{parse_time, EmptyRequest, ListPage, PeriodDto};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -426,31 +426,23 @@ pub async fn list(
             ));
         }
     }
-    read_your_writes(&app, &headers).await?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
     };
-    let result = state::list::<Invoice>(
-        &app.db,
+    list_state::<Invoice, _>(
+        &app,
         principal.tenant(),
+        &headers,
         &[
             ("customer_id", q.customer_id),
             ("subscription_id", q.subscription_id),
             ("status", q.status),
         ],
-        page.limit()?,
-        page.cursor.as_deref(),
+        page,
+        |v| InvoiceDto::from_state(&v.id, &v.state, v.version),
     )
-    .await?;
-    Ok(axum::Json(ListPage {
-        data: result
-            .data
-            .iter()
-            .filter_map(|v| InvoiceDto::from_state(&v.id, &v.state, v.version))
-            .collect(),
-        next_cursor: result.next_cursor,
-    }))
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/invoices/{id}", tag = "invoices", params(("id" = String, Path)),
@@ -462,13 +454,10 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
-    read_your_writes(&app, &headers).await?;
-    check_id(&id, "inv")?;
-    let v = state::get::<Invoice>(&app.db, principal.tenant(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let dto = InvoiceDto::from_state(&v.id, &v.state, v.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(StatusCode::OK, &dto, v.version, None))
+    get_state::<Invoice, _>(&app, principal.tenant(), &headers, &id, "inv", |v| {
+        InvoiceDto::from_state(&v.id, &v.state, v.version)
+    })
+    .await
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -19,8 +19,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tally_commands::CommandMeta;
 
+use tally_projections::state::{self, ProjectedState, Versioned};
+
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::dto::ListPage;
+use crate::error::{ApiError, ApiResult};
 use crate::middleware::{IdempotencyKey, RequestIds};
 use crate::AppState;
 
@@ -135,4 +138,56 @@ pub fn check_id(id: &str, prefix: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::NotFound)
     }
+}
+
+/// A list endpoint over a folded-state read model: honors `X-Min-Position`,
+/// pages with `?limit=&cursor=`, filters by equality, and maps each row to
+/// its response shape (`None` drops a row that is not a resource yet).
+pub async fn list_state<S, D>(
+    app: &AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+    filters: &[(&str, Option<String>)],
+    page: PageParams,
+    to_dto: impl Fn(&Versioned<S>) -> Option<D>,
+) -> ApiResult<axum::Json<ListPage<D>>>
+where
+    S: ProjectedState,
+{
+    read_your_writes(app, headers).await?;
+    let result = state::list::<S>(
+        &app.db,
+        tenant,
+        filters,
+        page.limit()?,
+        page.cursor.as_deref(),
+    )
+    .await?;
+    Ok(axum::Json(ListPage {
+        data: result.data.iter().filter_map(to_dto).collect(),
+        next_cursor: result.next_cursor,
+    }))
+}
+
+/// A detail endpoint over a folded-state read model: honors
+/// `X-Min-Position`, checks the id's prefix, answers with `ETag`.
+pub async fn get_state<S, D>(
+    app: &AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+    id: &str,
+    prefix: &str,
+    to_dto: impl Fn(&Versioned<S>) -> Option<D>,
+) -> ApiResult<Response>
+where
+    S: ProjectedState,
+    D: Serialize,
+{
+    read_your_writes(app, headers).await?;
+    check_id(id, prefix)?;
+    let v = state::get::<S>(&app.db, tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let dto = to_dto(&v).ok_or(ApiError::NotFound)?;
+    Ok(resource(StatusCode::OK, &dto, v.version, None))
 }

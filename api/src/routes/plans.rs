@@ -6,9 +6,8 @@ use axum::response::Response;
 use serde::Deserialize;
 use tally_aggregates::plan::{Plan, PlanCommand};
 use tally_commands::ids;
-use tally_projections::state;
 
-use super::{check_id, read_your_writes, resource, CommandCtx, PageParams};
+use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{CreatePlanRequest, ListPage, PlanDto};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -93,27 +92,19 @@ pub async fn list(
     QueryParams(q): QueryParams<PlanListParams>,
 ) -> ApiResult<axum::Json<ListPage<PlanDto>>> {
     principal.require(Access::Read)?;
-    read_your_writes(&app, &headers).await?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
     };
-    let result = state::list::<Plan>(
-        &app.db,
+    list_state::<Plan, _>(
+        &app,
         principal.tenant(),
+        &headers,
         &[("code", q.code), ("status", q.status)],
-        page.limit()?,
-        page.cursor.as_deref(),
+        page,
+        |v| PlanDto::from_state(&v.id, &v.state, v.version),
     )
-    .await?;
-    Ok(axum::Json(ListPage {
-        data: result
-            .data
-            .iter()
-            .filter_map(|v| PlanDto::from_state(&v.id, &v.state, v.version))
-            .collect(),
-        next_cursor: result.next_cursor,
-    }))
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/plans/{id}", tag = "plans", params(("id" = String, Path)),
@@ -125,11 +116,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
-    read_your_writes(&app, &headers).await?;
-    check_id(&id, "plan")?;
-    let v = state::get::<Plan>(&app.db, principal.tenant(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let dto = PlanDto::from_state(&v.id, &v.state, v.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(StatusCode::OK, &dto, v.version, None))
+    get_state::<Plan, _>(&app, principal.tenant(), &headers, &id, "plan", |v| {
+        PlanDto::from_state(&v.id, &v.state, v.version)
+    })
+    .await
 }

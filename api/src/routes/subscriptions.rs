@@ -8,9 +8,8 @@ use tally_aggregates::plan::{Plan, PlanStatus};
 use tally_aggregates::subscription::{PlanRef, Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::ProrationMode;
 use tally_commands::{ids, CommandMeta};
-use tally_projections::state;
 
-use super::{check_id, read_your_writes, resource, CommandCtx, PageParams};
+use super::{check_id, get_state, list_state, read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{
     parse_time, ActivateRequest, CancelRequest, ChangePlanRequest, ChangeSeatsRequest,
@@ -260,31 +259,23 @@ pub async fn list(
             ));
         }
     }
-    read_your_writes(&app, &headers).await?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
     };
-    let result = state::list::<Subscription>(
-        &app.db,
+    list_state::<Subscription, _>(
+        &app,
         principal.tenant(),
+        &headers,
         &[
             ("customer_id", q.customer_id),
             ("plan_id", q.plan_id),
             ("status", q.status),
         ],
-        page.limit()?,
-        page.cursor.as_deref(),
+        page,
+        |v| SubscriptionDto::from_state(&v.id, &v.state, v.version),
     )
-    .await?;
-    Ok(axum::Json(ListPage {
-        data: result
-            .data
-            .iter()
-            .filter_map(|v| SubscriptionDto::from_state(&v.id, &v.state, v.version))
-            .collect(),
-        next_cursor: result.next_cursor,
-    }))
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)),
@@ -296,13 +287,10 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
-    read_your_writes(&app, &headers).await?;
-    check_id(&id, "sub")?;
-    let v = state::get::<Subscription>(&app.db, principal.tenant(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let dto = SubscriptionDto::from_state(&v.id, &v.state, v.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(StatusCode::OK, &dto, v.version, None))
+    get_state::<Subscription, _>(&app, principal.tenant(), &headers, &id, "sub", |v| {
+        SubscriptionDto::from_state(&v.id, &v.state, v.version)
+    })
+    .await
 }
 
 /// Per-meter usage of the current window against the plan's hard caps

@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 use tally_aggregates::ticket::{Priority, Ticket, TicketCommand, TicketStatus};
 use tally_commands::ids;
 use tally_commands::keys::Role;
-use tally_projections::state;
 use utoipa::ToSchema;
 
-use super::{check_id, read_your_writes, resource, CommandCtx, PageParams};
+use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::ListPage;
 use crate::error::{ApiError, ApiResult, Problem};
@@ -317,33 +316,25 @@ pub async fn list(
             "must be new, open, pending, on_hold, solved or closed",
         ));
     }
-    read_your_writes(&app, &headers).await?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
     };
-    let result = state::list::<Ticket>(
-        &app.db,
+    let internal = sees_internal(&principal);
+    list_state::<Ticket, _>(
+        &app,
         principal.tenant(),
+        &headers,
         &[
             ("assignee", q.assignee),
             ("requester", q.requester),
             ("status", q.status),
             ("priority", q.priority),
         ],
-        page.limit()?,
-        page.cursor.as_deref(),
+        page,
+        |v| TicketDto::from_state(&v.id, &v.state, v.version, internal),
     )
-    .await?;
-    let internal = sees_internal(&principal);
-    Ok(axum::Json(ListPage {
-        data: result
-            .data
-            .iter()
-            .filter_map(|v| TicketDto::from_state(&v.id, &v.state, v.version, internal))
-            .collect(),
-        next_cursor: result.next_cursor,
-    }))
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/tickets/{id}", tag = "tickets", params(("id" = String, Path)),
@@ -355,12 +346,9 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
-    read_your_writes(&app, &headers).await?;
-    check_id(&id, "tkt")?;
-    let v = state::get::<Ticket>(&app.db, principal.tenant(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let dto = TicketDto::from_state(&v.id, &v.state, v.version, sees_internal(&principal))
-        .ok_or(ApiError::NotFound)?;
-    Ok(resource(StatusCode::OK, &dto, v.version, None))
+    let internal = sees_internal(&principal);
+    get_state::<Ticket, _>(&app, principal.tenant(), &headers, &id, "tkt", |v| {
+        TicketDto::from_state(&v.id, &v.state, v.version, internal)
+    })
+    .await
 }

@@ -24,7 +24,7 @@ use tally_aggregates::DomainError;
 use tally_projections::{time, DbError};
 
 use super::billing::BillingConfig;
-use super::scheduler_meta;
+use super::{scheduler_meta, subscriptions_in};
 use crate::dispatch::{CommandError, Dispatcher};
 
 pub const ACTOR: &str = "system:collections";
@@ -67,11 +67,17 @@ async fn enforce_overdue(
     now: DateTime<Utc>,
     out: &mut Collected,
 ) -> Result<(), CommandError> {
+    // Only where there is something to do: an active subscription, or a
+    // past-due one whose invoice is past the grace period too.
     let rows = sqlx::query(
-        "SELECT tenant, id, subscription_id FROM rm_invoices WHERE status = 'open' AND due_at <> '' \
-         AND due_at < $1 AND subscription_id <> '' ORDER BY due_at, tenant, id LIMIT $2",
+        "SELECT i.tenant, i.id, i.subscription_id FROM rm_invoices i JOIN rm_subscriptions s \
+         ON s.tenant = i.tenant AND s.id = i.subscription_id \
+         WHERE i.status = 'open' AND i.due_at <> '' AND i.due_at < $1 \
+         AND (s.status = 'active' OR (s.status = 'past_due' AND i.due_at <= $2)) \
+         ORDER BY i.due_at, i.tenant, i.id LIMIT $3",
     )
     .bind(time::to_text(now))
+    .bind(time::to_text(now - config.grace))
     .bind(SCAN_LIMIT)
     .fetch_all(&d.db().any)
     .await
@@ -135,18 +141,8 @@ async fn clear_settled(
     now: DateTime<Utc>,
     out: &mut Collected,
 ) -> Result<(), CommandError> {
-    let rows = sqlx::query(
-        "SELECT tenant, id FROM rm_subscriptions WHERE status = 'past_due' ORDER BY tenant, id LIMIT $1",
-    )
-    .bind(SCAN_LIMIT)
-    .fetch_all(&d.db().any)
-    .await
-    .map_err(db_err)?;
-    for row in rows {
-        let tenant = text(&row, "tenant")?;
-        let sub_id = text(&row, "id")?;
-        let (sub, _) = d.load::<Subscription>(&tenant, &sub_id).await?;
-        let Some(invoice_id) = sub.past_due_invoice.clone() else {
+    for (tenant, sub_id, sub) in subscriptions_in(d, "past_due", SCAN_LIMIT).await? {
+        let Some(invoice_id) = sub.past_due_invoice else {
             continue;
         };
         let (invoice, _) = d.load::<Invoice>(&tenant, &invoice_id).await?;
@@ -154,6 +150,7 @@ async fn clear_settled(
             continue;
         }
         let meta = scheduler_meta(&tenant, ACTOR);
+        // The write side clears only if that invoice is still the reason.
         match d
             .execute::<Subscription, _>(&meta, &sub_id, None, |s| {
                 s.decide(SubscriptionCommand::ClearPastDue {
@@ -178,17 +175,7 @@ async fn resume_settled(
     now: DateTime<Utc>,
     out: &mut Collected,
 ) -> Result<(), CommandError> {
-    let rows = sqlx::query(
-        "SELECT tenant, id FROM rm_subscriptions WHERE status = 'suspended' ORDER BY tenant, id LIMIT $1",
-    )
-    .bind(SCAN_LIMIT)
-    .fetch_all(&d.db().any)
-    .await
-    .map_err(db_err)?;
-    for row in rows {
-        let tenant = text(&row, "tenant")?;
-        let sub_id = text(&row, "id")?;
-        let (sub, _) = d.load::<Subscription>(&tenant, &sub_id).await?;
+    for (tenant, sub_id, sub) in subscriptions_in(d, "suspended", SCAN_LIMIT).await? {
         if !suspended_for_non_payment(&sub) {
             continue;
         }
@@ -226,7 +213,8 @@ fn suspended_for_non_payment(s: &Subscription) -> bool {
 }
 
 /// Whether the subscription has an open invoice due before `due_before`,
-/// checked on the write side for each candidate the read model names.
+/// checked on the write side for each candidate the read model names (the
+/// read model may not show a payment made a moment ago).
 async fn has_open_overdue(
     d: &Dispatcher,
     tenant: &str,

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tally_projections::runtime::{checkpoints, ProjectionError};
 use tally_projections::{Db, StoredEvent};
 
-use crate::dispatch::CommandMeta;
+use sqlx::Row;
+use tally_aggregates::Subscription;
+
+use crate::dispatch::{CommandError, CommandMeta, Dispatcher};
 
 /// The metadata of a command a policy issues because of `event`.
 pub fn system_meta(event: &StoredEvent, actor: &str) -> CommandMeta {
@@ -66,4 +69,35 @@ pub async fn wait_for_consumers(
         }
         let _ = tokio::time::timeout(Duration::from_millis(10), head.changed()).await;
     }
+}
+
+/// Subscriptions of every tenant in `status`, as the read model folded them
+/// (tenant, id, state): what the schedulers scan, without touching the write
+/// side. Whatever they then change is decided again on the write side.
+pub async fn subscriptions_in(
+    d: &Dispatcher,
+    status: &str,
+    limit: i64,
+) -> Result<Vec<(String, String, Subscription)>, CommandError> {
+    let store = |e: sqlx::Error| CommandError::Store(e.to_string());
+    let rows = sqlx::query(
+        "SELECT tenant, id, body FROM rm_subscriptions WHERE status = $1 ORDER BY tenant, id LIMIT $2",
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(&d.db().any)
+    .await
+    .map_err(|e| CommandError::from(tally_projections::DbError::Sqlx(e)))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let body: String = row.try_get("body").map_err(store)?;
+        let sub: Subscription =
+            serde_json::from_str(&body).map_err(|e| CommandError::Store(e.to_string()))?;
+        out.push((
+            row.try_get("tenant").map_err(store)?,
+            row.try_get("id").map_err(store)?,
+            sub,
+        ));
+    }
+    Ok(out)
 }

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 use tally_aggregates::subscription::{Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::usage::{usage_window, UsageEvent};
 use tally_aggregates::DomainError;
 use tally_projections::runtime::{ProjectionError, Projector};
 use tally_projections::{state, usage, StoredEvent};
 
-use super::{scheduler_meta, system_meta, wait_for_consumers};
+use super::{scheduler_meta, subscriptions_in, system_meta, wait_for_consumers};
 use crate::dispatch::{CommandError, Dispatcher};
 
 pub const CONSUMER: &str = "policy.quota";
@@ -158,25 +158,8 @@ const RESUME_SCAN_LIMIT: i64 = 1000;
 /// by the dispatcher's clock. Returns how many were resumed.
 pub async fn resume_due(dispatcher: &Dispatcher) -> Result<usize, CommandError> {
     let now = dispatcher.clock().now();
-    let rows = sqlx::query("SELECT tenant, id, body FROM rm_subscriptions WHERE status = 'suspended' ORDER BY tenant, id LIMIT $1")
-        .bind(RESUME_SCAN_LIMIT)
-        .fetch_all(&dispatcher.db().any)
-        .await
-        .map_err(|e| CommandError::from(tally_projections::DbError::Sqlx(e)))?;
     let mut resumed = 0;
-    for row in rows {
-        let tenant: String = row
-            .try_get("tenant")
-            .map_err(|e| CommandError::Store(e.to_string()))?;
-        let id: String = row
-            .try_get("id")
-            .map_err(|e| CommandError::Store(e.to_string()))?;
-        let body: String = row
-            .try_get("body")
-            .map_err(|e| CommandError::Store(e.to_string()))?;
-        let Ok(sub) = serde_json::from_str::<Subscription>(&body) else {
-            continue;
-        };
+    for (tenant, id, sub) in subscriptions_in(dispatcher, "suspended", RESUME_SCAN_LIMIT).await? {
         if !window_ended(&sub, now) {
             continue;
         }
