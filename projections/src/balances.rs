@@ -26,6 +26,7 @@ use tally_aggregates::Currency;
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
 use crate::runtime::{ProjectionError, Projector};
+use crate::tables::Tables;
 use crate::{Page, MAX_PAGE_LIMIT};
 
 pub const CONSUMER: &str = "balances";
@@ -207,6 +208,7 @@ impl Projector for BalanceProjector {
     async fn apply(
         &self,
         conn: &mut AnyConnection,
+        t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         if event.aggregate_type != "invoice" {
@@ -225,9 +227,9 @@ impl Projector for BalanceProjector {
             ("credit", p.credit_account, "0", amount.as_str()),
         ] {
             inserted += sqlx::query(
-                "INSERT INTO rm_journal (tenant, event_id, leg, position, customer_id, currency, invoice_id, \
+                &t.sql("INSERT INTO rm_journal (tenant, event_id, leg, position, customer_id, currency, invoice_id, \
                  account, debit, credit, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (tenant, event_id, leg) DO NOTHING",
+                 ON CONFLICT (tenant, event_id, leg) DO NOTHING"),
             )
             .bind(&event.tenant)
             .bind(&event.event_id)
@@ -248,9 +250,9 @@ impl Projector for BalanceProjector {
             // Applied before: the balance already has it.
             return Ok(());
         }
-        let row = sqlx::query(
+        let row = sqlx::query(&t.sql(
             "SELECT body FROM rm_balances WHERE tenant = $1 AND customer_id = $2 AND currency = $3",
-        )
+        ))
         .bind(&event.tenant)
         .bind(p.customer_id)
         .bind(p.currency.code())
@@ -268,8 +270,8 @@ impl Projector for BalanceProjector {
         let body =
             serde_json::to_string(&balance).map_err(|e| ProjectionError::decode(event, e))?;
         sqlx::query(
-            "INSERT INTO rm_balances (tenant, customer_id, currency, body) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant, customer_id, currency) DO UPDATE SET body = excluded.body",
+            &t.sql("INSERT INTO rm_balances (tenant, customer_id, currency, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, customer_id, currency) DO UPDATE SET body = excluded.body"),
         )
         .bind(&event.tenant)
         .bind(p.customer_id)

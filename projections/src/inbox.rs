@@ -19,6 +19,7 @@ use tally_aggregates::ticket::TicketEvent;
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
 use crate::runtime::{ProjectionError, Projector};
+use crate::tables::Tables;
 use crate::MAX_PAGE_LIMIT;
 
 pub const CONSUMER: &str = "inbox";
@@ -64,12 +65,13 @@ struct Delivery {
 
 async fn deliver(
     conn: &mut AnyConnection,
+    t: Tables,
     event: &StoredEvent,
     d: Delivery,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO rm_inbox_items (tenant, id, recipient, severity, title, body, subject_type, subject_id, state, created_at, position) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'unread', $9, $10) ON CONFLICT (tenant, id) DO NOTHING",
+        &t.sql("INSERT INTO rm_inbox_items (tenant, id, recipient, severity, title, body, subject_type, subject_id, state, created_at, position) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'unread', $9, $10) ON CONFLICT (tenant, id) DO NOTHING"),
     )
     .bind(&event.tenant)
     .bind(item_id(&event.event_id, &d.recipient))
@@ -106,13 +108,14 @@ impl Projector for InboxProjector {
     async fn apply(
         &self,
         conn: &mut AnyConnection,
+        t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         match event.aggregate_type.as_str() {
-            "subscription" => subscription(conn, event).await,
-            "invoice" => invoice(conn, event).await,
-            "ticket" => ticket(conn, event).await,
-            "inbox" => inbox(conn, event).await,
+            "subscription" => subscription(conn, t, event).await,
+            "invoice" => invoice(conn, t, event).await,
+            "ticket" => ticket(conn, t, event).await,
+            "inbox" => inbox(conn, t, event).await,
             _ => Ok(()),
         }
     }
@@ -120,6 +123,7 @@ impl Projector for InboxProjector {
 
 async fn subscription(
     conn: &mut AnyConnection,
+    t: Tables,
     event: &StoredEvent,
 ) -> Result<(), ProjectionError> {
     let e: SubscriptionEvent = event
@@ -129,8 +133,8 @@ async fn subscription(
     let (severity, title, body) = match e {
         SubscriptionEvent::SubscriptionCreated { customer_id, .. } => {
             sqlx::query(
-                "INSERT INTO rm_inbox_customers (tenant, subscription_id, customer_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT (tenant, subscription_id) DO NOTHING",
+                &t.sql("INSERT INTO rm_inbox_customers (tenant, subscription_id, customer_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, subscription_id) DO NOTHING"),
             )
             .bind(&event.tenant)
             .bind(&sub)
@@ -184,9 +188,9 @@ async fn subscription(
         | SubscriptionEvent::CancellationScheduled { .. }
         | SubscriptionEvent::PeriodRenewed { .. } => return Ok(()),
     };
-    let customer: Option<String> = sqlx::query_scalar(
+    let customer: Option<String> = sqlx::query_scalar(&t.sql(
         "SELECT customer_id FROM rm_inbox_customers WHERE tenant = $1 AND subscription_id = $2",
-    )
+    ))
     .bind(&event.tenant)
     .bind(&sub)
     .fetch_optional(&mut *conn)
@@ -196,6 +200,7 @@ async fn subscription(
     };
     deliver(
         conn,
+        t,
         event,
         Delivery {
             recipient: format!("customer:{customer}"),
@@ -210,7 +215,11 @@ async fn subscription(
     Ok(())
 }
 
-async fn invoice(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+async fn invoice(
+    conn: &mut AnyConnection,
+    t: Tables,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
     let e: InvoiceEvent = event
         .decode()
         .map_err(|err| ProjectionError::decode(event, err))?;
@@ -244,6 +253,7 @@ async fn invoice(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), Pr
     };
     deliver(
         conn,
+        t,
         event,
         Delivery {
             recipient: format!("customer:{customer}"),
@@ -258,7 +268,11 @@ async fn invoice(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), Pr
     Ok(())
 }
 
-async fn ticket(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+async fn ticket(
+    conn: &mut AnyConnection,
+    t: Tables,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
     let e: TicketEvent = event
         .decode()
         .map_err(|err| ProjectionError::decode(event, err))?;
@@ -339,7 +353,7 @@ async fn ticket(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), Pro
         TicketEvent::TicketCreated { .. } | TicketEvent::AttachmentAdded { .. } => {}
     }
     for d in out {
-        deliver(conn, event, d).await?;
+        deliver(conn, t, event, d).await?;
     }
     Ok(())
 }
@@ -354,13 +368,17 @@ fn actor_principal(actor: &str, requester: &str) -> String {
     }
 }
 
-async fn inbox(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+async fn inbox(
+    conn: &mut AnyConnection,
+    t: Tables,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
     let e: InboxEvent = event
         .decode()
         .map_err(|err| ProjectionError::decode(event, err))?;
     match e {
         InboxEvent::ItemRead { item_id, .. } => {
-            sqlx::query("UPDATE rm_inbox_items SET state = 'read' WHERE tenant = $1 AND id = $2 AND state = 'unread'")
+            sqlx::query(&t.sql("UPDATE rm_inbox_items SET state = 'read' WHERE tenant = $1 AND id = $2 AND state = 'unread'"))
                 .bind(&event.tenant)
                 .bind(item_id)
                 .execute(&mut *conn)
@@ -368,7 +386,9 @@ async fn inbox(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), Proj
         }
         InboxEvent::ItemArchived { item_id, .. } => {
             sqlx::query(
-                "UPDATE rm_inbox_items SET state = 'archived' WHERE tenant = $1 AND id = $2",
+                &t.sql(
+                    "UPDATE rm_inbox_items SET state = 'archived' WHERE tenant = $1 AND id = $2",
+                ),
             )
             .bind(&event.tenant)
             .bind(item_id)
@@ -378,7 +398,7 @@ async fn inbox(conn: &mut AnyConnection, event: &StoredEvent) -> Result<(), Proj
         InboxEvent::AllRead { recipient, .. } => {
             // Every item delivered before this event (earlier positions).
             sqlx::query(
-                "UPDATE rm_inbox_items SET state = 'read' WHERE tenant = $1 AND recipient = $2 AND state = 'unread' AND position < $3",
+                &t.sql("UPDATE rm_inbox_items SET state = 'read' WHERE tenant = $1 AND recipient = $2 AND state = 'unread' AND position < $3"),
             )
             .bind(&event.tenant)
             .bind(recipient)

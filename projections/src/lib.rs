@@ -11,6 +11,7 @@ pub mod plans;
 pub mod runtime;
 pub mod state;
 pub mod subscriptions;
+pub mod tables;
 pub mod tickets;
 pub mod time;
 pub mod usage;
@@ -18,6 +19,7 @@ pub mod usage;
 pub use db::{Backend, Db, DbError};
 pub use log::{EventLog, StoredEvent};
 pub use runtime::{ConsumerStatus, ProjectionError, Projector, Runtime};
+pub use tables::Tables;
 
 /// Splits a stream key (`<tenant>:<resource id>`) into its two parts.
 pub fn split_stream_key(key: &str) -> Option<(&str, &str)> {

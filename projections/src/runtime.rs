@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::db::{Backend, Db, DbError, TypedPool};
 use crate::log::{EventLog, StoredEvent};
+use crate::tables::Tables;
 use crate::time;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +70,29 @@ pub trait Projector: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The tables it owns; a rebuild empties them.
     fn tables(&self) -> &'static [&'static str];
-    /// Applies one event inside the batch transaction.
+    /// Applies one event inside the batch transaction, to the live tables or
+    /// to a rebuild's shadow copy (`tables`).
     async fn apply(
         &self,
         conn: &mut AnyConnection,
+        tables: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError>;
+
+    /// Applies the events of one batch this consumer handles, in position
+    /// order, inside the batch transaction. The default applies them one by
+    /// one; a projector may override it to write a batch in fewer statements.
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        tables: Tables,
+        events: &[&StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            self.apply(conn, tables, event).await?;
+        }
+        Ok(())
+    }
 
     /// Whether this consumer does anything with `event`. A batch with nothing
     /// for it advances its checkpoint without a transaction per batch
@@ -448,7 +466,19 @@ impl Runtime {
     /// and checkpoint together. A batch with nothing for this consumer only
     /// moves its cursor (written lazily, see [`LAZY_CHECKPOINT`]).
     pub async fn step(&self, p: &dyn Projector) -> Result<StepOutcome, ProjectionError> {
-        let cursor = self.cursor(p.name()).await?;
+        self.step_into(p, p.name(), Tables::Live).await
+    }
+
+    /// One batch of `p` under the checkpoint `consumer`, written to `tables`
+    /// (a blue/green rebuild runs the projector into its shadow tables under
+    /// a checkpoint of its own).
+    pub async fn step_into(
+        &self,
+        p: &dyn Projector,
+        consumer: &str,
+        tables: Tables,
+    ) -> Result<StepOutcome, ProjectionError> {
+        let cursor = self.cursor(consumer).await?;
         let from = cursor.reached;
         let batch = self.log.read_after(from, self.config.batch_size).await?;
         let Some(last) = batch.last() else {
@@ -456,9 +486,9 @@ impl Runtime {
         };
         let to = last.position;
         if !batch.iter().any(|e| p.handles(e)) {
-            self.advance(p.name(), to, false);
+            self.advance(consumer, to, false);
             if cursor.committed_at.elapsed() >= LAZY_CHECKPOINT {
-                self.settle(p.name()).await?;
+                self.settle(consumer).await?;
             }
             return Ok(StepOutcome::Applied(batch.len()));
         }
@@ -469,7 +499,7 @@ impl Runtime {
         )
         .bind(to)
         .bind(time::to_text(chrono::Utc::now()))
-        .bind(p.name())
+        .bind(consumer)
         .bind(cursor.committed)
         .execute(&mut *tx)
         .await?;
@@ -477,17 +507,16 @@ impl Runtime {
             // Someone else moved the checkpoint (a rebuild, a takeover): drop
             // this batch and start again from the checkpoint as it is now.
             tx.rollback().await?;
-            self.cursors.lock().expect("cursors").remove(p.name());
+            self.cursors.lock().expect("cursors").remove(consumer);
             return Ok(StepOutcome::Applied(0));
         }
-        for event in batch.iter().filter(|e| p.handles(e)) {
-            p.apply(&mut tx, event).await?;
-        }
+        let mine: Vec<&StoredEvent> = batch.iter().filter(|e| p.handles(e)).collect();
+        p.apply_batch(&mut tx, tables, &mine).await?;
         tx.commit().await?;
-        self.advance(p.name(), to, true);
-        metrics::counter!("tally_projection_events_total", "name" => p.name())
+        self.advance(consumer, to, true);
+        metrics::counter!("tally_projection_events_total", "name" => consumer.to_string())
             .increment(batch.len() as u64);
-        metrics::gauge!("tally_projection_position", "name" => p.name()).set(to as f64);
+        metrics::gauge!("tally_projection_position", "name" => consumer.to_string()).set(to as f64);
         Ok(StepOutcome::Applied(batch.len()))
     }
 

@@ -13,6 +13,7 @@ use sqlx::{AnyConnection, Row};
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
 use crate::runtime::{ProjectionError, Projector};
+use crate::tables::Tables;
 use crate::{Page, MAX_PAGE_LIMIT};
 
 /// An aggregate state kept as a read model row.
@@ -58,15 +59,16 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
     async fn apply(
         &self,
         conn: &mut AnyConnection,
+        t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         if event.aggregate_type != S::AGGREGATE {
             return Ok(());
         }
         let id = event.resource_id();
+        let table = t.name(S::TABLE);
         let row = sqlx::query(&format!(
-            "SELECT body, version FROM {} WHERE tenant = $1 AND id = $2",
-            S::TABLE
+            "SELECT body, version FROM {table} WHERE tenant = $1 AND id = $2"
         ))
         .bind(&event.tenant)
         .bind(id)
@@ -101,7 +103,6 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
         let sql = format!(
             "INSERT INTO {table} (tenant, id, body, version, {cols}) VALUES ($1, $2, $3, $4, {params}) \
              ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body, version = excluded.version, {updates}",
-            table = S::TABLE,
             params = params.join(", "),
             updates = updates.join(", "),
         );

@@ -13,6 +13,7 @@ use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
 use crate::runtime::{ProjectionError, Projector};
 use crate::state::Versioned;
+use crate::tables::Tables;
 use crate::{time, Page, MAX_PAGE_LIMIT};
 
 #[derive(Debug, Default)]
@@ -37,18 +38,20 @@ impl Projector for UsageProjector {
     async fn apply(
         &self,
         conn: &mut AnyConnection,
+        t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         if event.aggregate_type != "usage_record" {
             return Ok(());
         }
         let id = event.resource_id();
-        let row =
-            sqlx::query("SELECT body, version FROM rm_usage_records WHERE tenant = $1 AND id = $2")
-                .bind(&event.tenant)
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let row = sqlx::query(
+            &t.sql("SELECT body, version FROM rm_usage_records WHERE tenant = $1 AND id = $2"),
+        )
+        .bind(&event.tenant)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
         let mut state = match row {
             Some(row) => {
                 let version: i64 = row.try_get("version")?;
@@ -67,9 +70,9 @@ impl Projector for UsageProjector {
         state.evolve(&decoded);
         let body = serde_json::to_string(&state).map_err(|e| ProjectionError::decode(event, e))?;
         sqlx::query(
-            "INSERT INTO rm_usage_records (tenant, id, transaction_id, subscription_id, meter, ts, status, body, version) \
+            &t.sql("INSERT INTO rm_usage_records (tenant, id, transaction_id, subscription_id, meter, ts, status, body, version) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant, id) DO UPDATE SET \
-             status = excluded.status, body = excluded.body, version = excluded.version",
+             status = excluded.status, body = excluded.body, version = excluded.version"),
         )
         .bind(&event.tenant)
         .bind(id)
@@ -83,7 +86,7 @@ impl Projector for UsageProjector {
         .execute(&mut *conn)
         .await?;
         if let Some(delta) = total_delta(&decoded) {
-            add_to_total(conn, &event.tenant, &delta)
+            add_to_total(conn, t, &event.tenant, &delta)
                 .await
                 .map_err(|e| match e {
                     AddError::Db(e) => ProjectionError::Db(e),
@@ -107,14 +110,15 @@ impl From<sqlx::Error> for AddError {
 
 async fn add_to_total(
     conn: &mut AnyConnection,
+    t: Tables,
     tenant: &str,
     d: &TotalDelta,
 ) -> Result<(), AddError> {
     let start = time::to_text(d.window.start);
-    let current: Option<(String, i64)> = sqlx::query_as(
+    let current: Option<(String, i64)> = sqlx::query_as(&t.sql(
         "SELECT total, record_count FROM rm_usage_totals \
          WHERE tenant = $1 AND subscription_id = $2 AND meter = $3 AND window_start = $4",
-    )
+    ))
     .bind(tenant)
     .bind(&d.subscription_id)
     .bind(&d.meter)
@@ -131,9 +135,9 @@ async fn add_to_total(
     };
     let new_total = (total + d.quantity).normalize();
     sqlx::query(
-        "INSERT INTO rm_usage_totals (tenant, subscription_id, meter, window_start, window_end, total, record_count) \
+        &t.sql("INSERT INTO rm_usage_totals (tenant, subscription_id, meter, window_start, window_end, total, record_count) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, subscription_id, meter, window_start) \
-         DO UPDATE SET total = excluded.total, record_count = excluded.record_count",
+         DO UPDATE SET total = excluded.total, record_count = excluded.record_count"),
     )
     .bind(tenant)
     .bind(&d.subscription_id)

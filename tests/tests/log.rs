@@ -194,9 +194,10 @@ async fn consumer_killed_mid_batch(backend: Backend) {
         async fn apply(
             &self,
             conn: &mut AnyConnection,
+            tables: tally_projections::Tables,
             event: &StoredEvent,
         ) -> Result<(), ProjectionError> {
-            self.0.apply(conn, event).await?;
+            self.0.apply(conn, tables, event).await?;
             if event.position >= 10 {
                 self.1.notify_one();
                 std::future::pending::<()>().await;
@@ -508,9 +509,10 @@ async fn failing_batches_are_retried_not_skipped(backend: Backend) {
         async fn apply(
             &self,
             conn: &mut AnyConnection,
+            tables: tally_projections::Tables,
             event: &StoredEvent,
         ) -> Result<(), ProjectionError> {
-            self.0.apply(conn, event).await?;
+            self.0.apply(conn, tables, event).await?;
             // Fails three times on the 6th event, after writing its rows.
             if event.position == 6 && self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
                 return Err(ProjectionError::Decode {

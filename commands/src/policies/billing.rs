@@ -116,6 +116,7 @@ impl Projector for BillingPolicy {
     async fn apply(
         &self,
         _conn: &mut AnyConnection,
+        _tables: tally_projections::Tables,
         _event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         Ok(())

@@ -62,6 +62,7 @@ impl Projector for QuotaPolicy {
     async fn apply(
         &self,
         _conn: &mut AnyConnection,
+        _tables: tally_projections::Tables,
         _event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         Ok(())
