@@ -9,6 +9,7 @@ pub mod invoices;
 pub mod log;
 pub mod plans;
 pub mod runtime;
+pub mod seal;
 pub mod state;
 pub mod subscriptions;
 pub mod tables;

@@ -1,20 +1,24 @@
-//! `tally-replay`: the operator CLI over the log. This first cut has
-//! `status` (every consumer's position and lag) and `rebuild` (in place: empty
-//! the read model and replay it from position 0). Audit timelines, verify,
-//! digest and export come with the audit issue.
+//! `tally-replay`: the operator CLI over the log. Audit timelines, consumer
+//! status, blue/green projection rebuilds, tamper verification, the sealed
+//! digest and a JSON Lines export. Works on both backends (`--database` or
+//! `DATABASE_URL`).
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tally_projections::runtime::{reset, RuntimeConfig, StepOutcome};
-use tally_projections::{all_projectors, Db, Runtime};
+use tally_projections::Db;
+
+mod audit;
+mod export;
+mod rebuild;
+mod seal;
 
 #[derive(Parser)]
 #[command(
     name = "tally-replay",
     version,
-    about = "Replay, inspect and rebuild Tally's log and read models"
+    about = "Replay, inspect, verify and rebuild Tally's log and read models"
 )]
 struct Cli {
     /// postgres://… or sqlite://FILE
@@ -31,16 +35,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A readable timeline of one stream: time, sequence, event, actor,
+    /// request id and what changed in the state.
+    Audit(audit::Args),
     /// Every consumer with its position, the log head, lag and state.
     Status,
-    /// Rebuilds read models from position 0 (in place).
-    Rebuild {
-        /// Projection names (see `status`).
-        names: Vec<String>,
-        /// Rebuild every projection.
-        #[arg(long)]
-        all: bool,
-    },
+    /// Rebuilds read models from position 0: blue/green (new tables, then an
+    /// atomic swap) unless --in-place.
+    Rebuild(rebuild::Args),
+    /// Recomputes the sealed hash chain and reports the first divergence.
+    Verify(seal::VerifyArgs),
+    /// Prints the sealed chain's digest: position and hash.
+    Digest(seal::DigestArgs),
+    /// Streams the log as JSON Lines, in position order.
+    Export(export::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,54 +74,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("cannot open the database")?;
     db.migrate().await?;
-    let runtime = Runtime::new(db.clone(), all_projectors(), RuntimeConfig::default());
-    match cli.command {
-        Command::Status => {
-            println!(
-                "{:<16} {:>12} {:>12} {:>10}  status",
-                "name", "position", "log_head", "lag"
-            );
-            for s in runtime.status().await? {
-                println!(
-                    "{:<16} {:>12} {:>12} {:>10}  {}",
-                    s.name, s.position, s.log_head, s.lag_events, s.status
-                );
-            }
-        }
-        Command::Rebuild { names, all } => {
-            let projectors = all_projectors();
-            let chosen: Vec<_> = if all {
-                projectors
-            } else {
-                if names.is_empty() {
-                    bail!("name a projection or pass --all");
-                }
-                for n in &names {
-                    if !projectors.iter().any(|p| p.name() == n) {
-                        bail!("unknown projection {n}");
-                    }
-                }
-                projectors
-                    .into_iter()
-                    .filter(|p| names.iter().any(|n| n == p.name()))
-                    .collect()
-            };
-            for p in chosen {
-                let started = std::time::Instant::now();
-                reset(&db, p.as_ref()).await?;
-                let mut events = 0usize;
-                while let StepOutcome::Applied(n) = runtime.step(p.as_ref()).await? {
-                    events += n;
-                }
-                let secs = started.elapsed().as_secs_f64();
-                println!(
-                    "{}: rebuilt from {events} events in {secs:.2}s ({:.0} events/s)",
-                    p.name(),
-                    events as f64 / secs.max(1e-9)
-                );
-            }
-        }
-    }
+    let result = match cli.command {
+        Command::Audit(args) => audit::run(&db, args).await,
+        Command::Status => rebuild::status(&db).await,
+        Command::Rebuild(args) => rebuild::run(&db, args).await,
+        Command::Verify(args) => seal::verify(&db, args).await,
+        Command::Digest(args) => seal::digest(&db, args).await,
+        Command::Export(args) => export::run(&db, args).await,
+    };
     db.close().await;
-    Ok(())
+    result
 }

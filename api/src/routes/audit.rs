@@ -154,7 +154,8 @@ pub async fn state_at(
     QueryParams(q): QueryParams<StateParams>,
 ) -> ApiResult<axum::Json<StateAtDto>> {
     use tally_aggregates::{
-        inbox::Inbox, plan::Plan, subscription::Subscription, ticket::Ticket, usage::UsageRecord,
+        inbox::Inbox, invoice::Invoice, plan::Plan, subscription::Subscription, ticket::Ticket,
+        usage::UsageRecord,
     };
     principal.require(Access::Audit)?;
     if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
@@ -214,6 +215,11 @@ pub async fn state_at(
             &fold::<Subscription>(&events)?,
             sequence,
         ))?,
+        "invoice" => to_value(super::invoices::InvoiceDto::from_state(
+            &id,
+            &fold::<Invoice>(&events)?,
+            sequence,
+        ))?,
         "usage_record" => to_value(super::usage::UsageRecordDto::from_state(
             &id,
             &fold::<UsageRecord>(&events)?,
@@ -226,7 +232,8 @@ pub async fn state_at(
             sequence,
             true,
         ))?,
-        _ => to_value(Some(fold::<Inbox>(&events)?))?,
+        "inbox" => to_value(Some(fold::<Inbox>(&events)?))?,
+        _ => return Err(ApiError::NotFound),
     };
     Ok(axum::Json(StateAtDto {
         sequence,
