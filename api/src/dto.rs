@@ -386,6 +386,9 @@ pub struct ProjectionDto {
     pub lag_events: i64,
     pub status: String,
     pub last_error: Option<String>,
+    /// While a rebuild runs: the position its new tables are built to (the
+    /// current tables keep serving until they are swapped).
+    pub rebuild_position: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -8,6 +8,7 @@ pub mod inbox;
 pub mod invoices;
 pub mod log;
 pub mod plans;
+pub mod rebuild;
 pub mod runtime;
 pub mod seal;
 pub mod state;

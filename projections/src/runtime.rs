@@ -124,6 +124,8 @@ pub struct ConsumerStatus {
     pub lag_events: i64,
     pub status: String,
     pub last_error: Option<String>,
+    /// While a blue/green rebuild runs here: how far its shadow tables are built.
+    pub rebuild_position: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +184,8 @@ pub struct Runtime {
     cursors: Arc<Mutex<HashMap<String, Cursor>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     shutdown: watch::Sender<bool>,
+    /// Blue/green rebuilds running in this process: name → shadow position.
+    rebuilds: Arc<watch::Sender<HashMap<&'static str, i64>>>,
 }
 
 const CHANNEL: &str = "tally_events";
@@ -200,7 +204,16 @@ impl Runtime {
             cursors: Arc::default(),
             tasks: Arc::default(),
             shutdown,
+            rebuilds: Arc::new(watch::channel(HashMap::new()).0),
         }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -268,6 +281,7 @@ impl Runtime {
                 .get(p.name())
                 .cloned()
                 .unwrap_or_default();
+            let rebuild_position = self.rebuilds.borrow().get(p.name()).copied();
             let lag = (head - position).max(0);
             metrics::gauge!("tally_projection_position", "name" => p.name()).set(position as f64);
             metrics::gauge!("tally_projection_lag_events", "name" => p.name()).set(lag as f64);
@@ -276,12 +290,15 @@ impl Runtime {
                 position,
                 log_head: head,
                 lag_events: lag,
-                status: if local.status.is_empty() {
+                status: if rebuild_position.is_some() {
+                    "rebuilding".into()
+                } else if local.status.is_empty() {
                     "stopped".into()
                 } else {
                     local.status
                 },
                 last_error: local.last_error,
+                rebuild_position,
             });
         }
         Ok(out)
@@ -330,8 +347,9 @@ impl Runtime {
         }
     }
 
-    /// Rebuilds one projection in place: empties its tables and resets its
-    /// checkpoint in one transaction; its runner then replays from position 0.
+    /// Starts a blue/green rebuild of one projection in the background (see
+    /// [`crate::rebuild`]): the live tables keep serving until the rebuilt
+    /// ones replace them. Asking again while one runs changes nothing.
     pub async fn rebuild(&self, name: &str) -> Result<(), ProjectionError> {
         let p = self
             .projectors
@@ -342,12 +360,91 @@ impl Runtime {
         if !p.rebuildable() {
             return Err(ProjectionError::NotRebuildable(name.to_string()));
         }
-        reset(&self.db, p.as_ref()).await?;
-        self.cursors.lock().expect("cursors").remove(p.name());
-        self.set_state(p.name(), "rebuilding", None);
-        // Wake the runner.
-        self.db.head.send_modify(|_| {});
+        let mut started = false;
+        self.rebuilds.send_if_modified(|running| {
+            if running.contains_key(p.name()) {
+                return false;
+            }
+            running.insert(p.name(), 0);
+            started = true;
+            true
+        });
+        if !started {
+            return Ok(());
+        }
+        let me = self.clone();
+        let task = tokio::spawn(async move { me.run_rebuild(p).await });
+        self.tasks.lock().expect("runtime task list").push(task);
         Ok(())
+    }
+
+    /// Runs one rebuild to its swap, retrying with backoff after a failure
+    /// (it resumes from its own checkpoint).
+    async fn run_rebuild(&self, p: Arc<dyn Projector>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut backoff = Duration::from_millis(50);
+        let name = p.name();
+        loop {
+            let rebuilds = self.rebuilds.clone();
+            let mut report = move |progress: &crate::rebuild::Progress| {
+                rebuilds.send_modify(|r| {
+                    r.insert(name, progress.position);
+                });
+            };
+            let run = crate::rebuild::run(self, p.as_ref(), &mut report);
+            let result = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = run => r,
+            };
+            match result {
+                Ok(outcome) => {
+                    tracing::info!(projection = name, swapped_at = ?outcome.swapped_at,
+                        events = outcome.events, secs = outcome.secs, "rebuild finished");
+                    self.set_state(name, "running", None);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(projection = name, error = %e, "rebuild failed, retrying");
+                    self.set_state(name, "failing", Some(e.to_string()));
+                    if tokio::time::timeout(backoff, shutdown.changed())
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+        self.rebuilds.send_modify(|r| {
+            r.remove(name);
+        });
+        // Wake the live runner: its checkpoint moved.
+        self.db.head.send_modify(|_| {});
+    }
+
+    /// Waits until no rebuild started here is running, up to `timeout`.
+    pub async fn wait_rebuilds(&self, timeout: Duration) -> bool {
+        let mut rx = self.rebuilds.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|r| r.is_empty()))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Drops this process's cursor of a consumer: the next step reads its
+    /// checkpoint row.
+    pub fn forget_cursor(&self, name: &str) {
+        self.cursors.lock().expect("cursors").remove(name);
+    }
+
+    /// How far a consumer run here has got (its checkpoint row when it has no cursor).
+    pub async fn cursor_position(&self, name: &str) -> Result<i64, DbError> {
+        Ok(self.cursor(name).await?.reached)
+    }
+
+    /// Writes a consumer's progress over irrelevant events to its checkpoint row.
+    pub async fn settle_cursor(&self, name: &str) -> Result<(), DbError> {
+        self.settle(name).await
     }
 
     async fn run_consumer(&self, p: Arc<dyn Projector>) {

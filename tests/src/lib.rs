@@ -436,6 +436,13 @@ impl TestApp {
 
     /// Waits (bounded) until every consumer has reached the current log head.
     async fn wait_for_head(&self) {
+        assert!(
+            self.state()
+                .runtime
+                .wait_rebuilds(Duration::from_secs(60))
+                .await,
+            "rebuilds did not finish"
+        );
         let head = self.state().dispatcher.log().head().await.expect("head");
         if !self
             .state()

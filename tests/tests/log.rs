@@ -237,6 +237,7 @@ async fn consumer_killed_mid_batch(backend: Backend) {
     let incremental = table_rows(&db, "rm_subscriptions", cols).await;
     assert_eq!(incremental.len(), 20);
     runtime.rebuild("subscriptions").await.unwrap();
+    assert!(runtime.wait_rebuilds(Duration::from_secs(30)).await);
     assert!(runtime
         .wait_for(head, Duration::from_secs(20))
         .await
@@ -547,6 +548,7 @@ async fn failing_batches_are_retried_not_skipped(backend: Backend) {
     let incremental = table_rows(&db, "rm_subscriptions", cols).await;
     assert_eq!(incremental.len(), 5);
     runtime.rebuild("subscriptions").await.unwrap();
+    assert!(runtime.wait_rebuilds(Duration::from_secs(30)).await);
     assert!(runtime
         .wait_for(head, Duration::from_secs(30))
         .await

@@ -29,6 +29,7 @@ pub async fn projections(
                 lag_events: s.lag_events,
                 status: s.status,
                 last_error: s.last_error,
+                rebuild_position: s.rebuild_position,
             })
             .collect(),
     ))

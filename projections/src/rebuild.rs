@@ -1,0 +1,287 @@
+//! Blue/green rebuilds: a projection is built again from position 0 into a
+//! shadow copy of its tables (`rm_…__next`) under a checkpoint of its own
+//! (`<name>__next`), while the live tables keep serving queries and keep
+//! being updated. Once the shadow has caught up with the head, one
+//! transaction replaces the live rows with the shadow's and moves the live
+//! checkpoint to the shadow's position; the live runner then continues from
+//! there. Readers see the old rows or the new ones, never a mix.
+//!
+//! A rebuild that is killed keeps its shadow tables and checkpoint (each
+//! batch commits with its checkpoint, as for any consumer), so running it
+//! again continues where it stopped. Two rebuilds of one projection at once
+//! are harmless: the guarded checkpoint lets only one commit each batch, and
+//! only one of them finds the shadow checkpoint to swap.
+
+use std::time::Instant;
+
+use sqlx::Row;
+
+use crate::db::{Backend, Db};
+use crate::runtime::{checkpoint, ProjectionError, Projector, Runtime, StepOutcome};
+use crate::tables::{shadow_name, Tables, SHADOW_SUFFIX, TABLE_PREFIX};
+use crate::time;
+
+/// The checkpoint name of a projection's rebuild.
+pub fn shadow_consumer(name: &str) -> String {
+    format!("{name}{SHADOW_SUFFIX}")
+}
+
+/// How a rebuild began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// New shadow tables, from position 0.
+    Fresh,
+    /// An interrupted rebuild's shadow, continued from this position.
+    Resumed(i64),
+}
+
+/// Where a running rebuild stands.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub name: &'static str,
+    pub start: Start,
+    /// The shadow checkpoint.
+    pub position: i64,
+    /// The log head when the rebuild began (the target of the progress bar).
+    pub target: i64,
+    /// Positions covered by this run (not counting a resumed part).
+    pub events: i64,
+    pub started: Instant,
+}
+
+impl Progress {
+    pub fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    /// Seconds left at the current rate, when it can be told.
+    pub fn eta_secs(&self) -> Option<f64> {
+        let rate = self.events_per_sec();
+        (rate > 0.0).then(|| (self.target - self.position).max(0) as f64 / rate)
+    }
+}
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub name: &'static str,
+    pub start: Start,
+    /// The position the swapped tables were built to (`None`: another rebuild
+    /// of the same projection swapped first).
+    pub swapped_at: Option<i64>,
+    pub events: i64,
+    pub secs: f64,
+}
+
+async fn table_exists(db: &Db, table: &str) -> Result<bool, ProjectionError> {
+    let n: i64 = sqlx::query_scalar(db.sql(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1",
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+    ))
+    .bind(table)
+    .fetch_one(&db.any)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Replaces the identifier `from` with `to` wherever it stands as a whole word.
+fn replace_ident(sql: &str, from: &str, to: &str) -> String {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(i) = rest.find(from) {
+        let before_ok = rest[..i].chars().next_back().is_none_or(|c| !is_ident(c));
+        let after = &rest[i + from.len()..];
+        let after_ok = after.chars().next().is_none_or(|c| !is_ident(c));
+        out.push_str(&rest[..i]);
+        out.push_str(if before_ok && after_ok { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The statements that create `shadow` shaped like `table`, with its indexes.
+async fn shadow_ddl(db: &Db, table: &str, shadow: &str) -> Result<Vec<String>, ProjectionError> {
+    match db.backend {
+        Backend::Postgres => Ok(vec![format!(
+            "CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)"
+        )]),
+        Backend::Sqlite => {
+            let rows = sqlx::query(
+                "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = $1 AND sql IS NOT NULL \
+                 ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, name",
+            )
+            .bind(table)
+            .fetch_all(&db.any)
+            .await?;
+            let mut out = Vec::new();
+            for row in rows {
+                let kind: String = row.try_get("type")?;
+                let name: String = row.try_get("name")?;
+                let sql: String = row.try_get("sql")?;
+                let mut sql = replace_ident(&sql, table, shadow);
+                if kind == "index" {
+                    sql = replace_ident(&sql, &name, &shadow_name(&name));
+                }
+                out.push(sql);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Sets up the shadow tables and checkpoint of `p`, or finds those of an
+/// interrupted rebuild and continues it.
+pub async fn prepare(db: &Db, p: &dyn Projector) -> Result<Start, ProjectionError> {
+    if !p.rebuildable() {
+        return Err(ProjectionError::NotRebuildable(p.name().to_string()));
+    }
+    let consumer = shadow_consumer(p.name());
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM consumer_checkpoints WHERE name = $1")
+            .bind(&consumer)
+            .fetch_optional(&db.any)
+            .await?;
+    if let Some(position) = position {
+        let mut complete = true;
+        for t in p.tables() {
+            complete &= table_exists(db, &shadow_name(t)).await?;
+        }
+        if complete {
+            return Ok(Start::Resumed(position));
+        }
+    }
+    let mut ddl = Vec::new();
+    for t in p.tables() {
+        debug_assert!(t.starts_with(TABLE_PREFIX), "read model tables are rm_…");
+        ddl.extend(shadow_ddl(db, t, &shadow_name(t)).await?);
+    }
+    let mut tx = db.any.begin().await?;
+    for t in p.tables() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {}", shadow_name(t)))
+            .execute(&mut *tx)
+            .await?;
+    }
+    for statement in &ddl {
+        sqlx::query(statement).execute(&mut *tx).await?;
+    }
+    sqlx::query("DELETE FROM consumer_checkpoints WHERE name = $1")
+        .bind(&consumer)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO consumer_checkpoints (name, position, status, updated_at) VALUES ($1, 0, 'rebuilding', $2)",
+    )
+    .bind(&consumer)
+    .bind(time::to_text(chrono::Utc::now()))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Start::Fresh)
+}
+
+/// In one transaction: the live tables take the shadow's rows, the live
+/// checkpoint takes the shadow's position, and the shadow is dropped.
+/// Returns that position, or `None` when there was no shadow to swap (a
+/// concurrent rebuild of the same projection swapped first).
+pub async fn swap(db: &Db, p: &dyn Projector) -> Result<Option<i64>, ProjectionError> {
+    checkpoint(db, p.name()).await?;
+    let mut tx = db.any.begin().await?;
+    // Taking the shadow checkpoint row first serializes concurrent swaps.
+    let position: Option<i64> =
+        sqlx::query_scalar("DELETE FROM consumer_checkpoints WHERE name = $1 RETURNING position")
+            .bind(shadow_consumer(p.name()))
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(position) = position else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    // The live runner's guarded checkpoint update fails after this, so a
+    // batch it had in flight is dropped and read again from `position`.
+    sqlx::query("UPDATE consumer_checkpoints SET position = $1, updated_at = $2 WHERE name = $3")
+        .bind(position)
+        .bind(time::to_text(chrono::Utc::now()))
+        .bind(p.name())
+        .execute(&mut *tx)
+        .await?;
+    for t in p.tables() {
+        let shadow = shadow_name(t);
+        for statement in [
+            format!("DELETE FROM {t}"),
+            format!("INSERT INTO {t} SELECT * FROM {shadow}"),
+            format!("DROP TABLE {shadow}"),
+        ] {
+            sqlx::query(&statement).execute(&mut *tx).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(Some(position))
+}
+
+/// Runs a blue/green rebuild of `p` to the end: prepare (or resume), build
+/// the shadow up to the head, swap. `on_progress` is called after each batch.
+pub async fn run(
+    runtime: &Runtime,
+    p: &dyn Projector,
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Outcome, ProjectionError> {
+    let db = runtime.db();
+    let start = prepare(db, p).await?;
+    let consumer = shadow_consumer(p.name());
+    runtime.forget_cursor(&consumer);
+    let from = match start {
+        Start::Fresh => 0,
+        Start::Resumed(at) => at,
+    };
+    let mut progress = Progress {
+        name: p.name(),
+        start,
+        position: from,
+        target: runtime.log().head().await?,
+        events: 0,
+        started: Instant::now(),
+    };
+    on_progress(&progress);
+    loop {
+        match runtime.step_into(p, &consumer, Tables::Shadow).await? {
+            StepOutcome::Applied(_) => {
+                let at = runtime.cursor_position(&consumer).await?;
+                progress.events = at - from;
+                progress.position = at;
+                progress.target = progress.target.max(at);
+                on_progress(&progress);
+            }
+            StepOutcome::Idle => break,
+        }
+    }
+    runtime.settle_cursor(&consumer).await?;
+    let swapped_at = swap(db, p).await?;
+    runtime.forget_cursor(&consumer);
+    runtime.forget_cursor(p.name());
+    Ok(Outcome {
+        name: p.name(),
+        start,
+        swapped_at,
+        events: progress.events,
+        secs: progress.started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_replaced_whole() {
+        assert_eq!(
+            replace_ident(
+                "CREATE INDEX rm_usage_idx ON rm_usage (a); -- rm_usage_totals",
+                "rm_usage",
+                "rm_usage__next"
+            ),
+            "CREATE INDEX rm_usage_idx ON rm_usage__next (a); -- rm_usage_totals"
+        );
+    }
+}
