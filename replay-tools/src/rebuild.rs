@@ -1,8 +1,13 @@
 //! `status` and `rebuild`.
 
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use anyhow::bail;
+use tally_projections::rebuild::{Progress, Start};
 use tally_projections::runtime::{reset, RuntimeConfig, StepOutcome};
-use tally_projections::{all_projectors, Db, Runtime};
+use tally_projections::{all_projectors, Db, Projector, Runtime};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -11,6 +16,13 @@ pub struct Args {
     /// Rebuild every projection.
     #[arg(long)]
     all: bool,
+    /// Empty the live tables and replay into them (offline: queries see a
+    /// partial read model until it finishes). The default is blue/green.
+    #[arg(long)]
+    in_place: bool,
+    /// Events read and applied per transaction.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    batch_size: i64,
 }
 
 pub async fn status(db: &Db) -> anyhow::Result<()> {
@@ -28,38 +40,152 @@ pub async fn status(db: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
-    let runtime = Runtime::new(db.clone(), all_projectors(), RuntimeConfig::default());
+fn choose(args: &Args) -> anyhow::Result<Vec<Arc<dyn Projector>>> {
     let projectors = all_projectors();
-    let chosen: Vec<_> = if args.all {
-        projectors
-    } else {
-        if args.names.is_empty() {
-            bail!("name a projection or pass --all");
+    if args.all {
+        return Ok(projectors);
+    }
+    if args.names.is_empty() {
+        bail!("name a projection or pass --all");
+    }
+    for n in &args.names {
+        if !projectors.iter().any(|p| p.name() == n) {
+            let known: Vec<_> = projectors.iter().map(|p| p.name()).collect();
+            bail!("unknown projection {n} (known: {})", known.join(", "));
         }
-        for n in &args.names {
-            if !projectors.iter().any(|p| p.name() == n) {
-                bail!("unknown projection {n}");
-            }
-        }
-        projectors
-            .into_iter()
-            .filter(|p| args.names.iter().any(|n| n == p.name()))
-            .collect()
+    }
+    Ok(projectors
+        .into_iter()
+        .filter(|p| args.names.iter().any(|n| n == p.name()))
+        .collect())
+}
+
+pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
+    let chosen = choose(&args)?;
+    let config = RuntimeConfig {
+        batch_size: args.batch_size,
+        ..RuntimeConfig::default()
     };
+    let runtime = Runtime::new(db.clone(), all_projectors(), config);
     for p in chosen {
-        let started = std::time::Instant::now();
-        reset(db, p.as_ref()).await?;
-        let mut events = 0usize;
-        while let StepOutcome::Applied(n) = runtime.step(p.as_ref()).await? {
-            events += n;
+        if args.in_place {
+            in_place(&runtime, p.as_ref()).await?;
+            continue;
         }
-        let secs = started.elapsed().as_secs_f64();
+        let mut reporter = Reporter::new();
+        let outcome =
+            tally_projections::rebuild::run(&runtime, p.as_ref(), &mut |pr| reporter.show(pr))
+                .await?;
+        reporter.finish();
+        let swapped = match outcome.swapped_at {
+            Some(at) => format!("swapped in at position {at}"),
+            None => "another rebuild swapped it in first".to_string(),
+        };
         println!(
-            "{}: rebuilt from {events} events in {secs:.2}s ({:.0} events/s)",
-            p.name(),
-            events as f64 / secs.max(1e-9)
+            "{}: rebuilt from {} events in {:.2}s ({:.0} events/s), {swapped}",
+            outcome.name,
+            outcome.events,
+            outcome.secs,
+            outcome.events as f64 / outcome.secs.max(1e-9)
         );
     }
     Ok(())
+}
+
+/// The offline rebuild: empty the live tables, replay into them.
+async fn in_place(runtime: &Runtime, p: &dyn Projector) -> anyhow::Result<()> {
+    let started = Instant::now();
+    reset(runtime.db(), p).await?;
+    runtime.forget_cursor(p.name());
+    let mut events = 0usize;
+    while let StepOutcome::Applied(n) = runtime.step(p).await? {
+        events += n;
+    }
+    runtime.settle_cursor(p.name()).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}: rebuilt in place from {events} events in {secs:.2}s ({:.0} events/s)",
+        p.name(),
+        events as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Shows a rebuild's progress: a redrawn bar on a terminal (stderr), plain
+/// lines otherwise (stdout, at most one a second after the first batch).
+struct Reporter {
+    terminal: bool,
+    last: Option<Instant>,
+    batches: u64,
+}
+
+impl Reporter {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            last: None,
+            batches: 0,
+        }
+    }
+
+    fn show(&mut self, p: &Progress) {
+        if self.batches == 0 {
+            let from = match p.start {
+                Start::Fresh => "from position 0".to_string(),
+                Start::Resumed(at) => format!("resuming at position {at}"),
+            };
+            println!(
+                "{}: building new tables {from}, log head {}",
+                p.name, p.target
+            );
+        }
+        self.batches += 1;
+        let due = self.last.is_none_or(|t| {
+            t.elapsed() >= Duration::from_millis(if self.terminal { 100 } else { 1000 })
+        });
+        if !due || p.events == 0 {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let done = if p.target > 0 {
+            (p.position as f64 / p.target as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let eta = p
+            .eta_secs()
+            .map(|s| format!("{s:.0}s"))
+            .unwrap_or_else(|| "?".into());
+        if self.terminal {
+            let width = 30;
+            let filled = (done * width as f64) as usize;
+            eprint!(
+                "\r{} [{}{}] {:>3.0}% {}/{} {:.0} events/s ETA {eta}   ",
+                p.name,
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                done * 100.0,
+                p.position,
+                p.target,
+                p.events_per_sec()
+            );
+            let _ = std::io::stderr().flush();
+        } else {
+            println!(
+                "{}: position {}/{} ({:.0}%), {:.0} events/s, ETA {eta}",
+                p.name,
+                p.position,
+                p.target,
+                done * 100.0,
+                p.events_per_sec()
+            );
+            let _ = std::io::stdout().flush();
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal && self.last.is_some() {
+            eprintln!();
+        }
+    }
 }

@@ -505,3 +505,41 @@ pub async fn table_rows(db: &Db, table: &str, columns: &str) -> Vec<Vec<String>>
         })
         .collect()
 }
+
+/// Every row of a table, every column as text (NULL as `NULL`), sorted: for
+/// comparing a read model with its rebuild without naming its columns.
+pub async fn dump_table(db: &Db, table: &str) -> Vec<Vec<String>> {
+    use sqlx::Row;
+    let rows = sqlx::query(&format!("SELECT * FROM {table}"))
+        .fetch_all(&db.any)
+        .await
+        .expect("read table");
+    let mut out: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    r.try_get::<Option<String>, _>(i)
+                        .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                        .or_else(|_| r.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
+                        .or_else(|_| r.try_get::<Option<f64>, _>(i).map(|v| format!("{v:?}")))
+                        .or_else(|_| r.try_get::<Option<bool>, _>(i).map(|v| format!("{v:?}")))
+                        .unwrap_or_else(|e| panic!("{table} column {i}: {e}"))
+                })
+                .collect()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every read model table with its rows (see [`dump_table`]).
+pub async fn dump_read_models(db: &Db) -> std::collections::BTreeMap<String, Vec<Vec<String>>> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in tally_projections::all_projectors() {
+        for t in p.tables() {
+            out.insert(t.to_string(), dump_table(db, t).await);
+        }
+    }
+    out
+}

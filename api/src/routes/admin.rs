@@ -105,9 +105,13 @@ pub async fn advance_clock(
     };
     match clock.advance_to(to) {
         Some(Ok(_)) => {
-            // Renewals and collections due at the new time happen before the
-            // answer, so a test that advances the clock sees them at once.
+            // Renewals, collections and quota resumptions due at the new
+            // time happen before the answer, so a test that advances the
+            // clock sees them at once (the schedulers would do it later).
             tally_commands::policies::collections::tick(&app.dispatcher, &app.billing).await;
+            if let Err(e) = tally_commands::policies::quota::resume_due(&app.dispatcher).await {
+                tracing::warn!(error = %e, "quota resume scan failed");
+            }
             Ok(axum::Json(clock_dto(&app)))
         }
         Some(Err(now)) => Err(ApiError::field(

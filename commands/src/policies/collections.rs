@@ -179,6 +179,14 @@ async fn resume_settled(
         if !suspended_for_non_payment(&sub) {
             continue;
         }
+        // The invoice it was suspended for, from the write side: a read
+        // model that lags or is being rebuilt must never resume it.
+        if let Some(invoice_id) = &sub.past_due_invoice {
+            let (invoice, _) = d.load::<Invoice>(&tenant, invoice_id).await?;
+            if invoice.status == Some(InvoiceStatus::Open) {
+                continue;
+            }
+        }
         if has_open_overdue(d, &tenant, &sub_id, now - config.grace).await? {
             continue;
         }
