@@ -131,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage/{id}/void", post(usage::void))
         .route("/v1/audit/streams/{type}/{id}/state", get(audit::state_at))
         .route("/v1/audit/events", get(audit::feed))
+        .route("/v1/audit/digest", get(audit::digest))
         .route(
             "/v1/audit/streams/{type}/{id}/events",
             get(audit::stream_events),
@@ -257,6 +258,8 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         dispatcher.clone(),
         config.billing.clone(),
     )));
+    // Tamper evidence: chains every event as the log reader delivers it.
+    consumers.push(tally_projections::seal::sealer());
     let runtime = Runtime::new(db.clone(), consumers, config.runtime.clone());
     runtime.start();
     let state = AppState {

@@ -22,7 +22,7 @@ use crate::AppState;
         usage::report, usage::batch, usage::void, usage::list, usage::get, usage::summary,
         tickets::create, tickets::assign, tickets::comment, tickets::attach, tickets::transition, tickets::list, tickets::get,
         inbox::list, inbox::read, inbox::archive, inbox::read_all,
-        audit::stream_events, audit::state_at, audit::feed,
+        audit::stream_events, audit::state_at, audit::feed, audit::digest,
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,
     ),

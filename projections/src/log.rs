@@ -236,7 +236,7 @@ fn parse_xid(text: String) -> u64 {
     text.parse().unwrap_or(0)
 }
 
-fn decode_row(row: &sqlx::any::AnyRow) -> Result<StoredEvent, DbError> {
+pub(crate) fn decode_row(row: &sqlx::any::AnyRow) -> Result<StoredEvent, DbError> {
     let payload: String = row.try_get("payload")?;
     let metadata: String = row.try_get("metadata")?;
     let decode_err = |e: serde_json::Error| DbError::Sqlx(sqlx::Error::Decode(Box::new(e)));

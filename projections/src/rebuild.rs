@@ -244,17 +244,12 @@ pub async fn run(
         started: Instant::now(),
     };
     on_progress(&progress);
-    loop {
-        match runtime.step_into(p, &consumer, Tables::Shadow).await? {
-            StepOutcome::Applied(_) => {
-                let at = runtime.cursor_position(&consumer).await?;
-                progress.events = at - from;
-                progress.position = at;
-                progress.target = progress.target.max(at);
-                on_progress(&progress);
-            }
-            StepOutcome::Idle => break,
-        }
+    while let StepOutcome::Applied(_) = runtime.step_into(p, &consumer, Tables::Shadow).await? {
+        let at = runtime.cursor_position(&consumer).await?;
+        progress.events = at - from;
+        progress.position = at;
+        progress.target = progress.target.max(at);
+        on_progress(&progress);
     }
     runtime.settle_cursor(&consumer).await?;
     let swapped_at = swap(db, p).await?;

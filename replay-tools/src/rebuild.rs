@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use tally_projections::rebuild::{Progress, Start};
-use tally_projections::runtime::{reset, RuntimeConfig, StepOutcome};
+use tally_projections::runtime::{checkpoints, reset, RuntimeConfig, StepOutcome};
+use tally_projections::tables::SHADOW_SUFFIX;
 use tally_projections::{all_projectors, Db, Projector, Runtime};
 
 #[derive(clap::Args)]
@@ -25,16 +26,49 @@ pub struct Args {
     batch_size: i64,
 }
 
+/// Every consumer with a checkpoint: the read models and the sealer, then
+/// the rest (policies, which run in the server; rebuilds in progress).
 pub async fn status(db: &Db) -> anyhow::Result<()> {
-    let runtime = Runtime::new(db.clone(), all_projectors(), RuntimeConfig::default());
+    let mut consumers = all_projectors();
+    consumers.push(tally_projections::seal::sealer());
+    let runtime = Runtime::new(db.clone(), consumers, RuntimeConfig::default());
     println!(
-        "{:<16} {:>12} {:>12} {:>10}  status",
+        "{:<24} {:>12} {:>12} {:>10}  status",
         "name", "position", "log_head", "lag"
     );
+    let mut shown = Vec::new();
+    let mut head = 0;
     for s in runtime.status().await? {
+        let state = match s.lag_events {
+            0 => "caught up",
+            _ if s.position == 0 => "not started",
+            _ => "behind",
+        };
         println!(
-            "{:<16} {:>12} {:>12} {:>10}  {}",
-            s.name, s.position, s.log_head, s.lag_events, s.status
+            "{:<24} {:>12} {:>12} {:>10}  {state}",
+            s.name, s.position, s.log_head, s.lag_events
+        );
+        head = s.log_head;
+        shown.push(s.name);
+    }
+    let mut rest: Vec<_> = checkpoints(db)
+        .await?
+        .into_iter()
+        .filter(|(name, _)| !shown.contains(name))
+        .collect();
+    rest.sort();
+    for (name, position) in rest {
+        let state = if name.ends_with(SHADOW_SUFFIX) {
+            "rebuild in progress (resumable)"
+        } else {
+            "policy (runs in the server)"
+        };
+        println!(
+            "{:<24} {:>12} {:>12} {:>10}  {state}",
+            name,
+            position,
+            head,
+            (head - position).max(0)
         );
     }
     Ok(())

@@ -688,7 +688,8 @@ async fn operations_endpoints(backend: Backend) {
             "tickets",
             "inbox",
             "policy.quota",
-            "policy.billing"
+            "policy.billing",
+            "sealer"
         ]
     );
     for x in list {

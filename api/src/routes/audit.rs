@@ -303,3 +303,28 @@ pub async fn feed(
         next_cursor: Some(at.to_string()),
     }))
 }
+
+/// The head of the sealed hash chain (see `tally_projections::seal`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DigestDto {
+    /// The last sealed log position (0 when nothing is sealed yet).
+    pub position: i64,
+    /// Its link, 64 hex digits: what `tally-replay verify --digest` checks.
+    pub hash: String,
+}
+
+/// The digest covers the whole log, every tenant's events: a tenant's auditor
+/// can keep it outside Tally and later prove the log was not rewritten.
+#[utoipa::path(get, path = "/v1/audit/digest", tag = "audit",
+    responses((status = 200, body = DigestDto), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn digest(
+    State(app): State<AppState>,
+    principal: Principal,
+) -> ApiResult<axum::Json<DigestDto>> {
+    principal.require(Access::Audit)?;
+    let d = tally_projections::seal::digest(&app.db).await?;
+    Ok(axum::Json(DigestDto {
+        position: d.position,
+        hash: d.hash,
+    }))
+}
