@@ -3,6 +3,7 @@
 //! aggregate's own `evolve` (so the read model and the write side can never
 //! disagree on what an event means), plus the columns lists filter on.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
@@ -62,61 +63,145 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
         t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
-        if event.aggregate_type != S::AGGREGATE {
+        self.apply_batch(conn, t, &[event]).await
+    }
+
+    /// Reads each stream's row once, folds all of its events of the batch,
+    /// and writes the changed rows in multi-row upserts: a few statements per
+    /// batch instead of two per event.
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        t: Tables,
+        events: &[&StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = t.name(S::TABLE);
+        let mut streams: Vec<((&str, &str), Vec<&StoredEvent>)> = Vec::new();
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        for e in events.iter().filter(|e| e.aggregate_type == S::AGGREGATE) {
+            let key = (e.tenant.as_str(), e.resource_id());
+            let at = *index.entry(key).or_insert_with(|| {
+                streams.push((key, Vec::new()));
+                streams.len() - 1
+            });
+            streams[at].1.push(e);
+        }
+        if streams.is_empty() {
             return Ok(());
         }
-        let id = event.resource_id();
-        let table = t.name(S::TABLE);
-        let row = sqlx::query(&format!(
-            "SELECT body, version FROM {table} WHERE tenant = $1 AND id = $2"
-        ))
-        .bind(&event.tenant)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let mut state = match row {
-            Some(row) => {
-                let version: i64 = row.try_get("version")?;
-                if version >= event.sequence {
+        let keys: Vec<(&str, &str)> = streams.iter().map(|(k, _)| *k).collect();
+        let mut current = load_rows(conn, &table, &keys).await?;
+        let mut rows = Vec::new();
+        for ((tenant, id), stream) in streams {
+            let (mut state, mut version) =
+                match current.remove(&(tenant.to_string(), id.to_string())) {
+                    Some((body, version)) => {
+                        let state = serde_json::from_str::<S>(&body)
+                            .map_err(|e| ProjectionError::decode(stream[0], e))?;
+                        (state, version)
+                    }
+                    None => (S::default(), 0),
+                };
+            let mut changed = false;
+            for event in stream {
+                if event.sequence <= version {
                     // Already applied: a projector must be idempotent.
-                    return Ok(());
+                    continue;
                 }
-                let body: String = row.try_get("body")?;
-                serde_json::from_str::<S>(&body).map_err(|e| ProjectionError::decode(event, e))?
+                let decoded: S::Event = event
+                    .decode()
+                    .map_err(|e| ProjectionError::decode(event, e))?;
+                state.fold(&decoded);
+                version = event.sequence;
+                changed = true;
             }
-            None => S::default(),
-        };
-        let decoded: S::Event = event
-            .decode()
-            .map_err(|e| ProjectionError::decode(event, e))?;
-        state.fold(&decoded);
-        let body = serde_json::to_string(&state).map_err(|e| ProjectionError::decode(event, e))?;
-        let filters = state.filter_values();
-        let cols = S::FILTER_COLUMNS.join(", ");
-        let params: Vec<String> = (0..S::FILTER_COLUMNS.len())
-            .map(|i| format!("${}", i + 5))
-            .collect();
-        let updates: Vec<String> = S::FILTER_COLUMNS
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}"))
+            if changed {
+                let body = serde_json::to_string(&state)
+                    .map_err(|e| ProjectionError::Effect(e.to_string()))?;
+                let mut values = vec![tenant.to_string(), id.to_string(), body];
+                values.extend(state.filter_values());
+                rows.push((values, version));
+            }
+        }
+        upsert_rows::<S>(conn, &table, rows).await
+    }
+}
+
+/// Keys read per query.
+const KEYS_PER_QUERY: usize = 500;
+/// Rows written per statement.
+const ROWS_PER_UPSERT: usize = 200;
+
+/// The stored `(body, version)` of each `(tenant, id)` that has a row.
+async fn load_rows(
+    conn: &mut AnyConnection,
+    table: &str,
+    keys: &[(&str, &str)],
+) -> Result<HashMap<(String, String), (String, i64)>, ProjectionError> {
+    let mut by_tenant: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (tenant, id) in keys {
+        by_tenant.entry(tenant).or_default().push(id);
+    }
+    let mut out = HashMap::new();
+    for (tenant, ids) in by_tenant {
+        for chunk in ids.chunks(KEYS_PER_QUERY) {
+            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT id, body, version FROM {table} WHERE tenant = $1 AND id IN ({})",
+                params.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                out.insert(
+                    (tenant.to_string(), row.try_get("id")?),
+                    (row.try_get("body")?, row.try_get("version")?),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes rows of `(tenant, id, body, filter values…)` and their versions.
+async fn upsert_rows<S: ProjectedState>(
+    conn: &mut AnyConnection,
+    table: &str,
+    rows: Vec<(Vec<String>, i64)>,
+) -> Result<(), ProjectionError> {
+    let cols = S::FILTER_COLUMNS;
+    let width = 4 + cols.len();
+    let updates: Vec<String> = cols
+        .iter()
+        .map(|c| format!(", {c} = excluded.{c}"))
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_UPSERT) {
+        let tuples: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let p: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+                format!("({})", p.join(", "))
+            })
             .collect();
         let sql = format!(
-            "INSERT INTO {table} (tenant, id, body, version, {cols}) VALUES ($1, $2, $3, $4, {params}) \
-             ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body, version = excluded.version, {updates}",
-            params = params.join(", "),
-            updates = updates.join(", "),
+            "INSERT INTO {table} (tenant, id, body, {cols}{sep}version) VALUES {tuples} \
+             ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body, version = excluded.version{updates}",
+            cols = cols.join(", "),
+            sep = if cols.is_empty() { "" } else { ", " },
+            tuples = tuples.join(", "),
+            updates = updates.concat(),
         );
-        let mut q = sqlx::query(&sql)
-            .bind(&event.tenant)
-            .bind(id)
-            .bind(body)
-            .bind(event.sequence);
-        for v in filters {
-            q = q.bind(v);
+        let mut q = sqlx::query(&sql);
+        for (values, version) in chunk {
+            for v in values {
+                q = q.bind(v.as_str());
+            }
+            q = q.bind(*version);
         }
         q.execute(&mut *conn).await?;
-        Ok(())
     }
+    Ok(())
 }
 
 /// One resource of the read model with its version (stream sequence).
