@@ -133,7 +133,7 @@ const KEYS_PER_QUERY: usize = 500;
 const ROWS_PER_UPSERT: usize = 200;
 
 /// The stored `(body, version)` of each `(tenant, id)` that has a row.
-async fn load_rows(
+pub(crate) async fn load_rows(
     conn: &mut AnyConnection,
     table: &str,
     keys: &[(&str, &str)],

@@ -7,12 +7,14 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
-use tally_aggregates::usage::{total_delta, TotalDelta, UsageEvent, UsageRecord};
+use std::collections::HashMap;
+
+use tally_aggregates::usage::{total_delta, UsageEvent, UsageRecord};
 
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
 use crate::runtime::{ProjectionError, Projector};
-use crate::state::Versioned;
+use crate::state::{load_rows, Versioned};
 use crate::tables::Tables;
 use crate::{time, Page, MAX_PAGE_LIMIT};
 
@@ -41,61 +43,162 @@ impl Projector for UsageProjector {
         t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
-        if event.aggregate_type != "usage_record" {
+        self.apply_batch(conn, t, &[event]).await
+    }
+
+    /// Folds each record's events of the batch onto its row (read once),
+    /// writes the records in multi-row upserts, and adds the batch's changes
+    /// to each window total with one read and one write per window.
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        t: Tables,
+        events: &[&StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut streams: Vec<((&str, &str), Vec<&StoredEvent>)> = Vec::new();
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        for e in events.iter().filter(|e| e.aggregate_type == "usage_record") {
+            let key = (e.tenant.as_str(), e.resource_id());
+            let at = *index.entry(key).or_insert_with(|| {
+                streams.push((key, Vec::new()));
+                streams.len() - 1
+            });
+            streams[at].1.push(e);
+        }
+        if streams.is_empty() {
             return Ok(());
         }
-        let id = event.resource_id();
-        let row = sqlx::query(
-            &t.sql("SELECT body, version FROM rm_usage_records WHERE tenant = $1 AND id = $2"),
-        )
-        .bind(&event.tenant)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let mut state = match row {
-            Some(row) => {
-                let version: i64 = row.try_get("version")?;
-                if version >= event.sequence {
-                    return Ok(());
+        let keys: Vec<(&str, &str)> = streams.iter().map(|(k, _)| *k).collect();
+        let mut current = load_rows(conn, &t.name("rm_usage_records"), &keys).await?;
+        let mut records = Vec::new();
+        // (tenant, subscription, meter, window start) → (window end, quantity, records), in first-seen order.
+        let mut totals: Vec<(
+            (String, String, String, String),
+            (Option<String>, Decimal, i64),
+        )> = Vec::new();
+        for ((tenant, id), stream) in streams {
+            let (mut state, mut version) =
+                match current.remove(&(tenant.to_string(), id.to_string())) {
+                    Some((body, version)) => (
+                        serde_json::from_str::<UsageRecord>(&body)
+                            .map_err(|e| ProjectionError::decode(stream[0], e))?,
+                        version,
+                    ),
+                    None => (UsageRecord::default(), 0),
+                };
+            let mut changed = false;
+            for event in stream {
+                if event.sequence <= version {
+                    continue;
                 }
-                let body: String = row.try_get("body")?;
-                serde_json::from_str::<UsageRecord>(&body)
-                    .map_err(|e| ProjectionError::decode(event, e))?
+                let decoded: UsageEvent = event
+                    .decode()
+                    .map_err(|e| ProjectionError::decode(event, e))?;
+                state.evolve(&decoded);
+                version = event.sequence;
+                changed = true;
+                if let Some(d) = total_delta(&decoded) {
+                    let key = (
+                        tenant.to_string(),
+                        d.subscription_id,
+                        d.meter,
+                        time::to_text(d.window.start),
+                    );
+                    match totals.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, sum)) => {
+                            sum.1 += d.quantity;
+                            sum.2 += d.records;
+                        }
+                        None => totals.push((
+                            key,
+                            (d.window.end.map(time::to_text), d.quantity, d.records),
+                        )),
+                    }
+                }
             }
-            None => UsageRecord::default(),
-        };
-        let decoded: UsageEvent = event
-            .decode()
-            .map_err(|e| ProjectionError::decode(event, e))?;
-        state.evolve(&decoded);
-        let body = serde_json::to_string(&state).map_err(|e| ProjectionError::decode(event, e))?;
-        sqlx::query(
-            &t.sql("INSERT INTO rm_usage_records (tenant, id, transaction_id, subscription_id, meter, ts, status, body, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant, id) DO UPDATE SET \
-             status = excluded.status, body = excluded.body, version = excluded.version"),
-        )
-        .bind(&event.tenant)
-        .bind(id)
-        .bind(&state.transaction_id)
-        .bind(&state.subscription_id)
-        .bind(&state.meter)
-        .bind(state.timestamp.map(time::to_text).unwrap_or_default())
-        .bind(state.status.map(|s| s.as_str()).unwrap_or_default())
-        .bind(body)
-        .bind(event.sequence)
-        .execute(&mut *conn)
-        .await?;
-        if let Some(delta) = total_delta(&decoded) {
-            add_to_total(conn, t, &event.tenant, &delta)
-                .await
-                .map_err(|e| match e {
-                    AddError::Db(e) => ProjectionError::Db(e),
-                    AddError::Corrupt(m) => ProjectionError::decode(event, m),
-                })?;
+            if changed {
+                let body = serde_json::to_string(&state)
+                    .map_err(|e| ProjectionError::Effect(e.to_string()))?;
+                records.push([
+                    tenant.to_string(),
+                    id.to_string(),
+                    state.transaction_id.clone(),
+                    state.subscription_id.clone(),
+                    state.meter.clone(),
+                    state.timestamp.map(time::to_text).unwrap_or_default(),
+                    state
+                        .status
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    body,
+                    version.to_string(),
+                ]);
+            }
+        }
+        for chunk in records.chunks(ROWS_PER_UPSERT) {
+            let tuples: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let b = r * 9;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 9
+                    )
+                })
+                .collect();
+            let sql = t.sql(&format!(
+                "INSERT INTO rm_usage_records (tenant, id, transaction_id, subscription_id, meter, ts, status, body, version) \
+                 VALUES {} ON CONFLICT (tenant, id) DO UPDATE SET \
+                 status = excluded.status, body = excluded.body, version = excluded.version",
+                tuples.join(", ")
+            ))
+            .into_owned();
+            let mut q = sqlx::query(&sql);
+            for row in chunk {
+                for (i, v) in row.iter().enumerate() {
+                    q = if i == 8 {
+                        q.bind(v.parse::<i64>().unwrap_or_default())
+                    } else {
+                        q.bind(v.as_str())
+                    };
+                }
+            }
+            q.execute(&mut *conn).await?;
+        }
+        for ((tenant, subscription_id, meter, start), (end, quantity, count)) in totals {
+            add_to_total(
+                conn,
+                t,
+                &tenant,
+                &subscription_id,
+                &meter,
+                &start,
+                end,
+                quantity,
+                count,
+            )
+            .await
+            .map_err(|e| match e {
+                AddError::Db(e) => ProjectionError::Db(e),
+                AddError::Corrupt(m) => ProjectionError::Decode {
+                    position: events.last().map(|e| e.position).unwrap_or_default(),
+                    message: m,
+                },
+            })?;
         }
         Ok(())
     }
 }
+
+/// Record rows written per statement (9 parameters each).
+const ROWS_PER_UPSERT: usize = 200;
 
 enum AddError {
     Db(sqlx::Error),
@@ -108,21 +211,26 @@ impl From<sqlx::Error> for AddError {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn add_to_total(
     conn: &mut AnyConnection,
     t: Tables,
     tenant: &str,
-    d: &TotalDelta,
+    subscription_id: &str,
+    meter: &str,
+    start: &str,
+    end: Option<String>,
+    quantity: Decimal,
+    records: i64,
 ) -> Result<(), AddError> {
-    let start = time::to_text(d.window.start);
     let current: Option<(String, i64)> = sqlx::query_as(&t.sql(
         "SELECT total, record_count FROM rm_usage_totals \
          WHERE tenant = $1 AND subscription_id = $2 AND meter = $3 AND window_start = $4",
     ))
     .bind(tenant)
-    .bind(&d.subscription_id)
-    .bind(&d.meter)
-    .bind(&start)
+    .bind(subscription_id)
+    .bind(meter)
+    .bind(start)
     .fetch_optional(&mut *conn)
     .await?;
     let (total, count) = match current {
@@ -133,19 +241,19 @@ async fn add_to_total(
         ),
         None => (Decimal::ZERO, 0),
     };
-    let new_total = (total + d.quantity).normalize();
-    sqlx::query(
-        &t.sql("INSERT INTO rm_usage_totals (tenant, subscription_id, meter, window_start, window_end, total, record_count) \
+    let new_total = (total + quantity).normalize();
+    sqlx::query(&t.sql(
+        "INSERT INTO rm_usage_totals (tenant, subscription_id, meter, window_start, window_end, total, record_count) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, subscription_id, meter, window_start) \
-         DO UPDATE SET total = excluded.total, record_count = excluded.record_count"),
-    )
+         DO UPDATE SET total = excluded.total, record_count = excluded.record_count",
+    ))
     .bind(tenant)
-    .bind(&d.subscription_id)
-    .bind(&d.meter)
-    .bind(&start)
-    .bind(d.window.end.map(time::to_text))
+    .bind(subscription_id)
+    .bind(meter)
+    .bind(start)
+    .bind(end)
     .bind(new_total.to_string())
-    .bind(count + d.records)
+    .bind(count + records)
     .execute(&mut *conn)
     .await?;
     Ok(())
