@@ -17,7 +17,7 @@ use std::time::Instant;
 use sqlx::Row;
 
 use crate::db::{Backend, Db};
-use crate::runtime::{checkpoint, ProjectionError, Projector, Runtime, StepOutcome};
+use crate::runtime::{checkpoint, ProjectionError, Projector, Runtime};
 use crate::tables::{shadow_name, Tables, SHADOW_SUFFIX, TABLE_PREFIX};
 use crate::time;
 
@@ -227,41 +227,86 @@ pub async fn run(
     p: &dyn Projector,
     on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Outcome, ProjectionError> {
+    let mut outcomes = run_all(runtime, &[p], on_progress).await?;
+    Ok(outcomes.remove(0))
+}
+
+/// Rebuilds several projections blue/green in one pass over the log: each
+/// batch is read once and applied to every shadow that has not seen it yet
+/// (each in its own guarded transaction), then each is swapped in.
+pub async fn run_all(
+    runtime: &Runtime,
+    projectors: &[&dyn Projector],
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Vec<Outcome>, ProjectionError> {
     let db = runtime.db();
-    let start = prepare(db, p).await?;
-    let consumer = shadow_consumer(p.name());
-    runtime.forget_cursor(&consumer);
-    let from = match start {
-        Start::Fresh => 0,
-        Start::Resumed(at) => at,
+    let mut parts = Vec::with_capacity(projectors.len());
+    for p in projectors {
+        let start = prepare(db, *p).await?;
+        let consumer = shadow_consumer(p.name());
+        runtime.forget_cursor(&consumer);
+        parts.push((*p, consumer, start));
+    }
+    let lowest = || async {
+        let mut low = i64::MAX;
+        for (_, consumer, _) in &parts {
+            low = low.min(runtime.cursor_position(consumer).await?);
+        }
+        Ok::<i64, ProjectionError>(if low == i64::MAX { 0 } else { low })
     };
+    let from = lowest().await?;
     let mut progress = Progress {
-        name: p.name(),
-        start,
+        name: match projectors {
+            [one] => one.name(),
+            _ => "all",
+        },
+        start: parts
+            .iter()
+            .map(|(_, _, s)| *s)
+            .find(|s| *s != Start::Fresh)
+            .unwrap_or(Start::Fresh),
         position: from,
         target: runtime.log().head().await?,
         events: 0,
         started: Instant::now(),
     };
+    if let Start::Resumed(_) = progress.start {
+        progress.start = Start::Resumed(from);
+    }
     on_progress(&progress);
-    while let StepOutcome::Applied(_) = runtime.step_into(p, &consumer, Tables::Shadow).await? {
-        let at = runtime.cursor_position(&consumer).await?;
-        progress.events = at - from;
-        progress.position = at;
-        progress.target = progress.target.max(at);
+    loop {
+        let low = lowest().await?;
+        let batch = runtime.log().read_after(low, runtime.batch_size()).await?;
+        let Some(last) = batch.last() else { break };
+        for (p, consumer, _) in &parts {
+            runtime
+                .consume(*p, consumer, Tables::Shadow, &batch)
+                .await?;
+            // Progress over events it does not handle is written too, so a
+            // rebuild killed now resumes from here, not from the last
+            // batch this projection had rows in.
+            runtime.settle_cursor(consumer).await?;
+        }
+        progress.position = last.position;
+        progress.events = last.position - from;
+        progress.target = progress.target.max(last.position);
         on_progress(&progress);
     }
-    runtime.settle_cursor(&consumer).await?;
-    let swapped_at = swap(db, p).await?;
-    runtime.forget_cursor(&consumer);
-    runtime.forget_cursor(p.name());
-    Ok(Outcome {
-        name: p.name(),
-        start,
-        swapped_at,
-        events: progress.events,
-        secs: progress.started.elapsed().as_secs_f64(),
-    })
+    let mut outcomes = Vec::with_capacity(parts.len());
+    for (p, consumer, start) in parts {
+        runtime.settle_cursor(&consumer).await?;
+        let swapped_at = swap(db, p).await?;
+        runtime.forget_cursor(&consumer);
+        runtime.forget_cursor(p.name());
+        outcomes.push(Outcome {
+            name: p.name(),
+            start,
+            swapped_at,
+            events: progress.events,
+            secs: progress.started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(outcomes)
 }
 
 #[cfg(test)]

@@ -216,6 +216,11 @@ impl Runtime {
         &self.log
     }
 
+    /// Events read per batch.
+    pub fn batch_size(&self) -> i64 {
+        self.config.batch_size
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         self.projectors.iter().map(|p| p.name()).collect()
     }
@@ -576,10 +581,32 @@ impl Runtime {
         tables: Tables,
     ) -> Result<StepOutcome, ProjectionError> {
         let cursor = self.cursor(consumer).await?;
-        let from = cursor.reached;
-        let batch = self.log.read_after(from, self.config.batch_size).await?;
-        let Some(last) = batch.last() else {
+        let batch = self
+            .log
+            .read_after(cursor.reached, self.config.batch_size)
+            .await?;
+        if batch.is_empty() {
             return Ok(StepOutcome::Idle);
+        }
+        self.consume(p, consumer, tables, &batch).await
+    }
+
+    /// Applies `batch` (events read after this consumer's cursor, in log
+    /// order) as one step of `consumer`: rows and checkpoint in one guarded
+    /// transaction. A rebuild of several projections reads each batch once
+    /// and hands it to each of them.
+    pub async fn consume(
+        &self,
+        p: &dyn Projector,
+        consumer: &str,
+        tables: Tables,
+        batch: &[StoredEvent],
+    ) -> Result<StepOutcome, ProjectionError> {
+        let cursor = self.cursor(consumer).await?;
+        let start = batch.partition_point(|e| e.position <= cursor.reached);
+        let batch = &batch[start..];
+        let Some(last) = batch.last() else {
+            return Ok(StepOutcome::Applied(0));
         };
         let to = last.position;
         if !batch.iter().any(|e| p.handles(e)) {
@@ -589,7 +616,7 @@ impl Runtime {
             }
             return Ok(StepOutcome::Applied(batch.len()));
         }
-        p.effects(&batch).await?;
+        p.effects(batch).await?;
         let mut tx = self.db.any.begin().await?;
         let moved = sqlx::query(
             "UPDATE consumer_checkpoints SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4",

@@ -101,16 +101,20 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
         ..RuntimeConfig::default()
     };
     let runtime = Runtime::new(db.clone(), all_projectors(), config);
-    for p in chosen {
-        if args.in_place {
+    if args.in_place {
+        for p in chosen {
             in_place(&runtime, p.as_ref()).await?;
-            continue;
         }
-        let mut reporter = Reporter::new();
-        let outcome =
-            tally_projections::rebuild::run(&runtime, p.as_ref(), &mut |pr| reporter.show(pr))
-                .await?;
-        reporter.finish();
+        return Ok(());
+    }
+    // One pass over the log for all of them.
+    let projectors: Vec<&dyn Projector> = chosen.iter().map(|p| p.as_ref()).collect();
+    let mut reporter = Reporter::new();
+    let outcomes =
+        tally_projections::rebuild::run_all(&runtime, &projectors, &mut |pr| reporter.show(pr))
+            .await?;
+    reporter.finish();
+    for outcome in outcomes {
         let swapped = match outcome.swapped_at {
             Some(at) => format!("swapped in at position {at}"),
             None => "another rebuild swapped it in first".to_string(),

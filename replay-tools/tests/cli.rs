@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
-use tally_tests::{both_backends, dump_table, Backend, TestApp};
+use tally_tests::{both_backends, dump_read_models, Backend, TestApp};
 
 both_backends!(
     a_killed_rebuild_resumes_and_ends_equal,
@@ -64,18 +64,15 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
     let head = app.state().dispatcher.log().head().await.unwrap();
     let db = app.state().db.clone();
     let url = db.url.clone();
-    let before = (
-        dump_table(&db, "rm_usage_records").await,
-        dump_table(&db, "rm_usage_totals").await,
-    );
-    assert_eq!(before.0.len(), 3000);
+    let before = dump_read_models(&db).await;
+    assert_eq!(before["rm_usage_records"].len(), 3000);
     app.stop().await;
     let db = app.db.connect().await;
 
     // Small batches, so that it is killed long before the end: SIGKILL as
     // soon as it reports its first committed batch.
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally-replay"))
-        .args(["rebuild", "usage", "--batch-size", "10", "--database", &url])
+        .args(["rebuild", "--all", "--batch-size", "10", "--database", &url])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -96,9 +93,9 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
         "killed half-way: {shadow} of {head}"
     );
     // The live tables are untouched.
-    assert_eq!(dump_table(&db, "rm_usage_records").await, before.0);
+    assert_eq!(dump_read_models(&db).await, before);
 
-    let out = stdout(&replay(&url, &["rebuild", "usage"]));
+    let out = stdout(&replay(&url, &["rebuild", "--all"]));
     let resumed = out
         .lines()
         .find_map(|l| l.split("resuming at position ").nth(1))
@@ -108,20 +105,30 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
         resumed >= shadow,
         "resumed at {resumed}, checkpoint {shadow}"
     );
-    assert!(
-        out.contains(&format!("swapped in at position {head}")),
+    assert_eq!(
+        out.matches(&format!("swapped in at position {head}"))
+            .count(),
+        7,
         "{out}"
     );
-    assert_eq!(dump_table(&db, "rm_usage_records").await, before.0);
-    assert_eq!(dump_table(&db, "rm_usage_totals").await, before.1);
-    assert_eq!(checkpoint(&db, "usage").await, Some(head));
-    assert_eq!(checkpoint(&db, "usage__next").await, None);
+    assert_eq!(dump_read_models(&db).await, before);
+    for name in [
+        "plans",
+        "subscriptions",
+        "usage",
+        "invoices",
+        "balances",
+        "tickets",
+        "inbox",
+    ] {
+        assert_eq!(checkpoint(&db, name).await, Some(head), "{name}");
+        assert_eq!(checkpoint(&db, &format!("{name}__next")).await, None);
+    }
 
     // The offline variant ends equal too.
     let out = stdout(&replay(&url, &["rebuild", "usage", "--in-place"]));
     assert!(out.contains("rebuilt in place"), "{out}");
-    assert_eq!(dump_table(&db, "rm_usage_records").await, before.0);
-    assert_eq!(dump_table(&db, "rm_usage_totals").await, before.1);
+    assert_eq!(dump_read_models(&db).await, before);
 }
 
 async fn audit_timeline_export_and_status(backend: Backend) {
