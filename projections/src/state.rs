@@ -76,55 +76,93 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
         events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
         let table = t.name(S::TABLE);
-        let mut streams: Vec<((&str, &str), Vec<&StoredEvent>)> = Vec::new();
-        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-        for e in events.iter().filter(|e| e.aggregate_type == S::AGGREGATE) {
-            let key = (e.tenant.as_str(), e.resource_id());
-            let at = *index.entry(key).or_insert_with(|| {
-                streams.push((key, Vec::new()));
-                streams.len() - 1
-            });
-            streams[at].1.push(e);
-        }
-        if streams.is_empty() {
-            return Ok(());
-        }
-        let keys: Vec<(&str, &str)> = streams.iter().map(|(k, _)| *k).collect();
-        let mut current = load_rows(conn, &table, &keys).await?;
-        let mut rows = Vec::new();
-        for ((tenant, id), stream) in streams {
-            let (mut state, mut version) =
-                match current.remove(&(tenant.to_string(), id.to_string())) {
-                    Some((body, version)) => {
-                        let state = serde_json::from_str::<S>(&body)
-                            .map_err(|e| ProjectionError::decode(stream[0], e))?;
-                        (state, version)
-                    }
-                    None => (S::default(), 0),
-                };
-            let mut changed = false;
-            for event in stream {
-                if event.sequence <= version {
-                    // Already applied: a projector must be idempotent.
-                    continue;
-                }
-                let decoded: S::Event = event
-                    .decode()
-                    .map_err(|e| ProjectionError::decode(event, e))?;
-                state.fold(&decoded);
-                version = event.sequence;
-                changed = true;
-            }
-            if changed {
-                let body = serde_json::to_string(&state)
-                    .map_err(|e| ProjectionError::Effect(e.to_string()))?;
-                let mut values = vec![tenant.to_string(), id.to_string(), body];
-                values.extend(state.filter_values());
-                rows.push((values, version));
-            }
+        let folded =
+            fold_batch::<S, S::Event>(conn, &table, S::AGGREGATE, events, |s, e, _| s.fold(e))
+                .await?;
+        let mut rows = Vec::with_capacity(folded.len());
+        for f in folded {
+            let body = serde_json::to_string(&f.state)
+                .map_err(|e| ProjectionError::Effect(e.to_string()))?;
+            let mut values = vec![f.tenant, f.id, body];
+            values.extend(f.state.filter_values());
+            rows.push((values, f.version));
         }
         upsert_rows::<S>(conn, &table, rows).await
     }
+}
+
+/// One stream's state after a batch, with its new version.
+pub(crate) struct Folded<A> {
+    pub tenant: String,
+    pub id: String,
+    pub state: A,
+    pub version: i64,
+}
+
+/// The fold of a batch for a one-row-per-stream read model: the events of
+/// `aggregate` grouped by stream, each stream's stored row read once (chunks
+/// of streams per query), the events above its version folded onto it with
+/// `fold` (given the decoded and the stored event). Returns the streams that
+/// changed, in first-seen order.
+pub(crate) async fn fold_batch<A, E>(
+    conn: &mut AnyConnection,
+    table: &str,
+    aggregate: &str,
+    events: &[&StoredEvent],
+    mut fold: impl FnMut(&mut A, &E, &StoredEvent) + Send,
+) -> Result<Vec<Folded<A>>, ProjectionError>
+where
+    A: Default + DeserializeOwned + Send,
+    E: DeserializeOwned,
+{
+    let mut streams: Vec<((&str, &str), Vec<&StoredEvent>)> = Vec::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    for e in events.iter().filter(|e| e.aggregate_type == aggregate) {
+        let key = (e.tenant.as_str(), e.resource_id());
+        let at = *index.entry(key).or_insert_with(|| {
+            streams.push((key, Vec::new()));
+            streams.len() - 1
+        });
+        streams[at].1.push(e);
+    }
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<(&str, &str)> = streams.iter().map(|(k, _)| *k).collect();
+    let mut current = load_rows(conn, table, &keys).await?;
+    let mut out = Vec::new();
+    for ((tenant, id), stream) in streams {
+        let (mut state, mut version) = match current.remove(&(tenant.to_string(), id.to_string())) {
+            Some((body, version)) => (
+                serde_json::from_str::<A>(&body)
+                    .map_err(|e| ProjectionError::decode(stream[0], e))?,
+                version,
+            ),
+            None => (A::default(), 0),
+        };
+        let mut changed = false;
+        for event in stream {
+            if event.sequence <= version {
+                // Already applied: a projector must be idempotent.
+                continue;
+            }
+            let decoded: E = event
+                .decode()
+                .map_err(|e| ProjectionError::decode(event, e))?;
+            fold(&mut state, &decoded, event);
+            version = event.sequence;
+            changed = true;
+        }
+        if changed {
+            out.push(Folded {
+                tenant: tenant.to_string(),
+                id: id.to_string(),
+                state,
+                version,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Keys read per query.
@@ -133,7 +171,7 @@ const KEYS_PER_QUERY: usize = 500;
 const ROWS_PER_UPSERT: usize = 200;
 
 /// The stored `(body, version)` of each `(tenant, id)` that has a row.
-pub(crate) async fn load_rows(
+async fn load_rows(
     conn: &mut AnyConnection,
     table: &str,
     keys: &[(&str, &str)],

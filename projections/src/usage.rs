@@ -7,14 +7,13 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
-use std::collections::HashMap;
 
 use tally_aggregates::usage::{total_delta, UsageEvent, UsageRecord};
 
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
 use crate::runtime::{ProjectionError, Projector};
-use crate::state::{load_rows, Versioned};
+use crate::state::{fold_batch, Versioned};
 use crate::tables::Tables;
 use crate::{time, Page, MAX_PAGE_LIMIT};
 
@@ -55,85 +54,59 @@ impl Projector for UsageProjector {
         t: Tables,
         events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
-        let mut streams: Vec<((&str, &str), Vec<&StoredEvent>)> = Vec::new();
-        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-        for e in events.iter().filter(|e| e.aggregate_type == "usage_record") {
-            let key = (e.tenant.as_str(), e.resource_id());
-            let at = *index.entry(key).or_insert_with(|| {
-                streams.push((key, Vec::new()));
-                streams.len() - 1
-            });
-            streams[at].1.push(e);
-        }
-        if streams.is_empty() {
-            return Ok(());
-        }
-        let keys: Vec<(&str, &str)> = streams.iter().map(|(k, _)| *k).collect();
-        let mut current = load_rows(conn, &t.name("rm_usage_records"), &keys).await?;
-        let mut records = Vec::new();
         // (tenant, subscription, meter, window start) → (window end, quantity, records), in first-seen order.
         let mut totals: Vec<(
             (String, String, String, String),
             (Option<String>, Decimal, i64),
         )> = Vec::new();
-        for ((tenant, id), stream) in streams {
-            let (mut state, mut version) =
-                match current.remove(&(tenant.to_string(), id.to_string())) {
-                    Some((body, version)) => (
-                        serde_json::from_str::<UsageRecord>(&body)
-                            .map_err(|e| ProjectionError::decode(stream[0], e))?,
-                        version,
-                    ),
-                    None => (UsageRecord::default(), 0),
+        let folded = fold_batch::<UsageRecord, UsageEvent>(
+            conn,
+            &t.name("rm_usage_records"),
+            "usage_record",
+            events,
+            |state, decoded, event| {
+                state.evolve(decoded);
+                let Some(d) = total_delta(decoded) else {
+                    return;
                 };
-            let mut changed = false;
-            for event in stream {
-                if event.sequence <= version {
-                    continue;
-                }
-                let decoded: UsageEvent = event
-                    .decode()
-                    .map_err(|e| ProjectionError::decode(event, e))?;
-                state.evolve(&decoded);
-                version = event.sequence;
-                changed = true;
-                if let Some(d) = total_delta(&decoded) {
-                    let key = (
-                        tenant.to_string(),
-                        d.subscription_id,
-                        d.meter,
-                        time::to_text(d.window.start),
-                    );
-                    match totals.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, sum)) => {
-                            sum.1 += d.quantity;
-                            sum.2 += d.records;
-                        }
-                        None => totals.push((
-                            key,
-                            (d.window.end.map(time::to_text), d.quantity, d.records),
-                        )),
+                let key = (
+                    event.tenant.clone(),
+                    d.subscription_id,
+                    d.meter,
+                    time::to_text(d.window.start),
+                );
+                match totals.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, sum)) => {
+                        sum.1 += d.quantity;
+                        sum.2 += d.records;
                     }
+                    None => totals.push((
+                        key,
+                        (d.window.end.map(time::to_text), d.quantity, d.records),
+                    )),
                 }
-            }
-            if changed {
-                let body = serde_json::to_string(&state)
-                    .map_err(|e| ProjectionError::Effect(e.to_string()))?;
-                records.push([
-                    tenant.to_string(),
-                    id.to_string(),
-                    state.transaction_id.clone(),
-                    state.subscription_id.clone(),
-                    state.meter.clone(),
-                    state.timestamp.map(time::to_text).unwrap_or_default(),
-                    state
-                        .status
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                    body,
-                    version.to_string(),
-                ]);
-            }
+            },
+        )
+        .await?;
+        let mut records = Vec::with_capacity(folded.len());
+        for f in folded {
+            let state = f.state;
+            let body = serde_json::to_string(&state)
+                .map_err(|e| ProjectionError::Effect(e.to_string()))?;
+            records.push([
+                f.tenant,
+                f.id,
+                state.transaction_id.clone(),
+                state.subscription_id.clone(),
+                state.meter.clone(),
+                state.timestamp.map(time::to_text).unwrap_or_default(),
+                state
+                    .status
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                body,
+                f.version.to_string(),
+            ]);
         }
         for chunk in records.chunks(ROWS_PER_UPSERT) {
             let tuples: Vec<String> = (0..chunk.len())
