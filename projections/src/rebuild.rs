@@ -220,6 +220,32 @@ pub async fn swap(db: &Db, p: &dyn Projector) -> Result<Option<i64>, ProjectionE
     Ok(Some(position))
 }
 
+/// Events after which a rebuild first refreshes its shadow tables' planner
+/// statistics; then again each time the count doubles.
+const ANALYZE_FIRST: i64 = 2_000;
+
+/// Refreshes PostgreSQL's statistics of the projections' tables. A shadow
+/// table starts empty, and a plan made for an empty table (a sequential
+/// scan, cached with the prepared statement) stays until the statistics
+/// change; with autovacuum off or behind, that turns every batch's lookup
+/// into a full scan.
+async fn analyze(
+    db: &Db,
+    projectors: impl Iterator<Item = &dyn Projector>,
+    tables: Tables,
+) -> Result<(), ProjectionError> {
+    if db.backend != Backend::Postgres {
+        return Ok(());
+    }
+    let names: Vec<String> = projectors
+        .flat_map(|p| p.tables().iter().map(|t| tables.name(t)))
+        .collect();
+    sqlx::query(&format!("ANALYZE {}", names.join(", ")))
+        .execute(&db.any)
+        .await?;
+    Ok(())
+}
+
 /// Runs a blue/green rebuild of `p` to the end: prepare (or resume), build
 /// the shadow up to the head, swap. `on_progress` is called after each batch.
 pub async fn run(
@@ -274,6 +300,7 @@ pub async fn run_all(
         progress.start = Start::Resumed(from);
     }
     on_progress(&progress);
+    let mut next_analyze = ANALYZE_FIRST;
     loop {
         let low = lowest().await?;
         let batch = runtime.log().read_after(low, runtime.batch_size()).await?;
@@ -289,23 +316,29 @@ pub async fn run_all(
         }
         progress.position = last.position;
         progress.events = last.position - from;
+        if progress.events >= next_analyze {
+            analyze(db, parts.iter().map(|(p, _, _)| *p), Tables::Shadow).await?;
+            next_analyze = progress.events * 2;
+        }
         progress.target = progress.target.max(last.position);
         on_progress(&progress);
     }
     let mut outcomes = Vec::with_capacity(parts.len());
-    for (p, consumer, start) in parts {
-        runtime.settle_cursor(&consumer).await?;
-        let swapped_at = swap(db, p).await?;
-        runtime.forget_cursor(&consumer);
+    for (p, consumer, start) in &parts {
+        runtime.settle_cursor(consumer).await?;
+        let swapped_at = swap(db, *p).await?;
+        runtime.forget_cursor(consumer);
         runtime.forget_cursor(p.name());
         outcomes.push(Outcome {
             name: p.name(),
-            start,
+            start: *start,
             swapped_at,
             events: progress.events,
             secs: progress.started.elapsed().as_secs_f64(),
         });
     }
+    // The live tables now hold the copied rows.
+    analyze(db, parts.iter().map(|(p, _, _)| *p), Tables::Live).await?;
     Ok(outcomes)
 }
 
