@@ -142,6 +142,27 @@ async fn audit_timeline_export_and_status(backend: Backend) {
         .change_seats(&key, &sub, json!({"seats": 4, "proration": "none"}))
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+    // A stream of every other type: a usage record, a ticket, an inbox read.
+    let r = app
+        .post(
+            &key,
+            "/v1/usage",
+            json!({"subscription_id": sub, "meter": "api_calls", "quantity": "3",
+            "timestamp": chrono::Utc::now().to_rfc3339(), "transaction_id": "cli-1"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = app
+        .post(&key, "/v1/tickets", json!({"subject": "CLI", "description": "audit", "requester": "customer:cus_1", "priority": "low"}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    app.settle().await;
+    let items = app.get(&key, "/v1/inbox?recipient=customer:cus_1").await;
+    let item = items.body["data"][0]["id"].as_str().unwrap().to_string();
+    let r = app
+        .post(&key, &format!("/v1/inbox/{item}/read"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     app.settle().await;
     let head = app.state().dispatcher.log().head().await.unwrap();
     let url = app.state().db.url.clone();
@@ -211,6 +232,35 @@ async fn audit_timeline_export_and_status(backend: Backend) {
     ));
     assert_eq!(after.lines().count() as i64, head - 2);
     assert_eq!(stdout(&replay(&url, &["export", "--tenant", "nobody"])), "");
+    // Every stream in the log has a timeline, whatever its type.
+    let mut streams: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["stream_type"].as_str().unwrap().to_string(),
+                l["stream_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    streams.sort();
+    streams.dedup();
+    let kinds: std::collections::BTreeSet<_> = streams.iter().map(|(k, _)| k.as_str()).collect();
+    for kind in [
+        "plan",
+        "subscription",
+        "invoice",
+        "invoice_numbering",
+        "usage_record",
+        "ticket",
+        "inbox",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+    }
+    for (kind, id) in &streams {
+        let out = stdout(&replay(&url, &["audit", kind, id, "--json"]));
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        assert!(!doc["events"].as_array().unwrap().is_empty(), "{kind} {id}");
+    }
 
     // Status: every projection, at the head.
     let status = stdout(&replay(&url, &["status"]));
