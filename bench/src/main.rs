@@ -69,6 +69,8 @@ use tally_commands::Clock;
 use tally_projections::runtime::RuntimeConfig;
 use tokio::task::JoinSet;
 
+mod rebuild;
+
 /// Subscription creations/activations in flight during setup.
 const SETUP_CONCURRENCY: usize = 32;
 /// Setup (plan + subscriptions) must finish within this.
@@ -101,6 +103,8 @@ enum Command {
     Commands(CommandsArgs),
     /// Usage batch ingest over HTTP versus raw PostgreSQL multi-row inserts.
     Usage(UsageArgs),
+    /// Generates a log across all aggregates and times `tally-replay rebuild --all`.
+    Rebuild(rebuild::RebuildArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -150,6 +154,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Commands(args) => commands(args).await,
         Command::Usage(args) => usage(args).await,
+        Command::Rebuild(args) => rebuild::run(args).await,
     }
 }
 
