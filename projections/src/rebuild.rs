@@ -301,27 +301,44 @@ pub async fn run_all(
     }
     on_progress(&progress);
     let mut next_analyze = ANALYZE_FIRST;
-    loop {
-        let low = lowest().await?;
-        let batch = runtime.log().read_after(low, runtime.batch_size()).await?;
-        let Some(last) = batch.last() else { break };
-        for (p, consumer, _) in &parts {
-            runtime
-                .consume(*p, consumer, Tables::Shadow, &batch)
-                .await?;
-            // Progress over events it does not handle is written too, so a
-            // rebuild killed now resumes from here, not from the last
-            // batch this projection had rows in.
-            runtime.settle_cursor(consumer).await?;
-        }
-        progress.position = last.position;
-        progress.events = last.position - from;
+    let mut batch = runtime.log().read_after(from, runtime.batch_size()).await?;
+    while let Some(last) = batch.last().map(|e| e.position) {
+        // Every projection applies the batch at once, each in its own
+        // transaction on its own connection, while the next batch is read.
+        let apply = futures::future::try_join_all(parts.iter().map(|(p, consumer, _)| {
+            let batch = &batch;
+            async move {
+                runtime.consume(*p, consumer, Tables::Shadow, batch).await?;
+                // Progress over events it does not handle is written too, so
+                // a rebuild killed now resumes from here, not from the last
+                // batch this projection had rows in.
+                runtime.settle_cursor(consumer).await?;
+                Ok::<(), ProjectionError>(())
+            }
+        }));
+        let ahead = runtime.log().read_after(last, runtime.batch_size());
+        let (applied, ahead) = tokio::join!(apply, ahead);
+        applied?;
+        let ahead = ahead?;
+        progress.position = last;
+        progress.events = last - from;
         if progress.events >= next_analyze {
             analyze(db, parts.iter().map(|(p, _, _)| *p), Tables::Shadow).await?;
             next_analyze = progress.events * 2;
         }
-        progress.target = progress.target.max(last.position);
+        progress.target = progress.target.max(last);
         on_progress(&progress);
+        // A projection whose batch lost its checkpoint guard (another
+        // rebuild moved it) reads again from where it really is.
+        let reached = lowest().await?;
+        batch = if reached == last {
+            ahead
+        } else {
+            runtime
+                .log()
+                .read_after(reached, runtime.batch_size())
+                .await?
+        };
     }
     let mut outcomes = Vec::with_capacity(parts.len());
     for (p, consumer, start) in &parts {
