@@ -1,6 +1,7 @@
 //! The published language: which events leave Tally, under which topic and
-//! with which payload. Publishing (webhooks, NATS) is a later piece; the
-//! mapping is defined and tested here so that a renamed topic is a visible change.
+//! with which payload, and the envelope every outbound channel (webhooks,
+//! NATS) sends. The mapping is defined and tested here so that a renamed
+//! topic is a visible change.
 
 use serde_json::{json, Value};
 use tally_aggregates::subscription::{SubscriptionEvent, SuspendReason};
@@ -45,6 +46,29 @@ pub fn integration_event(e: &StoredEvent) -> Option<Integration> {
     }
 }
 
+/// The envelope every outbound channel (webhooks, NATS) sends: `id` is the
+/// event id, so a redelivery carries the same id and receivers can dedupe.
+pub fn envelope(e: &StoredEvent, i: &Integration) -> Value {
+    let name = i.topic.rsplit('.').next().unwrap_or(i.topic);
+    let version = i
+        .topic
+        .split('.')
+        .find_map(|part| part.strip_prefix('v')?.parse::<u32>().ok())
+        .unwrap_or(1);
+    json!({
+        "id": e.event_id,
+        "type": name,
+        "topic": i.topic,
+        "tenant_id": e.tenant,
+        "subject": {"type": e.aggregate_type, "id": e.resource_id()},
+        "created_at": e.recorded_at,
+        "schema_version": version,
+        "correlation_id": e.metadata.get("correlation_id"),
+        "causation_id": e.metadata.get("causation_id"),
+        "data": i.data,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +104,33 @@ mod tests {
         assert_eq!(i.data["subscription_id"], "sub_1");
         assert_eq!(i.data["reason"], "quota_exceeded");
         assert_eq!(i.data["meter"], "api_calls");
+    }
+
+    #[test]
+    fn envelope_carries_the_event_id_subject_and_version() {
+        let e = SubscriptionEvent::SubscriptionSuspended {
+            reason: SuspendReason::NonPayment,
+            suspended_at: "2026-01-05T00:00:00Z".parse().unwrap(),
+        };
+        let mut stored = stored(serde_json::to_value(&e).unwrap());
+        stored
+            .metadata
+            .insert("correlation_id".into(), "corr-1".into());
+        let i = integration_event(&stored).unwrap();
+        let env = envelope(&stored, &i);
+        assert_eq!(env["id"], "evt");
+        assert_eq!(env["type"], "subscription-suspended");
+        assert_eq!(env["topic"], SUBSCRIPTION_SUSPENDED);
+        assert_eq!(env["tenant_id"], "acme");
+        assert_eq!(
+            env["subject"],
+            json!({"type": "subscription", "id": "sub_1"})
+        );
+        assert_eq!(env["schema_version"], 1);
+        assert_eq!(env["correlation_id"], "corr-1");
+        assert_eq!(env["causation_id"], Value::Null);
+        assert_eq!(env["created_at"], "2026-01-01T00:00:00.000000Z");
+        assert_eq!(env["data"]["reason"], "non_payment");
     }
 
     #[test]
