@@ -486,7 +486,7 @@ impl Runtime {
                 if *shutdown.borrow() {
                     return;
                 }
-                match self.step(p.as_ref()).await {
+                match self.step_guarded(p.as_ref()).await {
                     Ok(StepOutcome::Applied(_)) => {
                         backoff = Duration::from_millis(50);
                         let current = self
@@ -541,6 +541,32 @@ impl Runtime {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// One step, with a panic in the projector turned into a failed batch:
+    /// its transaction is dropped (rolled back) and the batch retried with
+    /// backoff like any failure, so a consumer never dies silently.
+    async fn step_guarded(&self, p: &dyn Projector) -> Result<StepOutcome, ProjectionError> {
+        use futures::FutureExt;
+        match std::panic::AssertUnwindSafe(self.step(p))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown".into());
+                // The runner's cursor may be mid-batch: read the checkpoint again.
+                self.forget_cursor(p.name());
+                Err(ProjectionError::Effect(format!(
+                    "panic in {}: {message}",
+                    p.name()
+                )))
             }
         }
     }

@@ -483,7 +483,7 @@ async fn events_are_immutable(backend: Backend) {
         .is_err());
 }
 
-/// A batch that fails rolls back and is retried with backoff; nothing is
+/// A batch that fails (an error or a panic) rolls back and is retried with backoff; nothing is
 /// skipped and the read model ends equal to a rebuild.
 async fn failing_batches_are_retried_not_skipped(backend: Backend) {
     let Seeded {
@@ -514,12 +514,19 @@ async fn failing_batches_are_retried_not_skipped(backend: Backend) {
             event: &StoredEvent,
         ) -> Result<(), ProjectionError> {
             self.0.apply(conn, tables, event).await?;
-            // Fails three times on the 6th event, after writing its rows.
-            if event.position == 6 && self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
-                return Err(ProjectionError::Decode {
-                    position: 6,
-                    message: "injected failure".into(),
-                });
+            // Fails three times on the 6th event, after writing its rows:
+            // once with a panic (a projector bug), twice with an error.
+            if event.position == 6 {
+                match self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => panic!("injected panic"),
+                    1 | 2 => {
+                        return Err(ProjectionError::Decode {
+                            position: 6,
+                            message: "injected failure".into(),
+                        })
+                    }
+                    _ => {}
+                }
             }
             Ok(())
         }
