@@ -26,7 +26,7 @@ use crate::AppState;
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,
     ),
-    modifiers(&Bearer)
+    modifiers(&Bearer, &Problems)
 )]
 pub struct ApiDoc;
 
@@ -39,6 +39,79 @@ impl Modify for Bearer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Every error is `application/problem+json` with the `Problem` schema, and
+/// every operation documents the errors the conventions of API.md give it:
+/// 401/403 (auth), 422 (bad input), 503 (database away, or a read that waited
+/// for `X-Min-Position`), 404 where the path names a resource, 409/412/413 for
+/// commands. Written once here rather than on each handler.
+struct Problems;
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+impl Modify for Problems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+        let problem = || Content::new(Some(Ref::from_schema_name("Problem")));
+        let is_problem = |c: &Content| matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"));
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api = path.starts_with("/v1/");
+            let names_resource = path.contains('{');
+            for (is_command, op) in [
+                (false, item.get.as_mut()),
+                (true, item.post.as_mut()),
+                (true, item.put.as_mut()),
+                (true, item.delete.as_mut()),
+                (true, item.patch.as_mut()),
+            ] {
+                let Some(op) = op else { continue };
+                for response in op.responses.responses.values_mut() {
+                    if let RefOr::T(r) = response {
+                        if let Some(c) = r.content.shift_remove("application/json") {
+                            let key = if is_problem(&c) {
+                                PROBLEM_JSON
+                            } else {
+                                "application/json"
+                            };
+                            r.content.insert(key.to_string(), c);
+                        }
+                    }
+                }
+                let mut codes = vec![("503", "The database is unavailable, or the read model did not reach X-Min-Position in time")];
+                if api {
+                    codes.extend([
+                        ("401", "Missing or unknown API key"),
+                        ("403", "The key's role does not allow this"),
+                        ("422", "Invalid input"),
+                    ]);
+                }
+                if api && names_resource {
+                    codes.push(("404", "No such resource for this tenant"));
+                }
+                if api && is_command {
+                    codes.extend([
+                        ("409", "Invalid transition or concurrent modification"),
+                        ("412", "If-Match does not match the current version"),
+                        ("413", "Request body too large"),
+                    ]);
+                }
+                for (code, description) in codes {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(description)
+                                    .content(PROBLEM_JSON, problem())
+                                    .build(),
+                            )
+                        });
+                }
+            }
+        }
     }
 }
 

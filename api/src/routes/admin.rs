@@ -62,7 +62,7 @@ pub async fn rebuild(
 }
 
 #[utoipa::path(get, path = "/v1/admin/clock", tag = "admin",
-    responses((status = 200, body = ClockDto)), security(("bearer" = [])))]
+    responses((status = 200, body = ClockDto), (status = 404, description = "The server runs on the system clock", body = Problem)), security(("bearer" = [])))]
 pub async fn clock(
     State(app): State<AppState>,
     principal: Principal,
@@ -85,7 +85,7 @@ fn clock_dto(app: &AppState) -> ClockDto {
 }
 
 #[utoipa::path(post, path = "/v1/admin/clock/advance", tag = "admin", request_body = AdvanceClockRequest,
-    responses((status = 200, body = ClockDto), (status = 422, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = ClockDto), (status = 404, description = "The server runs on the system clock", body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn advance_clock(
     State(app): State<AppState>,
     principal: Principal,
