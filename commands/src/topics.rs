@@ -2,9 +2,29 @@
 //! with which payload, and the envelope every outbound channel (webhooks,
 //! NATS) sends. The mapping is defined and tested here so that a renamed
 //! topic is a visible change.
+//!
+//! [`TOPICS`] is the one table of what is published; `docs/published-language.md`
+//! documents it field by field and `commands/tests/published_language.rs` fails
+//! when the two drift apart, when a topic's `data` differs from its row, or
+//! when a published topic disappears (a rename without a new version).
+//! [`NOT_PUBLISHED`] names the events that stay inside, with the reason, so
+//! that leaving an event out is a decision too. The mapping matches every
+//! event variant without a catch-all: a new variant does not compile until it
+//! is published or listed as internal.
+//!
+//! `data` is a flat object of stable snake_case fields built from the event,
+//! never the internal payload itself: amounts are decimal strings next to
+//! their currency, times are RFC 3339 UTC, and every object carries
+//! `tenant_id` and the resource's id.
 
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tally_aggregates::subscription::{SubscriptionEvent, SuspendReason};
+use tally_aggregates::money::round_to_minor;
+use tally_aggregates::{
+    InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent, SubscriptionEvent, SuspendReason,
+    TicketEvent, UsageEvent,
+};
 use tally_projections::StoredEvent;
 
 /// An integration event: the envelope's topic and `data`.
@@ -14,14 +34,706 @@ pub struct Integration {
     pub data: Value,
 }
 
-pub const SUBSCRIPTION_SUSPENDED: &str = "billing.subscriptions.v1.subscription-suspended";
+/// The JSON shape of one `data` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// An identifier string (`sub_…`, a customer id, an API key id).
+    Id,
+    /// Free text.
+    Text,
+    /// One of a fixed set of snake_case strings.
+    Enum(&'static [&'static str]),
+    /// An exact decimal as a string (`"12.50"`); money sits next to a `currency`.
+    Decimal,
+    /// An ISO 4217 code (`"EUR"`).
+    Currency,
+    /// An RFC 3339 UTC time.
+    Timestamp,
+    /// A non-negative JSON integer.
+    Integer,
+}
 
-/// The integration event for a stored event, if it is published.
-pub fn integration_event(e: &StoredEvent) -> Option<Integration> {
-    if e.aggregate_type != "subscription" {
-        return None;
+/// One field of a topic's `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub name: &'static str,
+    pub ty: FieldType,
+    /// Whether the value may be `null`.
+    pub nullable: bool,
+}
+
+impl Field {
+    /// The type as the document writes it: `id`, `decimal?`,
+    /// `enum(manual, non_payment)`; a trailing `?` means "or null".
+    pub fn type_name(&self) -> String {
+        let base = match self.ty {
+            FieldType::Id => "id".to_owned(),
+            FieldType::Text => "string".to_owned(),
+            FieldType::Enum(values) => format!("enum({})", values.join(", ")),
+            FieldType::Decimal => "decimal".to_owned(),
+            FieldType::Currency => "currency".to_owned(),
+            FieldType::Timestamp => "timestamp".to_owned(),
+            FieldType::Integer => "integer".to_owned(),
+        };
+        if self.nullable {
+            base + "?"
+        } else {
+            base
+        }
     }
-    match e.decode::<SubscriptionEvent>().ok()? {
+}
+
+const fn req(name: &'static str, ty: FieldType) -> Field {
+    Field {
+        name,
+        ty,
+        nullable: false,
+    }
+}
+
+const fn opt(name: &'static str, ty: FieldType) -> Field {
+    Field {
+        name,
+        ty,
+        nullable: true,
+    }
+}
+
+/// One published topic: its name, the event it is made from, what it means
+/// and the fields of its `data`, in the order the document lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub topic: &'static str,
+    /// The stored `aggregate_type` of the source event.
+    pub aggregate: &'static str,
+    /// The stored `event_type` of the source event.
+    pub event: &'static str,
+    pub description: &'static str,
+    pub data: &'static [Field],
+}
+
+impl TopicSpec {
+    /// The version in the topic name (`billing.invoices.v1.invoice-paid` → 1), as the envelope's
+    /// `schema_version` states it.
+    pub fn version(&self) -> u32 {
+        topic_version(self.topic)
+    }
+}
+
+pub const PLAN_CREATED: &str = "billing.plans.v1.plan-created";
+pub const PLAN_ARCHIVED: &str = "billing.plans.v1.plan-archived";
+pub const SUBSCRIPTION_CREATED: &str = "billing.subscriptions.v1.subscription-created";
+pub const SUBSCRIPTION_ACTIVATED: &str = "billing.subscriptions.v1.subscription-activated";
+pub const SUBSCRIPTION_PLAN_CHANGED: &str = "billing.subscriptions.v1.subscription-plan-changed";
+pub const SUBSCRIPTION_SEATS_CHANGED: &str = "billing.subscriptions.v1.subscription-seats-changed";
+pub const SUBSCRIPTION_SUSPENDED: &str = "billing.subscriptions.v1.subscription-suspended";
+pub const SUBSCRIPTION_RESUMED: &str = "billing.subscriptions.v1.subscription-resumed";
+pub const SUBSCRIPTION_PAST_DUE: &str = "billing.subscriptions.v1.subscription-past-due";
+pub const SUBSCRIPTION_PAST_DUE_CLEARED: &str =
+    "billing.subscriptions.v1.subscription-past-due-cleared";
+pub const SUBSCRIPTION_CANCELLATION_SCHEDULED: &str =
+    "billing.subscriptions.v1.subscription-cancellation-scheduled";
+pub const SUBSCRIPTION_CANCELED: &str = "billing.subscriptions.v1.subscription-canceled";
+pub const RATING_WINDOW_CLOSED: &str = "billing.subscriptions.v1.rating-window-closed";
+pub const INVOICE_ISSUED: &str = "billing.invoices.v1.invoice-issued";
+pub const INVOICE_PAID: &str = "billing.invoices.v1.invoice-paid";
+pub const INVOICE_VOIDED: &str = "billing.invoices.v1.invoice-voided";
+pub const INVOICE_MARKED_UNCOLLECTIBLE: &str = "billing.invoices.v1.invoice-marked-uncollectible";
+pub const PAYMENT_CAPTURED: &str = "billing.payments.v1.payment-captured";
+pub const USAGE_RECORDED: &str = "metering.usage.v1.usage-recorded";
+pub const USAGE_VOIDED: &str = "metering.usage.v1.usage-voided";
+pub const QUOTA_EXCEEDED: &str = "metering.quota.v1.quota-exceeded";
+pub const TICKET_CREATED: &str = "support.tickets.v1.ticket-created";
+pub const TICKET_ASSIGNED: &str = "support.tickets.v1.ticket-assigned";
+pub const TICKET_COMMENTED: &str = "support.tickets.v1.ticket-commented";
+pub const TICKET_STATUS_CHANGED: &str = "support.tickets.v1.ticket-status-changed";
+
+use FieldType::{Currency, Decimal as Dec, Enum, Id, Integer, Text, Timestamp};
+
+const TENANT: Field = req("tenant_id", Id);
+const SUBSCRIPTION: Field = req("subscription_id", Id);
+const INVOICE: Field = req("invoice_id", Id);
+const TICKET: Field = req("ticket_id", Id);
+
+/// `Interval::as_str` of every interval (a test keeps them equal).
+pub const INTERVALS: &[&str] = &["month", "year"];
+/// How a suspension is explained on the wire.
+pub const SUSPEND_REASONS: &[&str] = &["manual", "non_payment", "quota_exceeded"];
+/// `Priority::as_str` of every priority (a test keeps them equal).
+pub const PRIORITIES: &[&str] = &["low", "normal", "high", "urgent"];
+/// `TicketStatus::as_str` of every status (a test keeps them equal).
+pub const TICKET_STATUSES: &[&str] = &["new", "open", "pending", "on_hold", "solved", "closed"];
+
+/// Every topic Tally publishes. The document lists exactly these, with the
+/// same fields in the same order.
+pub const TOPICS: &[TopicSpec] = &[
+    TopicSpec {
+        topic: PLAN_CREATED,
+        aggregate: "plan",
+        event: "PlanCreated",
+        description: "A catalog plan was created; its terms never change.",
+        data: &[
+            TENANT,
+            req("plan_id", Id),
+            req("code", Text),
+            req("name", Text),
+            req("currency", Currency),
+            req("interval", Enum(INTERVALS)),
+            req("base_price", Dec),
+            req("seat_price", Dec),
+            req("min_seats", Integer),
+            req("max_seats", Integer),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: PLAN_ARCHIVED,
+        aggregate: "plan",
+        event: "PlanArchived",
+        description: "A plan was archived: no new subscriptions or changes onto it.",
+        data: &[TENANT, req("plan_id", Id), req("archived_at", Timestamp)],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_CREATED,
+        aggregate: "subscription",
+        event: "SubscriptionCreated",
+        description: "A subscription was created in draft.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("customer_id", Id),
+            req("plan_id", Id),
+            req("currency", Currency),
+            req("seats", Integer),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_ACTIVATED,
+        aggregate: "subscription",
+        event: "SubscriptionActivated",
+        description: "A draft subscription became active and its first billing period opened.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("current_period_start", Timestamp),
+            req("current_period_end", Timestamp),
+            req("activated_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_PLAN_CHANGED,
+        aggregate: "subscription",
+        event: "PlanChanged",
+        description: "An active subscription moved to another plan, prorated or not.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("from_plan_id", Id),
+            req("to_plan_id", Id),
+            opt("proration_amount", Dec),
+            req("currency", Currency),
+            req("changed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_SEATS_CHANGED,
+        aggregate: "subscription",
+        event: "SeatsChanged",
+        description: "An active subscription's seat count changed, prorated or not.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("from_seats", Integer),
+            req("to_seats", Integer),
+            opt("proration_amount", Dec),
+            opt("currency", Currency),
+            req("changed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_SUSPENDED,
+        aggregate: "subscription",
+        event: "SubscriptionSuspended",
+        description: "A subscription was suspended: by hand, for non-payment or over a quota.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("reason", Enum(SUSPEND_REASONS)),
+            opt("meter", Id),
+            req("suspended_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_RESUMED,
+        aggregate: "subscription",
+        event: "SubscriptionResumed",
+        description: "A suspended subscription is active again.",
+        data: &[TENANT, SUBSCRIPTION, req("resumed_at", Timestamp)],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_PAST_DUE,
+        aggregate: "subscription",
+        event: "SubscriptionPastDue",
+        description: "An invoice of the subscription went unpaid past its due date.",
+        data: &[TENANT, SUBSCRIPTION, INVOICE, req("past_due_at", Timestamp)],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_PAST_DUE_CLEARED,
+        aggregate: "subscription",
+        event: "PastDueCleared",
+        description:
+            "The invoice that made the subscription past due was paid; it is active again.",
+        data: &[TENANT, SUBSCRIPTION, INVOICE, req("cleared_at", Timestamp)],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_CANCELLATION_SCHEDULED,
+        aggregate: "subscription",
+        event: "CancellationScheduled",
+        description: "A cancellation at the end of the current period was scheduled.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            opt("reason", Text),
+            req("cancel_at", Timestamp),
+            req("scheduled_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: SUBSCRIPTION_CANCELED,
+        aggregate: "subscription",
+        event: "SubscriptionCanceled",
+        description: "A subscription was canceled, now or at a scheduled period end.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            opt("reason", Text),
+            req("canceled_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: RATING_WINDOW_CLOSED,
+        aggregate: "subscription",
+        event: "PeriodRenewed",
+        description: "A billing period ended and renewed: its usage is final and can be rated.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("period_start", Timestamp),
+            req("period_end", Timestamp),
+            req("next_period_start", Timestamp),
+            req("next_period_end", Timestamp),
+            req("closed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: INVOICE_ISSUED,
+        aggregate: "invoice",
+        event: "InvoiceIssued",
+        description: "A draft invoice was issued with its number, totals and due date.",
+        data: &[
+            TENANT,
+            INVOICE,
+            req("number", Text),
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("subtotal", Dec),
+            req("total", Dec),
+            req("amount_due", Dec),
+            req("issued_at", Timestamp),
+            req("due_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: INVOICE_PAID,
+        aggregate: "invoice",
+        event: "InvoicePaid",
+        description: "An invoice was paid in full (or had nothing to collect when issued).",
+        data: &[
+            TENANT,
+            INVOICE,
+            req("customer_id", Id),
+            opt("subscription_id", Id),
+            req("paid_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: INVOICE_VOIDED,
+        aggregate: "invoice",
+        event: "InvoiceVoided",
+        description: "An open, unpaid invoice was voided.",
+        data: &[
+            TENANT,
+            INVOICE,
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("reason", Text),
+            req("voided_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: INVOICE_MARKED_UNCOLLECTIBLE,
+        aggregate: "invoice",
+        event: "InvoiceMarkedUncollectible",
+        description: "The amount due of an open invoice was written off.",
+        data: &[
+            TENANT,
+            INVOICE,
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("marked_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: PAYMENT_CAPTURED,
+        aggregate: "invoice",
+        event: "PaymentRecorded",
+        description: "A payment against an open invoice was recorded.",
+        data: &[
+            TENANT,
+            req("payment_id", Id),
+            INVOICE,
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("reference", Text),
+            req("captured_at", Timestamp),
+            req("invoice_amount_paid", Dec),
+            req("invoice_amount_due", Dec),
+        ],
+    },
+    TopicSpec {
+        topic: USAGE_RECORDED,
+        aggregate: "usage_record",
+        event: "UsageRecorded",
+        description: "A usage report was recorded (once per transaction id).",
+        data: &[
+            TENANT,
+            req("record_id", Id),
+            req("transaction_id", Id),
+            SUBSCRIPTION,
+            req("meter", Id),
+            req("quantity", Dec),
+            req("timestamp", Timestamp),
+            req("window_start", Timestamp),
+            opt("window_end", Timestamp),
+            req("recorded_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: USAGE_VOIDED,
+        aggregate: "usage_record",
+        event: "UsageVoided",
+        description: "A recorded, unbilled usage record was voided and no longer counts.",
+        data: &[
+            TENANT,
+            req("record_id", Id),
+            SUBSCRIPTION,
+            req("meter", Id),
+            req("quantity", Dec),
+            req("window_start", Timestamp),
+            opt("window_end", Timestamp),
+            req("reason", Text),
+            req("voided_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: QUOTA_EXCEEDED,
+        aggregate: "subscription",
+        event: "SubscriptionSuspended",
+        description:
+            "Usage went over a meter's hard cap and the subscription was suspended for it.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("meter", Id),
+            req("suspended_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: TICKET_CREATED,
+        aggregate: "ticket",
+        event: "TicketCreated",
+        description: "A support ticket was opened.",
+        data: &[
+            TENANT,
+            TICKET,
+            req("subject", Text),
+            req("description", Text),
+            req("requester", Id),
+            req("priority", Enum(PRIORITIES)),
+            opt("subscription_id", Id),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: TICKET_ASSIGNED,
+        aggregate: "ticket",
+        event: "TicketAssigned",
+        description: "A ticket was assigned to an agent.",
+        data: &[
+            TENANT,
+            TICKET,
+            req("assignee", Id),
+            opt("previous_assignee", Id),
+            req("assigned_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: TICKET_COMMENTED,
+        aggregate: "ticket",
+        event: "CommentAdded",
+        description:
+            "A public comment was added to a ticket; internal comments are never published.",
+        data: &[
+            TENANT,
+            TICKET,
+            req("comment_id", Id),
+            req("author", Id),
+            req("body", Text),
+            req("commented_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: TICKET_STATUS_CHANGED,
+        aggregate: "ticket",
+        event: "TicketStatusChanged",
+        description: "A ticket moved from one status to another.",
+        data: &[
+            TENANT,
+            TICKET,
+            req("from_status", Enum(TICKET_STATUSES)),
+            req("to_status", Enum(TICKET_STATUSES)),
+            opt("changed_by", Id),
+            req("changed_at", Timestamp),
+        ],
+    },
+];
+
+/// An event that is deliberately not published, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unpublished {
+    pub aggregate: &'static str,
+    pub event: &'static str,
+    pub reason: &'static str,
+}
+
+/// Every stored event type that never leaves Tally. With [`TOPICS`] it
+/// accounts for every event type there is.
+pub const NOT_PUBLISHED: &[Unpublished] = &[
+    Unpublished {
+        aggregate: "invoice",
+        event: "InvoiceCreated",
+        reason:
+            "A draft is internal until it is issued; invoice-issued is its first public moment.",
+    },
+    Unpublished {
+        aggregate: "invoice",
+        event: "LineAdded",
+        reason: "Lines change only on drafts; invoice-issued carries the totals they add up to.",
+    },
+    Unpublished {
+        aggregate: "invoice_numbering",
+        event: "InvoiceNumberAssigned",
+        reason: "Bookkeeping of the gapless sequence; the number is in invoice-issued.",
+    },
+    Unpublished {
+        aggregate: "usage_record",
+        event: "UsageBilled",
+        reason: "Billing bookkeeping, one per record; the invoice topics carry the outcome.",
+    },
+    Unpublished {
+        aggregate: "ticket",
+        event: "AttachmentAdded",
+        reason:
+            "Attachments have no public or internal flag and name a storage key; they stay inside.",
+    },
+    Unpublished {
+        aggregate: "inbox",
+        event: "ItemRead",
+        reason: "A recipient's read state is private to them.",
+    },
+    Unpublished {
+        aggregate: "inbox",
+        event: "ItemArchived",
+        reason: "A recipient's read state is private to them.",
+    },
+    Unpublished {
+        aggregate: "inbox",
+        event: "AllRead",
+        reason: "A recipient's read state is private to them.",
+    },
+];
+
+/// The row of a published topic.
+pub fn spec(topic: &str) -> Option<&'static TopicSpec> {
+    TOPICS.iter().find(|s| s.topic == topic)
+}
+
+/// The primary integration event for a stored event, if it is published:
+/// the first of [`integration_events`].
+pub fn integration_event(e: &StoredEvent) -> Option<Integration> {
+    integration_events(e).into_iter().next()
+}
+
+/// Every integration event a stored event publishes, primary first. Most
+/// events publish one or none; a suspension over a quota publishes
+/// `subscription-suspended` and then `quota-exceeded`.
+pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
+    let decoded = match e.aggregate_type.as_str() {
+        "plan" => e.decode().map(|event| plan(e, event)),
+        "subscription" => e.decode().map(|event| subscription(e, event)),
+        "invoice" => e.decode().map(|event| invoice(e, event)),
+        "invoice_numbering" => e.decode().map(|event| match event {
+            NumberingEvent::InvoiceNumberAssigned { .. } => vec![],
+        }),
+        "usage_record" => e.decode().map(|event| usage(e, event)),
+        "ticket" => e.decode().map(|event| ticket(e, event)),
+        "inbox" => e.decode().map(|event| match event {
+            InboxEvent::ItemRead { .. }
+            | InboxEvent::ItemArchived { .. }
+            | InboxEvent::AllRead { .. } => vec![],
+        }),
+        _ => return vec![],
+    };
+    decoded.unwrap_or_else(|error| {
+        // A stored event this build cannot read is a bug (a missing
+        // upcaster); publishing a guess would be worse than publishing nothing.
+        tracing::warn!(
+            event_id = %e.event_id,
+            aggregate_type = %e.aggregate_type,
+            event_type = %e.event_type,
+            %error,
+            "stored event not decodable; nothing published"
+        );
+        vec![]
+    })
+}
+
+fn one(topic: &'static str, data: Value) -> Vec<Integration> {
+    vec![Integration { topic, data }]
+}
+
+fn time(t: &DateTime<Utc>) -> Value {
+    Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+/// A quantity, exactly as recorded.
+fn decimal(d: &Decimal) -> Value {
+    Value::String(d.to_string())
+}
+
+/// An amount of money with as many places as its currency's minor unit
+/// (`"20.00"`, never `"20"`), whatever scale the event happened to store.
+fn money(amount: &Decimal, currency: tally_aggregates::Currency) -> Value {
+    Value::String(round_to_minor(*amount, currency).to_string())
+}
+
+fn plan(e: &StoredEvent, event: PlanEvent) -> Vec<Integration> {
+    let (tenant_id, plan_id) = (&e.tenant, e.resource_id());
+    match event {
+        PlanEvent::PlanCreated {
+            terms, created_at, ..
+        } => one(
+            PLAN_CREATED,
+            json!({
+                "tenant_id": tenant_id,
+                "plan_id": plan_id,
+                "code": terms.code,
+                "name": terms.name,
+                "currency": terms.currency.code(),
+                "interval": terms.interval.as_str(),
+                "base_price": money(&terms.base_price, terms.currency),
+                "seat_price": money(&terms.seat_price, terms.currency),
+                "min_seats": terms.seats.min,
+                "max_seats": terms.seats.max,
+                "created_at": time(&created_at),
+            }),
+        ),
+        PlanEvent::PlanArchived { archived_at } => one(
+            PLAN_ARCHIVED,
+            json!({
+                "tenant_id": tenant_id,
+                "plan_id": plan_id,
+                "archived_at": time(&archived_at),
+            }),
+        ),
+    }
+}
+
+fn subscription(e: &StoredEvent, event: SubscriptionEvent) -> Vec<Integration> {
+    let (tenant_id, subscription_id) = (&e.tenant, e.resource_id());
+    match event {
+        SubscriptionEvent::SubscriptionCreated {
+            customer_id,
+            plan_id,
+            plan,
+            seats,
+            created_at,
+            ..
+        } => one(
+            SUBSCRIPTION_CREATED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "customer_id": customer_id,
+                "plan_id": plan_id,
+                "currency": plan.currency.code(),
+                "seats": seats,
+                "created_at": time(&created_at),
+            }),
+        ),
+        SubscriptionEvent::SubscriptionActivated {
+            period,
+            activated_at,
+            ..
+        } => one(
+            SUBSCRIPTION_ACTIVATED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "current_period_start": time(&period.start),
+                "current_period_end": time(&period.end),
+                "activated_at": time(&activated_at),
+            }),
+        ),
+        SubscriptionEvent::PlanChanged {
+            from_plan_id,
+            to_plan_id,
+            plan,
+            proration,
+            changed_at,
+        } => one(
+            SUBSCRIPTION_PLAN_CHANGED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "from_plan_id": from_plan_id,
+                "to_plan_id": to_plan_id,
+                "proration_amount": proration.as_ref().map(|p| money(&p.net, p.currency)),
+                "currency": plan.currency.code(),
+                "changed_at": time(&changed_at),
+            }),
+        ),
+        SubscriptionEvent::SeatsChanged {
+            from,
+            to,
+            proration,
+            changed_at,
+        } => one(
+            SUBSCRIPTION_SEATS_CHANGED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "from_seats": from,
+                "to_seats": to,
+                "proration_amount": proration.as_ref().map(|p| money(&p.net, p.currency)),
+                "currency": proration.as_ref().map(|p| p.currency.code()),
+                "changed_at": time(&changed_at),
+            }),
+        ),
         SubscriptionEvent::SubscriptionSuspended {
             reason,
             suspended_at,
@@ -31,30 +743,342 @@ pub fn integration_event(e: &StoredEvent) -> Option<Integration> {
                 SuspendReason::NonPayment => ("non_payment", None),
                 SuspendReason::QuotaExceeded { meter } => ("quota_exceeded", Some(meter)),
             };
-            Some(Integration {
-                topic: SUBSCRIPTION_SUSPENDED,
-                data: json!({
-                    "tenant_id": e.tenant,
-                    "subscription_id": e.resource_id(),
+            let mut published = one(
+                SUBSCRIPTION_SUSPENDED,
+                json!({
+                    "tenant_id": tenant_id,
+                    "subscription_id": subscription_id,
                     "reason": reason,
                     "meter": meter,
-                    "suspended_at": suspended_at,
+                    "suspended_at": time(&suspended_at),
                 }),
-            })
+            );
+            if let Some(meter) = meter {
+                published.push(Integration {
+                    topic: QUOTA_EXCEEDED,
+                    data: json!({
+                        "tenant_id": tenant_id,
+                        "subscription_id": subscription_id,
+                        "meter": meter,
+                        "suspended_at": time(&suspended_at),
+                    }),
+                });
+            }
+            published
         }
-        _ => None,
+        SubscriptionEvent::SubscriptionResumed { resumed_at } => one(
+            SUBSCRIPTION_RESUMED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "resumed_at": time(&resumed_at),
+            }),
+        ),
+        SubscriptionEvent::SubscriptionPastDue { invoice_id, at } => one(
+            SUBSCRIPTION_PAST_DUE,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "invoice_id": invoice_id,
+                "past_due_at": time(&at),
+            }),
+        ),
+        SubscriptionEvent::PastDueCleared { invoice_id, at } => one(
+            SUBSCRIPTION_PAST_DUE_CLEARED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "invoice_id": invoice_id,
+                "cleared_at": time(&at),
+            }),
+        ),
+        SubscriptionEvent::CancellationScheduled {
+            reason,
+            cancel_at,
+            scheduled_at,
+        } => one(
+            SUBSCRIPTION_CANCELLATION_SCHEDULED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "reason": reason,
+                "cancel_at": time(&cancel_at),
+                "scheduled_at": time(&scheduled_at),
+            }),
+        ),
+        SubscriptionEvent::SubscriptionCanceled {
+            reason,
+            canceled_at,
+        } => one(
+            SUBSCRIPTION_CANCELED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "reason": reason,
+                "canceled_at": time(&canceled_at),
+            }),
+        ),
+        SubscriptionEvent::PeriodRenewed {
+            closed_period,
+            new_period,
+            renewed_at,
+            ..
+        } => one(
+            RATING_WINDOW_CLOSED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "period_start": time(&closed_period.start),
+                "period_end": time(&closed_period.end),
+                "next_period_start": time(&new_period.start),
+                "next_period_end": time(&new_period.end),
+                "closed_at": time(&renewed_at),
+            }),
+        ),
     }
+}
+
+fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
+    let (tenant_id, invoice_id) = (&e.tenant, e.resource_id());
+    match event {
+        InvoiceEvent::InvoiceCreated { .. } | InvoiceEvent::LineAdded { .. } => vec![],
+        InvoiceEvent::InvoiceIssued {
+            number,
+            customer_id,
+            currency,
+            subtotal,
+            total,
+            amount_due,
+            issued_at,
+            due_at,
+            ..
+        } => one(
+            INVOICE_ISSUED,
+            json!({
+                "tenant_id": tenant_id,
+                "invoice_id": invoice_id,
+                "number": number,
+                "customer_id": customer_id,
+                "currency": currency.code(),
+                "subtotal": money(&subtotal, currency),
+                "total": money(&total, currency),
+                "amount_due": money(&amount_due, currency),
+                "issued_at": time(&issued_at),
+                "due_at": time(&due_at),
+            }),
+        ),
+        InvoiceEvent::PaymentRecorded {
+            payment,
+            customer_id,
+            currency,
+            amount_paid,
+            amount_due,
+        } => one(
+            PAYMENT_CAPTURED,
+            json!({
+                "tenant_id": tenant_id,
+                "payment_id": payment.payment_id,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+                "currency": currency.code(),
+                "amount": money(&payment.amount, currency),
+                "reference": payment.reference,
+                "captured_at": time(&payment.captured_at),
+                "invoice_amount_paid": money(&amount_paid, currency),
+                "invoice_amount_due": money(&amount_due, currency),
+            }),
+        ),
+        InvoiceEvent::InvoicePaid {
+            customer_id,
+            subscription_id,
+            paid_at,
+        } => one(
+            INVOICE_PAID,
+            json!({
+                "tenant_id": tenant_id,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+                "subscription_id": subscription_id,
+                "paid_at": time(&paid_at),
+            }),
+        ),
+        InvoiceEvent::InvoiceVoided {
+            customer_id,
+            currency,
+            amount,
+            reason,
+            voided_at,
+        } => one(
+            INVOICE_VOIDED,
+            json!({
+                "tenant_id": tenant_id,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+                "currency": currency.code(),
+                "amount": money(&amount, currency),
+                "reason": reason,
+                "voided_at": time(&voided_at),
+            }),
+        ),
+        InvoiceEvent::InvoiceMarkedUncollectible {
+            customer_id,
+            currency,
+            amount,
+            at,
+        } => one(
+            INVOICE_MARKED_UNCOLLECTIBLE,
+            json!({
+                "tenant_id": tenant_id,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+                "currency": currency.code(),
+                "amount": money(&amount, currency),
+                "marked_at": time(&at),
+            }),
+        ),
+    }
+}
+
+fn usage(e: &StoredEvent, event: UsageEvent) -> Vec<Integration> {
+    let (tenant_id, record_id) = (&e.tenant, e.resource_id());
+    match event {
+        // The client's `properties` are free-form and nested: not part of a
+        // flat, stable contract.
+        UsageEvent::UsageRecorded {
+            transaction_id,
+            subscription_id,
+            meter,
+            quantity,
+            timestamp,
+            window,
+            recorded_at,
+            ..
+        } => one(
+            USAGE_RECORDED,
+            json!({
+                "tenant_id": tenant_id,
+                "record_id": record_id,
+                "transaction_id": transaction_id,
+                "subscription_id": subscription_id,
+                "meter": meter,
+                "quantity": decimal(&quantity),
+                "timestamp": time(&timestamp),
+                "window_start": time(&window.start),
+                "window_end": window.end.as_ref().map(time),
+                "recorded_at": time(&recorded_at),
+            }),
+        ),
+        UsageEvent::UsageVoided {
+            subscription_id,
+            meter,
+            quantity,
+            window,
+            reason,
+            voided_at,
+        } => one(
+            USAGE_VOIDED,
+            json!({
+                "tenant_id": tenant_id,
+                "record_id": record_id,
+                "subscription_id": subscription_id,
+                "meter": meter,
+                "quantity": decimal(&quantity),
+                "window_start": time(&window.start),
+                "window_end": window.end.as_ref().map(time),
+                "reason": reason,
+                "voided_at": time(&voided_at),
+            }),
+        ),
+        UsageEvent::UsageBilled { .. } => vec![],
+    }
+}
+
+fn ticket(e: &StoredEvent, event: TicketEvent) -> Vec<Integration> {
+    let (tenant_id, ticket_id) = (&e.tenant, e.resource_id());
+    match event {
+        TicketEvent::TicketCreated {
+            subject,
+            description,
+            requester,
+            priority,
+            subscription_id,
+            created_at,
+            ..
+        } => one(
+            TICKET_CREATED,
+            json!({
+                "tenant_id": tenant_id,
+                "ticket_id": ticket_id,
+                "subject": subject,
+                "description": description,
+                "requester": requester,
+                "priority": priority.as_str(),
+                "subscription_id": subscription_id,
+                "created_at": time(&created_at),
+            }),
+        ),
+        TicketEvent::TicketAssigned {
+            assignee,
+            previous,
+            assigned_at,
+            ..
+        } => one(
+            TICKET_ASSIGNED,
+            json!({
+                "tenant_id": tenant_id,
+                "ticket_id": ticket_id,
+                "assignee": assignee,
+                "previous_assignee": previous,
+                "assigned_at": time(&assigned_at),
+            }),
+        ),
+        // An internal comment is for agents only: it must never leave Tally.
+        TicketEvent::CommentAdded { comment, .. } if !comment.public => vec![],
+        TicketEvent::CommentAdded { comment, .. } => one(
+            TICKET_COMMENTED,
+            json!({
+                "tenant_id": tenant_id,
+                "ticket_id": ticket_id,
+                "comment_id": comment.id,
+                "author": comment.author,
+                "body": comment.body,
+                "commented_at": time(&comment.created_at),
+            }),
+        ),
+        TicketEvent::AttachmentAdded { .. } => vec![],
+        TicketEvent::TicketStatusChanged {
+            from,
+            to,
+            changed_at,
+            by,
+            ..
+        } => one(
+            TICKET_STATUS_CHANGED,
+            json!({
+                "tenant_id": tenant_id,
+                "ticket_id": ticket_id,
+                "from_status": from.as_str(),
+                "to_status": to.as_str(),
+                "changed_by": by,
+                "changed_at": time(&changed_at),
+            }),
+        ),
+    }
+}
+
+/// The version in a topic name: the first dot-separated part `v<N>`, else 1.
+fn topic_version(topic: &str) -> u32 {
+    topic
+        .split('.')
+        .find_map(|part| part.strip_prefix('v')?.parse::<u32>().ok())
+        .unwrap_or(1)
 }
 
 /// The envelope every outbound channel (webhooks, NATS) sends: `id` is the
 /// event id, so a redelivery carries the same id and receivers can dedupe.
 pub fn envelope(e: &StoredEvent, i: &Integration) -> Value {
     let name = i.topic.rsplit('.').next().unwrap_or(i.topic);
-    let version = i
-        .topic
-        .split('.')
-        .find_map(|part| part.strip_prefix('v')?.parse::<u32>().ok())
-        .unwrap_or(1);
+    let version = topic_version(i.topic);
     json!({
         "id": e.event_id,
         "type": name,
@@ -144,5 +1168,14 @@ mod tests {
         let i = integration_event(&stored(serde_json::to_value(&e).unwrap())).unwrap();
         assert_eq!(i.data["reason"], "manual");
         assert_eq!(i.data["meter"], Value::Null);
+        // The operator's note is internal.
+        assert!(i.data.get("note").is_none());
+    }
+
+    #[test]
+    fn topic_versions_are_read_from_the_name() {
+        assert_eq!(topic_version(SUBSCRIPTION_SUSPENDED), 1);
+        assert_eq!(topic_version("billing.invoices.v2.invoice-paid"), 2);
+        assert!(TOPICS.iter().all(|s| s.version() == 1));
     }
 }
