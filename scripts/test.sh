@@ -5,13 +5,20 @@
 # 127.0.0.1:5432 when one answers; else PostgreSQL is installed from Debian's
 # packages (as root) and a throwaway cluster is started for this run and
 # removed after it. The PostgreSQL tests never skip: without a server they fail.
+#
+# NATS (JetStream): TALLY_TEST_NATS_URL when set; else the server at
+# 127.0.0.1:4222 when one answers; else a throwaway `nats-server -js` for this
+# run. The outage test starts and stops a nats-server of its own, so the
+# binary is installed from Debian's packages (as root) when missing. The NATS
+# tests never skip either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pg_answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 
 cleanup() { :; }
-trap 'cleanup' EXIT
+nats_cleanup() { :; }
+trap 'cleanup; nats_cleanup' EXIT
 
 if [[ "${DATABASE_URL:-}" == postgres://* || "${DATABASE_URL:-}" == postgresql://* ]]; then
   pg_url="$DATABASE_URL"
@@ -44,4 +51,38 @@ else
 fi
 
 export TALLY_TEST_POSTGRES_URL="$pg_url"
+
+nats_bin=$(command -v nats-server || ls /usr/sbin/nats-server /usr/local/bin/nats-server 2>/dev/null | head -n 1 || true)
+if [[ -z "$nats_bin" ]]; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "test.sh: nats-server is not installed and this is not root: install it or set TALLY_TEST_NATS_SERVER" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nats-server >/dev/null
+  nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+fi
+export TALLY_TEST_NATS_SERVER="${TALLY_TEST_NATS_SERVER:-$nats_bin}"
+if [[ -n "${TALLY_TEST_NATS_URL:-}" ]]; then
+  echo "test.sh: NATS from TALLY_TEST_NATS_URL"
+elif pg_answers 127.0.0.1 4222; then
+  export TALLY_TEST_NATS_URL="nats://127.0.0.1:4222"
+  echo "test.sh: NATS at 127.0.0.1:4222"
+else
+  echo "test.sh: no NATS answers; starting a throwaway nats-server -js"
+  nats_port=54222
+  nats_dir=$(mktemp -d /tmp/tally-nats.XXXXXX)
+  "$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir" >"$nats_dir/log" 2>&1 &
+  nats_pid=$!
+  nats_cleanup() { kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; rm -rf "$nats_dir"; }
+  for _ in $(seq 50); do pg_answers 127.0.0.1 "$nats_port" && break; sleep 0.2; done
+  if ! pg_answers 127.0.0.1 "$nats_port"; then
+    echo "test.sh: nats-server did not start:" >&2
+    cat "$nats_dir/log" >&2
+    exit 1
+  fi
+  export TALLY_TEST_NATS_URL="nats://127.0.0.1:$nats_port"
+fi
+
 cargo test --workspace --all-targets

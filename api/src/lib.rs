@@ -19,9 +19,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tally_commands::nats::{NatsConfig, NatsPublisher};
 use tally_commands::policies::billing::{BillingConfig, BillingPolicy};
 use tally_commands::policies::collections;
 use tally_commands::policies::quota::{self, QuotaPolicy};
+use tally_commands::webhooks::{WebhookConfig, Webhooks};
 use tally_commands::{keys, Clock, Dispatcher};
 use tally_projections::runtime::RuntimeConfig;
 use tally_projections::{Db, Runtime};
@@ -40,6 +42,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub keys: auth::KeyCache,
     pub billing: BillingConfig,
+    pub webhooks: Webhooks,
 }
 
 /// Requests taking longer than this are answered 503.
@@ -136,6 +139,15 @@ pub fn router(state: AppState) -> Router {
             "/v1/audit/streams/{type}/{id}/events",
             get(audit::stream_events),
         )
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/deliveries/{id}", get(webhooks::delivery))
+        .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))
         .route("/v1/admin/projections", get(admin::projections))
         .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild));
     if state.dispatcher.clock().is_manual() {
@@ -179,6 +191,8 @@ pub struct Config {
     pub clock: Clock,
     pub runtime: RuntimeConfig,
     pub billing: BillingConfig,
+    /// NATS JetStream publishing of integration events; off when `None`.
+    pub nats: Option<NatsConfig>,
 }
 
 /// A running server.
@@ -197,6 +211,7 @@ impl Server {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         self.task.await??;
+        self.state.webhooks.stop().await;
         self.state.runtime.stop().await;
         self.state.db.close().await;
         Ok(())
@@ -205,6 +220,7 @@ impl Server {
     /// Waits until the server stops (after a shutdown signal).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await??;
+        self.state.webhooks.stop().await;
         self.state.runtime.stop().await;
         self.state.db.close().await;
         Ok(())
@@ -241,6 +257,16 @@ async fn purge_idempotency_keys(db: Db, mut stop: watch::Receiver<bool>) {
 /// Connects, migrates, bootstraps the first key, starts the consumers and
 /// serves on `listener`.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
+    start_with_webhooks(config, WebhookConfig::from_env()?, listener).await
+}
+
+/// [`start`] with webhook settings given rather than read from the
+/// environment (`TALLY_WEBHOOK_ALLOWED_HOSTS`, `TALLY_SECRET_KEY`, …).
+pub async fn start_with_webhooks(
+    config: Config,
+    webhook_config: WebhookConfig,
+    listener: TcpListener,
+) -> anyhow::Result<Server> {
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
     let bootstrap_key = if keys::count(&db).await? == 0 {
@@ -252,12 +278,18 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
     let head = tally_projections::EventLog::new(db.clone()).head().await?;
     db.announce(head);
     let dispatcher = Dispatcher::new(db.clone(), config.clock.clone());
+    let webhooks = Webhooks::new(db.clone(), config.clock.clone(), webhook_config).await?;
     let mut consumers = tally_projections::all_projectors();
     consumers.push(std::sync::Arc::new(QuotaPolicy::new(dispatcher.clone())));
     consumers.push(std::sync::Arc::new(BillingPolicy::new(
         dispatcher.clone(),
         config.billing.clone(),
     )));
+    if let Some(nats) = &config.nats {
+        consumers.push(std::sync::Arc::new(NatsPublisher::new(nats.clone())));
+    }
+    // Webhooks: one delivery row per published event and matching endpoint.
+    consumers.push(webhooks.fanout());
     // Tamper evidence: chains every event as the log reader delivers it.
     consumers.push(tally_projections::seal::sealer());
     let runtime = Runtime::new(db.clone(), consumers, config.runtime.clone());
@@ -269,7 +301,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Serv
         metrics: metrics_handle(),
         keys: auth::KeyCache::default(),
         billing: config.billing.clone(),
+        webhooks,
     };
+    state.webhooks.start_worker();
     let app = router(state.clone());
     let addr = listener.local_addr()?;
     let (shutdown, mut rx) = watch::channel(false);

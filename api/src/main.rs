@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tally_api::{start, Config};
 use tally_commands::keys::{self, Role};
+use tally_commands::nats::NatsConfig;
 use tally_commands::policies::billing::BillingConfig;
 use tally_commands::Clock;
 use tally_projections::runtime::RuntimeConfig;
@@ -47,6 +48,10 @@ enum Command {
         /// Days a past-due subscription keeps running before it is suspended.
         #[arg(long, env = "TALLY_GRACE_DAYS", default_value_t = 7)]
         grace_days: u32,
+        /// Publishes integration events to NATS JetStream (stream `TALLY`) when
+        /// set; a comma-separated list for a cluster.
+        #[arg(long, env = "NATS_URL")]
+        nats_url: Option<String>,
     },
     /// Applies the database migrations.
     Migrate {
@@ -117,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clock_start,
             invoice_due_days,
             grace_days,
+            nats_url,
         } => {
             let clock = match clock {
                 ClockKind::System => Clock::System,
@@ -144,6 +150,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     due_days: invoice_due_days,
                     grace: chrono::Duration::days(i64::from(grace_days)),
                 },
+                nats: nats_url
+                    .filter(|u| !u.trim().is_empty())
+                    .map(NatsConfig::new),
             };
             let server = start(config, listener).await?;
             if let Some(key) = &server.bootstrap_key {

@@ -23,6 +23,8 @@ use crate::AppState;
         tickets::create, tickets::assign, tickets::comment, tickets::attach, tickets::transition, tickets::list, tickets::get,
         inbox::list, inbox::read, inbox::archive, inbox::read_all,
         audit::stream_events, audit::state_at, audit::feed, audit::digest,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::enable,
+        webhooks::deliveries, webhooks::delivery, webhooks::retry,
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,
     ),

@@ -493,6 +493,7 @@ where
             clock: Clock::System,
             runtime: RuntimeConfig::default(),
             billing: Default::default(),
+            nats: None,
         },
         listener,
     )

@@ -8,10 +8,12 @@ pub mod idempotency;
 pub mod ids;
 pub mod invoices;
 pub mod keys;
+pub mod nats;
 pub mod policies;
 pub mod store;
 pub mod topics;
 pub mod usage;
+pub mod webhooks;
 
 pub use clock::Clock;
 pub use dispatch::{CommandError, CommandMeta, Dispatcher, Executed};

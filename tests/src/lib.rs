@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use tally_api::{start, Config, Server};
 use tally_commands::keys::{self, Role};
+pub use tally_commands::nats::NatsConfig;
 pub use tally_commands::policies::billing::BillingConfig;
+pub use tally_commands::webhooks::{AllowList, WebhookConfig};
 use tally_commands::Clock;
 use tally_projections::runtime::RuntimeConfig;
 use tally_projections::Db;
@@ -223,6 +225,20 @@ impl TestApp {
         clock: Clock,
         billing: BillingConfig,
     ) -> TestApp {
+        Self::spawn_full(backend, clock, billing, None).await
+    }
+
+    /// A system-clock server that publishes integration events to NATS.
+    pub async fn spawn_nats(backend: Backend, nats: NatsConfig) -> TestApp {
+        Self::spawn_full(backend, Clock::System, BillingConfig::default(), Some(nats)).await
+    }
+
+    async fn spawn_full(
+        backend: Backend,
+        clock: Clock,
+        billing: BillingConfig,
+        nats: Option<NatsConfig>,
+    ) -> TestApp {
         let db = TestDb::new(backend).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -235,6 +251,7 @@ impl TestApp {
                 ..RuntimeConfig::default()
             },
             billing,
+            nats,
         };
         let server = start(config, listener).await.expect("start server");
         let admin_key = server
@@ -263,6 +280,42 @@ impl TestApp {
         if let Some(s) = self.server.take() {
             s.shutdown().await.expect("graceful shutdown");
         }
+    }
+
+    /// A manual-clock server with its own webhook settings (allowed hosts,
+    /// retry schedule, poll interval) instead of the environment's.
+    pub async fn spawn_webhooks(
+        backend: Backend,
+        start_at: DateTime<Utc>,
+        webhooks: WebhookConfig,
+    ) -> TestApp {
+        let db = TestDb::new(backend).await;
+        let server = start_webhook_server(&db.url, Clock::manual(start_at), webhooks).await;
+        let admin_key = server
+            .bootstrap_key
+            .clone()
+            .expect("a bootstrap key on first start");
+        TestApp {
+            base: format!("http://{}", server.addr),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("client"),
+            admin_key,
+            backend,
+            server: Some(server),
+            db,
+        }
+    }
+
+    /// A restart: stops the server gracefully and starts another on the same
+    /// database and clock (on a new port), with `webhooks`.
+    pub async fn restart_with_webhooks(&mut self, webhooks: WebhookConfig) {
+        let clock = self.state().dispatcher.clock().clone();
+        self.stop().await;
+        let server = start_webhook_server(&self.db.url, clock, webhooks).await;
+        self.base = format!("http://{}", server.addr);
+        self.server = Some(server);
     }
 
     /// A new key for `tenant` with `role`.
@@ -469,6 +522,25 @@ impl TestApp {
             }
         }
     }
+}
+
+async fn start_webhook_server(database_url: &str, clock: Clock, webhooks: WebhookConfig) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let config = Config {
+        database_url: database_url.to_string(),
+        clock,
+        runtime: RuntimeConfig {
+            poll_interval: Duration::from_millis(200),
+            ..RuntimeConfig::default()
+        },
+        billing: BillingConfig::default(),
+        nats: None,
+    };
+    tally_api::start_with_webhooks(config, webhooks, listener)
+        .await
+        .expect("start server")
 }
 
 pub fn standard_plan_body(code: &str) -> Value {

@@ -689,6 +689,7 @@ async fn operations_endpoints(backend: Backend) {
             "inbox",
             "policy.quota",
             "policy.billing",
+            "webhooks.fanout",
             "sealer"
         ]
     );

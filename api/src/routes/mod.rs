@@ -11,6 +11,7 @@ pub mod plans;
 pub mod subscriptions;
 pub mod tickets;
 pub mod usage;
+pub mod webhooks;
 
 use std::time::Duration;
 

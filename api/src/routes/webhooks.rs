@@ -1,0 +1,346 @@
+//! Webhook endpoints (admin only): register an endpoint (its secret is shown
+//! once), list, get, delete and re-enable endpoints, an endpoint's delivery
+//! log, one delivery with every attempt, and manual retry. Delivery itself
+//! lives in `tally_commands::webhooks`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tally_commands::webhooks::{Attempt, Delivery, Endpoint, WebhookError};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{check_id, read_your_writes, PageParams};
+use crate::auth::{Access, Principal};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{JsonBody, QueryParams};
+use crate::AppState;
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Invalid { field, message } => ApiError::field(field, message),
+            WebhookError::NotFound => ApiError::NotFound,
+            WebhookError::Conflict(m) => ApiError::InvalidTransition(m),
+            WebhookError::Config(m) => ApiError::Internal(m),
+            WebhookError::Db(e) => e.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookRequest {
+    /// Where deliveries are POSTed (http or https).
+    pub url: String,
+    /// Topics (`billing.subscriptions.v1.subscription-suspended`) or families
+    /// (`billing.subscriptions.v1.*`).
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDto {
+    pub id: String,
+    pub url: String,
+    pub topics: Vec<String>,
+    /// active | disabled
+    pub status: String,
+    pub created_at: String,
+    /// Since when every attempt has failed; null while deliveries succeed.
+    pub failing_since: Option<String>,
+    pub disabled_at: Option<String>,
+}
+
+impl From<Endpoint> for WebhookDto {
+    fn from(e: Endpoint) -> Self {
+        WebhookDto {
+            id: e.id,
+            url: e.url,
+            topics: e.topics,
+            status: e.status,
+            created_at: e.created_at,
+            failing_since: e.failing_since,
+            disabled_at: e.disabled_at,
+        }
+    }
+}
+
+/// A new endpoint with its signing secret, which is never shown again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedWebhookDto {
+    #[serde(flatten)]
+    pub endpoint: WebhookDto,
+    /// The HMAC-SHA256 key of `Tally-Signature` (the string's bytes).
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookPage {
+    pub data: Vec<WebhookDto>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDto {
+    pub id: String,
+    pub endpoint_id: String,
+    /// The envelope's `id`: the same on every attempt.
+    pub event_id: String,
+    pub topic: String,
+    /// pending | delivered | retrying | dead
+    pub status: String,
+    pub attempts: i64,
+    pub last_status_code: Option<i64>,
+    pub last_latency_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<String>,
+    /// Null unless the delivery is pending or retrying.
+    pub next_attempt_at: Option<String>,
+    pub delivered_at: Option<String>,
+    pub created_at: String,
+}
+
+impl From<Delivery> for DeliveryDto {
+    fn from(d: Delivery) -> Self {
+        DeliveryDto {
+            id: d.id,
+            endpoint_id: d.endpoint_id,
+            event_id: d.event_id,
+            topic: d.topic,
+            status: d.status,
+            attempts: d.attempts,
+            last_status_code: d.last_status_code,
+            last_latency_ms: d.last_latency_ms,
+            last_error: d.last_error,
+            last_attempt_at: d.last_attempt_at,
+            next_attempt_at: d.next_attempt_at,
+            delivered_at: d.delivered_at,
+            created_at: d.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub data: Vec<DeliveryDto>,
+    pub next_cursor: Option<String>,
+}
+
+/// One attempt of the delivery log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptDto {
+    pub attempt: i64,
+    pub attempted_at: String,
+    /// The receiver's status code; null when no response came (timeout,
+    /// refused connection, refused address).
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    /// delivered | failed
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+impl From<Attempt> for AttemptDto {
+    fn from(a: Attempt) -> Self {
+        AttemptDto {
+            attempt: a.attempt,
+            attempted_at: a.attempted_at,
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            outcome: a.outcome,
+            error: a.error,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDetailDto {
+    #[serde(flatten)]
+    pub delivery: DeliveryDto,
+    pub attempt_log: Vec<AttemptDto>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookListParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryListParams {
+    /// pending | delivered | retrying | dead (`dead` lists the dead letter)
+    pub status: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+const DELIVERY_STATUSES: [&str; 4] = ["pending", "delivered", "retrying", "dead"];
+
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
+    responses((status = 201, body = CreatedWebhookDto), (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(app): State<AppState>,
+    principal: Principal,
+    JsonBody(req): JsonBody<CreateWebhookRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Admin)?;
+    let created = app
+        .webhooks
+        .create_endpoint(principal.tenant(), &principal.0.id, &req.url, &req.topics)
+        .await?;
+    let body = CreatedWebhookDto {
+        endpoint: created.endpoint.into(),
+        secret: created.secret,
+    };
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(WebhookListParams),
+    responses((status = 200, body = WebhookPage), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<AppState>,
+    principal: Principal,
+    QueryParams(q): QueryParams<WebhookListParams>,
+) -> ApiResult<axum::Json<WebhookPage>> {
+    principal.require(Access::Admin)?;
+    let page = PageParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let result = app
+        .webhooks
+        .list_endpoints(principal.tenant(), page.limit()?, page.cursor.as_deref())
+        .await?;
+    Ok(axum::Json(WebhookPage {
+        data: result.data.into_iter().map(Into::into).collect(),
+        next_cursor: result.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn get(
+    State(app): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<WebhookDto>> {
+    principal.require(Access::Admin)?;
+    check_id(&id, "whk")?;
+    let endpoint = app.webhooks.endpoint(principal.tenant(), &id).await?;
+    Ok(axum::Json(endpoint.into()))
+}
+
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn delete(
+    State(app): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    principal.require(Access::Admin)?;
+    check_id(&id, "whk")?;
+    app.webhooks
+        .delete_endpoint(principal.tenant(), &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Re-enables an endpoint the server disabled after it kept failing.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn enable(
+    State(app): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<WebhookDto>> {
+    principal.require(Access::Admin)?;
+    check_id(&id, "whk")?;
+    let endpoint = app
+        .webhooks
+        .enable_endpoint(principal.tenant(), &id)
+        .await?;
+    Ok(axum::Json(endpoint.into()))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path), DeliveryListParams),
+    responses((status = 200, body = DeliveryPage), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn deliveries(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<DeliveryListParams>,
+) -> ApiResult<axum::Json<DeliveryPage>> {
+    principal.require(Access::Admin)?;
+    check_id(&id, "whk")?;
+    if q.status
+        .as_deref()
+        .is_some_and(|s| !DELIVERY_STATUSES.contains(&s))
+    {
+        return Err(ApiError::field(
+            "status",
+            "must be pending, delivered, retrying or dead",
+        ));
+    }
+    // Deliveries are made by a consumer of the log: X-Min-Position waits for it.
+    read_your_writes(&app, &headers).await?;
+    let page = PageParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let result = app
+        .webhooks
+        .list_deliveries(
+            principal.tenant(),
+            &id,
+            q.status.as_deref(),
+            page.limit()?,
+            page.cursor.as_deref(),
+        )
+        .await?;
+    Ok(axum::Json(DeliveryPage {
+        data: result.data.into_iter().map(Into::into).collect(),
+        next_cursor: result.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/deliveries/{id}", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, body = DeliveryDetailDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn delivery(
+    State(app): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<DeliveryDetailDto>> {
+    principal.require(Access::Admin)?;
+    check_id(&id, "whd")?;
+    let (delivery, attempts) = app.webhooks.delivery(principal.tenant(), &id).await?;
+    Ok(axum::Json(DeliveryDetailDto {
+        delivery: delivery.into(),
+        attempt_log: attempts.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Sends a delivery again now: a dead letter gets one more try; a delivered
+/// one is sent again (same event id).
+#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 202, body = DeliveryDto), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn retry(
+    State(app): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    principal.require(Access::Admin)?;
+    check_id(&id, "whd")?;
+    let delivery = app.webhooks.retry(principal.tenant(), &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(DeliveryDto::from(delivery)),
+    )
+        .into_response())
+}
