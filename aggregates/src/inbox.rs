@@ -67,7 +67,32 @@ pub enum InboxCommand {
         recipient: String,
         at: DateTime<Utc>,
     },
+    /// Delivers a notice that no other aggregate's event stands for (the
+    /// system telling an operator something, e.g. a webhook endpoint it
+    /// disabled). The item's id comes from the event's id.
+    Notify {
+        recipient: String,
+        notice: Notice,
+        at: DateTime<Utc>,
+    },
 }
+
+/// A notice for the recipient's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    pub title: String,
+    pub body: String,
+    /// What it is about: a type (`webhook`) and an id.
+    pub subject_type: String,
+    pub subject_id: String,
+}
+
+/// The severities of inbox items.
+pub const SEVERITIES: &[&str] = &["info", "warning", "critical"];
+/// The longest notice title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
 
 impl InboxCommand {
     /// The snake_case command name.
@@ -76,6 +101,7 @@ impl InboxCommand {
             InboxCommand::MarkRead { .. } => "mark_read",
             InboxCommand::Archive { .. } => "archive",
             InboxCommand::ReadAll { .. } => "read_all",
+            InboxCommand::Notify { .. } => "notify",
         }
     }
 }
@@ -100,6 +126,12 @@ pub enum InboxEvent {
         recipient: String,
         read_at: DateTime<Utc>,
     },
+    /// A notice was delivered to the recipient.
+    Notified {
+        recipient: String,
+        notice: Notice,
+        notified_at: DateTime<Utc>,
+    },
 }
 
 impl InboxEvent {
@@ -109,6 +141,7 @@ impl InboxEvent {
             InboxEvent::ItemRead { .. } => "ItemRead",
             InboxEvent::ItemArchived { .. } => "ItemArchived",
             InboxEvent::AllRead { .. } => "AllRead",
+            InboxEvent::Notified { .. } => "Notified",
         }
     }
 
@@ -117,7 +150,8 @@ impl InboxEvent {
         match self {
             InboxEvent::ItemRead { recipient, .. }
             | InboxEvent::ItemArchived { recipient, .. }
-            | InboxEvent::AllRead { recipient, .. } => recipient,
+            | InboxEvent::AllRead { recipient, .. }
+            | InboxEvent::Notified { recipient, .. } => recipient,
         }
     }
 }
@@ -207,6 +241,31 @@ impl Inbox {
                     read_at: at,
                 }])
             }
+            InboxCommand::Notify {
+                recipient,
+                notice,
+                at,
+            } => {
+                self.check_recipient(&recipient)?;
+                if !SEVERITIES.contains(&notice.severity.as_str()) {
+                    return Err(DomainError::validation(
+                        "severity",
+                        "must be info, warning or critical",
+                    ));
+                }
+                let title_chars = notice.title.trim().chars().count();
+                if title_chars == 0 || title_chars > MAX_TITLE_CHARS {
+                    return Err(DomainError::validation(
+                        "title",
+                        format!("must be 1 to {MAX_TITLE_CHARS} characters"),
+                    ));
+                }
+                Ok(vec![InboxEvent::Notified {
+                    recipient,
+                    notice,
+                    notified_at: at,
+                }])
+            }
         }
     }
 
@@ -232,6 +291,8 @@ impl Inbox {
             InboxEvent::AllRead { .. } => {
                 self.read_all_count += 1;
             }
+            // The item itself is read-model state.
+            InboxEvent::Notified { .. } => {}
         }
     }
 }

@@ -349,3 +349,68 @@ fn an_event_for_another_recipient_is_a_bug() {
         read_at: t(AT),
     });
 }
+
+fn notice(severity: &str, title: &str) -> tally_aggregates::inbox::Notice {
+    tally_aggregates::inbox::Notice {
+        severity: severity.to_owned(),
+        title: title.to_owned(),
+        body: "Every delivery failed for three days.".to_owned(),
+        subject_type: "webhook".to_owned(),
+        subject_id: "whk_1".to_owned(),
+    }
+}
+
+#[test]
+fn a_notice_is_delivered_on_a_fresh_and_a_used_inbox() {
+    for history in histories() {
+        let inbox = given(&history);
+        let n = notice("warning", "Webhook endpoint disabled");
+        assert_eq!(
+            inbox.decide(InboxCommand::Notify {
+                recipient: ME.to_owned(),
+                notice: n.clone(),
+                at: t(AT),
+            }),
+            Ok(vec![InboxEvent::Notified {
+                recipient: ME.to_owned(),
+                notice: n,
+                notified_at: t(AT),
+            }])
+        );
+    }
+}
+
+#[test]
+fn a_notice_needs_a_known_severity_a_title_and_the_owner() {
+    let inbox = given(&histories()[1]);
+    let notify = |recipient: &str, n| InboxCommand::Notify {
+        recipient: recipient.to_owned(),
+        notice: n,
+        at: t(AT),
+    };
+    assert_validation(inbox.decide(notify(ME, notice("loud", "x"))), "severity");
+    assert_validation(inbox.decide(notify(ME, notice("info", "  "))), "title");
+    assert_validation(
+        inbox.decide(notify(ME, notice("info", &"x".repeat(201)))),
+        "title",
+    );
+    assert_validation(
+        inbox.decide(notify("customer:cus_2", notice("info", "x"))),
+        "recipient",
+    );
+    // A notice changes none of the recipient's decisions.
+    let mut after = inbox.clone();
+    for e in inbox.decide(notify(ME, notice("critical", "x"))).unwrap() {
+        after.evolve(&e);
+    }
+    assert_eq!(after, inbox);
+    assert_eq!(
+        InboxEvent::Notified {
+            recipient: ME.to_owned(),
+            notice: notice("info", "x"),
+            notified_at: t(AT),
+        }
+        .event_type(),
+        "Notified"
+    );
+}

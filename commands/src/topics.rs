@@ -565,6 +565,12 @@ pub const NOT_PUBLISHED: &[Unpublished] = &[
         event: "AllRead",
         reason: "A recipient's read state is private to them.",
     },
+    Unpublished {
+        aggregate: "inbox",
+        event: "Notified",
+        reason:
+            "A notice to an operator's inbox; what it reports has its own topic or is internal.",
+    },
 ];
 
 /// The row of a published topic.
@@ -594,7 +600,8 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
         "inbox" => e.decode().map(|event| match event {
             InboxEvent::ItemRead { .. }
             | InboxEvent::ItemArchived { .. }
-            | InboxEvent::AllRead { .. } => vec![],
+            | InboxEvent::AllRead { .. }
+            | InboxEvent::Notified { .. } => vec![],
         }),
         _ => return vec![],
     };

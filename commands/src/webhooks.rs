@@ -57,6 +57,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::clock::Clock;
 use crate::{ids, topics};
+use tally_aggregates::inbox::{Inbox, InboxCommand, Notice};
 
 /// The fan-out consumer's name (its checkpoint row).
 pub const FANOUT_CONSUMER: &str = "webhooks.fanout";
@@ -1380,8 +1381,61 @@ impl Webhooks {
         if disabled {
             tracing::warn!(tenant = %d.tenant, endpoint_id = %d.endpoint_id,
                 "webhook endpoint disabled: every attempt failed for the disable period");
+            self.notify_disabled(&d.tenant, &d.endpoint_id, at).await;
         }
         Ok(())
+    }
+
+    /// Tells the admin who registered a disabled endpoint, in their inbox
+    /// (`user:<key id>`), through the `Inbox` aggregate's `Notify` so that a
+    /// rebuild keeps the item. Best effort after the disable committed: a
+    /// crash in between loses the notice, not the disable (logged above).
+    async fn notify_disabled(&self, tenant: &str, endpoint_id: &str, at: DateTime<Utc>) {
+        let row: Result<Option<(String, String)>, sqlx::Error> = sqlx::query_as(
+            "SELECT created_by, url FROM webhook_endpoints WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(endpoint_id)
+        .fetch_optional(&self.inner.db.any)
+        .await;
+        let Ok(Some((created_by, url))) = row else {
+            tracing::warn!(
+                tenant,
+                endpoint_id,
+                "no admin to notify of a disabled webhook endpoint"
+            );
+            return;
+        };
+        let recipient = format!("user:{created_by}");
+        let host = Url::parse(&url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        let days = self.inner.config.disable_after.as_secs() / 86_400;
+        let notice = Notice {
+            severity: "critical".into(),
+            title: "Webhook endpoint disabled".into(),
+            body: format!(
+                "Webhook endpoint {endpoint_id} ({host}) failed every delivery for {days} days and is disabled. \
+                 Fix the receiver, then enable it with POST /v1/webhooks/{endpoint_id}/enable; waiting deliveries resume."
+            ),
+            subject_type: "webhook".into(),
+            subject_id: endpoint_id.to_string(),
+        };
+        let dispatcher = crate::Dispatcher::new(self.inner.db.clone(), self.inner.clock.clone());
+        let meta = crate::policies::scheduler_meta(tenant, "system:webhooks");
+        let result = dispatcher
+            .execute::<Inbox, _>(&meta, &recipient, None, |inbox| {
+                inbox.decide(InboxCommand::Notify {
+                    recipient: recipient.clone(),
+                    notice: notice.clone(),
+                    at,
+                })
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(tenant, endpoint_id, error = %e, "could not notify the admin of a disabled webhook endpoint");
+        }
     }
 
     /// Deletes delivered and dead deliveries past their retention, with their attempts.

@@ -1245,6 +1245,26 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
             ),
             vec![],
         ),
+        (
+            "inbox notice",
+            stored(
+                "inbox",
+                "user:key_1",
+                "Notified",
+                &InboxEvent::Notified {
+                    recipient: "user:key_1".into(),
+                    notice: tally_aggregates::inbox::Notice {
+                        severity: "warning".into(),
+                        title: "Webhook endpoint disabled".into(),
+                        body: "Every delivery failed for three days.".into(),
+                        subject_type: "webhook".into(),
+                        subject_id: "whk_1".into(),
+                    },
+                    notified_at: t("2026-01-16T12:00:00Z"),
+                },
+            ),
+            vec![],
+        ),
     ]
 }
 

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
+use std::borrow::Cow;
+
 use tally_aggregates::inbox::InboxEvent;
 use tally_aggregates::invoice::InvoiceEvent;
 use tally_aggregates::subscription::{SubscriptionEvent, SuspendReason};
@@ -56,10 +58,10 @@ pub fn principal_user(s: &str) -> String {
 
 struct Delivery {
     recipient: String,
-    severity: &'static str,
+    severity: Cow<'static, str>,
     title: String,
     body: String,
-    subject_type: &'static str,
+    subject_type: Cow<'static, str>,
     subject_id: String,
 }
 
@@ -76,10 +78,10 @@ async fn deliver(
     .bind(&event.tenant)
     .bind(item_id(&event.event_id, &d.recipient))
     .bind(&d.recipient)
-    .bind(d.severity)
+    .bind(d.severity.as_ref())
     .bind(d.title)
     .bind(d.body)
-    .bind(d.subject_type)
+    .bind(d.subject_type.as_ref())
     .bind(d.subject_id)
     .bind(&event.recorded_at)
     .bind(event.position)
@@ -204,10 +206,10 @@ async fn subscription(
         event,
         Delivery {
             recipient: format!("customer:{customer}"),
-            severity,
+            severity: severity.into(),
             title,
             body,
-            subject_type: "subscription",
+            subject_type: "subscription".into(),
             subject_id: sub,
         },
     )
@@ -257,10 +259,10 @@ async fn invoice(
         event,
         Delivery {
             recipient: format!("customer:{customer}"),
-            severity: "info",
+            severity: "info".into(),
             title,
             body,
-            subject_type: "invoice",
+            subject_type: "invoice".into(),
             subject_id: id,
         },
     )
@@ -291,10 +293,10 @@ async fn ticket(
             seen.push(r.clone());
             out.push(Delivery {
                 recipient: r,
-                severity,
+                severity: severity.into(),
                 title: title.clone(),
                 body: body.clone(),
-                subject_type: "ticket",
+                subject_type: "ticket".into(),
                 subject_id: id.clone(),
             });
         }
@@ -393,6 +395,24 @@ async fn inbox(
             .bind(&event.tenant)
             .bind(item_id)
             .execute(&mut *conn)
+            .await?;
+        }
+        InboxEvent::Notified {
+            recipient, notice, ..
+        } => {
+            deliver(
+                conn,
+                t,
+                event,
+                Delivery {
+                    recipient,
+                    severity: notice.severity.into(),
+                    title: notice.title,
+                    body: notice.body,
+                    subject_type: notice.subject_type.into(),
+                    subject_id: notice.subject_id,
+                },
+            )
             .await?;
         }
         InboxEvent::AllRead { recipient, .. } => {

@@ -581,6 +581,38 @@ async fn endpoint_failing_for_three_days_is_disabled(backend: Backend) {
         .await;
     assert_eq!(r.body["status"], "disabled", "{:?}", r.body);
     assert_eq!(time_of(&r.body["disabled_at"]), now(&app));
+    // The admin who registered it finds a critical item in their inbox.
+    let created_by: String =
+        sqlx::query_scalar("SELECT created_by FROM webhook_endpoints WHERE id = $1")
+            .bind(&endpoint)
+            .fetch_one(&app.state().db.any)
+            .await
+            .unwrap();
+    let inbox = format!("/v1/inbox?recipient=user:{created_by}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let item = loop {
+        let r = app.get(&app.admin_key, &inbox).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if let Some(item) = r.body["data"].as_array().and_then(|d| d.first().cloned()) {
+            break item;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no inbox item: {:?}",
+            r.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(item["severity"], "critical");
+    assert_eq!(item["title"], "Webhook endpoint disabled");
+    assert_eq!(
+        item["subject_ref"],
+        json!({"type": "webhook", "id": endpoint})
+    );
+    assert!(
+        item["body"].as_str().unwrap().contains("/enable"),
+        "{item:?}"
+    );
     // Its delivery waits: a retry is refused while the endpoint is disabled.
     assert_eq!(d["status"], "retrying");
     let id = d["id"].as_str().unwrap();
