@@ -125,7 +125,7 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
         Err(e) => return ApiError::from(e).into_response(),
         Ok(Reservation::Mismatch) => return ApiError::IdempotencyKeyReused.into_response(),
         Ok(Reservation::InFlight) => return ApiError::IdempotencyInFlight.into_response(),
-        Ok(Reservation::Replay(stored)) => return replay(stored),
+        Ok(Reservation::Replay(stored)) => return replay(&app, &tenant, stored).await,
         Ok(Reservation::Proceed) => {}
     }
     let mut req = Request::from_parts(parts, Body::from(bytes));
@@ -156,9 +156,18 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
                     .map(|v| (h.to_string(), v.into()))
             })
             .collect();
+        let mut headers = headers;
+        let mut stored_body = String::from_utf8_lossy(&body).into_owned();
+        if let Some(DerivedSecret(endpoint_id)) = parts.extensions.get::<DerivedSecret>() {
+            if let Ok(serde_json::Value::Object(mut doc)) = serde_json::from_slice(&body) {
+                doc.remove("secret");
+                stored_body = serde_json::Value::Object(doc).to_string();
+                headers.insert(DERIVED_SECRET_MARK.into(), endpoint_id.clone().into());
+            }
+        }
         let stored = StoredResponse {
             status: parts.status.as_u16(),
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: stored_body,
             headers: serde_json::Value::Object(headers).to_string(),
         };
         if let Err(e) = idempotency::complete(&app.db, &tenant, &key, &stored).await {
@@ -178,10 +187,37 @@ fn body_code(body: &[u8]) -> Option<String> {
         .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_string))
 }
 
-fn replay(stored: StoredResponse) -> Response {
+/// Marks a response whose `secret` field is derivable from the webhook
+/// endpoint named here: the idempotency store keeps the response without it.
+#[derive(Debug, Clone)]
+pub struct DerivedSecret(pub String);
+
+/// The stored-headers entry that says a replay must derive the secret again.
+const DERIVED_SECRET_MARK: &str = "tally-derived-secret";
+
+async fn replay(app: &AppState, tenant: &str, stored: StoredResponse) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    let mut response = (status, stored.body).into_response();
-    if let Ok(serde_json::Value::Object(headers)) = serde_json::from_str(&stored.headers) {
+    let mut headers = match serde_json::from_str(&stored.headers) {
+        Ok(serde_json::Value::Object(h)) => h,
+        _ => serde_json::Map::new(),
+    };
+    let mut body = stored.body;
+    if let Some(endpoint_id) = headers
+        .remove(DERIVED_SECRET_MARK)
+        .and_then(|v| v.as_str().map(str::to_string))
+    {
+        let secret = match app.webhooks.endpoint_secret(tenant, &endpoint_id).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => return ApiError::NotFound.into_response(),
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+        if let Ok(serde_json::Value::Object(mut doc)) = serde_json::from_str(&body) {
+            doc.insert("secret".into(), secret.into());
+            body = serde_json::Value::Object(doc).to_string();
+        }
+    }
+    let mut response = (status, body).into_response();
+    {
         for (name, value) in headers {
             if let (Ok(n), Some(Ok(v))) = (
                 HeaderName::try_from(name.as_str()),

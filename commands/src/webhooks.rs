@@ -980,6 +980,23 @@ impl Webhooks {
         Ok(())
     }
 
+    /// The signing secret of an endpoint, derived again (it is never stored):
+    /// for replaying the creation answer of an idempotent request.
+    pub async fn endpoint_secret(
+        &self,
+        tenant: &str,
+        endpoint_id: &str,
+    ) -> Result<Option<String>, DbError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT secret_salt, secret_key_id FROM webhook_endpoints WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(endpoint_id)
+        .fetch_optional(&self.inner.db.any)
+        .await?;
+        Ok(row.and_then(|(salt, key_id)| self.inner.keys.secret(&key_id, endpoint_id, &salt)))
+    }
+
     /// Enables a disabled endpoint again; its waiting deliveries resume.
     pub async fn enable_endpoint(&self, tenant: &str, id: &str) -> Result<Endpoint, WebhookError> {
         sqlx::query(

@@ -376,6 +376,28 @@ async fn signed_deliveries_retry_until_the_receiver_answers(backend: Backend) {
         .await;
     assert!(one.body.get("secret").is_none());
     assert_eq!(one.body["failing_since"], Value::Null);
+
+    // Created with an Idempotency-Key: a repeat answers the same, secret
+    // included, yet the idempotency store does not hold the secret.
+    let body = json!({"url": receiver.url, "topics": [SUSPENDED]});
+    let key = [("Idempotency-Key", "whk-create-1".to_string())];
+    let first = app
+        .post_with(&app.admin_key, "/v1/webhooks", body.clone(), &key)
+        .await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let again = app
+        .post_with(&app.admin_key, "/v1/webhooks", body, &key)
+        .await;
+    assert_eq!(again.status, 201, "{:?}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body);
+    let secret = first.body["secret"].as_str().unwrap();
+    for row in dump_table(&app.state().db, "idempotency_keys").await {
+        assert!(
+            row.iter().all(|cell| !cell.contains(&secret[6..])),
+            "idempotency_keys holds the secret"
+        );
+    }
 }
 
 async fn always_failing_receiver_dead_letters_and_manual_retry_delivers(backend: Backend) {

@@ -191,11 +191,18 @@ pub async fn create(
         .webhooks
         .create_endpoint(principal.tenant(), &principal.0.id, &req.url, &req.topics)
         .await?;
+    let endpoint_id = created.endpoint.id.clone();
     let body = CreatedWebhookDto {
         endpoint: created.endpoint.into(),
         secret: created.secret,
     };
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+    // An Idempotency-Key must not keep the secret: it is stored without it
+    // and derived again on replay.
+    response
+        .extensions_mut()
+        .insert(crate::middleware::DerivedSecret(endpoint_id));
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(WebhookListParams),
