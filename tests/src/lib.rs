@@ -254,6 +254,11 @@ impl TestApp {
             nats,
         };
         let server = start(config, listener).await.expect("start server");
+        Self::on(backend, db, server)
+    }
+
+    /// A client of a server started on the fresh database `db`.
+    fn on(backend: Backend, db: TestDb, server: Server) -> TestApp {
         let admin_key = server
             .bootstrap_key
             .clone()
@@ -291,21 +296,7 @@ impl TestApp {
     ) -> TestApp {
         let db = TestDb::new(backend).await;
         let server = start_webhook_server(&db.url, Clock::manual(start_at), webhooks).await;
-        let admin_key = server
-            .bootstrap_key
-            .clone()
-            .expect("a bootstrap key on first start");
-        TestApp {
-            base: format!("http://{}", server.addr),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .expect("client"),
-            admin_key,
-            backend,
-            server: Some(server),
-            db,
-        }
+        Self::on(backend, db, server)
     }
 
     /// A restart: stops the server gracefully and starts another on the same
