@@ -73,6 +73,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("too many requests for this API key; retry after {0} s")]
+    RateLimited(u64),
     #[error("internal error")]
     Internal(String),
 }
@@ -149,6 +151,11 @@ impl ApiError {
                 "method_not_allowed",
                 "Method not allowed",
             ),
+            RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -184,6 +191,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::RateLimited(secs) = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
         if let ApiError::Internal(cause) | ApiError::Unavailable(cause) = self {
             response.extensions_mut().insert(InternalCause(cause));
         }

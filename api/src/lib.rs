@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod openapi;
+pub mod ratelimit;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub keys: auth::KeyCache,
     pub billing: BillingConfig,
     pub webhooks: Webhooks,
+    pub rate: ratelimit::RateLimiter,
 }
 
 /// Requests taking longer than this are answered 503.
@@ -162,6 +164,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            ratelimit::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::authenticate,
         ));
     Router::new()
@@ -193,6 +199,8 @@ pub struct Config {
     pub billing: BillingConfig,
     /// NATS JetStream publishing of integration events; off when `None`.
     pub nats: Option<NatsConfig>,
+    /// Requests per second per API key.
+    pub rate_limit: ratelimit::RateLimit,
 }
 
 /// A running server.
@@ -302,6 +310,7 @@ pub async fn start_with_webhooks(
         keys: auth::KeyCache::default(),
         billing: config.billing.clone(),
         webhooks,
+        rate: ratelimit::RateLimiter::new(config.rate_limit),
     };
     state.webhooks.start_worker();
     let app = router(state.clone());

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tally_api::ratelimit::RateLimit;
 use tally_api::{start, Config};
 use tally_commands::keys::{self, Role};
 use tally_commands::nats::NatsConfig;
@@ -52,6 +53,13 @@ enum Command {
         /// set; a comma-separated list for a cluster.
         #[arg(long, env = "NATS_URL")]
         nats_url: Option<String>,
+        /// Requests per second per API key (0: no limit); answered 429 with
+        /// Retry-After above it.
+        #[arg(long, env = "TALLY_RATE_LIMIT", default_value_t = 1000.0)]
+        rate_limit: f64,
+        /// Requests a key may make at once above its rate.
+        #[arg(long, env = "TALLY_RATE_BURST", default_value_t = 2000.0)]
+        rate_burst: f64,
     },
     /// Applies the database migrations.
     Migrate {
@@ -123,6 +131,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             invoice_due_days,
             grace_days,
             nats_url,
+            rate_limit,
+            rate_burst,
         } => {
             let clock = match clock {
                 ClockKind::System => Clock::System,
@@ -139,6 +149,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
+            if !(rate_limit.is_finite() && rate_limit >= 0.0 && rate_burst.is_finite()) {
+                anyhow::bail!("--rate-limit and --rate-burst must be non-negative numbers");
+            }
             if invoice_due_days > tally_aggregates::invoice::MAX_DUE_DAYS || grace_days > 365 {
                 anyhow::bail!("--invoice-due-days and --grace-days must be 0 to 365");
             }
@@ -153,6 +166,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 nats: nats_url
                     .filter(|u| !u.trim().is_empty())
                     .map(NatsConfig::new),
+                rate_limit: RateLimit {
+                    per_sec: rate_limit,
+                    burst: rate_burst.max(1.0),
+                },
             };
             let server = start(config, listener).await?;
             if let Some(key) = &server.bootstrap_key {

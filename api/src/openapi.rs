@@ -46,7 +46,7 @@ impl Modify for Bearer {
 
 /// Every error is `application/problem+json` with the `Problem` schema, and
 /// every operation documents the errors the conventions of API.md give it:
-/// 401/403 (auth), 422 (bad input), 503 (database away, or a read that waited
+/// 401/403 (auth), 422 (bad input), 429 (rate limit), 503 (database away, or a read that waited
 /// for `X-Min-Position`), 404 where the path names a resource, 409/412/413 for
 /// commands. Written once here rather than on each handler.
 struct Problems;
@@ -87,6 +87,7 @@ impl Modify for Problems {
                         ("401", "Missing or unknown API key"),
                         ("403", "The key's role does not allow this"),
                         ("422", "Invalid input"),
+                        ("429", "Too many requests for this API key (Retry-After)"),
                     ]);
                 }
                 if api && names_resource {

@@ -494,6 +494,7 @@ where
             runtime: RuntimeConfig::default(),
             billing: Default::default(),
             nats: None,
+            rate_limit: Default::default(),
         },
         listener,
     )

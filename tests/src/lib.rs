@@ -225,25 +225,39 @@ impl TestApp {
         clock: Clock,
         billing: BillingConfig,
     ) -> TestApp {
-        Self::spawn_full(backend, clock, billing, None).await
+        Self::spawn_full(backend, clock, billing, |_| {}).await
     }
 
     /// A system-clock server that publishes integration events to NATS.
     pub async fn spawn_nats(backend: Backend, nats: NatsConfig) -> TestApp {
-        Self::spawn_full(backend, Clock::System, BillingConfig::default(), Some(nats)).await
+        Self::spawn_full(backend, Clock::System, BillingConfig::default(), |c| {
+            c.nats = Some(nats)
+        })
+        .await
+    }
+
+    /// A system-clock server with its own per-key rate limit.
+    pub async fn spawn_limited(
+        backend: Backend,
+        limit: tally_api::ratelimit::RateLimit,
+    ) -> TestApp {
+        Self::spawn_full(backend, Clock::System, BillingConfig::default(), |c| {
+            c.rate_limit = limit
+        })
+        .await
     }
 
     async fn spawn_full(
         backend: Backend,
         clock: Clock,
         billing: BillingConfig,
-        nats: Option<NatsConfig>,
+        tune: impl FnOnce(&mut Config),
     ) -> TestApp {
         let db = TestDb::new(backend).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");
-        let config = Config {
+        let mut config = Config {
             database_url: db.url.clone(),
             clock,
             runtime: RuntimeConfig {
@@ -251,8 +265,10 @@ impl TestApp {
                 ..RuntimeConfig::default()
             },
             billing,
-            nats,
+            nats: None,
+            rate_limit: Default::default(),
         };
+        tune(&mut config);
         let server = start(config, listener).await.expect("start server");
         Self::on(backend, db, server)
     }
@@ -528,6 +544,7 @@ async fn start_webhook_server(database_url: &str, clock: Clock, webhooks: Webhoo
         },
         billing: BillingConfig::default(),
         nats: None,
+        rate_limit: Default::default(),
     };
     tally_api::start_with_webhooks(config, webhooks, listener)
         .await

@@ -21,7 +21,46 @@ both_backends!(
     docs_work_offline,
     manual_clock,
     audit_state_and_feed,
+    rate_limit_per_key,
 );
+
+/// Above its rate a key gets 429 problems with Retry-After before any work
+/// is done; another key keeps its own budget.
+async fn rate_limit_per_key(backend: Backend) {
+    let app = TestApp::spawn_limited(
+        backend,
+        tally_api::ratelimit::RateLimit {
+            per_sec: 0.01,
+            burst: 3.0,
+        },
+    )
+    .await;
+    let key = &app.admin_key;
+    for _ in 0..3 {
+        assert_eq!(app.get(key, "/v1/plans").await.status, 200);
+    }
+    let limited = app.create_plan(key, standard_plan_body("rl")).await;
+    limited.assert_problem(429, "rate_limited");
+    let wait: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(wait >= 1, "{wait}");
+    // The refused command changed nothing.
+    let head = app.state().dispatcher.log().head().await.unwrap();
+    assert_eq!(head, 0);
+    // A second key has its own bucket.
+    let other = app.key("default", "reader").await;
+    assert_eq!(app.get(&other, "/v1/plans").await.status, 200);
+    // Health and metrics are not behind a key.
+    assert_eq!(
+        app.request(reqwest::Method::GET, "/healthz", None, &[], None)
+            .await
+            .status,
+        200
+    );
+}
 
 async fn walkthrough(backend: Backend) {
     // The clock stands on the activation day: with the system clock the
