@@ -21,7 +21,7 @@ use cqrs_es::{Aggregate, DomainEvent, EventStore};
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
-use tally_projections::db::{Db, DbError, TypedPool};
+use tally_projections::db::{value_rows, Db, DbError, TypedPool};
 use tally_projections::time;
 
 /// Snapshot every this many events of a stream.
@@ -275,27 +275,7 @@ pub async fn append_many(
         return Ok(Vec::new());
     }
     let mut last_position: HashMap<(String, String, i64), i64> = HashMap::new();
-    let placeholders = |n: usize| -> String {
-        (0..n)
-            .map(|r| {
-                let b = r * 10;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    b + 9,
-                    b + 10
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let placeholders = |n: usize| value_rows(n, 10);
     const COLUMNS: &str =
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
          payload, metadata, event_id, tenant, recorded_at) VALUES ";

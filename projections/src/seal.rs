@@ -230,12 +230,9 @@ impl Projector for Sealer {
             links.push((event.position, previous.clone()));
         }
         for chunk in links.chunks(INSERT_ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-                .collect();
             let sql = format!(
                 "INSERT INTO audit_chain (position, hash) VALUES {}",
-                values.join(", ")
+                crate::db::value_rows(chunk.len(), 2)
             );
             let mut query = sqlx::query(&sql);
             for (position, hash) in chunk {

@@ -216,18 +216,12 @@ async fn upsert_rows<S: ProjectedState>(
         .map(|c| format!(", {c} = excluded.{c}"))
         .collect();
     for chunk in rows.chunks(ROWS_PER_UPSERT) {
-        let tuples: Vec<String> = (0..chunk.len())
-            .map(|r| {
-                let p: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-                format!("({})", p.join(", "))
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO {table} (tenant, id, body, {cols}{sep}version) VALUES {tuples} \
              ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body, version = excluded.version{updates}",
             cols = cols.join(", "),
             sep = if cols.is_empty() { "" } else { ", " },
-            tuples = tuples.join(", "),
+            tuples = crate::db::value_rows(chunk.len(), width),
             updates = updates.concat(),
         );
         let mut q = sqlx::query(&sql);

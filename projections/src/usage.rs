@@ -109,28 +109,11 @@ impl Projector for UsageProjector {
             ]);
         }
         for chunk in records.chunks(ROWS_PER_UPSERT) {
-            let tuples: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    let b = r * 9;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8,
-                        b + 9
-                    )
-                })
-                .collect();
             let sql = t.sql(&format!(
                 "INSERT INTO rm_usage_records (tenant, id, transaction_id, subscription_id, meter, ts, status, body, version) \
                  VALUES {} ON CONFLICT (tenant, id) DO UPDATE SET \
                  status = excluded.status, body = excluded.body, version = excluded.version",
-                tuples.join(", ")
+                crate::db::value_rows(chunk.len(), 9)
             ))
             .into_owned();
             let mut q = sqlx::query(&sql);
