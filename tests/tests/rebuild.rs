@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use tally_projections::rebuild::{self, Start};
 use tally_projections::runtime::{RuntimeConfig, StepOutcome};
 use tally_projections::{all_projectors, Runtime, Tables};
-use tally_tests::{both_backends, dump_read_models, Backend, BillingConfig, TestApp};
+use tally_tests::{
+    assert_same_read_models, both_backends, dump_read_models, Backend, BillingConfig, TestApp,
+};
 
 both_backends!(
     every_read_model_rebuilds_equal,
@@ -299,14 +301,7 @@ async fn every_read_model_rebuilds_equal(backend: Backend) {
         shadows, 0,
         "every rebuild swapped and dropped its checkpoint"
     );
-    for (table, rows) in &before {
-        let missing: Vec<_> = rows.iter().filter(|r| !after[table].contains(r)).collect();
-        let extra: Vec<_> = after[table].iter().filter(|r| !rows.contains(r)).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{table} differs after its rebuild: missing {missing:?}, extra {extra:?}"
-        );
-    }
+    assert_same_read_models(&before, &after);
 }
 
 async fn queries_answer_from_current_tables_during_a_rebuild(backend: Backend) {
