@@ -145,7 +145,30 @@ pub struct Dispatcher {
     repo: LogRepository,
     log: EventLog,
     clock: Clock,
-    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The streams some command of this process is writing, each with the
+    /// queue of the others waiting for their turn (see [`Dispatcher::turn`]).
+    turns: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// One command's turn on a stream; the stream leaves the map with its last
+/// writer.
+struct Turn {
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    turns: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turns = self.turns.lock().expect("turns poisoned");
+        self.guard.take();
+        if turns
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            turns.remove(&self.key);
+        }
+    }
 }
 
 impl Dispatcher {
@@ -154,20 +177,26 @@ impl Dispatcher {
             repo: LogRepository::new(db.clone()),
             log: EventLog::new(db),
             clock,
-            locks: Arc::default(),
+            turns: Arc::default(),
         }
     }
 
-    /// A process-wide lock for `key`, for streams every writer of a tenant
-    /// contends on (the invoice numbering): waiting here is cheaper than
-    /// losing the optimistic race over and over. Other processes still meet
-    /// on the stream's sequence, so correctness never depends on it.
-    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.locks.lock().expect("lock map poisoned");
-            locks.entry(key.to_string()).or_default().clone()
+    /// Waits for this process's turn on stream `key`. Writers of one stream
+    /// queue here instead of racing on its sequence in the database, where
+    /// each lost race costs a transaction, a connection held while waiting
+    /// on the winner's commit, and a retry; with many writers on one stream
+    /// that convoy exhausted the connection pool. Other processes still meet
+    /// on the stream's sequence, so correctness never depends on the turn.
+    async fn turn(&self, key: &str) -> Turn {
+        let queue = {
+            let mut turns = self.turns.lock().expect("turns poisoned");
+            turns.entry(key.to_string()).or_default().clone()
         };
-        lock.lock_owned().await
+        Turn {
+            key: key.to_string(),
+            guard: Some(queue.lock_owned().await),
+            turns: self.turns.clone(),
+        }
     }
 
     pub fn clock(&self) -> &Clock {
@@ -206,6 +235,7 @@ impl Dispatcher {
         F: Fn(&A) -> Result<Vec<A::Event>, DomainError>,
     {
         let key = stream_key(&meta.tenant, id);
+        let _turn = self.turn(&key).await;
         for attempt in 0..MAX_ATTEMPTS {
             let (state, version) = self.repo.load::<A>(&key).await?;
             if let Some(expected) = expected_version {
@@ -301,6 +331,13 @@ impl Dispatcher {
     {
         let key_a = stream_key(&meta.tenant, id_a);
         let key_b = stream_key(&meta.tenant, id_b);
+        // Both turns, in key order so that two pairs never wait on each other.
+        let _first = self.turn(key_a.as_str().min(&key_b)).await;
+        let _second = if key_a != key_b {
+            Some(self.turn(key_a.as_str().max(&key_b)).await)
+        } else {
+            None
+        };
         for attempt in 0..MAX_ATTEMPTS {
             let ((a, version_a), (b, version_b)) =
                 tokio::try_join!(self.repo.load::<A>(&key_a), self.repo.load::<B>(&key_b))?;

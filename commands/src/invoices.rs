@@ -6,7 +6,6 @@ use rust_decimal::Decimal;
 use tally_aggregates::invoice::{
     Invoice, InvoiceCommand, InvoiceNumbering, NumberingCommand, NUMBERING_ID,
 };
-use tally_projections::stream_key;
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
 use crate::ids::new_id;
@@ -14,16 +13,14 @@ use crate::ids::new_id;
 /// Issues a draft: takes the tenant's next invoice number and appends the
 /// `InvoiceIssued` and the `InvoiceNumberAssigned` together, so numbers are
 /// unique and gapless however many invoices are issued at once. Issuers in
-/// this process queue on a lock; other processes meet on the numbering
-/// stream's sequence and retry.
+/// this process take turns on the numbering stream (`execute_pair`); other
+/// processes meet on its sequence and retry.
 pub async fn issue(
     d: &Dispatcher,
     meta: &CommandMeta,
     invoice_id: &str,
     expected_version: Option<i64>,
 ) -> Result<Executed<Invoice>, CommandError> {
-    let _turn = d.lock(&stream_key(&meta.tenant, NUMBERING_ID)).await;
-    let at = d.clock().now();
     let (invoice, _) = d
         .execute_pair::<Invoice, InvoiceNumbering, _>(
             meta,
@@ -31,6 +28,9 @@ pub async fn issue(
             NUMBERING_ID,
             expected_version,
             |invoice, numbering| {
+                // Read in the numbering stream's turn, so numbers follow
+                // issue times in this process.
+                let at = d.clock().now();
                 let issued = invoice.decide(InvoiceCommand::Issue {
                     number: numbering.next(),
                     at,

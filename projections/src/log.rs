@@ -105,6 +105,11 @@ pub struct EventLog {
     db: Db,
     /// First position of a hole → its bound (a transaction id).
     holes: Arc<Mutex<BTreeMap<i64, u64>>>,
+    /// Holes proven final, as first position → the position after the hole.
+    /// A final hole stays empty for ever, so every other reader that meets
+    /// it (a slower consumer, a rebuild) steps over it without a new proof,
+    /// which would wait for every older transaction of the whole cluster.
+    finals: Arc<Mutex<BTreeMap<i64, i64>>>,
 }
 
 /// Holes remembered at most (the oldest are forgotten first; a forgotten
@@ -116,6 +121,7 @@ impl EventLog {
         Self {
             db,
             holes: Arc::default(),
+            finals: Arc::default(),
         }
     }
 
@@ -136,11 +142,19 @@ impl EventLog {
         let mut expected = position + 1;
         for row in rows {
             let event = decode_row(&row)?;
-            if event.position != expected && self.db.backend == Backend::Postgres {
+            if event.position != expected
+                && self.db.backend == Backend::Postgres
+                && !self.known_final(expected, event.position)
+            {
                 let xmin = parse_xid(row.try_get("xmin")?);
                 if !self.hole_is_final(expected, xmin).await? {
                     break;
                 }
+                let mut finals = self.finals.lock().expect("finals");
+                if finals.len() >= MAX_HOLES {
+                    finals.pop_first();
+                }
+                finals.insert(expected, event.position);
             }
             expected = event.position + 1;
             out.push(event);
@@ -160,6 +174,15 @@ impl EventLog {
     /// again soon rather than at their idle poll interval.
     pub fn has_pending_holes(&self) -> bool {
         !self.holes.lock().expect("holes").is_empty()
+    }
+
+    /// Whether the positions `start..end` were proven an empty, final hole.
+    fn known_final(&self, start: i64, end: i64) -> bool {
+        let finals = self.finals.lock().expect("finals");
+        finals
+            .range(..=start)
+            .next_back()
+            .is_some_and(|(_, after)| *after >= end)
     }
 
     /// Whether the hole starting at `start` is final, given the `xmin` of the

@@ -99,6 +99,60 @@ async fn postgres_reader_waits_for_an_open_lower_position() {
     }
 }
 
+/// A hole proven final once stays final for every reader of the process: a
+/// slower consumer that meets it later steps over it at once, even while a
+/// long transaction elsewhere in the cluster holds `xmin` back (a new proof
+/// would wait for that transaction to end).
+#[tokio::test]
+async fn postgres_final_holes_are_not_proven_twice() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let db = tdb.connect().await;
+    let log = EventLog::new(db.clone());
+    let start = log.head().await.unwrap();
+    let mut a = sqlx::PgConnection::connect(&tdb.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut a).await.unwrap();
+    let hole = insert_in_tx(&mut a, "rolled-back").await;
+    sqlx::query("ROLLBACK").execute(&mut a).await.unwrap();
+    let mut b = sqlx::PgConnection::connect(&tdb.url).await.unwrap();
+    let after = insert_in_tx(&mut b, "committed").await;
+    assert!(hole < after);
+
+    // The first reader proves the hole final (bounded by other databases'
+    // transactions, which hold the cluster-wide xmin back for a while).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = log.read_after(start, 100).await.unwrap();
+        if !seen.is_empty() {
+            assert_eq!(
+                seen.iter().map(|e| e.position).collect::<Vec<_>>(),
+                vec![after]
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hole was never proven final"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    // A long transaction with an id holds xmin back from here on.
+    let mut long = sqlx::PgConnection::connect(&tdb.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut long).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut long)
+        .await
+        .unwrap();
+    // A slower reader of the same process meets the hole: no new proof.
+    let seen = log.read_after(start, 100).await.unwrap();
+    assert_eq!(
+        seen.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![after],
+        "a final hole is stepped over without waiting for unrelated transactions"
+    );
+    sqlx::query("ROLLBACK").execute(&mut long).await.unwrap();
+}
+
 /// Many writers append concurrently while a reader follows the log with
 /// `read_after`: it must see every event exactly once, in position order.
 async fn no_skip_under_concurrent_writers(backend: Backend) {
