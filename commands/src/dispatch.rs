@@ -132,6 +132,49 @@ fn prepare<A: Aggregate>(
     })
 }
 
+impl<A> Prepared<A> {
+    /// What the command did once its rows are stored, the last at `position`.
+    fn executed(self, id: &str, position: i64) -> Executed<A> {
+        Executed {
+            id: id.to_string(),
+            state: self.state,
+            version: self.version,
+            position,
+            appended: self.appended,
+        }
+    }
+}
+
+impl<A> Executed<A> {
+    /// A no-op command: the resource as it is.
+    fn unchanged(id: &str, state: A, version: i64, position: i64) -> Self {
+        Executed {
+            id: id.to_string(),
+            state,
+            version,
+            position,
+            appended: 0,
+        }
+    }
+}
+
+/// If-Match: the stream must be at `expected` when one is given.
+fn check_version(expected: Option<i64>, actual: i64) -> Result<(), CommandError> {
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(CommandError::VersionMismatch { expected, actual })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Counts a command that went through: `ok`, or `noop` when it appended nothing.
+fn count_outcome(aggregate: &'static str, appended: usize) {
+    let outcome = if appended == 0 { "noop" } else { "ok" };
+    metrics::counter!("tally_commands_total", "aggregate" => aggregate, "outcome" => outcome)
+        .increment(1);
+}
+
 /// Jittered backoff after a conflict, so that competing writers spread out.
 async fn backoff(attempt: u32) {
     let max_ms = 2 + attempt.min(10) * 2;
@@ -236,79 +279,48 @@ impl Dispatcher {
     {
         let key = stream_key(&meta.tenant, id);
         let _turn = self.turn(&key).await;
-        for attempt in 0..MAX_ATTEMPTS {
-            let (state, version) = self.repo.load::<A>(&key).await?;
-            if let Some(expected) = expected_version {
-                if expected != version {
-                    return Err(CommandError::VersionMismatch {
-                        expected,
-                        actual: version,
-                    });
-                }
-            }
-            let events = match decide(&state) {
-                Ok(events) => events,
-                Err(e) => {
-                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "rejected")
-                        .increment(1);
-                    return Err(e.into());
-                }
-            };
-            if events.is_empty() {
-                metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "noop").increment(1);
-                let position = self.log.stream_position(A::TYPE, &key).await?;
-                return Ok(Executed {
-                    id: id.to_string(),
-                    state,
-                    version,
-                    position,
-                    appended: 0,
-                });
-            }
-            let p = prepare(state, version, events, &meta.to_map(&self.clock))?;
-            match store::append(
-                self.db(),
-                A::TYPE,
-                &key,
-                &meta.tenant,
-                self.clock.now(),
-                &p.rows,
-                p.snapshot.as_ref(),
-            )
-            .await
-            {
-                Ok(positions) => {
-                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
-                    return Ok(Executed {
-                        id: id.to_string(),
-                        state: p.state,
-                        version: p.version,
-                        position: positions.last().copied().unwrap_or_default(),
-                        appended: p.appended,
-                    });
-                }
-                Err(StoreError::Conflict) => {
-                    metrics::counter!("tally_command_conflicts_total", "aggregate" => A::TYPE)
-                        .increment(1);
-                    if let Some(expected) = expected_version {
-                        // The caller asked for this exact version, and another
-                        // writer moved past it.
-                        return Err(CommandError::VersionMismatch {
-                            expected,
-                            actual: expected + 1,
-                        });
-                    }
-                    backoff(attempt).await;
-                }
-                Err(e) => {
-                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "error").increment(1);
-                    return Err(e.into());
-                }
-            }
+        let out = self
+            .retrying(A::TYPE, || {
+                self.execute_once(meta, id, &key, expected_version, &decide)
+            })
+            .await?;
+        count_outcome(A::TYPE, out.appended);
+        Ok(out)
+    }
+
+    /// One try of [`Dispatcher::execute`]; `Conflict` when another writer
+    /// appended first.
+    async fn execute_once<A, F>(
+        &self,
+        meta: &CommandMeta,
+        id: &str,
+        key: &str,
+        expected_version: Option<i64>,
+        decide: &F,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A: Aggregate + Clone,
+        F: Fn(&A) -> Result<Vec<A::Event>, DomainError>,
+    {
+        let (state, version) = self.repo.load::<A>(key).await?;
+        check_version(expected_version, version)?;
+        let events = decide(&state)?;
+        if events.is_empty() {
+            let position = self.log.stream_position(A::TYPE, key).await?;
+            return Ok(Executed::unchanged(id, state, version, position));
         }
-        metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "conflict")
-            .increment(1);
-        Err(CommandError::Conflict)
+        let p = prepare(state, version, events, &meta.to_map(&self.clock))?;
+        let positions = store::append(
+            self.db(),
+            A::TYPE,
+            key,
+            &meta.tenant,
+            self.clock.now(),
+            &p.rows,
+            p.snapshot.as_ref(),
+        )
+        .await?;
+        Ok(p.executed(id, positions.last().copied().unwrap_or_default()))
     }
 
     /// Like [`Dispatcher::execute`] for one command that changes two streams
@@ -329,102 +341,109 @@ impl Dispatcher {
         B: Aggregate + Clone,
         F: Fn(&A, &B) -> Result<(Vec<A::Event>, Vec<B::Event>), DomainError>,
     {
-        let key_a = stream_key(&meta.tenant, id_a);
-        let key_b = stream_key(&meta.tenant, id_b);
+        let keys = (
+            stream_key(&meta.tenant, id_a),
+            stream_key(&meta.tenant, id_b),
+        );
         // Both turns, in key order so that two pairs never wait on each other.
-        let _first = self.turn(key_a.as_str().min(&key_b)).await;
-        let _second = if key_a != key_b {
-            Some(self.turn(key_a.as_str().max(&key_b)).await)
+        let _first = self.turn(keys.0.as_str().min(&keys.1)).await;
+        let _second = if keys.0 != keys.1 {
+            Some(self.turn(keys.0.as_str().max(&keys.1)).await)
         } else {
             None
         };
-        for attempt in 0..MAX_ATTEMPTS {
-            let ((a, version_a), (b, version_b)) =
-                tokio::try_join!(self.repo.load::<A>(&key_a), self.repo.load::<B>(&key_b))?;
-            if let Some(expected) = expected_version {
-                if expected != version_a {
-                    return Err(CommandError::VersionMismatch {
-                        expected,
-                        actual: version_a,
-                    });
-                }
-            }
-            let (events_a, events_b) = match decide(&a, &b) {
-                Ok(out) => out,
-                Err(e) => {
-                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "rejected")
+        let out = self
+            .retrying(A::TYPE, || {
+                self.execute_pair_once(meta, (id_a, id_b), &keys, expected_version, &decide)
+            })
+            .await?;
+        count_outcome(A::TYPE, out.0.appended);
+        Ok(out)
+    }
+
+    /// One try of [`Dispatcher::execute_pair`].
+    async fn execute_pair_once<A, B, F>(
+        &self,
+        meta: &CommandMeta,
+        (id_a, id_b): (&str, &str),
+        (key_a, key_b): &(String, String),
+        expected_version: Option<i64>,
+        decide: &F,
+    ) -> Result<(Executed<A>, Executed<B>), CommandError>
+    where
+        A: Aggregate + Clone,
+        B: Aggregate + Clone,
+        F: Fn(&A, &B) -> Result<(Vec<A::Event>, Vec<B::Event>), DomainError>,
+    {
+        let ((a, version_a), (b, version_b)) =
+            tokio::try_join!(self.repo.load::<A>(key_a), self.repo.load::<B>(key_b))?;
+        check_version(expected_version, version_a)?;
+        let (events_a, events_b) = decide(&a, &b)?;
+        if events_a.is_empty() {
+            let position = self.log.stream_position(A::TYPE, key_a).await?;
+            return Ok((
+                Executed::unchanged(id_a, a, version_a, position),
+                Executed::unchanged(id_b, b, version_b, position),
+            ));
+        }
+        let metadata = meta.to_map(&self.clock);
+        let pa = prepare(a, version_a, events_a, &metadata)?;
+        let pb = prepare(b, version_b, events_b, &metadata)?;
+        let streams = [
+            store::StreamAppend {
+                aggregate_type: A::TYPE,
+                key: key_a.clone(),
+                events: pa.rows.clone(),
+                snapshot: pa.snapshot.clone(),
+            },
+            store::StreamAppend {
+                aggregate_type: B::TYPE,
+                key: key_b.clone(),
+                events: pb.rows.clone(),
+                snapshot: pb.snapshot.clone(),
+            },
+        ];
+        let positions =
+            store::append_many(self.db(), &meta.tenant, self.clock.now(), &streams).await?;
+        Ok((
+            pa.executed(id_a, positions[0]),
+            pb.executed(id_b, positions[1]),
+        ))
+    }
+
+    /// Runs `attempt` until it does not lose the optimistic race on its
+    /// streams (`Conflict`), backing off between tries, at most
+    /// [`MAX_ATTEMPTS`] times. A lost race is retried even under If-Match:
+    /// the next try reloads and answers the version mismatch itself.
+    async fn retrying<T, Fut>(
+        &self,
+        aggregate: &'static str,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T, CommandError>
+    where
+        Fut: std::future::Future<Output = Result<T, CommandError>>,
+    {
+        for n in 0..MAX_ATTEMPTS {
+            match attempt().await {
+                Err(CommandError::Conflict) => {
+                    metrics::counter!("tally_command_conflicts_total", "aggregate" => aggregate)
                         .increment(1);
-                    return Err(e.into());
-                }
-            };
-            if events_a.is_empty() {
-                let position = self.log.stream_position(A::TYPE, &key_a).await?;
-                return Ok((
-                    Executed {
-                        id: id_a.to_string(),
-                        state: a,
-                        version: version_a,
-                        position,
-                        appended: 0,
-                    },
-                    Executed {
-                        id: id_b.to_string(),
-                        state: b,
-                        version: version_b,
-                        position,
-                        appended: 0,
-                    },
-                ));
-            }
-            let metadata = meta.to_map(&self.clock);
-            let pa = prepare(a, version_a, events_a, &metadata)?;
-            let pb = prepare(b, version_b, events_b, &metadata)?;
-            let streams = [
-                store::StreamAppend {
-                    aggregate_type: A::TYPE,
-                    key: key_a.clone(),
-                    events: pa.rows.clone(),
-                    snapshot: pa.snapshot.clone(),
-                },
-                store::StreamAppend {
-                    aggregate_type: B::TYPE,
-                    key: key_b.clone(),
-                    events: pb.rows.clone(),
-                    snapshot: pb.snapshot.clone(),
-                },
-            ];
-            match store::append_many(self.db(), &meta.tenant, self.clock.now(), &streams).await {
-                Ok(positions) => {
-                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
-                    return Ok((
-                        Executed {
-                            id: id_a.to_string(),
-                            state: pa.state,
-                            version: pa.version,
-                            position: positions[0],
-                            appended: pa.appended,
-                        },
-                        Executed {
-                            id: id_b.to_string(),
-                            state: pb.state,
-                            version: pb.version,
-                            position: positions[1],
-                            appended: pb.appended,
-                        },
-                    ));
-                }
-                Err(StoreError::Conflict) => {
-                    metrics::counter!("tally_command_conflicts_total", "aggregate" => A::TYPE)
-                        .increment(1);
-                    backoff(attempt).await;
+                    backoff(n).await;
                 }
                 Err(e) => {
-                    metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "error").increment(1);
-                    return Err(e.into());
+                    let outcome = match e {
+                        CommandError::Domain(_) => "rejected",
+                        CommandError::VersionMismatch { .. } => "version_mismatch",
+                        _ => "error",
+                    };
+                    metrics::counter!("tally_commands_total", "aggregate" => aggregate, "outcome" => outcome)
+                        .increment(1);
+                    return Err(e);
                 }
+                ok => return ok,
             }
         }
-        metrics::counter!("tally_commands_total", "aggregate" => A::TYPE, "outcome" => "conflict")
+        metrics::counter!("tally_commands_total", "aggregate" => aggregate, "outcome" => "conflict")
             .increment(1);
         Err(CommandError::Conflict)
     }
