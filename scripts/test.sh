@@ -86,3 +86,6 @@ else
 fi
 
 cargo test --workspace --all-targets
+
+# API fuzzing against the built server (scripts/fuzz-api.sh; ≤ 5 minutes).
+bash scripts/fuzz-api.sh

@@ -56,14 +56,29 @@ pub fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePlanRequest {
+    /// Not blank, no control characters.
+    #[schema(
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub code: String,
+    /// Not blank, no control characters.
+    #[schema(
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
     /// ISO 4217 code, e.g. "EUR".
+    #[schema(
+        pattern = "^(AUD|BHD|BRL|CAD|CHF|CLP|CNY|CZK|DKK|EUR|GBP|HKD|HUF|INR|ISK|JOD|JPY|KRW|KWD|MXN|NOK|NZD|PLN|SEK|SGD|TND|USD|ZAR)$"
+    )]
     pub currency: String,
-    #[schema(value_type = String, example = "month")]
+    #[schema(value_type = String, pattern = "^(month|year)$", example = "month")]
     pub interval: Interval,
     /// Decimal string.
+    #[schema(pattern = "^[-+]?[0-9_.]+$")]
     pub base_price: String,
+    #[schema(pattern = "^[-+]?[0-9_.]+$")]
     pub seat_price: Option<String>,
     pub seats: Option<SeatsDto>,
     #[serde(default)]
@@ -73,11 +88,15 @@ pub struct CreatePlanRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MeterRequest {
+    #[schema(pattern = "^[a-z0-9_.-]{1,64}$")]
     pub key: String,
+    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
     pub included: Option<String>,
+    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
     pub hard_cap: Option<String>,
+    #[schema(pattern = "^[-+]?[0-9_.]+$")]
     pub overage_unit_price: Option<String>,
-    #[schema(value_type = String, example = "monthly")]
+    #[schema(value_type = String, pattern = "^(lifetime|monthly|yearly)$", example = "monthly")]
     pub reset: ResetCadence,
 }
 
@@ -233,7 +252,7 @@ pub struct ActivateRequest {
 pub struct ChangePlanRequest {
     pub plan_id: String,
     /// prorate | none
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^(prorate|none)$")]
     pub proration: tally_aggregates::ProrationMode,
 }
 
@@ -242,7 +261,7 @@ pub struct ChangePlanRequest {
 pub struct ChangeSeatsRequest {
     pub seats: u32,
     /// prorate (default) | none
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^(prorate|none)$")]
     pub proration: Option<tally_aggregates::ProrationMode>,
 }
 
@@ -268,7 +287,7 @@ pub struct EmptyRequest {}
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     /// now | period_end
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^(now|period_end)$")]
     pub at: tally_aggregates::CancelWhen,
     pub reason: Option<String>,
 }

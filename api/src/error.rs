@@ -65,6 +65,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyInFlight,
+    #[error("the first request with this Idempotency-Key took effect but its answer was lost; read the resource")]
+    IdempotencyKeyApplied,
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the read model has not reached position {0} yet")]
@@ -75,6 +77,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("too many requests for this API key; retry after {0} s")]
     RateLimited(u64),
+    #[error("the request did not finish within {0} ms")]
+    Timeout(u64),
+    #[error("the server is already handling {0} requests; retry shortly")]
+    Overloaded(usize),
     #[error("internal error")]
     Internal(String),
 }
@@ -131,6 +137,11 @@ impl ApiError {
                 "idempotency_key_in_flight",
                 "Idempotency key in flight",
             ),
+            IdempotencyKeyApplied => (
+                StatusCode::CONFLICT,
+                "idempotency_key_applied",
+                "Idempotency key applied",
+            ),
             PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -156,6 +167,12 @@ impl ApiError {
                 "rate_limited",
                 "Too many requests",
             ),
+            Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+            ),
+            Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -4,9 +4,11 @@
 //! `tally` binary (`main.rs`) is a thin CLI over [`start`].
 
 pub mod auth;
+pub mod cli;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
@@ -45,12 +47,8 @@ pub struct AppState {
     pub billing: BillingConfig,
     pub webhooks: Webhooks,
     pub rate: ratelimit::RateLimiter,
+    pub limits: limits::Limiter,
 }
-
-/// Requests taking longer than this are answered 503.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Requests handled at once; the rest wait in the accept queue.
-pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
 
 /// The process-wide Prometheus recorder (installed once).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -178,15 +176,12 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::limit,
+        ))
         .layer(axum::middleware::from_fn(middleware::observe))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
-            MAX_CONCURRENT_REQUESTS,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ))
         .with_state(state)
 }
 
@@ -201,6 +196,8 @@ pub struct Config {
     pub nats: Option<NatsConfig>,
     /// Requests per second per API key.
     pub rate_limit: ratelimit::RateLimit,
+    /// Request deadline and the cap on requests in flight.
+    pub limits: limits::Limits,
 }
 
 /// A running server.
@@ -311,6 +308,7 @@ pub async fn start_with_webhooks(
         billing: config.billing.clone(),
         webhooks,
         rate: ratelimit::RateLimiter::new(config.rate_limit),
+        limits: limits::Limiter::new(config.limits),
     };
     state.webhooks.start_worker();
     let app = router(state.clone());

@@ -125,6 +125,7 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
         Err(e) => return ApiError::from(e).into_response(),
         Ok(Reservation::Mismatch) => return ApiError::IdempotencyKeyReused.into_response(),
         Ok(Reservation::InFlight) => return ApiError::IdempotencyInFlight.into_response(),
+        Ok(Reservation::Applied) => return applied(&app, &tenant, &key).await,
         Ok(Reservation::Replay(stored)) => return replay(&app, &tenant, stored).await,
         Ok(Reservation::Proceed) => {}
     }
@@ -173,6 +174,25 @@ pub async fn idempotency(State(app): State<AppState>, req: Request, next: Next) 
         if let Err(e) = idempotency::complete(&app.db, &tenant, &key, &stored).await {
             tracing::error!(error = %e, "could not store the idempotent response");
         }
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// The answer to a key whose first request took effect but never stored
+/// its answer (its process died): 409 `idempotency_key_applied`, stored so
+/// that every later repeat gets the same.
+async fn applied(app: &AppState, tenant: &str, key: &str) -> Response {
+    let (parts, body) = ApiError::IdempotencyKeyApplied.into_response().into_parts();
+    let Ok(body) = to_bytes(body, usize::MAX).await else {
+        return ApiError::IdempotencyKeyApplied.into_response();
+    };
+    let stored = StoredResponse {
+        status: parts.status.as_u16(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        headers: serde_json::json!({"content-type": "application/problem+json"}).to_string(),
+    };
+    if let Err(e) = idempotency::complete(&app.db, tenant, key, &stored).await {
+        tracing::error!(error = %e, "could not store the idempotent response");
     }
     Response::from_parts(parts, Body::from(body))
 }

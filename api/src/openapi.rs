@@ -46,8 +46,9 @@ impl Modify for Bearer {
 
 /// Every error is `application/problem+json` with the `Problem` schema, and
 /// every operation documents the errors the conventions of API.md give it:
-/// 401/403 (auth), 422 (bad input), 429 (rate limit), 503 (database away, or a read that waited
-/// for `X-Min-Position`), 404 where the path names a resource, 409/412/413 for
+/// 401/403 (auth), 422 (bad input), 429 (rate limit), 503 (database away, a
+/// read that waited for `X-Min-Position`, a request past its deadline, or too
+/// many in flight), 404 where the path names a resource, 409/412/413 for
 /// commands. Written once here rather than on each handler.
 struct Problems;
 
@@ -81,7 +82,10 @@ impl Modify for Problems {
                         }
                     }
                 }
-                let mut codes = vec![("503", "The database is unavailable, or the read model did not reach X-Min-Position in time")];
+                let mut codes = vec![(
+                    "503",
+                    "Unavailable for now, with Retry-After: `unavailable` (the database is away), `projection_lagging` (the read model did not reach X-Min-Position in time), `timeout` (the request outlived the request timeout) or `overloaded` (too many requests in flight)",
+                )];
                 if api {
                     codes.extend([
                         ("401", "Missing or unknown API key"),

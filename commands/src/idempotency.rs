@@ -3,7 +3,9 @@
 //! winner runs the command and stores its response; a repeat with the same
 //! body gets that response back, a repeat with another body is refused. A
 //! request that finds the key reserved but not yet completed waits for the
-//! first one (bounded), so two simultaneous requests give one effect.
+//! first one (bounded), so two simultaneous requests give one effect. A
+//! reservation abandoned by a dead process is taken over after
+//! [`STALE_AFTER`], unless the log shows its command took effect.
 
 use std::time::Duration;
 
@@ -37,6 +39,11 @@ pub enum Reservation {
     Mismatch,
     /// The first request with this key is still running after the wait.
     InFlight,
+    /// The first request abandoned its reservation (its process died, or it
+    /// was cut off) after its command appended events: the command took
+    /// effect but its answer was never stored. Running it again would apply
+    /// it twice.
+    Applied,
 }
 
 /// request_hash, state, response status, body, headers, created_at.
@@ -95,6 +102,9 @@ pub async fn reserve(
         }
         let stale = time::from_text(&created_at).is_none_or(|t| now - t > STALE_AFTER);
         if stale {
+            if applied(db, tenant, key).await? {
+                return Ok(Reservation::Applied);
+            }
             let taken = sqlx::query(
                 "UPDATE idempotency_keys SET created_at = $1 WHERE tenant = $2 AND idem_key = $3 \
                  AND state = 'pending' AND created_at = $4",
@@ -114,6 +124,23 @@ pub async fn reserve(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether the tenant's log holds events appended under `key` (commands
+/// carry it in their events' metadata). Only asked of abandoned
+/// reservations, so the scan of the tenant's events is rare.
+async fn applied(db: &Db, tenant: &str, key: &str) -> Result<bool, DbError> {
+    let sql = db.sql(
+        "SELECT 1 FROM events WHERE tenant = $1 AND metadata->>'idempotency_key' = $2 LIMIT 1",
+        "SELECT 1 FROM events WHERE tenant = $1 \
+         AND json_extract(metadata, '$.idempotency_key') = $2 LIMIT 1",
+    );
+    let found = sqlx::query(sql)
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(&db.any)
+        .await?;
+    Ok(found.is_some())
 }
 
 /// Stores the response of the request that owns the key.

@@ -69,7 +69,7 @@ impl LogRepository {
             .event_store::<A>()
             .load_aggregate(stream_key)
             .await
-            .map_err(|e| StoreError::Load(e.to_string()))?;
+            .map_err(load_error)?;
         Ok((ctx.aggregate, ctx.current_sequence as i64))
     }
 }
@@ -406,6 +406,21 @@ pub fn new_events<A: Aggregate>(
             })
         })
         .collect()
+}
+
+/// Keeps a database error under a failed load a database error, so that an
+/// unreachable database answers 503 like everywhere else, not 500.
+fn load_error<T: std::error::Error>(e: cqrs_es::AggregateError<T>) -> StoreError {
+    use cqrs_es::AggregateError;
+    match e {
+        AggregateError::DatabaseConnectionError(cause) | AggregateError::UnexpectedError(cause) => {
+            match cause.downcast::<sqlx::Error>() {
+                Ok(sqlx) => StoreError::Db(DbError::Sqlx(*sqlx)),
+                Err(other) => StoreError::Load(other.to_string()),
+            }
+        }
+        other => StoreError::Load(other.to_string()),
+    }
 }
 
 fn to_persistence(e: StoreError) -> PersistenceError {

@@ -26,10 +26,26 @@ pub enum DbError {
 impl DbError {
     /// True when the database could not be reached (as opposed to a query that failed).
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            DbError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
-        )
+        match self {
+            DbError::Sqlx(e) => sqlx_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+/// True when `e` says the database is out of reach: no connection, or the
+/// server refusing work while it shuts down or starts (SQLSTATE class 08,
+/// connection exception; 57P01–57P03, a server going down or not up yet).
+pub fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 

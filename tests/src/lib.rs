@@ -247,6 +247,12 @@ impl TestApp {
         .await
     }
 
+    /// A system-clock server with its configuration changed by `tune`
+    /// (request limits, rate limit, …).
+    pub async fn spawn_tuned(backend: Backend, tune: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_full(backend, Clock::System, BillingConfig::default(), tune).await
+    }
+
     async fn spawn_full(
         backend: Backend,
         clock: Clock,
@@ -267,6 +273,7 @@ impl TestApp {
             billing,
             nats: None,
             rate_limit: Default::default(),
+            limits: Default::default(),
         };
         tune(&mut config);
         let server = start(config, listener).await.expect("start server");
@@ -560,6 +567,7 @@ async fn start_webhook_server(database_url: &str, clock: Clock, webhooks: Webhoo
         billing: BillingConfig::default(),
         nats: None,
         rate_limit: Default::default(),
+        limits: Default::default(),
     };
     tally_api::start_with_webhooks(config, webhooks, listener)
         .await
@@ -676,3 +684,5 @@ pub fn assert_same_read_models(
         );
     }
 }
+
+pub mod process;

@@ -223,6 +223,14 @@ pub async fn read_all(
     JsonBody(req): JsonBody<ReadAllRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
+    // The recipient names the stream, so it is checked before the stream is
+    // loaded: a NUL byte in a stream id is an error on PostgreSQL (a 500).
+    if !tally_aggregates::inbox::valid_recipient(&req.recipient) {
+        return Err(ApiError::field(
+            "recipient",
+            "must be customer:<id> or user:<name>",
+        ));
+    }
     let at = app.dispatcher.clock().now();
     let out = app
         .dispatcher

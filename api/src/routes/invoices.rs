@@ -32,12 +32,12 @@ use crate::AppState;
 pub struct LineRequest {
     pub description: String,
     /// Non-negative decimal, as a string ("1.5") or an integer.
-    #[schema(value_type = String)]
     pub quantity: QuantityInput,
     /// Decimal string; negative for a credit or discount line.
+    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
     pub unit_price: String,
     /// recurring | usage | proration | manual (default).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^(recurring|usage|proration|manual)$")]
     pub kind: Option<LineKind>,
 }
 
@@ -65,6 +65,9 @@ impl LineRequest {
 pub struct CreateInvoiceRequest {
     pub customer_id: String,
     /// ISO 4217 code, e.g. "EUR".
+    #[schema(
+        pattern = "^(AUD|BHD|BRL|CAD|CHF|CLP|CNY|CZK|DKK|EUR|GBP|HKD|HUF|INR|ISK|JOD|JPY|KRW|KWD|MXN|NOK|NZD|PLN|SEK|SGD|TND|USD|ZAR)$"
+    )]
     pub currency: String,
     pub subscription_id: Option<String>,
     /// Days from issue to due date (0–365, default 30).
@@ -76,6 +79,7 @@ pub struct CreateInvoiceRequest {
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
     /// Decimal string, more than 0 and at most the amount due.
+    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
     pub amount: String,
     /// The payment's reference at its source (bank transfer id, …).
     pub reference: String,

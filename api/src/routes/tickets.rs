@@ -26,7 +26,7 @@ pub struct CreateTicketRequest {
     /// A principal (`customer:<id>`); a bare id is a customer.
     pub requester: String,
     /// low | normal | high | urgent
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^(low|normal|high|urgent)$")]
     pub priority: Priority,
     pub subscription_id: Option<String>,
 }
@@ -58,7 +58,7 @@ pub struct AttachmentRequest {
 #[serde(deny_unknown_fields)]
 pub struct TransitionRequest {
     /// new | open | pending | on_hold | solved | closed
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^(new|open|pending|on_hold|solved|closed)$")]
     pub to: TicketStatus,
 }
 

@@ -25,7 +25,6 @@ pub struct UsageRequest {
     pub subscription_id: String,
     pub meter: String,
     /// Non-negative decimal, as a string ("12.5") or an integer.
-    #[schema(value_type = String)]
     pub quantity: QuantityInput,
     /// RFC 3339; at most 5 minutes ahead, at most 35 days old.
     pub timestamp: String,
@@ -35,7 +34,8 @@ pub struct UsageRequest {
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A decimal string or an integer.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum QuantityInput {
     Text(String),

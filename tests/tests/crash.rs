@@ -1,0 +1,1395 @@
+//! The crash test (issue 8): the real `tally serve` as a separate process on
+//! a manual clock, a mixed load from several clients (plans, subscriptions
+//! through their whole life, usage singly and in batches, invoices drafted,
+//! issued and paid, tickets, inbox reads, queries), SIGKILLed at a random
+//! moment and started again on the same database, round after round.
+//!
+//! Rounds: `TALLY_CRASH_ROUNDS` (default 5, the CI form; 20 for the full
+//! run). The seed is printed; `TALLY_CRASH_SEED` replays a run's choices
+//! (the interleaving of the clients is up to the scheduler).
+//!
+//! After every restart: every command answered 2xx has its events in the
+//! log. At the end, with the server settled and then killed: the same; no
+//! usage record recorded twice and every recorded quantity counted in the
+//! totals; invoice numbers 1..N per tenant with no gap or duplicate, every
+//! issued invoice numbered; one billing invoice per activation and renewal;
+//! at most one non-payment suspension per past-due crossing; one effect
+//! per Idempotency-Key (and its replay answers the first response); every
+//! read model equal to a fresh rebuild.
+//!
+//! Time: the manual clock lives in the process, so a restart passes
+//! `--clock-start` = the latest time the test asked the clock to reach;
+//! the clock never goes back and the renewals, collections and quota
+//! schedulers catch up from there.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tally_aggregates::invoice::InvoiceEvent;
+use tally_aggregates::subscription::{SubscriptionEvent, SuspendReason};
+use tally_aggregates::usage::UsageEvent;
+use tally_projections::StoredEvent;
+use tally_tests::process::{read_log, run_cli, ServeOptions, ServerProcess};
+use tally_tests::{
+    assert_read_models_equal_rebuild, both_backends, standard_plan_body, tally_bin, Backend, Resp,
+    TestApp, TestDb,
+};
+use tokio::sync::watch;
+
+both_backends!(
+    crash_rounds,
+    an_abandoned_key_whose_command_took_effect_is_not_applied_again
+);
+
+/// The manual clock starts here.
+const T0: &str = "2026-01-01T00:00:00Z";
+/// Concurrent clients.
+const CLIENTS: usize = 6;
+/// A round's load runs this long before the kill (uniformly random).
+const LOAD_MS: std::ops::Range<u64> = 300..1500;
+/// How far the clock task moves the clock per step, and how often.
+const CLOCK_STEP_HOURS: i64 = 20;
+const CLOCK_EVERY: Duration = Duration::from_millis(120);
+/// How long the drain after the last round retries requests whose outcome
+/// the kill hid.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long the server gets to settle at the end.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Payment terms and grace period, short so that collections act within
+/// a few rounds.
+const DUE_DAYS: u32 = 7;
+const GRACE_DAYS: u32 = 3;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// One tenant's key and plans.
+struct Tenant {
+    name: String,
+    key: String,
+    plans: Vec<String>,
+}
+
+/// A command the server answered 2xx: its events must be in the log.
+#[derive(Debug, Clone)]
+struct Ack {
+    tenant: String,
+    /// Aggregate type of the resource the answer describes, when known.
+    kind: Option<&'static str>,
+    id: String,
+    version: i64,
+    position: Option<i64>,
+    what: String,
+}
+
+/// A command sent with an Idempotency-Key and answered.
+#[derive(Debug, Clone)]
+struct Keyed {
+    tenant: usize,
+    path: String,
+    body: Value,
+    key: String,
+    status: u16,
+    answer: Value,
+}
+
+/// A request whose outcome the kill hid (no answer, or a 503): sent again
+/// with the same Idempotency-Key (or the same usage transaction ids).
+#[derive(Debug, Clone)]
+struct Pending {
+    tenant: usize,
+    path: String,
+    body: Value,
+    key: Option<String>,
+    /// Its last answer was 409 `idempotency_key_in_flight`: the key is
+    /// still reserved by a request of a killed process.
+    in_flight: bool,
+}
+
+#[derive(Default)]
+struct Ledger {
+    acks: Vec<Ack>,
+    keyed: Vec<Keyed>,
+    /// Answers that must never happen (500, an unknown 5xx, read-your-writes
+    /// broken).
+    failures: Vec<String>,
+    /// Requests by outcome, for the figures printed at the end.
+    outcomes: BTreeMap<String, u64>,
+    pending: Vec<Pending>,
+}
+
+struct Shared {
+    base: String,
+    client: reqwest::Client,
+    tenants: Vec<Tenant>,
+    up: watch::Receiver<bool>,
+    stop: AtomicBool,
+    ledger: Mutex<Ledger>,
+    /// The latest time the test asked the clock to reach.
+    clock_target: Mutex<DateTime<Utc>>,
+    /// The clock as the server last answered it.
+    clock_now: Mutex<DateTime<Utc>>,
+    keys: AtomicU64,
+}
+
+enum Sent {
+    Answered(Resp),
+    /// No answer: the server died under the request.
+    Lost,
+}
+
+impl Shared {
+    async fn send(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> Sent {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        for (n, v) in headers {
+            req = req.header(*n, v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let Ok(r) = req.send().await else {
+            return Sent::Lost;
+        };
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let Ok(bytes) = r.bytes().await else {
+            return Sent::Lost;
+        };
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Sent::Answered(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn count(&self, what: &str) {
+        *self
+            .ledger
+            .lock()
+            .expect("ledger")
+            .outcomes
+            .entry(what.to_string())
+            .or_default() += 1;
+    }
+
+    fn fail(&self, what: String) {
+        self.ledger.lock().expect("ledger").failures.push(what);
+    }
+
+    fn next_key(&self, client: usize) -> String {
+        format!(
+            "crash-{client}-{}",
+            self.keys.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Sends a command (POST). A 2xx is recorded as acknowledged; no answer
+    /// or a 503 makes a keyed command (or a usage report, keyed by its
+    /// transaction ids) pending, to be sent again after the restart.
+    async fn command(
+        &self,
+        tenant: usize,
+        path: &str,
+        body: Value,
+        key: Option<String>,
+    ) -> Option<Resp> {
+        let t = &self.tenants[tenant];
+        let mut headers = Vec::new();
+        if let Some(k) = &key {
+            headers.push(("idempotency-key", k.clone()));
+        }
+        let sent = self
+            .send(&t.key, reqwest::Method::POST, path, Some(&body), &headers)
+            .await;
+        let resend = key.is_some() || path.starts_with("/v1/usage") && !path.ends_with("/void");
+        let r = match sent {
+            Sent::Lost => {
+                self.count("lost");
+                if resend {
+                    self.ledger.lock().expect("ledger").pending.push(Pending {
+                        tenant,
+                        path: path.to_string(),
+                        body,
+                        key,
+                        in_flight: false,
+                    });
+                }
+                return None;
+            }
+            Sent::Answered(r) => r,
+        };
+        self.count(&format!(
+            "{} {}",
+            r.status,
+            r.body["code"].as_str().unwrap_or("")
+        ));
+        let in_flight = r.status == 409 && r.body["code"] == "idempotency_key_in_flight";
+        if r.status == 503 || in_flight {
+            if r.status == 503 && r.body["code"] != "unavailable" {
+                self.fail(format!(
+                    "POST {path}: 503 that is not `unavailable`: {:?}",
+                    r.body
+                ));
+            }
+            if resend {
+                self.ledger.lock().expect("ledger").pending.push(Pending {
+                    tenant,
+                    path: path.to_string(),
+                    body,
+                    key,
+                    in_flight,
+                });
+            }
+            return None;
+        }
+        if r.status >= 500 {
+            self.fail(format!("POST {path}: {} {:?}", r.status, r.body));
+            return None;
+        }
+        if !(200..300).contains(&r.status) {
+            return Some(r);
+        }
+        self.acknowledge(tenant, path, &r);
+        if let Some(k) = key {
+            self.ledger.lock().expect("ledger").keyed.push(Keyed {
+                tenant,
+                path: path.to_string(),
+                body,
+                key: k,
+                status: r.status,
+                answer: r.body.clone(),
+            });
+        }
+        Some(r)
+    }
+
+    fn acknowledge(&self, tenant: usize, path: &str, r: &Resp) {
+        let tenant = self.tenants[tenant].name.clone();
+        let position = r
+            .header("x-log-position")
+            .and_then(|p| p.parse::<i64>().ok());
+        let mut acks = Vec::new();
+        if path == "/v1/usage/batch" {
+            for item in r.body["results"].as_array().into_iter().flatten() {
+                if let (Some(id), "created" | "duplicate") =
+                    (item["id"].as_str(), item["status"].as_str().unwrap_or(""))
+                {
+                    acks.push(Ack {
+                        tenant: tenant.clone(),
+                        kind: Some("usage_record"),
+                        id: id.to_string(),
+                        version: 1,
+                        position: None,
+                        what: format!("batch record {id}"),
+                    });
+                }
+            }
+        } else {
+            let kind = match path.split('/').nth(2) {
+                Some("plans") => Some("plan"),
+                Some("subscriptions") => Some("subscription"),
+                Some("invoices") => Some("invoice"),
+                Some("tickets") => Some("ticket"),
+                Some("usage") => Some("usage_record"),
+                _ => None,
+            };
+            let id = r.body["id"].as_str().unwrap_or_default().to_string();
+            let version = r.body["version"].as_i64().unwrap_or(0);
+            acks.push(Ack {
+                tenant,
+                kind: kind.filter(|_| !id.is_empty() && version > 0),
+                id,
+                version,
+                position,
+                what: format!("POST {path} → {}", r.status),
+            });
+        }
+        self.ledger.lock().expect("ledger").acks.extend(acks);
+    }
+
+    async fn query(&self, tenant: usize, path: &str, min_position: Option<i64>) -> Option<Resp> {
+        let headers: Vec<(&str, String)> = min_position
+            .map(|p| vec![("x-min-position", p.to_string())])
+            .unwrap_or_default();
+        match self
+            .send(
+                &self.tenants[tenant].key,
+                reqwest::Method::GET,
+                path,
+                None,
+                &headers,
+            )
+            .await
+        {
+            Sent::Lost => {
+                self.count("lost");
+                None
+            }
+            Sent::Answered(r) => {
+                self.count(&format!(
+                    "GET {} {}",
+                    r.status,
+                    r.body["code"].as_str().unwrap_or("")
+                ));
+                if r.status >= 500
+                    && !(r.status == 503
+                        && matches!(
+                            r.body["code"].as_str(),
+                            Some("unavailable" | "projection_lagging")
+                        ))
+                {
+                    self.fail(format!("GET {path}: {} {:?}", r.status, r.body));
+                }
+                (r.status == 200).then_some(r)
+            }
+        }
+    }
+
+    fn usage_time(&self) -> String {
+        rfc3339(*self.clock_now.lock().expect("clock") - chrono::Duration::minutes(30))
+    }
+}
+
+/// One subscription a client made.
+struct Sub {
+    tenant: usize,
+    id: String,
+    customer: String,
+    /// Whether this client pays its invoices (the others go past due).
+    pays: bool,
+    /// The position of the last command on it.
+    position: i64,
+    version: i64,
+}
+
+/// A client: random commands and queries with its own RNG until told to
+/// stop, on the resources it made.
+struct Client {
+    sh: Arc<Shared>,
+    me: usize,
+    rng: StdRng,
+    /// Steps taken; names its customers and transaction ids.
+    n: u64,
+    subs: Vec<Sub>,
+    invoices: Vec<(usize, String)>,
+    tickets: Vec<(usize, String)>,
+}
+
+async fn run_client(sh: Arc<Shared>, me: usize, seed: u64) {
+    let mut up = sh.up.clone();
+    let mut c = Client {
+        sh,
+        me,
+        rng: StdRng::seed_from_u64(seed),
+        n: 0,
+        subs: Vec::new(),
+        invoices: Vec::new(),
+        tickets: Vec::new(),
+    };
+    while !c.sh.stop.load(Ordering::Relaxed) {
+        if !*up.borrow() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), up.wait_for(|u| *u)).await;
+            continue;
+        }
+        c.step().await;
+    }
+}
+
+impl Client {
+    /// One random operation, in a tenant picked at random; half of the
+    /// commands carry an Idempotency-Key.
+    async fn step(&mut self) {
+        self.n += 1;
+        let tenant = self.rng.gen_range(0..self.sh.tenants.len());
+        let key = self.rng.gen_bool(0.5).then(|| self.sh.next_key(self.me));
+        match self.rng.gen_range(0..100) {
+            0..=9 => self.new_subscription(tenant, key).await,
+            10..=28 => self.change_subscription(tenant, key).await,
+            29..=48 => self.usage_batch(tenant, key).await,
+            49..=56 => self.usage_report(tenant, key).await,
+            57..=64 => self.pay_open_invoices(tenant).await,
+            65..=74 => self.manual_invoice(tenant, key).await,
+            75..=80 => self.ticket(tenant, key).await,
+            81..=85 => self.read_inbox(tenant, key).await,
+            _ => self.queries(tenant).await,
+        }
+    }
+
+    fn next_key(&mut self, p: f64) -> Option<String> {
+        self.rng.gen_bool(p).then(|| self.sh.next_key(self.me))
+    }
+
+    /// One of this client's subscriptions in `tenant`.
+    fn pick(&mut self, tenant: usize) -> Option<usize> {
+        let mine: Vec<usize> = (0..self.subs.len())
+            .filter(|i| self.subs[*i].tenant == tenant)
+            .collect();
+        (!mine.is_empty()).then(|| mine[self.rng.gen_range(0..mine.len())])
+    }
+
+    /// A customer of this client in `tenant` (or a made-up one).
+    fn customer(&mut self, tenant: usize) -> String {
+        match self.pick(tenant) {
+            Some(i) => self.subs[i].customer.clone(),
+            None => format!("cus_{}_manual", self.me),
+        }
+    }
+
+    async fn new_subscription(&mut self, tenant: usize, key: Option<String>) {
+        let sh = self.sh.clone();
+        let plans = &sh.tenants[tenant].plans;
+        let plan = &plans[self.rng.gen_range(0..plans.len())];
+        let customer = format!("cus_{}_{}", self.me, self.n);
+        let seats = self.rng.gen_range(1..=5);
+        let body = json!({"customer_id": customer, "plan_id": plan, "seats": seats});
+        let Some(r) = sh.command(tenant, "/v1/subscriptions", body, key).await else {
+            return;
+        };
+        if r.status != 201 {
+            sh.fail(format!("create subscription: {} {:?}", r.status, r.body));
+            return;
+        }
+        let mut sub = Sub {
+            tenant,
+            id: r.id(),
+            customer,
+            pays: self.rng.gen_bool(0.6),
+            position: r.position(),
+            version: 1,
+        };
+        let key = self.next_key(0.5);
+        let path = format!("/v1/subscriptions/{}/activate", sub.id);
+        if let Some(r) = sh.command(tenant, &path, json!({}), key).await {
+            note(&mut sub, &r);
+        }
+        self.subs.push(sub);
+    }
+
+    /// Seats, plan, suspension and resumption, cancellation.
+    async fn change_subscription(&mut self, tenant: usize, key: Option<String>) {
+        let sh = self.sh.clone();
+        let Some(i) = self.pick(tenant) else { return };
+        let id = self.subs[i].id.clone();
+        let (action, body) = match self.rng.gen_range(0..19) {
+            0..=9 => {
+                let seats = self.rng.gen_range(0..=22);
+                if self.rng.gen_bool(0.5) {
+                    (
+                        "change-seats",
+                        json!({"seats": seats, "proration": "prorate"}),
+                    )
+                } else {
+                    ("change-seats", json!({"seats": seats}))
+                }
+            }
+            10..=13 => {
+                let plans = &sh.tenants[tenant].plans;
+                let plan = &plans[self.rng.gen_range(0..plans.len())];
+                (
+                    "change-plan",
+                    json!({"plan_id": plan, "proration": "prorate"}),
+                )
+            }
+            14 | 15 => ("suspend", json!({"reason": "manual", "note": "crash test"})),
+            16 | 17 => ("resume", json!({})),
+            _ => {
+                let at = if self.rng.gen_bool(0.5) {
+                    "now"
+                } else {
+                    "period_end"
+                };
+                ("cancel", json!({"at": at, "reason": "crash test"}))
+            }
+        };
+        let path = format!("/v1/subscriptions/{id}/{action}");
+        if let Some(r) = sh.command(tenant, &path, body, key).await {
+            note(&mut self.subs[i], &r);
+        }
+    }
+
+    fn usage_record(&mut self, sub: usize, transaction_id: String) -> Value {
+        json!({
+            "subscription_id": self.subs[sub].id, "meter": "api_calls",
+            "quantity": self.rng.gen_range(1..=60).to_string(),
+            "timestamp": self.sh.usage_time(),
+            "transaction_id": transaction_id,
+        })
+    }
+
+    async fn usage_batch(&mut self, tenant: usize, key: Option<String>) {
+        let mut records = Vec::new();
+        for j in 0..self.rng.gen_range(1..=20) {
+            let Some(i) = self.pick(tenant) else { return };
+            let tx = format!("tx-{}-{}-{j}", self.me, self.n);
+            records.push(self.usage_record(i, tx));
+        }
+        let body = json!({ "records": records });
+        self.sh.command(tenant, "/v1/usage/batch", body, key).await;
+    }
+
+    /// One record (its transaction id is its idempotency), sometimes voided.
+    async fn usage_report(&mut self, tenant: usize, key: Option<String>) {
+        let Some(i) = self.pick(tenant) else { return };
+        let body = self.usage_record(i, format!("tx-{}-{}", self.me, self.n));
+        let sh = self.sh.clone();
+        if let Some(r) = sh.command(tenant, "/v1/usage", body, None).await {
+            if r.status == 201 && self.rng.gen_bool(0.2) {
+                let path = format!("/v1/usage/{}/void", r.id());
+                sh.command(tenant, &path, json!({"reason": "crash test"}), key)
+                    .await;
+            }
+        }
+    }
+
+    /// Pays the open invoices of a subscription whose customer pays (the
+    /// others go past due and are suspended).
+    async fn pay_open_invoices(&mut self, tenant: usize) {
+        let Some(i) = self.pick(tenant).filter(|i| self.subs[*i].pays) else {
+            return;
+        };
+        let sh = self.sh.clone();
+        let path = format!(
+            "/v1/invoices?subscription_id={}&status=open",
+            self.subs[i].id
+        );
+        let Some(list) = sh.query(tenant, &path, None).await else {
+            return;
+        };
+        for inv in list.body["data"].as_array().into_iter().flatten() {
+            let id = inv["id"].as_str().unwrap_or_default();
+            let reference = format!("pay-{}-{}-{id}", self.me, self.n);
+            let body = json!({"amount": inv["amount_due"], "reference": reference});
+            let key = self.next_key(0.7);
+            sh.command(tenant, &format!("/v1/invoices/{id}/payments"), body, key)
+                .await;
+        }
+    }
+
+    /// A manual invoice drafted, or one drafted before given a line,
+    /// issued or partly paid.
+    async fn manual_invoice(&mut self, tenant: usize, key: Option<String>) {
+        let sh = self.sh.clone();
+        if self.invoices.is_empty() || self.rng.gen_bool(0.4) {
+            let customer = self.customer(tenant);
+            let quantity = self.rng.gen_range(1..=4).to_string();
+            let lines =
+                json!([{"description": "Consulting", "quantity": quantity, "unit_price": "12.35"}]);
+            let body = json!({"customer_id": customer, "currency": "EUR", "lines": lines});
+            let Some(r) = sh.command(tenant, "/v1/invoices", body, key).await else {
+                return;
+            };
+            if r.status != 201 {
+                sh.fail(format!("create invoice: {} {:?}", r.status, r.body));
+                return;
+            }
+            self.invoices.push((tenant, r.id()));
+            return;
+        }
+        let (tenant, id) = self.invoices[self.rng.gen_range(0..self.invoices.len())].clone();
+        let (action, body) = match self.rng.gen_range(0..4) {
+            0 => (
+                "lines",
+                json!({"description": "Extra", "quantity": "1", "unit_price": "3.10"}),
+            ),
+            1 | 2 => ("issue", json!({})),
+            _ => (
+                "payments",
+                json!({"amount": "5.00", "reference": format!("part-{}-{}", self.me, self.n)}),
+            ),
+        };
+        sh.command(tenant, &format!("/v1/invoices/{id}/{action}"), body, key)
+            .await;
+    }
+
+    /// A ticket opened, or one opened before assigned, commented or moved.
+    async fn ticket(&mut self, tenant: usize, key: Option<String>) {
+        let sh = self.sh.clone();
+        if self.tickets.is_empty() || self.rng.gen_bool(0.3) {
+            let requester = format!("customer:{}", self.customer(tenant));
+            let body = json!({"subject": "Help", "description": "crash test", "requester": requester, "priority": "normal"});
+            if let Some(r) = sh.command(tenant, "/v1/tickets", body, key).await {
+                if r.status == 201 {
+                    self.tickets.push((tenant, r.id()));
+                }
+            }
+            return;
+        }
+        let (tenant, id) = self.tickets[self.rng.gen_range(0..self.tickets.len())].clone();
+        let (action, body) = match self.rng.gen_range(0..4) {
+            0 => (
+                "assign",
+                json!({"assignee": format!("agent{}", self.rng.gen_range(0..3))}),
+            ),
+            1 => (
+                "comments",
+                json!({"author": "agent0", "body": format!("note {}", self.n), "public": self.rng.gen_bool(0.5)}),
+            ),
+            _ => {
+                let to =
+                    ["open", "pending", "on_hold", "solved", "closed"][self.rng.gen_range(0..5)];
+                ("transition", json!({"to": to}))
+            }
+        };
+        sh.command(tenant, &format!("/v1/tickets/{id}/{action}"), body, key)
+            .await;
+    }
+
+    /// Reads a customer's inbox and marks an item (or all) read.
+    async fn read_inbox(&mut self, tenant: usize, key: Option<String>) {
+        let Some(i) = self.pick(tenant) else { return };
+        let sh = self.sh.clone();
+        let recipient = format!("customer:{}", self.subs[i].customer);
+        let path = format!("/v1/inbox?recipient={recipient}&state=unread");
+        let Some(r) = sh.query(tenant, &path, None).await else {
+            return;
+        };
+        let first = r.body["data"]
+            .as_array()
+            .and_then(|d| d.first())
+            .and_then(|i| i["id"].as_str())
+            .map(str::to_string);
+        match first {
+            Some(item) if self.rng.gen_bool(0.7) => {
+                sh.command(tenant, &format!("/v1/inbox/{item}/read"), json!({}), key)
+                    .await;
+            }
+            _ => {
+                let body = json!({ "recipient": recipient });
+                sh.command(tenant, "/v1/inbox/read-all", body, key).await;
+            }
+        }
+    }
+
+    /// Queries; a read with X-Min-Position of one's own last write must see it.
+    async fn queries(&mut self, tenant: usize) {
+        let Some(i) = self.pick(tenant) else { return };
+        let sh = self.sh.clone();
+        let s = &self.subs[i];
+        match self.rng.gen_range(0..4) {
+            0 => {
+                let path = format!("/v1/subscriptions/{}", s.id);
+                if let Some(r) = sh.query(tenant, &path, Some(s.position)).await {
+                    let v = r.body["version"].as_i64().unwrap_or(0);
+                    if v < s.version {
+                        sh.fail(format!(
+                            "read-your-writes: {path} at version {v} after X-Min-Position {} of version {}",
+                            s.position, s.version
+                        ));
+                    }
+                }
+            }
+            1 => {
+                let path = format!(
+                    "/v1/usage/summary?subscription_id={}&meter=api_calls&window=current",
+                    s.id
+                );
+                sh.query(tenant, &path, None).await;
+            }
+            2 => {
+                let path = format!("/v1/invoices?customer_id={}", s.customer);
+                sh.query(tenant, &path, None).await;
+            }
+            _ => {
+                let path = format!("/v1/customers/{}/balance", s.customer);
+                sh.query(tenant, &path, None).await;
+            }
+        }
+    }
+}
+
+/// Remembers a subscription command's position and version for later reads.
+fn note(sub: &mut Sub, r: &Resp) {
+    if (200..300).contains(&r.status) {
+        if let Some(p) = r.header("x-log-position").and_then(|p| p.parse().ok()) {
+            sub.position = p;
+        }
+        if let Some(v) = r.body["version"].as_i64() {
+            sub.version = v;
+        }
+    }
+}
+
+/// Moves the manual clock forward in steps while the server is up.
+async fn clock_task(sh: Arc<Shared>) {
+    let mut up = sh.up.clone();
+    let admin = sh.tenants[0].key.clone();
+    while !sh.stop.load(Ordering::Relaxed) {
+        if !*up.borrow() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), up.wait_for(|u| *u)).await;
+            continue;
+        }
+        let to = {
+            let mut target = sh.clock_target.lock().expect("clock");
+            *target += chrono::Duration::hours(CLOCK_STEP_HOURS);
+            *target
+        };
+        if let Sent::Answered(r) = sh
+            .send(
+                &admin,
+                reqwest::Method::POST,
+                "/v1/admin/clock/advance",
+                Some(&json!({"to": rfc3339(to)})),
+                &[],
+            )
+            .await
+        {
+            sh.count(&format!("clock {}", r.status));
+            if r.status == 200 {
+                *sh.clock_now.lock().expect("clock") = t(r.body["now"].as_str().expect("now"));
+            } else if r.status != 503 {
+                sh.fail(format!("clock advance: {} {:?}", r.status, r.body));
+            }
+        }
+        tokio::time::sleep(CLOCK_EVERY).await;
+    }
+}
+
+fn serve_options(db: &TestDb, clock_start: DateTime<Utc>) -> ServeOptions {
+    let mut o = ServeOptions::new(tally_bin!(), &db.url);
+    o.clock_start = Some(clock_start);
+    o.args = vec![
+        "--invoice-due-days".into(),
+        DUE_DAYS.to_string(),
+        "--grace-days".into(),
+        GRACE_DAYS.to_string(),
+    ];
+    o
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+async fn crash_rounds(backend: Backend) {
+    let rounds = env_u64("TALLY_CRASH_ROUNDS").unwrap_or(5);
+    let seed = env_u64("TALLY_CRASH_SEED").unwrap_or_else(|| rand::thread_rng().gen());
+    println!("crash test on {backend:?}: {rounds} rounds, TALLY_CRASH_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let db = TestDb::new(backend).await;
+    let start = t(T0);
+    let mut server = ServerProcess::start(&serve_options(&db, start)).await;
+    let admin = server
+        .bootstrap_key()
+        .await
+        .expect("the first start prints the bootstrap key");
+    let acme = run_cli(
+        tally_bin!(),
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "admin",
+            "--database",
+            &db.url,
+        ],
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .expect("client");
+    let (up_tx, up) = watch::channel(true);
+    let mut tenants = vec![
+        Tenant {
+            name: "default".into(),
+            key: admin,
+            plans: Vec::new(),
+        },
+        Tenant {
+            name: "acme".into(),
+            key: acme,
+            plans: Vec::new(),
+        },
+    ];
+    for tenant in &mut tenants {
+        for body in plan_bodies() {
+            let r = client
+                .post(format!("{}/v1/plans", server.base))
+                .bearer_auth(&tenant.key)
+                .json(&body)
+                .send()
+                .await
+                .expect("create plan");
+            assert_eq!(r.status().as_u16(), 201);
+            let v: Value = r.json().await.expect("plan");
+            tenant
+                .plans
+                .push(v["id"].as_str().expect("plan id").to_string());
+        }
+    }
+    let sh = Arc::new(Shared {
+        base: server.base.clone(),
+        client,
+        tenants,
+        up,
+        stop: AtomicBool::new(false),
+        ledger: Mutex::new(Ledger::default()),
+        clock_target: Mutex::new(start),
+        clock_now: Mutex::new(start),
+        keys: AtomicU64::new(0),
+    });
+    let mut tasks = Vec::new();
+    for me in 0..CLIENTS {
+        tasks.push(tokio::spawn(run_client(
+            sh.clone(),
+            me,
+            seed.wrapping_add(me as u64 + 1),
+        )));
+    }
+    tasks.push(tokio::spawn(clock_task(sh.clone())));
+    tasks.push(tokio::spawn(resender(sh.clone())));
+
+    let mut checked = Checked::default();
+    for round in 1..=rounds {
+        let load = Duration::from_millis(rng.gen_range(LOAD_MS));
+        tokio::time::sleep(load).await;
+        let _ = up_tx.send(false);
+        server.kill();
+        let clock_start = *sh.clock_target.lock().expect("clock");
+        server.restart(&serve_options(&db, clock_start)).await;
+        *sh.clock_now.lock().expect("clock") = clock_start;
+        let _ = up_tx.send(true);
+        let acks = sh.ledger.lock().expect("ledger").acks.clone();
+        checked.acks_in_log(&db, &acks).await;
+        println!("round {round}: killed after {load:?}, restarted at clock {clock_start}; {} acknowledged commands in the log", acks.len());
+    }
+
+    // The last round: stop the load, send again what the last kill hid, settle.
+    sh.stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let orphans = drain(&sh).await;
+    replays_answer_the_first_response(&sh).await;
+    settle(&sh).await;
+    server.kill();
+
+    let ledger = std::mem::take(&mut *sh.ledger.lock().expect("ledger"));
+    println!("outcomes: {:?}", ledger.outcomes);
+    println!(
+        "{} keyed requests still reserved by a killed process at the end",
+        orphans.len()
+    );
+    assert!(
+        ledger.failures.is_empty(),
+        "unexpected answers: {:#?}",
+        ledger.failures
+    );
+    let events = checked.acks_in_log(&db, &ledger.acks).await;
+    println!(
+        "{} events in the log, {} acknowledged commands, {} keyed",
+        events.len(),
+        ledger.acks.len(),
+        ledger.keyed.len()
+    );
+    usage_counted_once(&db, &events).await;
+    invoice_numbers_gapless(&events);
+    one_invoice_per_billing_event(&events);
+    one_suspension_per_crossing(&events);
+    one_effect_per_key(&events, &ledger.keyed);
+    let conn = db.connect().await;
+    assert_read_models_equal_rebuild(&conn).await;
+    conn.close().await;
+}
+
+/// Two plans per tenant with the `api_calls` meter: one capped (the quota
+/// policy suspends at the cap), one uncapped with overage.
+fn plan_bodies() -> Vec<Value> {
+    vec![
+        json!({
+            "code": "std", "name": "Standard", "currency": "EUR", "interval": "month",
+            "base_price": "10.00", "seat_price": "2.50", "seats": {"min": 1, "max": 20},
+            "meters": [{"key": "api_calls", "included": "1000", "hard_cap": "2500", "overage_unit_price": "0.01", "reset": "monthly"}]
+        }),
+        json!({
+            "code": "pro", "name": "Pro", "currency": "EUR", "interval": "month",
+            "base_price": "30.00", "seat_price": "5.00", "seats": {"min": 1, "max": 20},
+            "meters": [{"key": "api_calls", "included": "500", "overage_unit_price": "0.02", "reset": "monthly"}]
+        }),
+    ]
+}
+
+/// Sends the requests whose outcome a kill hid again, with their keys,
+/// while the load runs: the clients go on meanwhile (a key still reserved
+/// by a killed process's request makes its repeat wait up to 10 s).
+async fn resender(sh: Arc<Shared>) {
+    let mut up = sh.up.clone();
+    while !sh.stop.load(Ordering::Relaxed) {
+        if !*up.borrow() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), up.wait_for(|u| *u)).await;
+            continue;
+        }
+        let pending: Vec<Pending> = std::mem::take(&mut sh.ledger.lock().expect("ledger").pending);
+        if pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        resend(&sh, pending).await;
+    }
+}
+
+async fn resend(sh: &Shared, pending: Vec<Pending>) {
+    let sends = pending.into_iter().map(|p| async move {
+        sh.count("resent");
+        sh.command(p.tenant, &p.path, p.body, p.key).await;
+    });
+    futures::future::join_all(sends).await;
+}
+
+/// After the last round: sends again what is still without an answer until
+/// each has one (bounded). A key still reserved by a killed process's request
+/// answers `idempotency_key_in_flight` until the reservation is 60 s old
+/// (then it is taken over, or answered `idempotency_key_applied` when its
+/// command took effect); such keys are set aside and returned, their one
+/// effect at most is checked on the log.
+async fn drain(sh: &Shared) -> Vec<Pending> {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let mut orphans = Vec::new();
+    loop {
+        let pending: Vec<Pending> = std::mem::take(&mut sh.ledger.lock().expect("ledger").pending);
+        let (stuck, retry): (Vec<Pending>, Vec<Pending>) =
+            pending.into_iter().partition(|p| p.in_flight);
+        orphans.extend(stuck);
+        if retry.is_empty() {
+            return orphans;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} requests still without a definite answer after {DRAIN_TIMEOUT:?}: {retry:?}",
+            retry.len()
+        );
+        resend(sh, retry).await;
+    }
+}
+
+/// Every acknowledged keyed command sent again answers the first response
+/// and changes nothing (checked on the log later).
+async fn replays_answer_the_first_response(sh: &Shared) {
+    let keyed = sh.ledger.lock().expect("ledger").keyed.clone();
+    for k in &keyed {
+        let sent = sh
+            .send(
+                &sh.tenants[k.tenant].key,
+                reqwest::Method::POST,
+                &k.path,
+                Some(&k.body),
+                &[("idempotency-key", k.key.clone())],
+            )
+            .await;
+        let Sent::Answered(r) = sent else {
+            panic!("no answer to the replay of {}", k.key);
+        };
+        assert_eq!(
+            (r.status, &r.body),
+            (k.status, &k.answer),
+            "the replay of {} ({}) answers the first response",
+            k.key,
+            k.path
+        );
+    }
+}
+
+/// Waits (bounded) until every consumer has reached the log head and the
+/// head stays put (policies append events others read).
+async fn settle(sh: &Shared) {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut last_head = -1;
+    loop {
+        let Some(r) = sh.query(0, "/v1/admin/projections", None).await else {
+            panic!("no projection status");
+        };
+        let list = r.body.as_array().expect("projections").clone();
+        let head = list
+            .iter()
+            .filter_map(|p| p["log_head"].as_i64())
+            .max()
+            .unwrap_or(0);
+        let caught_up = list.iter().all(|p| p["lag_events"].as_i64() == Some(0));
+        if caught_up && head == last_head {
+            return;
+        }
+        last_head = if caught_up { head } else { -1 };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projections did not settle: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The log as last read, for the checks after each round.
+#[derive(Default)]
+struct Checked {
+    events: Vec<StoredEvent>,
+}
+
+impl Checked {
+    /// Reads the log up to its head and asserts every acknowledged command's
+    /// events are there: the answer's resource at its version, and its
+    /// `X-Log-Position`.
+    async fn acks_in_log(&mut self, db: &TestDb, acks: &[Ack]) -> Vec<StoredEvent> {
+        self.events = read_log(&db.url).await;
+        let streams: HashSet<(&str, &str, i64)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.aggregate_type.as_str(),
+                    e.aggregate_id.as_str(),
+                    e.sequence,
+                )
+            })
+            .collect();
+        let positions: HashSet<i64> = self.events.iter().map(|e| e.position).collect();
+        for a in acks {
+            if let Some(kind) = a.kind {
+                let stream = format!("{}:{}", a.tenant, a.id);
+                assert!(
+                    streams.contains(&(kind, stream.as_str(), a.version)),
+                    "acknowledged but not in the log: {} ({kind} {stream} version {})",
+                    a.what,
+                    a.version
+                );
+            }
+            if let Some(p) = a.position.filter(|p| *p > 0) {
+                assert!(
+                    positions.contains(&p),
+                    "acknowledged at position {p} but not in the log: {}",
+                    a.what
+                );
+            }
+        }
+        self.events.clone()
+    }
+}
+
+/// No usage record recorded twice (one stream per transaction id), and
+/// every recorded, not voided quantity counted in the totals read model.
+async fn usage_counted_once(db: &TestDb, events: &[StoredEvent]) {
+    let mut recorded: HashMap<&str, usize> = HashMap::new();
+    let mut totals: BTreeMap<(String, String, String, String), Decimal> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.aggregate_type == "usage_record") {
+        let (sub, meter, window, delta) = match e.decode::<UsageEvent>().expect("usage event") {
+            UsageEvent::UsageRecorded {
+                subscription_id,
+                meter,
+                quantity,
+                window,
+                ..
+            } => {
+                *recorded.entry(e.aggregate_id.as_str()).or_default() += 1;
+                (subscription_id, meter, window, quantity)
+            }
+            UsageEvent::UsageVoided {
+                subscription_id,
+                meter,
+                quantity,
+                window,
+                ..
+            } => (subscription_id, meter, window, -quantity),
+            UsageEvent::UsageBilled { .. } => continue,
+        };
+        let start = serde_json::to_value(window).expect("window")["start"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *totals
+            .entry((e.tenant.clone(), sub, meter, start))
+            .or_default() += delta;
+    }
+    let twice: Vec<_> = recorded.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "usage recorded twice: {twice:?}");
+    let conn = db.connect().await;
+    let rows = tally_tests::table_rows(
+        &conn,
+        "rm_usage_totals",
+        "tenant, subscription_id, meter, window_start, total",
+    )
+    .await;
+    conn.close().await;
+    let read: BTreeMap<(String, String, String, String), Decimal> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r[0].clone(), r[1].clone(), r[2].clone(), r[3].clone()),
+                Decimal::from_str(&r[4]).expect("total"),
+            )
+        })
+        .collect();
+    let logged: BTreeMap<_, _> = totals.into_iter().filter(|(_, v)| !v.is_zero()).collect();
+    let read_nonzero: BTreeMap<_, _> = read.into_iter().filter(|(_, v)| !v.is_zero()).collect();
+    assert_eq!(
+        logged.len(),
+        read_nonzero.len(),
+        "usage windows in the log and in rm_usage_totals"
+    );
+    for (k, v) in &logged {
+        let window_start = time_prefix(&k.3);
+        let found = read_nonzero.iter().find(|(rk, _)| {
+            rk.0 == k.0 && rk.1 == k.1 && rk.2 == k.2 && time_prefix(&rk.3) == window_start
+        });
+        assert_eq!(
+            found.map(|(_, rv)| rv.normalize()),
+            Some(v.normalize()),
+            "usage total of {k:?}"
+        );
+    }
+    println!(
+        "usage: {} records, {} windows counted once",
+        recorded.len(),
+        logged.len()
+    );
+}
+
+/// The instant of an RFC 3339 text, whatever its fraction digits.
+fn time_prefix(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Per tenant, the issued invoices are numbered 1..N, each number once, and
+/// each number assigned on the tenant's numbering stream to that invoice.
+fn invoice_numbers_gapless(events: &[StoredEvent]) {
+    let mut issued: BTreeMap<&str, Vec<(u64, String)>> = BTreeMap::new();
+    let mut assigned: BTreeMap<&str, Vec<(u64, String)>> = BTreeMap::new();
+    for e in events {
+        if e.aggregate_type == "invoice" && e.event_type == "InvoiceIssued" {
+            if let InvoiceEvent::InvoiceIssued { sequence, .. } = e.decode().expect("invoice event")
+            {
+                issued
+                    .entry(&e.tenant)
+                    .or_default()
+                    .push((sequence, e.resource_id().to_string()));
+            }
+        }
+        if e.event_type == "InvoiceNumberAssigned" {
+            let p = &e.payload["InvoiceNumberAssigned"];
+            assigned.entry(&e.tenant).or_default().push((
+                p["sequence"].as_u64().expect("sequence"),
+                p["invoice_id"].as_str().expect("invoice id").to_string(),
+            ));
+        }
+    }
+    for (tenant, list) in &mut issued {
+        list.sort();
+        let numbers: Vec<u64> = list.iter().map(|(n, _)| *n).collect();
+        let expected: Vec<u64> = (1..=list.len() as u64).collect();
+        assert_eq!(
+            numbers, expected,
+            "invoice numbers of {tenant}: no gap, no duplicate"
+        );
+        let mut a = assigned.remove(tenant).unwrap_or_default();
+        a.sort();
+        assert_eq!(
+            &a, list,
+            "numbers assigned to exactly the issued invoices of {tenant}"
+        );
+        println!("tenant {tenant}: invoices numbered 1..{}", list.len());
+    }
+    assert!(
+        assigned.values().all(Vec::is_empty),
+        "numbers assigned without an issued invoice: {assigned:?}"
+    );
+}
+
+/// Every activation and renewal has exactly one billing invoice (its id is
+/// derived from the subscription and the period), and it was issued; the
+/// billing policy created no other invoice.
+fn one_invoice_per_billing_event(events: &[StoredEvent]) {
+    use tally_commands::policies::billing::{activation_invoice_id, renewal_invoice_id, ACTOR};
+    let mut expected: Vec<String> = Vec::new();
+    let mut created: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut issued: HashSet<&str> = HashSet::new();
+    let mut by_policy: BTreeSet<&str> = BTreeSet::new();
+    for e in events {
+        match (e.aggregate_type.as_str(), e.event_type.as_str()) {
+            ("subscription", "SubscriptionActivated" | "PeriodRenewed") => {
+                let sub = e.resource_id();
+                let id = match e.decode::<SubscriptionEvent>().expect("subscription event") {
+                    SubscriptionEvent::SubscriptionActivated { period, .. } => {
+                        activation_invoice_id(sub, &period)
+                    }
+                    SubscriptionEvent::PeriodRenewed { closed_period, .. } => {
+                        renewal_invoice_id(sub, &closed_period)
+                    }
+                    _ => unreachable!("matched on the event type"),
+                };
+                expected.push(format!("{}:{id}", e.tenant));
+            }
+            ("invoice", "InvoiceCreated") => {
+                *created.entry(&e.aggregate_id).or_default() += 1;
+                if e.metadata.get("actor").map(String::as_str) == Some(ACTOR) {
+                    by_policy.insert(&e.aggregate_id);
+                }
+            }
+            ("invoice", "InvoiceIssued") => {
+                issued.insert(&e.aggregate_id);
+            }
+            _ => {}
+        }
+    }
+    let unique: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!(
+        unique.len(),
+        expected.len(),
+        "one activation or renewal per period"
+    );
+    for id in &unique {
+        assert_eq!(created.get(id), Some(&1), "one billing invoice {id}");
+        assert!(issued.contains(id), "the billing invoice {id} was issued");
+    }
+    let extra: Vec<_> = by_policy.difference(&unique).collect();
+    assert!(
+        extra.is_empty(),
+        "billing invoices without an activation or renewal: {extra:?}"
+    );
+    println!(
+        "{} activations and renewals, one issued invoice each",
+        unique.len()
+    );
+}
+
+/// Collections suspend a subscription at most once per past-due crossing.
+fn one_suspension_per_crossing(events: &[StoredEvent]) {
+    let mut by_sub: BTreeMap<&str, Vec<&StoredEvent>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.aggregate_type == "subscription") {
+        by_sub.entry(&e.aggregate_id).or_default().push(e);
+    }
+    let (mut crossings, mut suspensions) = (0, 0);
+    for (sub, list) in by_sub {
+        let mut since_crossing = 0;
+        for e in list {
+            match e.decode::<SubscriptionEvent>().expect("subscription event") {
+                SubscriptionEvent::SubscriptionPastDue { .. } => {
+                    crossings += 1;
+                    since_crossing = 0;
+                }
+                SubscriptionEvent::SubscriptionSuspended {
+                    reason: SuspendReason::NonPayment,
+                    ..
+                } if e.metadata.get("actor").map(String::as_str) == Some("system:collections") => {
+                    suspensions += 1;
+                    since_crossing += 1;
+                    assert_eq!(since_crossing, 1, "{sub}: a second non-payment suspension without a new past-due crossing (position {})", e.position);
+                }
+                _ => {}
+            }
+        }
+    }
+    println!("{crossings} past-due crossings, {suspensions} non-payment suspensions");
+}
+
+/// Each Idempotency-Key took effect at most once: every event carrying it
+/// was appended by one request.
+fn one_effect_per_key(events: &[StoredEvent], keyed: &[Keyed]) {
+    let mut requests: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for e in events {
+        if let Some(k) = e.metadata.get("idempotency_key") {
+            let request = e
+                .metadata
+                .get("request_id")
+                .map(String::as_str)
+                .unwrap_or("");
+            requests.entry((&e.tenant, k)).or_default().insert(request);
+        }
+    }
+    let twice: Vec<_> = requests.iter().filter(|(_, r)| r.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "Idempotency-Keys applied by more than one request: {twice:?}"
+    );
+    println!(
+        "{} keys with effects, {} keyed commands answered",
+        requests.len(),
+        keyed.len()
+    );
+}
+
+/// Regression test (found by the crash rounds): a process killed after its
+/// command appended events but before it stored the answer left the
+/// Idempotency-Key reserved; 60 s later a repeat took the reservation over
+/// and ran the command a second time. Now the repeat finds the key's events
+/// in the log and answers 409 `idempotency_key_applied`, stored for later
+/// repeats; a key abandoned before its command took effect is still taken
+/// over and run.
+async fn an_abandoned_key_whose_command_took_effect_is_not_applied_again(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = &app.admin_key;
+    let body = standard_plan_body("once");
+    let once = [("idempotency-key", "plan-once".to_string())];
+    let first = app.post_with(admin, "/v1/plans", body.clone(), &once).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    abandon(&app, "plan-once").await;
+    let again = app.post_with(admin, "/v1/plans", body.clone(), &once).await;
+    again.assert_problem(409, "idempotency_key_applied");
+    let third = app.post_with(admin, "/v1/plans", body, &once).await;
+    third.assert_problem(409, "idempotency_key_applied");
+    assert_eq!(third.header("idempotent-replayed"), Some("true"));
+    let plans = app.get(admin, "/v1/plans").await;
+    let created: Vec<&Value> = plans.body["data"]
+        .as_array()
+        .expect("plans")
+        .iter()
+        .filter(|p| p["code"] == "once")
+        .collect();
+    assert_eq!(created.len(), 1, "the plan was created once: {created:?}");
+
+    let invalid = json!({"code": "bad", "name": "Bad", "currency": "XYZ"});
+    let bad = [("idempotency-key", "plan-bad".to_string())];
+    let r = app
+        .post_with(admin, "/v1/plans", invalid.clone(), &bad)
+        .await;
+    r.assert_problem(422, "validation_failed");
+    abandon(&app, "plan-bad").await;
+    let r = app.post_with(admin, "/v1/plans", invalid, &bad).await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(
+        r.header("idempotent-replayed"),
+        None,
+        "taken over and run again"
+    );
+}
+
+/// Makes a completed key look like the reservation of a request whose
+/// process died five minutes ago.
+async fn abandon(app: &TestApp, key: &str) {
+    let long_ago = tally_projections::time::to_text(Utc::now() - chrono::Duration::minutes(5));
+    sqlx::query(
+        "UPDATE idempotency_keys SET state = 'pending', response_status = NULL, \
+         response_body = NULL, response_headers = NULL, created_at = $1 WHERE idem_key = $2",
+    )
+    .bind(long_ago)
+    .bind(key)
+    .execute(&app.state().db.any)
+    .await
+    .expect("abandon the key");
+}
