@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use tally_aggregates::subscription::Subscription;
@@ -25,6 +26,9 @@ use crate::store::{self, StoreError, StreamAppend};
 
 /// Largest batch accepted.
 pub const MAX_BATCH: usize = 1000;
+
+/// Subscriptions of one batch loaded at once.
+const CONTEXT_LOADS: usize = 8;
 
 /// One usage report as the client sent it (parsed).
 #[derive(Debug, Clone)]
@@ -123,16 +127,22 @@ pub async fn report_batch(
     reports: Vec<Result<UsageReport, CommandError>>,
 ) -> Vec<BatchOutcome> {
     let now = d.clock().now();
-    // One load per subscription.
-    let mut contexts: HashMap<String, Result<SubscriptionContext, String>> = HashMap::new();
-    for r in reports.iter().flatten() {
-        if !contexts.contains_key(&r.subscription_id) {
-            let c = subscription_context(d, &meta.tenant, &r.subscription_id)
-                .await
-                .map_err(|e| e.to_string());
-            contexts.insert(r.subscription_id.clone(), c);
-        }
-    }
+    // One load per subscription, several at a time.
+    let wanted: HashSet<String> = reports
+        .iter()
+        .flatten()
+        .map(|r| r.subscription_id.clone())
+        .collect();
+    let tenant = meta.tenant.as_str();
+    let loads = wanted.into_iter().map(|id| async move {
+        let context = subscription_context(d, tenant, &id).await;
+        (id, context)
+    });
+    let contexts: HashMap<String, Result<SubscriptionContext, CommandError>> =
+        futures::stream::iter(loads)
+            .buffer_unordered(CONTEXT_LOADS)
+            .collect()
+            .await;
     let ids: Vec<String> = reports
         .iter()
         .flatten()
@@ -176,12 +186,11 @@ pub async fn report_batch(
         }
         let ctx = match &contexts[&r.subscription_id] {
             Ok(c) => c,
-            Err(_) => {
-                let error = CommandError::Domain(DomainError::Validation {
-                    field: "subscription_id".into(),
-                    message: "unknown subscription".into(),
-                });
-                outcomes.push(Some(BatchOutcome::Rejected { error }));
+            // Unknown subscription, or the database out of reach.
+            Err(e) => {
+                outcomes.push(Some(BatchOutcome::Rejected {
+                    error: clone_error(e),
+                }));
                 continue;
             }
         };
@@ -245,6 +254,7 @@ pub async fn report_batch(
 fn clone_error(e: &CommandError) -> CommandError {
     match e {
         CommandError::Domain(d) => CommandError::Domain(d.clone()),
+        CommandError::Unavailable(m) => CommandError::Unavailable(m.clone()),
         other => CommandError::Store(other.to_string()),
     }
 }
