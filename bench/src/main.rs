@@ -50,11 +50,33 @@
 //!
 //! The ratio records/s ÷ rows/s says how much of the database's bulk append
 //! capacity the ingest path keeps; the target is at least 0.5.
+//!
+//! `commands` also measures **projection lag** (in-process server only): each
+//! 2xx answer carries `X-Log-Position`; a watcher reads every millisecond
+//! how far each consumer's runner has got (`Runtime::cursor_position`, in
+//! memory) and records, for each acknowledged command, the time from the
+//! client's receipt of the answer until every read model (the rebuildable
+//! projections), and separately every consumer (what `X-Min-Position` waits
+//! for), had reached its position. Before the measured phase, the setup
+//! waits until every consumer has caught up (`GET /v1/admin/projections`).
+//!
+//! With `--server-binary PATH` (`commands`, `queries`) the server is the
+//! release binary started as a child process (`serve --rate-limit 0`,
+//! `TALLY_LOG=warn`), and its peak resident set (`VmHWM` from
+//! `/proc/<pid>/status`) is read after the load. The in-process server runs
+//! without the per-key rate limit too (the limit is a guard, not a cost).
+//!
+//! `--percentiles-csv PATH` writes the latency percentiles of the measured
+//! phases (`series,percentile,ms`) for `bench/plot.py`. `queries` and
+//! `long-stream` are described in their modules.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -64,17 +86,26 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
-use tally_api::{start, Config};
+use tally_api::ratelimit::RateLimit;
+use tally_api::{start, AppState, Config};
 use tally_commands::Clock;
 use tally_projections::runtime::RuntimeConfig;
+use tally_projections::Runtime;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+mod long_stream;
+mod queries;
 mod rebuild;
 
-/// Subscription creations/activations in flight during setup.
-const SETUP_CONCURRENCY: usize = 32;
+/// Subscription creations/activations in flight during setup (more than
+/// about 30 concurrent creations exhausted the server's pool on 2026-11-24:
+/// 503 "pool timed out" after 5 s; setup time is not a figure here).
+const SETUP_CONCURRENCY: usize = 8;
 /// Setup (plan + subscriptions) must finish within this.
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+/// After the setup, every consumer must catch up within this.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(300);
 /// One HTTP request may take at most this (the server's own limit is 30 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace after a measuring deadline for the last in-flight operations.
@@ -105,6 +136,10 @@ enum Command {
     Usage(UsageArgs),
     /// Generates a log across all aggregates and times `tally-replay rebuild --all`.
     Rebuild(rebuild::RebuildArgs),
+    /// Invoice list queries (filters, cursor pages) over 1,000,000 invoices.
+    Queries(queries::QueriesArgs),
+    /// Command latency on a stream of 100,000 events versus a fresh stream.
+    LongStream(long_stream::LongStreamArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -131,6 +166,25 @@ struct CommandsArgs {
     /// Active subscriptions the commands are spread over.
     #[arg(long, default_value_t = 1000)]
     subscriptions: usize,
+    #[command(flatten)]
+    out: OutputArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct OutputArgs {
+    /// Writes the latency percentiles of the measured phases to this CSV file.
+    #[arg(long)]
+    percentiles_csv: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServerArgs {
+    /// Runs this `tally` binary as a child process instead of the in-process
+    /// server, and reports its peak RSS (no projection lag then).
+    #[arg(long)]
+    server_binary: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -146,6 +200,8 @@ struct UsageArgs {
     /// Active subscriptions the usage records are spread over.
     #[arg(long, default_value_t = 100)]
     subscriptions: usize,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 #[tokio::main]
@@ -155,6 +211,8 @@ async fn main() -> Result<()> {
         Command::Commands(args) => commands(args).await,
         Command::Usage(args) => usage(args).await,
         Command::Rebuild(args) => rebuild::run(args).await,
+        Command::Queries(args) => queries::run(args).await,
+        Command::LongStream(args) => long_stream::run(args).await,
     }
 }
 
@@ -335,24 +393,31 @@ async fn commands(args: CommandsArgs) -> Result<()> {
     let duration = measuring_duration(args.seconds, args.connections, args.subscriptions)?;
     let connections = args.connections;
     let subscriptions = args.subscriptions;
-    let (commands, ceiling) =
+    let binary = args.server.server_binary.clone();
+    let ((commands, lag), peak_rss_kb, ceiling) =
         in_fresh_database(&args.db.database_admin_url, connections, |url| async move {
-            let commands = with_server(&url, connections, |api| async move {
-                let plan = json!({
-                    "code": "bench",
-                    "name": "Bench",
-                    "currency": "EUR",
-                    "interval": "month",
-                    "base_price": "10.00",
-                    "seat_price": "1.00",
-                    "seats": {"min": 1, "max": 100000}
-                });
-                let ids = setup(&api, &plan, subscriptions).await?;
-                command_phase(&api, ids, connections, duration).await
-            })
+            let (commands, peak_rss_kb) = with_server(
+                &url,
+                connections,
+                binary.as_deref(),
+                |api, state| async move {
+                    let plan = json!({
+                        "code": "bench",
+                        "name": "Bench",
+                        "currency": "EUR",
+                        "interval": "month",
+                        "base_price": "10.00",
+                        "seat_price": "1.00",
+                        "seats": {"min": 1, "max": 100000}
+                    });
+                    let ids = setup(&api, &plan, subscriptions).await?;
+                    let runtime = state.map(|s| s.runtime);
+                    command_phase(&api, ids, connections, duration, runtime).await
+                },
+            )
             .await?;
             let ceiling = ceiling_phase(&url, connections, duration, &SEATS_CHANGED_ROWS).await?;
-            Ok((commands, ceiling))
+            Ok((commands, peak_rss_kb, ceiling))
         })
         .await?;
 
@@ -375,6 +440,82 @@ async fn commands(args: CommandsArgs) -> Result<()> {
     );
     ceiling.print_issues("insert failures", "insert notes");
     print_ratio(commands.rate(), ceiling.rate(), 0.6);
+    match &lag {
+        Some(lag) => {
+            for (what, p) in [
+                ("read models", &lag.read_models),
+                ("every consumer (X-Min-Position)", &lag.all),
+            ] {
+                println!(
+                    "lag:      {what}: {} commands, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    p.ok,
+                    p.quantile_ms(0.50),
+                    p.quantile_ms(0.99),
+                    p.max_ms(),
+                );
+                p.print_issues("lag not measured", "lag notes");
+            }
+            let p99 = lag.read_models.quantile_ms(0.99);
+            println!(
+                "          read models p99 target <= 100 ms: {}",
+                if p99 <= 100.0 { "met" } else { "NOT met" }
+            );
+            if !lag.behind.is_empty() {
+                println!(
+                    "  most events behind the head (sampled every {LAG_SAMPLE:?}): {}",
+                    lag.behind
+                );
+            }
+        }
+        None => println!("lag:      not measured (server in a child process)"),
+    }
+    print_peak_rss(peak_rss_kb);
+    let mut series = vec![("commands", &commands)];
+    if let Some(lag) = &lag {
+        series.push(("projection lag (read models)", &lag.read_models));
+    }
+    write_percentiles(args.out.percentiles_csv.as_deref(), &series)?;
+    Ok(())
+}
+
+/// Prints the child server's peak RSS, when there was one.
+fn print_peak_rss(peak_rss_kb: Option<u64>) {
+    if let Some(kb) = peak_rss_kb {
+        println!(
+            "server:   peak RSS {} (VmHWM after the load; target <= 150 MB: {})",
+            rebuild::mib(kb),
+            if kb as f64 / 1024.0 <= 150.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+    }
+}
+
+/// Percentiles written by `--percentiles-csv` (100 is the maximum).
+const CSV_PERCENTILES: [f64; 20] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.0, 98.0, 99.0,
+    99.5, 99.8, 99.9, 100.0,
+];
+
+/// Writes `series,percentile,ms` rows for each named phase to `path`, if given.
+fn write_percentiles(path: Option<&Path>, series: &[(&str, &Phase)]) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let mut out = String::from("series,percentile,ms\n");
+    for (name, phase) in series {
+        if phase.latencies_us.is_empty() {
+            continue;
+        }
+        for p in CSV_PERCENTILES {
+            out.push_str(&format!("{name},{p},{:.3}\n", phase.quantile_ms(p / 100.0)));
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
+    println!("percentiles: {}", path.display());
     Ok(())
 }
 
@@ -384,7 +525,7 @@ async fn usage(args: UsageArgs) -> Result<()> {
     let subscriptions = args.subscriptions;
     let (ingest, ceiling) =
         in_fresh_database(&args.db.database_admin_url, connections, |url| async move {
-            let ingest = with_server(&url, connections, |api| async move {
+            let (ingest, _) = with_server(&url, connections, None, |api, _| async move {
                 // No hard cap: the quota policy never suspends a subscription.
                 let plan = json!({
                     "code": "bench",
@@ -424,6 +565,10 @@ async fn usage(args: UsageArgs) -> Result<()> {
     );
     ceiling.print_issues("insert failures", "insert notes");
     print_ratio(ingest.item_rate(), ceiling.item_rate(), 0.5);
+    write_percentiles(
+        args.out.percentiles_csv.as_deref(),
+        &[("usage batches", &ingest)],
+    )?;
     Ok(())
 }
 
@@ -478,14 +623,40 @@ where
     Ok(outcome)
 }
 
-/// Starts the server on the database at `url`, runs `phase` against it, and
-/// stops the server (closing its pools) before returning, also when `phase`
-/// failed, so that a following ceiling phase has the database to itself.
-async fn with_server<T, F, Fut>(url: &str, connections: usize, phase: F) -> Result<T>
+/// Starts the server on the database at `url` (in this process, or
+/// `binary` as a child process), runs `phase` against it, and stops the
+/// server (closing its pools) before returning, also when `phase` failed, so
+/// that a following ceiling phase has the database to itself. `phase` gets
+/// the in-process server's state (None for a child). Returns the child's peak
+/// RSS in kB, read after `phase`.
+async fn with_server<T, F, Fut>(
+    url: &str,
+    connections: usize,
+    binary: Option<&Path>,
+    phase: F,
+) -> Result<(T, Option<u64>)>
 where
-    F: FnOnce(Api) -> Fut,
+    F: FnOnce(Api, Option<AppState>) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections.max(SETUP_CONCURRENCY))
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
+    if let Some(binary) = binary {
+        let child = ChildServer::spawn(binary, url).await?;
+        let api = Api {
+            client,
+            base: format!("http://{}", child.addr),
+            key: child.key.clone(),
+        };
+        let outcome = phase(api, None).await;
+        let peak = rebuild::vm_hwm_kb(child.process.id());
+        let stopped = child.stop().await;
+        let outcome = outcome?;
+        stopped?;
+        return Ok((outcome, peak));
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = start(
         Config {
@@ -494,7 +665,11 @@ where
             runtime: RuntimeConfig::default(),
             billing: Default::default(),
             nats: None,
-            rate_limit: Default::default(),
+            rate_limit: RateLimit {
+                per_sec: 0.0,
+                burst: 0.0,
+            },
+            limits: Default::default(),
         },
         listener,
     )
@@ -505,16 +680,12 @@ where
             .bootstrap_key
             .clone()
             .context("the server created no bootstrap key (database not fresh?)")?;
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(connections.max(SETUP_CONCURRENCY))
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
         let api = Api {
             client,
             base: format!("http://{}", server.addr),
             key,
         };
-        phase(api).await
+        phase(api, Some(server.state.clone())).await
     }
     .await;
     let stopped = tokio::time::timeout(ADMIN_TIMEOUT, server.shutdown()).await;
@@ -522,7 +693,118 @@ where
     stopped
         .context("server shutdown timed out")?
         .context("server shutdown")?;
-    Ok(outcome)
+    Ok((outcome, None))
+}
+
+/// The `tally serve` binary running as a child process.
+struct ChildServer {
+    process: Child,
+    addr: String,
+    key: String,
+    /// The last lines of its stderr, for a failure message.
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl ChildServer {
+    /// Starts `binary serve` on a free loopback port and waits (bounded) for
+    /// the bootstrap key it prints on stdout.
+    async fn spawn(binary: &Path, url: &str) -> Result<ChildServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut process = std::process::Command::new(binary)
+            .args(["serve", "--database", url, "--listen", &addr])
+            .args(["--rate-limit", "0"])
+            .env("TALLY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = process.stdout.take().context("child stdout")?;
+        let mut stderr_pipe = process.stderr.take().context("child stderr")?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let tail = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = stderr_pipe.read_to_string(&mut buf);
+            let mut tail = tail.lock().expect("stderr tail");
+            tail.extend(buf.lines().rev().take(20).map(str::to_string));
+        });
+        // The key is the line after "Created tenant …"; stdout is drained after.
+        let (key_tx, key_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut key_tx = Some(key_tx);
+            let mut next_is_key = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if next_is_key {
+                    if let Some(tx) = key_tx.take() {
+                        let _ = tx.send(line.trim().to_string());
+                    }
+                    next_is_key = false;
+                } else if line.starts_with("Created tenant") {
+                    next_is_key = true;
+                }
+            }
+        });
+        let key = match tokio::time::timeout(SETUP_DEADLINE, key_rx).await {
+            Ok(Ok(key)) => key,
+            _ => {
+                let _ = process.kill();
+                let _ = process.wait();
+                let tail = stderr.lock().expect("stderr tail").join(" | ");
+                bail!(
+                    "{} printed no bootstrap key (fresh database expected): {tail}",
+                    binary.display()
+                );
+            }
+        };
+        println!(
+            "server:   {} (pid {}) on {addr}",
+            binary.display(),
+            process.id()
+        );
+        Ok(ChildServer {
+            process,
+            addr,
+            key,
+            stderr,
+        })
+    }
+
+    /// SIGTERM (via `kill`, the workspace forbids `unsafe`), then SIGKILL if
+    /// it has not exited within [`ADMIN_TIMEOUT`].
+    async fn stop(mut self) -> Result<()> {
+        let pid = self.process.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            if let Some(status) = self.process.try_wait()? {
+                if !status.success() {
+                    let tail = self.stderr.lock().expect("stderr tail").join(" | ");
+                    println!("  server exited with {status}: {tail}");
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.process.kill();
+                let _ = self.process.wait();
+                bail!("the server did not stop within {ADMIN_TIMEOUT:?} of SIGTERM; killed");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A 2xx answer of a measured request.
+struct Answer {
+    body: Vec<u8>,
+    /// `X-Log-Position`, when the request ran a command.
+    log_position: Option<i64>,
 }
 
 /// A client of the running server.
@@ -550,6 +832,41 @@ impl Api {
         Ok((status, body))
     }
 
+    /// Waits (bounded by [`SETTLE_DEADLINE`]) until `GET
+    /// /v1/admin/projections` shows every consumer at the log head.
+    async fn settle(&self) -> Result<()> {
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let r = self
+                .client
+                .get(format!("{}/v1/admin/projections", self.base))
+                .bearer_auth(&self.key)
+                .send()
+                .await
+                .context("GET /v1/admin/projections")?;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let Some(consumers) = body.as_array().filter(|_| status.is_success()) else {
+                bail!("GET /v1/admin/projections: {status}: {body}");
+            };
+            let behind: Vec<String> = consumers
+                .iter()
+                .filter(|c| c["lag_events"].as_i64() != Some(0))
+                .map(|c| format!("{} {}", c["name"], c["lag_events"]))
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "consumers still behind after {SETTLE_DEADLINE:?}: {}",
+                    behind.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// POSTs and expects `want`; returns the body's `id`.
     async fn post_expect(&self, path: &str, body: &Value, want: u16) -> Result<String> {
         let (status, answer) = self.post(path, body).await?;
@@ -563,14 +880,14 @@ impl Api {
     }
 
     /// POSTs `body` during a measured phase and records the latency (up to
-    /// the whole answer body) in `w`. Returns the body of a 2xx answer; any
-    /// other outcome is recorded as a failure in `w` and gives `None`.
+    /// the whole answer body) in `w`. Returns a 2xx answer; any other
+    /// outcome is recorded as a failure in `w` and gives `None`.
     async fn post_measured(
         &self,
         path: &str,
         body: &Value,
         w: &mut WorkerResult,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Answer> {
         let t0 = Instant::now();
         let sent = self
             .client
@@ -588,10 +905,18 @@ impl Api {
             }
         };
         let status = r.status();
+        let log_position = r
+            .headers()
+            .get("x-log-position")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let bytes = r.bytes().await;
         w.record_latency(t0);
         match bytes {
-            Ok(b) if status.is_success() => Some(Vec::from(b)),
+            Ok(b) if status.is_success() => Some(Answer {
+                body: Vec::from(b),
+                log_position,
+            }),
             Ok(b) => {
                 let code = serde_json::from_slice::<Value>(&b)
                     .ok()
@@ -608,7 +933,10 @@ impl Api {
     }
 }
 
-/// Creates the plan `plan` and `n` active subscriptions on it; returns their ids.
+/// Creates the plan `plan` and `n` active subscriptions on it, then waits
+/// until every consumer has caught up with the log (the billing policy issues
+/// one activation invoice per subscription: that backlog belongs to the
+/// setup, not to the measured load); returns their ids.
 async fn setup(api: &Api, plan: &Value, n: usize) -> Result<Arc<Vec<String>>> {
     let started = Instant::now();
     let deadline = started + SETUP_DEADLINE;
@@ -650,27 +978,43 @@ async fn setup(api: &Api, plan: &Value, n: usize) -> Result<Arc<Vec<String>>> {
         let Some(joined) = next else { break };
         ids.extend(joined.context("a setup task failed")??);
     }
+    let created = started.elapsed();
+    let settled = Instant::now();
+    api.settle().await?;
     println!(
-        "setup:    1 plan, {} active subscriptions in {:.1} s",
+        "setup:    1 plan, {} active subscriptions in {:.1} s; every consumer caught up {:.1} s later",
         ids.len(),
-        started.elapsed().as_secs_f64()
+        created.as_secs_f64(),
+        settled.elapsed().as_secs_f64()
     );
     Ok(Arc::new(ids))
 }
 
 /// `commands` (a): `connections` tasks sending change-seats for `duration`.
+/// With the in-process server's `runtime`, also the projection lag of every
+/// acknowledged command (see [`watch_lag`]).
 async fn command_phase(
     api: &Api,
     ids: Arc<Vec<String>>,
     connections: usize,
     duration: Duration,
-) -> Result<Phase> {
+    runtime: Option<Runtime>,
+) -> Result<(Phase, Option<Lag>)> {
     let started = Instant::now();
     let deadline = started + duration;
+    let (acks, acked) = mpsc::unbounded_channel::<(i64, Instant)>();
+    let watcher = runtime.map(|runtime| {
+        tokio::spawn(watch_lag(
+            runtime,
+            acked,
+            deadline + DRAIN_GRACE + LAG_GRACE,
+        ))
+    });
     let mut set = JoinSet::new();
     for _ in 0..connections {
         let api = api.clone();
         let ids = ids.clone();
+        let acks = watcher.is_some().then(|| acks.clone());
         set.spawn(async move {
             let mut rng = StdRng::from_entropy();
             let mut w = WorkerResult::new();
@@ -679,15 +1023,155 @@ async fn command_phase(
                 let seats = rng.gen_range(1..=MAX_SEATS);
                 let body = json!({"seats": seats, "proration": "prorate"});
                 let path = format!("/v1/subscriptions/{id}/change-seats");
-                if api.post_measured(&path, &body, &mut w).await.is_some() {
+                if let Some(answer) = api.post_measured(&path, &body, &mut w).await {
                     w.ok += 1;
                     w.items += 1;
+                    match (&acks, answer.log_position) {
+                        (Some(acks), Some(p)) => {
+                            let _ = acks.send((p, Instant::now()));
+                        }
+                        (Some(_), None) => w.note("2xx without X-Log-Position".to_string()),
+                        _ => {}
+                    }
                 }
             }
             w
         });
     }
-    collect(set, started, deadline + DRAIN_GRACE).await
+    drop(acks);
+    let commands = collect(set, started, deadline + DRAIN_GRACE).await?;
+    let lag = match watcher {
+        Some(w) => Some(w.await.context("the lag watcher panicked")??),
+        None => None,
+    };
+    Ok((commands, lag))
+}
+
+/// How long after the command phase's drain the lag watcher waits for the
+/// last positions.
+const LAG_GRACE: Duration = Duration::from_secs(10);
+/// The lag watcher's poll interval.
+const LAG_POLL: Duration = Duration::from_millis(1);
+/// How often the lag watcher samples every consumer's distance to the head.
+const LAG_SAMPLE: Duration = Duration::from_millis(250);
+
+/// What the lag watcher measured.
+struct Lag {
+    /// Until every read model (the rebuildable projections) had the command.
+    read_models: Phase,
+    /// Until every consumer, policies included, had it: what a query with
+    /// `X-Min-Position` waits for.
+    all: Phase,
+    /// The most events each consumer was seen behind the head, largest first.
+    behind: String,
+}
+
+/// Projection lag: receives (position, time the answer arrived) for each
+/// acknowledged command and, every [`LAG_POLL`], reads the positions the
+/// runtime's consumers have reached (in memory: `Runtime::cursor_position`
+/// of the runners in this process); a command's lag is the time from its
+/// answer to the first poll that found every consumer of a group at or past
+/// its position. Positions still unreached at `limit` are failures.
+async fn watch_lag(
+    runtime: Runtime,
+    mut acked: mpsc::UnboundedReceiver<(i64, Instant)>,
+    limit: Instant,
+) -> Result<Lag> {
+    let started = Instant::now();
+    let read_models: Vec<&'static str> = tally_projections::all_projectors()
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    let mut groups = [
+        (
+            read_models,
+            BTreeMap::<i64, Vec<Instant>>::new(),
+            WorkerResult::new(),
+        ),
+        (runtime.names(), BTreeMap::new(), WorkerResult::new()),
+    ];
+    let mut open = true;
+    // Per consumer, the most events it was seen behind the head.
+    let mut behind: BTreeMap<String, i64> = BTreeMap::new();
+    let mut sampled = Instant::now();
+    loop {
+        if sampled.elapsed() >= LAG_SAMPLE {
+            sampled = Instant::now();
+            for c in runtime.status().await.context("consumer status")? {
+                let max = behind.entry(c.name).or_insert(0);
+                *max = (*max).max(c.lag_events);
+            }
+        }
+        while open {
+            match acked.try_recv() {
+                Ok((p, at)) => {
+                    for (_, pending, _) in groups.iter_mut() {
+                        pending.entry(p).or_default().push(at);
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let waiting = groups.iter().any(|(_, pending, _)| !pending.is_empty());
+        if (!open && !waiting) || Instant::now() >= limit {
+            break;
+        }
+        for (names, pending, w) in groups.iter_mut() {
+            if pending.is_empty() {
+                continue;
+            }
+            let mut reached = i64::MAX;
+            for name in names.iter() {
+                let p = runtime
+                    .cursor_position(name)
+                    .await
+                    .context("reading a consumer's position")?;
+                reached = reached.min(p);
+            }
+            let now = Instant::now();
+            let later = pending.split_off(&(reached.saturating_add(1)));
+            for (_, acks) in std::mem::replace(pending, later) {
+                for at in acks {
+                    w.ok += 1;
+                    w.latencies_us
+                        .push(now.saturating_duration_since(at).as_micros() as u64);
+                }
+            }
+        }
+        tokio::time::sleep(LAG_POLL).await;
+    }
+    let wall = started.elapsed();
+    let [read_models, all] = groups.map(|(_, pending, mut w)| {
+        for acks in pending.values() {
+            for _ in acks {
+                w.fail(format!(
+                    "position not reached within {LAG_GRACE:?} after the drain"
+                ));
+            }
+        }
+        w.latencies_us.sort_unstable();
+        Phase {
+            ok: w.ok,
+            items: w.ok,
+            failures: w.failures,
+            notes: w.notes,
+            latencies_us: w.latencies_us,
+            wall,
+        }
+    });
+    let mut behind: Vec<_> = behind.into_iter().filter(|(_, n)| *n > 0).collect();
+    behind.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let behind = behind
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Lag {
+        read_models,
+        all,
+        behind,
+    })
 }
 
 /// `usage` (a): `connections` tasks posting batches of [`USAGE_BATCH`]
@@ -714,12 +1198,12 @@ async fn usage_phase(
                 let Some(answer) = api.post_measured("/v1/usage/batch", &body, &mut w).await else {
                     continue;
                 };
-                let results = serde_json::from_slice::<Value>(&answer).ok().and_then(|v| {
-                    match v.get("results") {
+                let results = serde_json::from_slice::<Value>(&answer.body)
+                    .ok()
+                    .and_then(|v| match v.get("results") {
                         Some(Value::Array(results)) => Some(results.clone()),
                         _ => None,
-                    }
-                });
+                    });
                 let Some(results) = results else {
                     w.fail("2xx without results".to_string());
                     continue;

@@ -105,7 +105,8 @@ fn epoch() -> DateTime<Utc> {
 const MIN_EVENTS: u64 = 1_000;
 /// The events/s target of the issue.
 const TARGET_RATE: f64 = 50_000.0;
-const COPY_SQL: &str = "COPY events (aggregate_type, aggregate_id, sequence, event_type, \
+pub(crate) const COPY_SQL: &str =
+    "COPY events (aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, event_id, tenant, recorded_at) FROM STDIN";
 
 #[derive(Args, Debug, Clone)]
@@ -229,7 +230,7 @@ impl SizeResult {
 }
 
 /// The server's `version()` and its `autovacuum` setting.
-async fn server_version(url: &str) -> Result<(String, String)> {
+pub(crate) async fn server_version(url: &str) -> Result<(String, String)> {
     let mut conn = tokio::time::timeout(ADMIN_TIMEOUT, PgConnection::connect(url))
         .await
         .context("connecting to PostgreSQL timed out")?
@@ -378,7 +379,7 @@ async fn one_size(
 
 /// Copies each chunk in its own `COPY` (one transaction), in order; returns
 /// the rows copied.
-async fn write_chunks(pool: PgPool, mut rx: mpsc::Receiver<Vec<u8>>) -> Result<u64> {
+pub(crate) async fn write_chunks(pool: PgPool, mut rx: mpsc::Receiver<Vec<u8>>) -> Result<u64> {
     let mut rows = 0;
     while let Some(chunk) = rx.recv().await {
         let mut copy = pool.copy_in_raw(COPY_SQL).await?;
@@ -457,7 +458,7 @@ fn rebuild(replay: &Path, url: &str, timeout: Duration) -> Result<ChildRun> {
 }
 
 /// `VmHWM` of a process, in kB (None once it has exited or off Linux).
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
+pub(crate) fn vm_hwm_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -575,7 +576,7 @@ async fn check(db: &Db, stats: &GenStats) -> Result<()> {
 
 /// What the generator wrote, by type.
 #[derive(Default)]
-struct GenStats {
+pub(crate) struct GenStats {
     customers: usize,
     days: u32,
     by_aggregate: BTreeMap<&'static str, u64>,
@@ -585,7 +586,7 @@ struct GenStats {
 }
 
 impl GenStats {
-    fn event(&self, t: &str) -> u64 {
+    pub(crate) fn event(&self, t: &str) -> u64 {
         self.by_event.get(t).copied().unwrap_or(0)
     }
 
@@ -614,7 +615,7 @@ impl GenStats {
 }
 
 /// Who issued a command: stored as metadata like `CommandMeta::to_map`.
-struct Meta {
+pub(crate) struct Meta {
     actor: &'static str,
     request_id: String,
     correlation_id: String,
@@ -623,7 +624,7 @@ struct Meta {
 
 impl Meta {
     /// A client's request.
-    fn client() -> Meta {
+    pub(crate) fn client() -> Meta {
         let request_id = uuid::Uuid::now_v7().to_string();
         Meta {
             actor: "bench",
@@ -651,7 +652,7 @@ impl Meta {
         }
     }
 
-    fn to_map(&self, tenant: &str, at: DateTime<Utc>) -> HashMap<String, String> {
+    pub(crate) fn to_map(&self, tenant: &str, at: DateTime<Utc>) -> HashMap<String, String> {
         let mut m = HashMap::from([
             ("tenant".to_string(), tenant.to_string()),
             ("actor".to_string(), self.actor.to_string()),
@@ -669,7 +670,7 @@ impl Meta {
 /// Encodes rows for `COPY … FROM STDIN` (text format) and hands full chunks
 /// to the writer. Stops writing at `limit` rows; states still evolve after
 /// that so the generator's step in progress stays consistent.
-struct Sink {
+pub(crate) struct Sink {
     limit: u64,
     written: u64,
     buf: Vec<u8>,
@@ -679,6 +680,23 @@ struct Sink {
 }
 
 impl Sink {
+    /// A sink writing at most `limit` rows to `tx`.
+    pub(crate) fn new(limit: u64, tx: mpsc::Sender<Vec<u8>>) -> Sink {
+        Sink {
+            limit,
+            written: 0,
+            buf: Vec::with_capacity(CHUNK_ROWS * 1024),
+            rows_in_buf: 0,
+            tx,
+            stats: GenStats::default(),
+        }
+    }
+
+    /// Rows written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
     fn full(&self) -> bool {
         self.written >= self.limit
     }
@@ -687,7 +705,7 @@ impl Sink {
     /// `id` of `tenant`, evolving `state` and `seq`. Returns the event ids of
     /// the rows written (fewer than the events once the limit is reached).
     #[allow(clippy::too_many_arguments)]
-    fn emit<A: Aggregate>(
+    pub(crate) fn emit<A: Aggregate>(
         &mut self,
         tenant: &str,
         id: &str,
@@ -763,7 +781,7 @@ impl Sink {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
+    pub(crate) fn flush(&mut self) -> Result<()> {
         if self.rows_in_buf == 0 {
             return Ok(());
         }
@@ -882,14 +900,7 @@ const ENDPOINTS: [&str; 5] = [
 /// Writes exactly `n` events through `tx` (blocking; run off the runtime).
 fn generate(n: u64, seed: u64, tx: mpsc::Sender<Vec<u8>>) -> Result<GenStats> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut sink = Sink {
-        limit: n,
-        written: 0,
-        buf: Vec::with_capacity(CHUNK_ROWS * 1024),
-        rows_in_buf: 0,
-        tx,
-        stats: GenStats::default(),
-    };
+    let mut sink = Sink::new(n, tx);
     let start = epoch();
 
     let mut tenants = Vec::new();
@@ -1609,7 +1620,7 @@ fn ticket(
 }
 
 /// `1234567` → `1,234,567`.
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     // The leading group has 1 to 3 digits, every other group 3.
     let lead = match digits.len() % 3 {
@@ -1625,7 +1636,7 @@ fn thousands(n: u64) -> String {
 }
 
 /// kB → `41.3 MB` (MiB), or `n/a` when nothing was sampled.
-fn mib(kb: u64) -> String {
+pub(crate) fn mib(kb: u64) -> String {
     if kb == 0 {
         "n/a".to_string()
     } else {
