@@ -275,7 +275,12 @@ async fn existing_records(
             "SELECT aggregate_id FROM events WHERE aggregate_type = 'usage_record' AND sequence = 1 AND aggregate_id IN ({})",
             params.join(", ")
         );
-        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        // Not a named prepared statement: after five runs PostgreSQL would
+        // plan it once for any 500 ids, and that generic plan scanned the
+        // whole log, comparing each row with every id (seconds per batch
+        // once the log held a few hundred thousand records). Unnamed, it is
+        // planned with the ids at hand and walks the primary key.
+        let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
         for id in chunk {
             q = q.bind(stream_key(tenant, id));
         }
