@@ -1354,7 +1354,7 @@ async fn an_abandoned_key_whose_command_took_effect_is_not_applied_again(backend
     let third = app.post_with(admin, "/v1/plans", body, &once).await;
     third.assert_problem(409, "idempotency_key_applied");
     assert_eq!(third.header("idempotent-replayed"), Some("true"));
-    let plans = app.get(admin, "/v1/plans").await;
+    let plans = app.get_after(admin, "/v1/plans", first.position()).await;
     let created: Vec<&Value> = plans.body["data"]
         .as_array()
         .expect("plans")
