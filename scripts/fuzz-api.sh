@@ -31,6 +31,8 @@ min_cases="${TALLY_FUZZ_MIN_CASES:-1000}"
 deadline_secs="${TALLY_FUZZ_DEADLINE_SECS:-300}"
 pg_admin="${TALLY_TEST_POSTGRES_URL:-}"
 target="${CARGO_TARGET_DIR:-target}"
+# Absolute: schemathesis runs from the work directory.
+target="$(mkdir -p "$target" && cd "$target" && pwd)"
 venv="$target/schemathesis-venv"
 tally="$target/debug/tally"
 
