@@ -104,16 +104,7 @@ async fn measure(
     events: usize,
     requests: usize,
 ) -> Result<(Phase, Phase)> {
-    let plan = json!({
-        "code": "bench",
-        "name": "Bench",
-        "currency": "EUR",
-        "interval": "month",
-        "base_price": "10.00",
-        "seat_price": "1.00",
-        "seats": {"min": 1, "max": 100000}
-    });
-    let ids = setup(api, &plan, 2).await?;
+    let ids = setup(api, &super::bench_plan(), 2).await?;
     let (long_id, fresh_id) = (ids[0].clone(), ids[1].clone());
 
     let grown = Instant::now();

@@ -401,16 +401,7 @@ async fn commands(args: CommandsArgs) -> Result<()> {
                 connections,
                 binary.as_deref(),
                 |api, state| async move {
-                    let plan = json!({
-                        "code": "bench",
-                        "name": "Bench",
-                        "currency": "EUR",
-                        "interval": "month",
-                        "base_price": "10.00",
-                        "seat_price": "1.00",
-                        "seats": {"min": 1, "max": 100000}
-                    });
-                    let ids = setup(&api, &plan, subscriptions).await?;
+                    let ids = setup(&api, &bench_plan(), subscriptions).await?;
                     let runtime = state.map(|s| s.runtime);
                     command_phase(&api, ids, connections, duration, runtime).await
                 },
@@ -879,24 +870,16 @@ impl Api {
             .with_context(|| format!("POST {path}: no id in {answer}"))
     }
 
-    /// POSTs `body` during a measured phase and records the latency (up to
-    /// the whole answer body) in `w`. Returns a 2xx answer; any other
-    /// outcome is recorded as a failure in `w` and gives `None`.
-    async fn post_measured(
-        &self,
-        path: &str,
-        body: &Value,
+    /// Sends `request` during a measured phase and records its latency (up
+    /// to the whole answer body) in `w`. Returns the status, headers and
+    /// body; a transport or body error is recorded as a failure and gives
+    /// `None`.
+    async fn send_measured(
+        request: reqwest::RequestBuilder,
         w: &mut WorkerResult,
-    ) -> Option<Answer> {
+    ) -> Option<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>)> {
         let t0 = Instant::now();
-        let sent = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .json(body)
-            .send()
-            .await;
-        let r = match sent {
+        let r = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 w.record_latency(t0);
@@ -905,32 +888,63 @@ impl Api {
             }
         };
         let status = r.status();
-        let log_position = r
-            .headers()
-            .get("x-log-position")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let headers = r.headers().clone();
         let bytes = r.bytes().await;
         w.record_latency(t0);
         match bytes {
-            Ok(b) if status.is_success() => Some(Answer {
-                body: Vec::from(b),
-                log_position,
-            }),
-            Ok(b) => {
-                let code = serde_json::from_slice::<Value>(&b)
-                    .ok()
-                    .and_then(|v| v["code"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                w.fail(format!("{} {code}", status.as_u16()));
-                None
-            }
+            Ok(b) => Some((status, headers, b.to_vec())),
             Err(e) => {
                 w.fail(format!("body: {}", error_kind(&e)));
                 None
             }
         }
     }
+
+    /// POSTs `body` during a measured phase (see [`Api::send_measured`]).
+    /// Returns a 2xx answer; any other outcome is recorded as a failure in
+    /// `w` and gives `None`.
+    async fn post_measured(
+        &self,
+        path: &str,
+        body: &Value,
+        w: &mut WorkerResult,
+    ) -> Option<Answer> {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(body);
+        let (status, headers, b) = Self::send_measured(request, w).await?;
+        if !status.is_success() {
+            let code = serde_json::from_slice::<Value>(&b)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            w.fail(format!("{} {code}", status.as_u16()));
+            return None;
+        }
+        let log_position = headers
+            .get("x-log-position")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Some(Answer {
+            body: b,
+            log_position,
+        })
+    }
+}
+
+/// The plan of the command benchmarks: seats up to 100,000, no meters.
+fn bench_plan() -> Value {
+    json!({
+        "code": "bench",
+        "name": "Bench",
+        "currency": "EUR",
+        "interval": "month",
+        "base_price": "10.00",
+        "seat_price": "1.00",
+        "seats": {"min": 1, "max": 100000}
+    })
 }
 
 /// Creates the plan `plan` and `n` active subscriptions on it, then waits

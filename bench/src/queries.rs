@@ -716,32 +716,12 @@ async fn read_phase(
 /// for a 200 with a `data` array (`items` counts its rows), else records a
 /// failure and returns `None`.
 async fn get_page(api: &Api, url: &str, w: &mut WorkerResult) -> Option<Option<String>> {
-    let t0 = Instant::now();
-    let sent = api
+    let request = api
         .client
         .get(url)
         .bearer_auth(&api.key)
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await;
-    let r = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            w.record_latency(t0);
-            w.fail(format!("transport: {}", super::error_kind(&e)));
-            return None;
-        }
-    };
-    let status = r.status();
-    let bytes = r.bytes().await;
-    w.record_latency(t0);
-    let bytes = match bytes {
-        Ok(b) => b,
-        Err(e) => {
-            w.fail(format!("body: {}", super::error_kind(&e)));
-            return None;
-        }
-    };
+        .timeout(REQUEST_TIMEOUT);
+    let (status, _, bytes) = Api::send_measured(request, w).await?;
     if !status.is_success() {
         w.fail(status.as_u16().to_string());
         return None;
