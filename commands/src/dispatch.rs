@@ -2,6 +2,7 @@
 //! their metadata, and retry a bounded number of times when another writer
 //! appended to the same stream first.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -182,6 +183,41 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms as u64)).await;
 }
 
+/// Streams whose state the cache keeps at most.
+pub const STATE_CACHE_STREAMS: usize = 10_000;
+
+/// The aggregate cache: the state and version of streams this process wrote
+/// or loaded, so that the next command on a stream costs no query. An entry
+/// is only ever a guess: the append's sequence check refuses one another
+/// process made stale (a conflict: the entry goes, the command reloads), and
+/// a rejection or no-op decided on a cached state is confirmed against the
+/// stream's head before it is answered.
+#[derive(Clone, Default)]
+struct StateCache(Arc<Mutex<HashMap<String, (Arc<dyn Any + Send + Sync>, i64)>>>);
+
+impl StateCache {
+    fn get<A: Aggregate + 'static>(&self, key: &str) -> Option<(Arc<A>, i64)> {
+        let map = self.0.lock().expect("state cache");
+        let (state, version) = map.get(key)?;
+        Some((state.clone().downcast::<A>().ok()?, *version))
+    }
+
+    fn put<A: Aggregate + 'static>(&self, key: &str, state: Arc<A>, version: i64) {
+        let mut map = self.0.lock().expect("state cache");
+        if map.len() >= STATE_CACHE_STREAMS && !map.contains_key(key) {
+            // Any entry will do: a miss only costs the load it saves.
+            if let Some(victim) = map.keys().next().cloned() {
+                map.remove(&victim);
+            }
+        }
+        map.insert(key.to_string(), (state, version));
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().expect("state cache").remove(key);
+    }
+}
+
 /// Executes commands. Cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -191,6 +227,7 @@ pub struct Dispatcher {
     /// The streams some command of this process is writing, each with the
     /// queue of the others waiting for their turn (see [`Dispatcher::turn`]).
     turns: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    cache: StateCache,
 }
 
 /// One command's turn on a stream; the stream leaves the map with its last
@@ -221,6 +258,7 @@ impl Dispatcher {
             log: EventLog::new(db),
             clock,
             turns: Arc::default(),
+            cache: StateCache::default(),
         }
     }
 
@@ -274,7 +312,7 @@ impl Dispatcher {
         decide: F,
     ) -> Result<Executed<A>, CommandError>
     where
-        A: Aggregate + Clone,
+        A: Aggregate + Clone + 'static,
         F: Fn(&A) -> Result<Vec<A::Event>, DomainError>,
     {
         let key = stream_key(&meta.tenant, id);
@@ -289,7 +327,7 @@ impl Dispatcher {
     }
 
     /// One try of [`Dispatcher::execute`]; `Conflict` when another writer
-    /// appended first.
+    /// appended first. Starts from the cached state when there is one.
     async fn execute_once<A, F>(
         &self,
         meta: &CommandMeta,
@@ -299,28 +337,68 @@ impl Dispatcher {
         decide: &F,
     ) -> Result<Executed<A>, CommandError>
     where
-        A: Aggregate + Clone,
+        A: Aggregate + Clone + 'static,
         F: Fn(&A) -> Result<Vec<A::Event>, DomainError>,
     {
-        let (state, version) = self.repo.load::<A>(key).await?;
-        check_version(expected_version, version)?;
-        let events = decide(&state)?;
-        if events.is_empty() {
-            let position = self.log.stream_position(A::TYPE, key).await?;
-            return Ok(Executed::unchanged(id, state, version, position));
+        let mut cached = self.cache.get::<A>(key);
+        // A stale entry costs one more round; a stream that keeps moving
+        // under us goes back to `retrying`'s backoff.
+        for _ in 0..3 {
+            let hit = cached.is_some();
+            let (state, version) = match cached.take() {
+                Some(entry) => entry,
+                None => {
+                    let (state, version) = self.repo.load::<A>(key).await?;
+                    (Arc::new(state), version)
+                }
+            };
+            let decided = check_version(expected_version, version)
+                .and_then(|()| decide(&state).map_err(CommandError::from));
+            let events = match decided {
+                Ok(events) if !events.is_empty() => events,
+                // A no-op or a refusal: it stands if the stream is where the
+                // state says (a cached state may be stale).
+                outcome => {
+                    if hit || outcome.is_ok() {
+                        let (sequence, position) = self.log.stream_head(A::TYPE, key).await?;
+                        if sequence != version {
+                            self.cache.forget(key);
+                            continue;
+                        }
+                        if outcome.is_ok() {
+                            self.cache.put(key, state.clone(), version);
+                            return Ok(Executed::unchanged(id, (*state).clone(), version, position));
+                        }
+                    }
+                    return Err(outcome.err().unwrap_or(CommandError::Conflict));
+                }
+            };
+            let p = prepare((*state).clone(), version, events, &meta.to_map(&self.clock))?;
+            let appended = store::append(
+                self.db(),
+                A::TYPE,
+                key,
+                &meta.tenant,
+                self.clock.now(),
+                &p.rows,
+                p.snapshot.as_ref(),
+            )
+            .await;
+            match appended {
+                Ok(positions) => {
+                    self.cache.put(key, Arc::new(p.state.clone()), p.version);
+                    return Ok(p.executed(id, positions.last().copied().unwrap_or_default()));
+                }
+                // The cached state was stale: reload at once.
+                Err(StoreError::Conflict) if hit => self.cache.forget(key),
+                Err(e) => {
+                    // Whether an unanswered append committed is unknown.
+                    self.cache.forget(key);
+                    return Err(e.into());
+                }
+            }
         }
-        let p = prepare(state, version, events, &meta.to_map(&self.clock))?;
-        let positions = store::append(
-            self.db(),
-            A::TYPE,
-            key,
-            &meta.tenant,
-            self.clock.now(),
-            &p.rows,
-            p.snapshot.as_ref(),
-        )
-        .await?;
-        Ok(p.executed(id, positions.last().copied().unwrap_or_default()))
+        Err(CommandError::Conflict)
     }
 
     /// Like [`Dispatcher::execute`] for one command that changes two streams
@@ -337,8 +415,8 @@ impl Dispatcher {
         decide: F,
     ) -> Result<(Executed<A>, Executed<B>), CommandError>
     where
-        A: Aggregate + Clone,
-        B: Aggregate + Clone,
+        A: Aggregate + Clone + 'static,
+        B: Aggregate + Clone + 'static,
         F: Fn(&A, &B) -> Result<(Vec<A::Event>, Vec<B::Event>), DomainError>,
     {
         let keys = (
@@ -371,8 +449,8 @@ impl Dispatcher {
         decide: &F,
     ) -> Result<(Executed<A>, Executed<B>), CommandError>
     where
-        A: Aggregate + Clone,
-        B: Aggregate + Clone,
+        A: Aggregate + Clone + 'static,
+        B: Aggregate + Clone + 'static,
         F: Fn(&A, &B) -> Result<(Vec<A::Event>, Vec<B::Event>), DomainError>,
     {
         let ((a, version_a), (b, version_b)) =
@@ -380,7 +458,7 @@ impl Dispatcher {
         check_version(expected_version, version_a)?;
         let (events_a, events_b) = decide(&a, &b)?;
         if events_a.is_empty() {
-            let position = self.log.stream_position(A::TYPE, key_a).await?;
+            let (_, position) = self.log.stream_head(A::TYPE, key_a).await?;
             return Ok((
                 Executed::unchanged(id_a, a, version_a, position),
                 Executed::unchanged(id_b, b, version_b, position),
@@ -403,8 +481,18 @@ impl Dispatcher {
                 snapshot: pb.snapshot.clone(),
             },
         ];
-        let positions =
-            store::append_many(self.db(), &meta.tenant, self.clock.now(), &streams).await?;
+        let appended =
+            store::append_many(self.db(), &meta.tenant, self.clock.now(), &streams).await;
+        let positions = match appended {
+            Ok(positions) => positions,
+            Err(e) => {
+                self.cache.forget(key_a);
+                self.cache.forget(key_b);
+                return Err(e.into());
+            }
+        };
+        self.cache.put(key_a, Arc::new(pa.state.clone()), pa.version);
+        self.cache.put(key_b, Arc::new(pb.state.clone()), pb.version);
         Ok((
             pa.executed(id_a, positions[0]),
             pb.executed(id_b, positions[1]),

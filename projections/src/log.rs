@@ -19,7 +19,7 @@
 //! SQLite has one writer at a time, so commit order is position order and a
 //! hole is always final.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -110,6 +110,65 @@ pub struct EventLog {
     /// it (a slower consumer, a rebuild) steps over it without a new proof,
     /// which would wait for every older transaction of the whole cluster.
     finals: Arc<Mutex<BTreeMap<i64, i64>>>,
+    /// The stretches of the log read last, shared by every consumer of the
+    /// process: a batch is read and decoded once, however many consumers
+    /// take it (see [`EventLog::read_shared`]).
+    tail: Arc<Mutex<Tail>>,
+    /// Held while reading the log for the tail, so that consumers waking
+    /// together make one read.
+    tail_read: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Consecutive stretches of the log as [`EventLog::read_after`] returned
+/// them: each segment holds every event after its `after` up to its last,
+/// and each begins where the one before it ends.
+#[derive(Debug, Default)]
+struct Tail {
+    segments: VecDeque<(i64, Arc<Vec<StoredEvent>>)>,
+    events: usize,
+}
+
+/// Events the shared tail keeps at most.
+const TAIL_EVENTS: usize = 4_000;
+
+impl Tail {
+    /// The stored events after `position`, when a segment covers it.
+    fn find(&self, position: i64) -> Option<(Arc<Vec<StoredEvent>>, usize)> {
+        self.segments.iter().find_map(|(after, events)| {
+            let last = events.last()?.position;
+            (*after <= position && position < last).then(|| {
+                let start = events.partition_point(|e| e.position <= position);
+                (events.clone(), start)
+            })
+        })
+    }
+
+    /// Keeps `events`, read after `after`, when they continue the tail.
+    fn push(&mut self, after: i64, events: Arc<Vec<StoredEvent>>) {
+        let newest = self
+            .segments
+            .back()
+            .and_then(|(_, e)| e.last())
+            .map(|e| e.position);
+        match newest {
+            Some(last) if last == after => {}
+            // A consumer ahead of the tail: start a new one from it.
+            Some(last) if after > last => {
+                self.segments.clear();
+                self.events = 0;
+            }
+            // A consumer behind the tail reads on its own.
+            Some(_) => return,
+            None => {}
+        }
+        self.events += events.len();
+        self.segments.push_back((after, events));
+        while self.events > TAIL_EVENTS && self.segments.len() > 1 {
+            if let Some((_, old)) = self.segments.pop_front() {
+                self.events -= old.len();
+            }
+        }
+    }
 }
 
 /// Holes remembered at most (the oldest are forgotten first; a forgotten
@@ -122,6 +181,8 @@ impl EventLog {
             db,
             holes: Arc::default(),
             finals: Arc::default(),
+            tail: Arc::default(),
+            tail_read: Arc::default(),
         }
     }
 
@@ -168,6 +229,32 @@ impl EventLog {
                 .retain(|start, _| *start > last.position);
         }
         Ok(out)
+    }
+
+    /// Like [`EventLog::read_after`], shared: the events after `position`
+    /// are the slice `events[start..]` of a batch that every consumer of this
+    /// process at that point of the log takes from memory. Only the first of
+    /// them to ask reads the log.
+    pub async fn read_shared(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> Result<(Arc<Vec<StoredEvent>>, usize), DbError> {
+        if let Some(found) = self.tail.lock().expect("tail").find(position) {
+            return Ok(found);
+        }
+        let _reading = self.tail_read.lock().await;
+        if let Some(found) = self.tail.lock().expect("tail").find(position) {
+            return Ok(found);
+        }
+        let events = Arc::new(self.read_after(position, limit).await?);
+        if !events.is_empty() {
+            self.tail
+                .lock()
+                .expect("tail")
+                .push(position, events.clone());
+        }
+        Ok((events, 0))
     }
 
     /// True while a hole is waiting to be proven final: readers should look
@@ -238,20 +325,22 @@ impl EventLog {
         Ok(head)
     }
 
-    /// The position of the last event of one stream (0 when it has none).
-    pub async fn stream_position(
+    /// The sequence and the position of the last event of one stream
+    /// (`(0, 0)` when it has none).
+    pub async fn stream_head(
         &self,
         aggregate_type: &str,
         stream_key: &str,
-    ) -> Result<i64, DbError> {
-        let p: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(position), 0) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+    ) -> Result<(i64, i64), DbError> {
+        let head: (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(MAX(sequence), 0), COALESCE(MAX(position), 0) FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
         .bind(aggregate_type)
         .bind(stream_key)
         .fetch_one(&self.db.any)
         .await?;
-        Ok(p)
+        Ok(head)
     }
 }
 

@@ -607,14 +607,14 @@ impl Runtime {
         tables: Tables,
     ) -> Result<StepOutcome, ProjectionError> {
         let cursor = self.cursor(consumer).await?;
-        let batch = self
+        let (batch, start) = self
             .log
-            .read_after(cursor.reached, self.config.batch_size)
+            .read_shared(cursor.reached, self.config.batch_size)
             .await?;
-        if batch.is_empty() {
+        if batch.len() <= start {
             return Ok(StepOutcome::Idle);
         }
-        self.consume(p, consumer, tables, &batch).await
+        self.consume(p, consumer, tables, &batch[start..]).await
     }
 
     /// Applies `batch` (events read after this consumer's cursor, in log
