@@ -36,9 +36,21 @@ use tokio::sync::watch;
 use crate::error::ApiError;
 use crate::extract::MAX_BODY_BYTES;
 
-/// Shared state of every handler. Cheap to clone.
+/// Shared state of every handler: one `Arc`, since axum clones it for every
+/// handler and middleware of every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub db: Db,
     pub dispatcher: Dispatcher,
     pub runtime: Runtime,
@@ -299,7 +311,7 @@ pub async fn start_with_webhooks(
     consumers.push(tally_projections::seal::sealer());
     let runtime = Runtime::new(db.clone(), consumers, config.runtime.clone());
     runtime.start();
-    let state = AppState {
+    let state = AppState(std::sync::Arc::new(Shared {
         dispatcher,
         db,
         runtime,
@@ -309,7 +321,7 @@ pub async fn start_with_webhooks(
         webhooks,
         rate: ratelimit::RateLimiter::new(config.rate_limit),
         limits: limits::Limiter::new(config.limits),
-    };
+    }));
     state.webhooks.start_worker();
     let app = router(state.clone());
     let addr = listener.local_addr()?;

@@ -69,7 +69,7 @@ impl From<StoreError> for CommandError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => CommandError::Conflict,
-            StoreError::Db(d) if d.is_unavailable() => CommandError::Unavailable(d.to_string()),
+            e if e.is_unavailable() => CommandError::Unavailable(e.to_string()),
             other => CommandError::Store(other.to_string()),
         }
     }
@@ -292,6 +292,21 @@ impl Dispatcher {
         &self.log
     }
 
+    /// Appends to many streams at once, all or nothing (see
+    /// [`LogRepository::append_many`]); for the paths that decide outside
+    /// [`Dispatcher::execute`]: usage batches, billing usage.
+    pub async fn append_many(
+        &self,
+        tenant: &str,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        streams: Vec<store::StreamAppend>,
+    ) -> Result<Vec<i64>, StoreError> {
+        for s in &streams {
+            self.cache.forget(&s.key);
+        }
+        self.repo.append_many(tenant, recorded_at, streams).await
+    }
+
     /// Loads a resource as the write side sees it (not the read model).
     pub async fn load<A: Aggregate>(
         &self,
@@ -373,17 +388,18 @@ impl Dispatcher {
                     return Err(outcome.err().unwrap_or(CommandError::Conflict));
                 }
             };
-            let p = prepare((*state).clone(), version, events, &meta.to_map(&self.clock))?;
-            let appended = store::append(
-                self.db(),
-                A::TYPE,
-                key,
-                &meta.tenant,
-                self.clock.now(),
-                &p.rows,
-                p.snapshot.as_ref(),
-            )
-            .await;
+            let mut p = prepare((*state).clone(), version, events, &meta.to_map(&self.clock))?;
+            let appended = self
+                .repo
+                .append(
+                    A::TYPE,
+                    key,
+                    &meta.tenant,
+                    self.clock.now(),
+                    std::mem::take(&mut p.rows),
+                    p.snapshot.take(),
+                )
+                .await;
             match appended {
                 Ok(positions) => {
                     self.cache.put(key, Arc::new(p.state.clone()), p.version);
@@ -467,22 +483,26 @@ impl Dispatcher {
         let metadata = meta.to_map(&self.clock);
         let pa = prepare(a, version_a, events_a, &metadata)?;
         let pb = prepare(b, version_b, events_b, &metadata)?;
-        let streams = [
+        let mut pa = pa;
+        let mut pb = pb;
+        let streams = vec![
             store::StreamAppend {
                 aggregate_type: A::TYPE,
                 key: key_a.clone(),
-                events: pa.rows.clone(),
-                snapshot: pa.snapshot.clone(),
+                events: std::mem::take(&mut pa.rows),
+                snapshot: pa.snapshot.take(),
             },
             store::StreamAppend {
                 aggregate_type: B::TYPE,
                 key: key_b.clone(),
-                events: pb.rows.clone(),
-                snapshot: pb.snapshot.clone(),
+                events: std::mem::take(&mut pb.rows),
+                snapshot: pb.snapshot.take(),
             },
         ];
-        let appended =
-            store::append_many(self.db(), &meta.tenant, self.clock.now(), &streams).await;
+        let appended = self
+            .repo
+            .append_many(&meta.tenant, self.clock.now(), streams)
+            .await;
         let positions = match appended {
             Ok(positions) => positions,
             Err(e) => {

@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod dispatch;
+mod group_commit;
 pub mod idempotency;
 pub mod ids;
 pub mod invoices;

@@ -11,6 +11,7 @@
 //! returns the global positions, which the API hands back in `X-Log-Position`.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{
@@ -24,6 +25,8 @@ use sqlite_es::SqliteEventRepository;
 use tally_projections::db::{value_rows, Db, DbError, TypedPool};
 use tally_projections::time;
 
+use crate::group_commit::GroupCommit;
+
 /// Snapshot every this many events of a stream.
 pub const SNAPSHOT_EVERY: usize = 100;
 
@@ -33,6 +36,8 @@ pub const SNAPSHOT_EVERY: usize = 100;
 pub struct LogRepository {
     db: Db,
     inner: Inner,
+    /// PostgreSQL: the group committer, started by the first append.
+    group: Arc<OnceLock<GroupCommit>>,
 }
 
 #[derive(Clone)]
@@ -51,7 +56,11 @@ impl LogRepository {
                 Inner::Sqlite(std::sync::Arc::new(SqliteEventRepository::new(p.clone())))
             }
         };
-        Self { db, inner }
+        Self {
+            db,
+            inner,
+            group: Arc::default(),
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -72,6 +81,94 @@ impl LogRepository {
             .map_err(load_error)?;
         Ok((ctx.aggregate, ctx.current_sequence as i64))
     }
+
+    /// [`append`] through the group committer on PostgreSQL.
+    pub async fn append(
+        &self,
+        aggregate_type: &'static str,
+        stream_key: &str,
+        tenant: &str,
+        recorded_at: DateTime<Utc>,
+        events: Vec<NewEvent>,
+        snapshot: Option<NewSnapshot>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let stream = StreamAppend {
+            aggregate_type,
+            key: stream_key.to_string(),
+            events,
+            snapshot,
+        };
+        let mut positions = self.append_streams(tenant, recorded_at, vec![stream]).await?;
+        Ok(positions.pop().unwrap_or_default())
+    }
+
+    /// [`append_many`] through the group committer on PostgreSQL.
+    pub async fn append_many(
+        &self,
+        tenant: &str,
+        recorded_at: DateTime<Utc>,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let positions = self.append_streams(tenant, recorded_at, streams).await?;
+        Ok(positions
+            .iter()
+            .map(|p| p.last().copied().unwrap_or_default())
+            .collect())
+    }
+
+    /// Per stream the positions of its events (without the group committer,
+    /// of several streams only the last), all appended or none.
+    async fn append_streams(
+        &self,
+        tenant: &str,
+        recorded_at: DateTime<Utc>,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Vec<i64>>, StoreError> {
+        let counts: Vec<(&'static str, usize)> = streams
+            .iter()
+            .map(|s| (s.aggregate_type, s.events.len()))
+            .collect();
+        let streams = match self.group() {
+            Some(group) => match group.append(tenant, recorded_at, streams).await {
+                Ok(result) => {
+                    let positions = result?;
+                    for (aggregate, n) in counts {
+                        metrics::counter!("tally_events_appended_total", "aggregate" => aggregate)
+                            .increment(n as u64);
+                    }
+                    return Ok(positions);
+                }
+                Err(streams) => streams,
+            },
+            None => streams,
+        };
+        if let [one] = streams.as_slice() {
+            let positions = append(
+                &self.db,
+                one.aggregate_type,
+                &one.key,
+                tenant,
+                recorded_at,
+                &one.events,
+                one.snapshot.as_ref(),
+            )
+            .await?;
+            return Ok(vec![positions]);
+        }
+        append_many(&self.db, tenant, recorded_at, &streams)
+            .await
+            .map(|last| last.into_iter().map(|p| vec![p]).collect())
+    }
+
+    fn group(&self) -> Option<&GroupCommit> {
+        match &self.db.typed {
+            TypedPool::Postgres(pool) => Some(
+                self.group
+                    .get_or_init(|| GroupCommit::start(pool.clone(), self.db.clone())),
+            ),
+            TypedPool::Sqlite(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +181,20 @@ pub enum StoreError {
     Load(String),
     #[error("cannot serialize: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// A database error of a group commit, shared by every append in it.
+    #[error("database error: {0}")]
+    Shared(Arc<sqlx::Error>),
+}
+
+impl StoreError {
+    /// True when the database could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(d) => d.is_unavailable(),
+            StoreError::Shared(e) => tally_projections::db::sqlx_unavailable(e),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -121,6 +232,24 @@ const SNAPSHOT_UPSERT: &str = "INSERT INTO snapshots (aggregate_type, aggregate_
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
      last_sequence = excluded.last_sequence, current_snapshot = excluded.current_snapshot, payload = excluded.payload \
      WHERE snapshots.last_sequence < excluded.last_sequence";
+
+/// The snapshot upsert of [`append_many`], in a PostgreSQL transaction.
+pub(crate) async fn snapshot_upsert_pg(
+    tx: &mut sqlx::PgConnection,
+    aggregate_type: &str,
+    key: &str,
+    snap: &NewSnapshot,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(SNAPSHOT_UPSERT)
+        .bind(aggregate_type)
+        .bind(key)
+        .bind(snap.last_sequence)
+        .bind(snap.last_sequence / SNAPSHOT_EVERY as i64)
+        .bind(sqlx::types::Json(&snap.payload))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
 
 /// Appends events to one stream (and the snapshot, when given) in one
 /// transaction. Returns the positions of the appended events. A sequence that
@@ -307,14 +436,7 @@ pub async fn append_many(
             }
             for s in streams {
                 if let Some(snap) = &s.snapshot {
-                    sqlx::query(SNAPSHOT_UPSERT)
-                        .bind(s.aggregate_type)
-                        .bind(&s.key)
-                        .bind(snap.last_sequence)
-                        .bind(snap.last_sequence / SNAPSHOT_EVERY as i64)
-                        .bind(sqlx::types::Json(&snap.payload))
-                        .execute(&mut *tx)
-                        .await?;
+                    snapshot_upsert_pg(&mut tx, s.aggregate_type, &s.key, snap).await?;
                 }
             }
             tx.commit().await?;

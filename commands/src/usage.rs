@@ -215,7 +215,7 @@ pub async fn report_batch(
             snapshot: None,
         })
         .collect();
-    match store::append_many(d.db(), &meta.tenant, now, &streams).await {
+    match d.append_many(&meta.tenant, now, streams).await {
         Ok(positions) => {
             for ((i, id, _), position) in to_append.into_iter().zip(positions) {
                 outcomes[i] = Some(BatchOutcome::Created { id, position });

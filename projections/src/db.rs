@@ -72,6 +72,9 @@ pub struct Db {
     /// The newest log position this process knows of; appenders publish it,
     /// consumers wake on it (the in-process half of the wake-up signal).
     pub head: watch::Sender<i64>,
+    /// Folded-state rows this process's projectors keep in memory for reads
+    /// (see [`crate::state::RowCache`]).
+    pub rows: crate::state::RowCache,
 }
 
 /// Pool sizes. PostgreSQL sessions are cheap to multiplex; SQLite has one
@@ -105,6 +108,7 @@ impl Db {
                 typed: TypedPool::Postgres(pg),
                 any,
                 head,
+                rows: Default::default(),
             })
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
@@ -136,6 +140,7 @@ impl Db {
                 typed: TypedPool::Sqlite(sqlite),
                 any,
                 head,
+                rows: Default::default(),
             })
         } else {
             Err(DbError::UnsupportedUrl(url.to_string()))

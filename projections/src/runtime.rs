@@ -108,6 +108,9 @@ pub trait Projector: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Called once by the runtime that will run it, with its database.
+    fn attach(&self, _db: &Db) {}
+
     /// Whether a rebuild from position 0 is meaningful. Policies answer no:
     /// replaying them would re-issue old commands.
     fn rebuildable(&self) -> bool {
@@ -195,6 +198,9 @@ const HOLE_RETRY: Duration = Duration::from_millis(5);
 impl Runtime {
     pub fn new(db: Db, projectors: Vec<Arc<dyn Projector>>, config: RuntimeConfig) -> Self {
         let (shutdown, _) = watch::channel(false);
+        for p in &projectors {
+            p.attach(&db);
+        }
         Self {
             log: EventLog::new(db.clone()),
             db,
@@ -480,8 +486,10 @@ impl Runtime {
                 }
             };
             let mut last_lock_check = std::time::Instant::now();
-            // A new owner starts from the checkpoint row.
+            // A new owner starts from the checkpoint row, and serves its
+            // tables' rows from memory while it owns them.
             self.cursors.lock().expect("cursors").remove(p.name());
+            self.db.rows.own(p.tables(), true);
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -542,6 +550,8 @@ impl Runtime {
                     }
                 }
             }
+            // The lock is lost: another process may be writing these tables.
+            self.db.rows.own(p.tables(), false);
         }
     }
 
@@ -658,6 +668,7 @@ impl Runtime {
             // this batch and start again from the checkpoint as it is now.
             tx.rollback().await?;
             self.cursors.lock().expect("cursors").remove(consumer);
+            self.db.rows.clear(p.tables());
             return Ok(StepOutcome::Applied(0));
         }
         let mine: Vec<&StoredEvent> = batch.iter().filter(|e| p.handles(e)).collect();
@@ -760,6 +771,7 @@ pub async fn checkpoints(db: &Db) -> Result<HashMap<String, i64>, DbError> {
 
 /// Empties a projector's tables and sets its checkpoint to 0, atomically.
 pub async fn reset(db: &Db, p: &dyn Projector) -> Result<(), ProjectionError> {
+    db.rows.clear(p.tables());
     checkpoint(db, p.name()).await?;
     let mut tx = db.any.begin().await?;
     sqlx::query("UPDATE consumer_checkpoints SET position = 0, updated_at = $1 WHERE name = $2")

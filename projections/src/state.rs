@@ -3,8 +3,10 @@
 //! aggregate's own `evolve` (so the read model and the write side can never
 //! disagree on what an event means), plus the columns lists filter on.
 
-use std::collections::HashMap;
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -18,7 +20,9 @@ use crate::tables::Tables;
 use crate::{Page, MAX_PAGE_LIMIT};
 
 /// An aggregate state kept as a read model row.
-pub trait ProjectedState: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait ProjectedState:
+    Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     type Event: DeserializeOwned + Send;
     /// The aggregate type in the log.
     const AGGREGATE: &'static str;
@@ -35,11 +39,104 @@ pub trait ProjectedState: Default + Serialize + DeserializeOwned + Send + Sync +
 }
 
 /// The projector of one `ProjectedState`.
-pub struct StateProjector<S>(PhantomData<fn() -> S>);
+pub struct StateProjector<S> {
+    /// The row cache of the database it was attached to.
+    rows: std::sync::OnceLock<RowCache>,
+    state: PhantomData<fn() -> S>,
+}
 
 impl<S> Default for StateProjector<S> {
     fn default() -> Self {
-        Self(PhantomData)
+        Self {
+            rows: Default::default(),
+            state: PhantomData,
+        }
+    }
+}
+
+/// One cached row: its version and its `Versioned<S>`.
+type CachedRow = (i64, Arc<dyn Any + Send + Sync>);
+
+/// Rows of folded-state read models, kept in memory by the process that runs
+/// their projector, so that reading one costs no query.
+///
+/// An entry is only ever a state the log has committed: the projector puts
+/// what it folds (in its batch, before the commit that may fail and be
+/// retried with the same result) and a read puts what it read; a version
+/// never replaces a newer one. Entries are served only while this process
+/// owns the table's projector: another runner could write rows this cache
+/// never sees, so taking or losing ownership, a checkpoint moved by someone
+/// else (a takeover, a rebuild's swap) and a reset all empty the table's
+/// entries.
+#[derive(Clone, Default)]
+pub struct RowCache(Arc<Mutex<RowCacheInner>>);
+
+#[derive(Default)]
+struct RowCacheInner {
+    owned: HashSet<&'static str>,
+    rows: HashMap<(&'static str, String, String), CachedRow>,
+}
+
+/// Rows the cache keeps at most.
+pub const ROW_CACHE_ROWS: usize = 10_000;
+
+impl std::fmt::Debug for RowCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.0.lock().expect("row cache");
+        f.debug_struct("RowCache")
+            .field("owned", &inner.owned)
+            .field("rows", &inner.rows.len())
+            .finish()
+    }
+}
+
+impl RowCache {
+    /// Starts (or stops) serving `tables` from memory, empty either way.
+    pub fn own(&self, tables: &[&'static str], owned: bool) {
+        let mut inner = self.0.lock().expect("row cache");
+        for t in tables {
+            if owned {
+                inner.owned.insert(t);
+            } else {
+                inner.owned.remove(t);
+            }
+        }
+        inner.rows.retain(|(t, _, _), _| !tables.contains(t));
+    }
+
+    /// Forgets every row of `tables`.
+    pub fn clear(&self, tables: &[&'static str]) {
+        let mut inner = self.0.lock().expect("row cache");
+        inner.rows.retain(|(t, _, _), _| !tables.contains(t));
+    }
+
+    fn get<S: ProjectedState>(&self, tenant: &str, id: &str) -> Option<Versioned<S>> {
+        let inner = self.0.lock().expect("row cache");
+        if !inner.owned.contains(S::TABLE) {
+            return None;
+        }
+        let (_, row) = inner
+            .rows
+            .get(&(S::TABLE, tenant.to_string(), id.to_string()))?;
+        row.downcast_ref::<Versioned<S>>().cloned()
+    }
+
+    fn put<S: ProjectedState>(&self, tenant: &str, row: Versioned<S>) {
+        let mut inner = self.0.lock().expect("row cache");
+        if !inner.owned.contains(S::TABLE) {
+            return;
+        }
+        let key = (S::TABLE, tenant.to_string(), row.id.clone());
+        if inner.rows.get(&key).is_some_and(|(v, _)| *v >= row.version) {
+            return;
+        }
+        if inner.rows.len() >= ROW_CACHE_ROWS && !inner.rows.contains_key(&key) {
+            // Any entry will do: a miss costs one read.
+            if let Some(victim) = inner.rows.keys().next().cloned() {
+                inner.rows.remove(&victim);
+            }
+        }
+        inner.rows.insert(key, (row.version, Arc::new(row)));
     }
 }
 
@@ -51,6 +148,10 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
 
     fn tables(&self) -> &'static [&'static str] {
         std::slice::from_ref(&S::TABLE)
+    }
+
+    fn attach(&self, db: &Db) {
+        let _ = self.rows.set(db.rows.clone());
     }
 
     fn handles(&self, event: &StoredEvent) -> bool {
@@ -76,6 +177,7 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
         events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
         let table = t.name(S::TABLE);
+        let cache = self.rows.get().filter(|_| t == Tables::Live);
         let folded =
             fold_batch::<S, S::Event>(conn, &table, S::AGGREGATE, events, |s, e, _| s.fold(e))
                 .await?;
@@ -83,9 +185,19 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
         for f in folded {
             let body = serde_json::to_string(&f.state)
                 .map_err(|e| ProjectionError::Effect(e.to_string()))?;
-            let mut values = vec![f.tenant, f.id, body];
+            let mut values = vec![f.tenant.clone(), f.id.clone(), body];
             values.extend(f.state.filter_values());
             rows.push((values, f.version));
+            if let Some(cache) = cache {
+                cache.put(
+                    &f.tenant,
+                    Versioned {
+                        id: f.id,
+                        state: f.state,
+                        version: f.version,
+                    },
+                );
+            }
         }
         upsert_rows::<S>(conn, &table, rows).await
     }
@@ -250,6 +362,9 @@ pub async fn get<S: ProjectedState>(
     tenant: &str,
     id: &str,
 ) -> Result<Option<Versioned<S>>, DbError> {
+    if let Some(row) = db.rows.get::<S>(tenant, id) {
+        return Ok(Some(row));
+    }
     let row = sqlx::query(&format!(
         "SELECT id, body, version FROM {} WHERE tenant = $1 AND id = $2",
         S::TABLE
@@ -258,7 +373,11 @@ pub async fn get<S: ProjectedState>(
     .bind(id)
     .fetch_optional(&db.any)
     .await?;
-    row.map(|r| decode_row(&r)).transpose()
+    let row: Option<Versioned<S>> = row.map(|r| decode_row(&r)).transpose()?;
+    if let Some(row) = &row {
+        db.rows.put(tenant, row.clone());
+    }
+    Ok(row)
 }
 
 /// Lists resources in id order (ids are time-sortable), filtered by equality

@@ -418,7 +418,7 @@ async fn mark_billed(
         });
         states.push(state);
     }
-    match store::append_many(d.db(), &meta.tenant, at, &streams).await {
+    match d.append_many(&meta.tenant, at, streams).await {
         Ok(_) => billed.extend(states),
         Err(store::StoreError::Conflict) => {
             // Some record changed since the read model saw it: decide each on

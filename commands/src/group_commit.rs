@@ -1,0 +1,272 @@
+//! Group commit on PostgreSQL: the appends of concurrent commands share one
+//! transaction, one multi-row `INSERT` and one WAL flush.
+//!
+//! Each command's append still stands or falls alone. The group inserts with
+//! `ON CONFLICT DO NOTHING` and reads back which rows went in; when some
+//! command's rows did not all go in (another writer took one of its
+//! sequences), the transaction rolls back, that command is answered
+//! `Conflict`, and the group is written again without it. Nothing of a
+//! conflicting command is ever stored, and nothing of the others is stored
+//! twice: the retry is the same rows in a fresh transaction.
+//!
+//! One task gathers the appends waiting in its queue into a group whenever one
+//! of a few writers is free, so groups grow with the load and a lone command
+//! waits for nobody.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tally_projections::db::Db;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::store::{snapshot_upsert_pg, StoreError, StreamAppend};
+
+/// Groups written at once; each holds one connection while it commits.
+const WRITERS: usize = 4;
+/// Rows a group gathers at most (a larger append forms a group of its own).
+const MAX_GROUP_ROWS: usize = 512;
+
+/// One command's append, waiting for its group.
+struct Pending {
+    tenant: String,
+    recorded_at: DateTime<Utc>,
+    streams: Vec<StreamAppend>,
+    /// The positions of each stream's events, in input order.
+    reply: oneshot::Sender<Result<Vec<Vec<i64>>, StoreError>>,
+}
+
+impl Pending {
+    fn rows(&self) -> usize {
+        self.streams.iter().map(|s| s.events.len()).sum()
+    }
+}
+
+/// The queue of a process's group-committing task. Cheap to clone.
+#[derive(Clone)]
+pub struct GroupCommit {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl GroupCommit {
+    /// Starts the gathering task on the current tokio runtime.
+    pub fn start(pool: PgPool, db: Db) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(gather(pool, db, rx));
+        GroupCommit { queue }
+    }
+
+    /// Appends `streams` in the next group: all of their events or none.
+    /// Gives the streams back when the gathering task is gone (its runtime
+    /// ended) and never saw them: the caller then appends on its own.
+    pub async fn append(
+        &self,
+        tenant: &str,
+        recorded_at: DateTime<Utc>,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Result<Vec<Vec<i64>>, StoreError>, Vec<StreamAppend>> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            tenant: tenant.to_string(),
+            recorded_at,
+            streams,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(p)) = self.queue.send(pending) {
+            return Err(p.streams);
+        }
+        // A group dropped before it answered may or may not have committed:
+        // unavailable, never "not stored".
+        Ok(answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Shared(Arc::new(sqlx::Error::PoolClosed)))
+        }))
+    }
+}
+
+/// Takes what waits in the queue as one group whenever a writer is free.
+async fn gather(pool: PgPool, db: Db, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let mut rows = first.rows();
+        let mut group = vec![first];
+        while rows < MAX_GROUP_ROWS {
+            match rx.try_recv() {
+                Ok(p) => {
+                    rows += p.rows();
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        let db = db.clone();
+        tokio::spawn(async move {
+            write(&pool, &db, group).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes a group, dropping (answering `Conflict`) the appends that lost a
+/// race until the rest commits or the database fails.
+async fn write(pool: &PgPool, db: &Db, mut group: Vec<Pending>) {
+    while !group.is_empty() {
+        match try_write(pool, &group).await {
+            Ok(Written::Committed(positions)) => {
+                if let Some(max) = positions.iter().flatten().flatten().max() {
+                    db.announce(*max);
+                }
+                for (p, positions) in group.into_iter().zip(positions) {
+                    let _ = p.reply.send(Ok(positions));
+                }
+                return;
+            }
+            Ok(Written::Conflicts(lost)) => {
+                let mut kept = Vec::with_capacity(group.len());
+                for (i, p) in group.into_iter().enumerate() {
+                    if lost.contains(&i) {
+                        let _ = p.reply.send(Err(StoreError::Conflict));
+                    } else {
+                        kept.push(p);
+                    }
+                }
+                group = kept;
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for p in group {
+                    let _ = p.reply.send(Err(StoreError::Shared(e.clone())));
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum Written {
+    /// Per append, per stream, the positions of its events.
+    Committed(Vec<Vec<Vec<i64>>>),
+    /// The appends (indices in the group) of which some row was taken.
+    Conflicts(Vec<usize>),
+}
+
+/// The whole group's rows in one `INSERT … SELECT FROM UNNEST` (one statement
+/// text whatever the count), snapshots after them, one commit.
+const INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+     event_version, payload, metadata, event_id, tenant, recorded_at) \
+     SELECT t, a, s, et, ev, p::json, m::json, id, tn, r FROM UNNEST($1::text[], $2::text[], \
+     $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+     $10::timestamptz[]) AS u(t, a, s, et, ev, p, m, id, tn, r) \
+     ON CONFLICT DO NOTHING RETURNING aggregate_type, aggregate_id, sequence, position";
+
+async fn try_write(pool: &PgPool, group: &[Pending]) -> Result<Written, sqlx::Error> {
+    let rows: usize = group.iter().map(Pending::rows).sum();
+    let mut cols = Columns::with_capacity(rows);
+    for p in group {
+        for s in &p.streams {
+            for e in &s.events {
+                cols.aggregate_type.push(s.aggregate_type);
+                cols.aggregate_id.push(s.key.as_str());
+                cols.sequence.push(e.sequence);
+                cols.event_type.push(e.event_type.as_str());
+                cols.event_version.push(e.event_version.as_str());
+                cols.payload.push(e.payload.to_string());
+                cols.metadata.push(
+                    serde_json::to_string(&e.metadata)
+                        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+                );
+                cols.event_id.push(e.event_id.as_str());
+                cols.tenant.push(p.tenant.as_str());
+                cols.recorded_at.push(p.recorded_at);
+            }
+        }
+    }
+    let mut tx = pool.begin().await?;
+    let inserted: Vec<(String, String, i64, i64)> = sqlx::query_as(INSERT)
+        .bind(&cols.aggregate_type)
+        .bind(&cols.aggregate_id)
+        .bind(&cols.sequence)
+        .bind(&cols.event_type)
+        .bind(&cols.event_version)
+        .bind(&cols.payload)
+        .bind(&cols.metadata)
+        .bind(&cols.event_id)
+        .bind(&cols.tenant)
+        .bind(&cols.recorded_at)
+        .fetch_all(&mut *tx)
+        .await?;
+    let position: HashMap<(String, String, i64), i64> = inserted
+        .into_iter()
+        .map(|(t, a, s, p)| ((t, a, s), p))
+        .collect();
+    let mut out = Vec::with_capacity(group.len());
+    let mut lost = Vec::new();
+    for (i, p) in group.iter().enumerate() {
+        let found: Option<Vec<Vec<i64>>> = p
+            .streams
+            .iter()
+            .map(|s| {
+                s.events
+                    .iter()
+                    .map(|e| {
+                        position
+                            .get(&(s.aggregate_type.to_string(), s.key.clone(), e.sequence))
+                            .copied()
+                    })
+                    .collect()
+            })
+            .collect();
+        match found {
+            Some(positions) => out.push(positions),
+            None => lost.push(i),
+        }
+    }
+    if !lost.is_empty() {
+        tx.rollback().await?;
+        return Ok(Written::Conflicts(lost));
+    }
+    for p in group {
+        for s in &p.streams {
+            if let Some(snap) = &s.snapshot {
+                snapshot_upsert_pg(&mut tx, s.aggregate_type, &s.key, snap).await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(Written::Committed(out))
+}
+
+/// The group's rows as the columns `UNNEST` takes.
+struct Columns<'a> {
+    aggregate_type: Vec<&'a str>,
+    aggregate_id: Vec<&'a str>,
+    sequence: Vec<i64>,
+    event_type: Vec<&'a str>,
+    event_version: Vec<&'a str>,
+    payload: Vec<String>,
+    metadata: Vec<String>,
+    event_id: Vec<&'a str>,
+    tenant: Vec<&'a str>,
+    recorded_at: Vec<DateTime<Utc>>,
+}
+
+impl Columns<'_> {
+    fn with_capacity(n: usize) -> Self {
+        Columns {
+            aggregate_type: Vec::with_capacity(n),
+            aggregate_id: Vec::with_capacity(n),
+            sequence: Vec::with_capacity(n),
+            event_type: Vec::with_capacity(n),
+            event_version: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            event_id: Vec::with_capacity(n),
+            tenant: Vec::with_capacity(n),
+            recorded_at: Vec::with_capacity(n),
+        }
+    }
+}
