@@ -193,7 +193,10 @@ pub const STATE_CACHE_STREAMS: usize = 10_000;
 /// a rejection or no-op decided on a cached state is confirmed against the
 /// stream's head before it is answered.
 #[derive(Clone, Default)]
-struct StateCache(Arc<Mutex<HashMap<String, (Arc<dyn Any + Send + Sync>, i64)>>>);
+struct StateCache(Arc<Mutex<HashMap<String, CachedState>>>);
+
+/// A cached aggregate (an `A`) and its version.
+type CachedState = (Arc<dyn Any + Send + Sync>, i64);
 
 impl StateCache {
     fn get<A: Aggregate + 'static>(&self, key: &str) -> Option<(Arc<A>, i64)> {

@@ -9,9 +9,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally_projections::Db;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod audit;
 mod export;
 mod rebuild;
