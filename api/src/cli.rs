@@ -70,6 +70,13 @@ enum Command {
         /// Requests handled at once; above it 503 `overloaded` at once.
         #[arg(long, env = "TALLY_MAX_CONCURRENT_REQUESTS", default_value = "1024")]
         max_concurrent_requests: std::num::NonZeroUsize,
+        /// PostgreSQL connections this process opens at most, all pools and
+        /// the consumers' lock session included (at least 6). The default lets
+        /// two processes share a stock `max_connections = 100`.
+        #[arg(long, env = "TALLY_DB_MAX_CONNECTIONS",
+              default_value_t = tally_projections::db::DEFAULT_MAX_CONNECTIONS,
+              value_parser = clap::value_parser!(u32).range(6..=10_000))]
+        db_max_connections: u32,
     },
     /// Applies the database migrations.
     Migrate {
@@ -146,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rate_burst,
             request_timeout_ms,
             max_concurrent_requests,
+            db_max_connections,
         } => {
             let clock = match clock {
                 ClockKind::System => Clock::System,
@@ -187,6 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     request_timeout: std::time::Duration::from_millis(request_timeout_ms.get()),
                     max_concurrent_requests: max_concurrent_requests.get(),
                 },
+                db_max_connections,
             };
             let server = start(config, listener).await?;
             if let Some(key) = &server.bootstrap_key {

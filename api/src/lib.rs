@@ -210,6 +210,8 @@ pub struct Config {
     pub rate_limit: ratelimit::RateLimit,
     /// Request deadline and the cap on requests in flight.
     pub limits: limits::Limits,
+    /// PostgreSQL connections the process opens at most (`--db-max-connections`).
+    pub db_max_connections: u32,
 }
 
 /// A running server.
@@ -284,7 +286,7 @@ pub async fn start_with_webhooks(
     webhook_config: WebhookConfig,
     listener: TcpListener,
 ) -> anyhow::Result<Server> {
-    let db = Db::connect(&config.database_url).await?;
+    let db = Db::connect_limited(&config.database_url, config.db_max_connections).await?;
     db.migrate().await?;
     let bootstrap_key = if keys::count(&db).await? == 0 {
         let (_, secret) = keys::create(&db, "default", keys::Role::Admin).await?;

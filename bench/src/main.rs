@@ -402,7 +402,7 @@ async fn commands(args: CommandsArgs) -> Result<()> {
                 binary.as_deref(),
                 |api, state| async move {
                     let ids = setup(&api, &bench_plan(), subscriptions).await?;
-                    let runtime = state.map(|s| s.runtime);
+                    let runtime = state.map(|s| s.runtime.clone());
                     command_phase(&api, ids, connections, duration, runtime).await
                 },
             )
@@ -661,6 +661,7 @@ where
                 burst: 0.0,
             },
             limits: Default::default(),
+            db_max_connections: tally_projections::db::DEFAULT_MAX_CONNECTIONS,
         },
         listener,
     )

@@ -385,7 +385,12 @@ impl Dispatcher {
                         }
                         if outcome.is_ok() {
                             self.cache.put(key, state.clone(), version);
-                            return Ok(Executed::unchanged(id, (*state).clone(), version, position));
+                            return Ok(Executed::unchanged(
+                                id,
+                                (*state).clone(),
+                                version,
+                                position,
+                            ));
                         }
                     }
                     return Err(outcome.err().unwrap_or(CommandError::Conflict));
@@ -514,8 +519,10 @@ impl Dispatcher {
                 return Err(e.into());
             }
         };
-        self.cache.put(key_a, Arc::new(pa.state.clone()), pa.version);
-        self.cache.put(key_b, Arc::new(pb.state.clone()), pb.version);
+        self.cache
+            .put(key_a, Arc::new(pa.state.clone()), pa.version);
+        self.cache
+            .put(key_b, Arc::new(pb.state.clone()), pb.version);
         Ok((
             pa.executed(id_a, positions[0]),
             pb.executed(id_b, positions[1]),

@@ -78,9 +78,9 @@ impl GroupCommit {
         }
         // A group dropped before it answered may or may not have committed:
         // unavailable, never "not stored".
-        Ok(answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Shared(Arc::new(sqlx::Error::PoolClosed)))
-        }))
+        Ok(answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Shared(Arc::new(sqlx::Error::PoolClosed)))))
     }
 }
 

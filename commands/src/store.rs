@@ -98,7 +98,9 @@ impl LogRepository {
             events,
             snapshot,
         };
-        let mut positions = self.append_streams(tenant, recorded_at, vec![stream]).await?;
+        let mut positions = self
+            .append_streams(tenant, recorded_at, vec![stream])
+            .await?;
         Ok(positions.pop().unwrap_or_default())
     }
 

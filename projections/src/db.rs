@@ -77,28 +77,42 @@ pub struct Db {
     pub rows: crate::state::RowCache,
 }
 
-/// Pool sizes. PostgreSQL sessions are cheap to multiplex; SQLite has one
-/// writer at a time, so a few connections suffice.
-const PG_POOL_MAX: u32 = 48;
-const PG_ANY_POOL_MAX: u32 = 16;
+/// PostgreSQL connections a process opens at most by default: two processes
+/// fit a stock `max_connections = 100` with room for psql and pgbench.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 40;
+/// The fewest a process can work with: two per pool, the consumers' lock
+/// session and the LISTEN connection.
+pub const MIN_MAX_CONNECTIONS: u32 = 6;
+/// SQLite has one writer at a time, so a few connections suffice.
 const SQLITE_POOL_MAX: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Db {
     /// Connects to `url` (`postgres://…` or `sqlite:…`; a SQLite file is
-    /// created when missing).
+    /// created when missing), with [`DEFAULT_MAX_CONNECTIONS`].
     pub async fn connect(url: &str) -> Result<Db, DbError> {
+        Db::connect_limited(url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// [`Db::connect`] opening at most `max_connections` PostgreSQL
+    /// connections in all (at least [`MIN_MAX_CONNECTIONS`]): the typed pool
+    /// (commands, the group committer), the `Any` pool (read models, the
+    /// consumers) and two dedicated ones (the consumers' lock session and
+    /// LISTEN).
+    pub async fn connect_limited(url: &str, max_connections: u32) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let (head, _) = watch::channel(0);
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pools = max_connections.max(MIN_MAX_CONNECTIONS) - 2;
+            let any_max = (pools / 3).max(2);
             let opts = PgConnectOptions::from_str(url)?;
             let pg = PgPoolOptions::new()
-                .max_connections(PG_POOL_MAX)
+                .max_connections(pools - any_max)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(opts)
                 .await?;
             let any = AnyPoolOptions::new()
-                .max_connections(PG_ANY_POOL_MAX)
+                .max_connections(any_max)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect(url)
                 .await?;

@@ -189,6 +189,7 @@ pub struct Runtime {
     shutdown: watch::Sender<bool>,
     /// Blue/green rebuilds running in this process: name → shadow position.
     rebuilds: Arc<watch::Sender<HashMap<&'static str, i64>>>,
+    locks: LockSession,
 }
 
 const CHANNEL: &str = "tally_events";
@@ -211,6 +212,7 @@ impl Runtime {
             tasks: Arc::default(),
             shutdown,
             rebuilds: Arc::new(watch::channel(HashMap::new()).0),
+            locks: LockSession::default(),
         }
     }
 
@@ -262,6 +264,7 @@ impl Runtime {
         for t in tasks {
             let _ = t.await;
         }
+        self.locks.release().await;
     }
 
     /// Aborts every task at once, as a crash would.
@@ -269,6 +272,7 @@ impl Runtime {
         for t in self.tasks.lock().expect("runtime task list").iter() {
             t.abort();
         }
+        self.locks.drop_now();
     }
 
     fn set_state(&self, name: &'static str, status: &str, last_error: Option<String>) {
@@ -467,8 +471,8 @@ impl Runtime {
                 return;
             }
             // Ownership: one runner per consumer across processes.
-            let mut lock = match self.acquire_ownership(p.name()).await {
-                Ok(Some(lock)) => lock,
+            let own = match self.acquire_ownership(p.name()).await {
+                Ok(Some(own)) => own,
                 Ok(None) => {
                     self.set_state(p.name(), "standby", None);
                     if wait(&mut shutdown, &mut wake, Duration::from_secs(1)).await {
@@ -512,14 +516,12 @@ impl Runtime {
                         if let Err(e) = self.settle(p.name()).await {
                             tracing::warn!(consumer = p.name(), error = %e, "checkpoint write failed");
                         }
-                        // Still the owner? A lost lock connection means another
+                        // Still the owner? A lost lock session means another
                         // process may have taken over.
                         if last_lock_check.elapsed() >= LOCK_CHECK_EVERY {
                             last_lock_check = std::time::Instant::now();
-                            if let Some(conn) = lock.as_mut() {
-                                if conn.ping().await.is_err() {
-                                    break;
-                                }
+                            if !self.still_owner(own).await {
+                                break;
                             }
                         }
                         // A hole that is not yet final resolves without any
@@ -542,10 +544,8 @@ impl Runtime {
                             return;
                         }
                         backoff = (backoff * 2).min(self.config.max_backoff);
-                        if let Some(conn) = lock.as_mut() {
-                            if conn.ping().await.is_err() {
-                                break;
-                            }
+                        if !self.still_owner(own).await {
+                            break;
                         }
                     }
                 }
@@ -581,23 +581,20 @@ impl Runtime {
         }
     }
 
-    /// On PostgreSQL, takes the consumer's advisory lock on a dedicated
-    /// connection (returned: dropping it releases the lock). On SQLite there is
-    /// one process, so ownership is implicit.
-    async fn acquire_ownership(
-        &self,
-        name: &str,
-    ) -> Result<Option<Option<AnyConnection>>, DbError> {
+    /// On PostgreSQL, takes the consumer's advisory lock on the process's
+    /// lock session (see [`LockSession`]); `None` while another process
+    /// holds it. On SQLite there is one process, so ownership is implicit.
+    async fn acquire_ownership(&self, name: &str) -> Result<Option<Ownership>, DbError> {
         if self.db.backend == Backend::Sqlite {
-            return Ok(Some(None));
+            return Ok(Some(Ownership { generation: 0 }));
         }
-        let mut conn = self.db.any.acquire().await?.detach();
-        let got: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('tally.consumer.' || $1))")
-                .bind(name)
-                .fetch_one(&mut conn)
-                .await?;
-        Ok(if got { Some(Some(conn)) } else { None })
+        self.locks.try_lock(&self.db, name).await
+    }
+
+    /// Whether `own` still holds: its lock session is the one alive (pinged
+    /// at most every [`LOCK_CHECK_EVERY`]).
+    async fn still_owner(&self, own: Ownership) -> bool {
+        self.db.backend == Backend::Sqlite || self.locks.alive(own).await
     }
 
     /// Processes one batch: reads after the checkpoint, applies, commits rows
@@ -734,6 +731,98 @@ impl Runtime {
             self.cursors.lock().expect("cursors").remove(name);
         }
         Ok(())
+    }
+}
+
+/// A consumer's ownership: valid while the lock session it was taken on
+/// lives.
+#[derive(Debug, Clone, Copy)]
+struct Ownership {
+    generation: u64,
+}
+
+/// The advisory locks of every consumer this process runs, held on one
+/// dedicated connection (a session lock lives as long as its session): one
+/// connection for all of them, not one each. When it is lost, every lock
+/// taken on it is lost with it; a new session has a new generation, so each
+/// consumer notices and takes its lock again (or finds another process has).
+#[derive(Clone, Default)]
+struct LockSession(Arc<tokio::sync::Mutex<LockConn>>);
+
+#[derive(Default)]
+struct LockConn {
+    conn: Option<AnyConnection>,
+    generation: u64,
+    checked: Option<std::time::Instant>,
+}
+
+impl LockSession {
+    async fn try_lock(&self, db: &Db, name: &str) -> Result<Option<Ownership>, DbError> {
+        let mut session = self.0.lock().await;
+        if session.conn.is_none() {
+            session.conn = Some(db.any.acquire().await?.detach());
+            session.generation += 1;
+            session.checked = Some(std::time::Instant::now());
+        }
+        let generation = session.generation;
+        let conn = session.conn.as_mut().expect("lock session");
+        let got = sqlx::query_scalar::<_, bool>(
+            "SELECT pg_try_advisory_lock(hashtext('tally.consumer.' || $1))",
+        )
+        .bind(name)
+        .fetch_one(conn)
+        .await;
+        match got {
+            Ok(got) => Ok(got.then_some(Ownership { generation })),
+            Err(e) => {
+                // Whatever this session held is in doubt: start a new one.
+                session.conn = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn alive(&self, own: Ownership) -> bool {
+        let mut session = self.0.lock().await;
+        if session.generation != own.generation || session.conn.is_none() {
+            return false;
+        }
+        if session
+            .checked
+            .is_some_and(|at| at.elapsed() < LOCK_CHECK_EVERY)
+        {
+            return true;
+        }
+        let ok = match session.conn.as_mut() {
+            Some(conn) => conn.ping().await.is_ok(),
+            None => false,
+        };
+        if ok {
+            session.checked = Some(std::time::Instant::now());
+        } else {
+            session.conn = None;
+        }
+        ok
+    }
+
+    /// Closes the session: every lock on it is released.
+    async fn release(&self) {
+        let conn = self.0.lock().await.conn.take();
+        if let Some(conn) = conn {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// Drops the session (as a crash would): at once, or as soon as the
+    /// consumer using it lets go.
+    fn drop_now(&self) {
+        match self.0.try_lock() {
+            Ok(mut session) => session.conn = None,
+            Err(_) => {
+                let me = self.clone();
+                tokio::spawn(async move { me.0.lock().await.conn = None });
+            }
+        }
     }
 }
 

@@ -178,9 +178,16 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
     ) -> Result<(), ProjectionError> {
         let table = t.name(S::TABLE);
         let cache = self.rows.get().filter(|_| t == Tables::Live);
+        let known = |tenant: &str, id: &str| {
+            cache
+                .and_then(|c| c.get::<S>(tenant, id))
+                .map(|v| (v.state, v.version))
+        };
         let folded =
-            fold_batch::<S, S::Event>(conn, &table, S::AGGREGATE, events, |s, e, _| s.fold(e))
-                .await?;
+            fold_batch::<S, S::Event>(conn, &table, S::AGGREGATE, events, known, |s, e, _| {
+                s.fold(e)
+            })
+            .await?;
         let mut rows = Vec::with_capacity(folded.len());
         for f in folded {
             let body = serde_json::to_string(&f.state)
@@ -216,11 +223,16 @@ pub(crate) struct Folded<A> {
 /// of streams per query), the events above its version folded onto it with
 /// `fold` (given the decoded and the stored event). Returns the streams that
 /// changed, in first-seen order.
+///
+/// `known` may give a stream's row without a read: a state at least as new
+/// as the stored row (the row cache of the process that owns the table).
+/// Such a stream is always written back, since the stored row may be older.
 pub(crate) async fn fold_batch<A, E>(
     conn: &mut AnyConnection,
     table: &str,
     aggregate: &str,
     events: &[&StoredEvent],
+    known: impl Fn(&str, &str) -> Option<(A, i64)> + Send,
     mut fold: impl FnMut(&mut A, &E, &StoredEvent) + Send,
 ) -> Result<Vec<Folded<A>>, ProjectionError>
 where
@@ -240,19 +252,39 @@ where
     if streams.is_empty() {
         return Ok(Vec::new());
     }
-    let keys: Vec<(&str, &str)> = streams.iter().map(|(k, _)| *k).collect();
-    let mut current = load_rows(conn, table, &keys).await?;
+    let mut cached: HashMap<(&str, &str), (A, i64)> = HashMap::new();
+    for (key, _) in &streams {
+        if let Some(row) = known(key.0, key.1) {
+            cached.insert(*key, row);
+        }
+    }
+    let keys: Vec<(&str, &str)> = streams
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| !cached.contains_key(k))
+        .collect();
+    let mut current = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        load_rows(conn, table, &keys).await?
+    };
     let mut out = Vec::new();
     for ((tenant, id), stream) in streams {
-        let (mut state, mut version) = match current.remove(&(tenant.to_string(), id.to_string())) {
-            Some((body, version)) => (
-                serde_json::from_str::<A>(&body)
-                    .map_err(|e| ProjectionError::decode(stream[0], e))?,
-                version,
-            ),
-            None => (A::default(), 0),
-        };
         let mut changed = false;
+        let (mut state, mut version) = match cached.remove(&(tenant, id)) {
+            Some(row) => {
+                changed = true;
+                row
+            }
+            None => match current.remove(&(tenant.to_string(), id.to_string())) {
+                Some((body, version)) => (
+                    serde_json::from_str::<A>(&body)
+                        .map_err(|e| ProjectionError::decode(stream[0], e))?,
+                    version,
+                ),
+                None => (A::default(), 0),
+            },
+        };
         for event in stream {
             if event.sequence <= version {
                 // Already applied: a projector must be idempotent.

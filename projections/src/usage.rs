@@ -64,6 +64,7 @@ impl Projector for UsageProjector {
             &t.name("rm_usage_records"),
             "usage_record",
             events,
+            |_, _| None,
             |state, decoded, event| {
                 state.evolve(decoded);
                 let Some(d) = total_delta(decoded) else {

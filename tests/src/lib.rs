@@ -274,6 +274,7 @@ impl TestApp {
             nats: None,
             rate_limit: Default::default(),
             limits: Default::default(),
+            db_max_connections: tally_projections::db::DEFAULT_MAX_CONNECTIONS,
         };
         tune(&mut config);
         let server = start(config, listener).await.expect("start server");
@@ -568,6 +569,7 @@ async fn start_webhook_server(database_url: &str, clock: Clock, webhooks: Webhoo
         nats: None,
         rate_limit: Default::default(),
         limits: Default::default(),
+        db_max_connections: tally_projections::db::DEFAULT_MAX_CONNECTIONS,
     };
     tally_api::start_with_webhooks(config, webhooks, listener)
         .await
