@@ -59,6 +59,7 @@ pub mod period;
 pub mod plan;
 pub mod subscription;
 pub mod ticket;
+pub mod time;
 pub mod usage;
 
 pub use error::DomainError;

@@ -96,13 +96,21 @@ impl KeyCache {
     }
 }
 
+/// The token of `Authorization: Bearer <token>`; the scheme name is
+/// case-insensitive (RFC 9110 § 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let secret = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_token)
         .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN);
     let Some(secret) = secret else {
         return ApiError::Unauthorized.into_response();
@@ -123,5 +131,20 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
         }
         Ok(None) => ApiError::Unauthorized.into_response(),
         Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer k1", "bearer k1", "BEARER k1", "bEaReR   k1 "] {
+            assert_eq!(bearer_token(v), Some("k1"), "{v}");
+        }
+        for v in ["Basic k1", "Bearerk1", "k1", "Bearer"] {
+            assert_eq!(bearer_token(v), None, "{v}");
+        }
     }
 }

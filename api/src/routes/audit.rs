@@ -1,13 +1,13 @@
 //! Audit endpoints: the full history of one stream, with metadata.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use tally_projections::stream_key;
 
 use crate::auth::{Access, Principal};
 use crate::dto::{AuditEventDto, AuditEventsDto};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::QueryParams;
+use crate::extract::{PathParams, QueryParams};
 use crate::AppState;
 
 /// The stream types of API.md § Audit and their id prefixes.
@@ -35,7 +35,7 @@ pub struct StreamEventsParams {
 pub async fn stream_events(
     State(app): State<AppState>,
     principal: Principal,
-    Path((kind, id)): Path<(String, String)>,
+    PathParams((kind, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<StreamEventsParams>,
 ) -> ApiResult<axum::Json<AuditEventsDto>> {
     principal.require(Access::Audit)?;
@@ -150,7 +150,7 @@ enum Cut {
 pub async fn state_at(
     State(app): State<AppState>,
     principal: Principal,
-    Path((kind, id)): Path<(String, String)>,
+    PathParams((kind, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<StateParams>,
 ) -> ApiResult<axum::Json<StateAtDto>> {
     use tally_aggregates::{

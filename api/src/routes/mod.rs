@@ -113,6 +113,7 @@ pub async fn read_your_writes(app: &AppState, headers: &HeaderMap) -> Result<(),
 
 /// `?limit=&cursor=` of every list.
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct PageParams {
     pub limit: Option<String>,
     pub cursor: Option<String>,

@@ -1,6 +1,6 @@
 //! Usage endpoints: report one record or a batch, void, list, summary.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
@@ -16,7 +16,7 @@ use super::{read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{parse_decimal, parse_time, ListPage};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::extract::{if_match, parse_json, JsonBody, QueryParams};
+use crate::extract::{if_match, parse_json, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -299,7 +299,7 @@ pub async fn void(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<VoidRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -385,7 +385,7 @@ pub async fn get(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;

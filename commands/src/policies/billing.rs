@@ -38,8 +38,10 @@ pub const ACTOR: &str = "system:billing";
 
 /// How long the policy waits for the usage read model to reach a renewal.
 const READ_MODEL_WAIT: Duration = Duration::from_secs(10);
-/// Renewals one subscription catches up on per scheduler tick.
-const MAX_RENEWALS_PER_TICK: usize = 120;
+/// Renewals one subscription catches up on per scheduler tick (one per round).
+const MAX_ROUNDS_PER_TICK: usize = 120;
+/// Renewals of all subscriptions together per scheduler tick.
+pub const MAX_RENEWALS_PER_TICK: usize = 2_000;
 /// Subscriptions looked at per scheduler tick.
 const SCAN_LIMIT: i64 = 1000;
 
@@ -448,8 +450,11 @@ async fn mark_billed(
 }
 
 /// Renews every subscription whose period ended by the dispatcher's clock,
-/// catching up on several periods when the clock jumped. Returns the number
-/// of renewals.
+/// catching up on several periods when the clock jumped. Fair and bounded:
+/// each round renews every due subscription by one period, so a subscription
+/// far behind cannot starve the others, and a tick stops after
+/// [`MAX_RENEWALS_PER_TICK`] renewals (the next tick goes on). Returns the
+/// number of renewals.
 pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
     let now = d.clock().now();
     let rows = sqlx::query(
@@ -461,7 +466,7 @@ pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
     .fetch_all(&d.db().any)
     .await
     .map_err(|e| CommandError::from(tally_projections::DbError::Sqlx(e)))?;
-    let mut renewed = 0;
+    let mut due = Vec::with_capacity(rows.len());
     for row in rows {
         let tenant: String = row
             .try_get("tenant")
@@ -469,8 +474,16 @@ pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
         let id: String = row
             .try_get("id")
             .map_err(|e| CommandError::Store(e.to_string()))?;
-        let meta = scheduler_meta(&tenant, ACTOR);
-        for _ in 0..MAX_RENEWALS_PER_TICK {
+        due.push((tenant, id));
+    }
+    let mut renewed = 0;
+    for _ in 0..MAX_ROUNDS_PER_TICK {
+        let mut still_due = Vec::with_capacity(due.len());
+        for (tenant, id) in due {
+            if renewed >= MAX_RENEWALS_PER_TICK {
+                return Ok(renewed);
+            }
+            let meta = scheduler_meta(&tenant, ACTOR);
             // Decided on the write side: a period that has not ended (the
             // read model was behind) renews nothing.
             let out = d
@@ -482,14 +495,18 @@ pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
             match out {
                 Ok(o) if o.appended > 0 => {
                     renewed += 1;
-                    if o.state.current_period.is_none_or(|p| p.end > now) {
-                        break;
+                    if o.state.current_period.is_some_and(|p| p.end <= now) {
+                        still_due.push((tenant, id));
                     }
                 }
-                Ok(_) | Err(CommandError::Domain(_)) => break,
+                Ok(_) | Err(CommandError::Domain(_)) => {}
                 Err(e) => return Err(e),
             }
         }
+        if still_due.is_empty() {
+            break;
+        }
+        due = still_due;
     }
     Ok(renewed)
 }

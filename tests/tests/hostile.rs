@@ -1,0 +1,481 @@
+//! Hostile input (issue 19): what an adversarial probe found, one test per
+//! finding, each named after what went wrong, on both backends.
+
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tally_tests::{both_backends, Backend, Resp, TestApp};
+
+both_backends!(
+    malformed_json_applied_commands_that_take_no_body,
+    invalid_utf8_or_nul_in_a_path_id_was_400_text_or_500,
+    nul_in_bodies_and_queries_was_a_500_on_postgres,
+    unknown_nested_fields_were_accepted,
+    tickets_accepted_any_subscription_id,
+    payments_accepted_a_captured_at_of_year_0_or_9999,
+    back_dated_activation_billed_thousands_of_periods,
+    truncate_of_the_event_log_was_not_refused,
+    ipv6_spellings_of_internal_ipv4_addresses_were_accepted_as_webhook_urls,
+    a_lowercase_bearer_scheme_was_refused,
+);
+
+/// A request with a raw body (JSON content type), as a fuzzer sends it.
+async fn raw(app: &TestApp, method: Method, path: &str, body: &[u8]) -> Resp {
+    app.request(method, path, Some(&app.admin_key), &[], Some(body.to_vec()))
+        .await
+}
+
+async fn head(app: &TestApp) -> i64 {
+    app.state().dispatcher.log().head().await.expect("head")
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("test time")
+        .with_timezone(&Utc)
+}
+
+async fn draft_subscription(app: &TestApp, plan: &str) -> String {
+    let r = app
+        .create_subscription(
+            &app.admin_key,
+            json!({"customer_id": "cus_1", "plan_id": plan}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.id()
+}
+
+async fn draft_invoice(app: &TestApp) -> String {
+    let r = app
+        .post(
+            &app.admin_key,
+            "/v1/invoices",
+            json!({"customer_id": "cus_1", "currency": "EUR",
+                   "lines": [{"description": "Setup", "quantity": "1", "unit_price": "10.00"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.id()
+}
+
+/// `POST /v1/invoices/{id}/issue` with `{}}`, `{} {}` or `[]` issued the
+/// invoice (200): serde read the first document and ignored the rest, and
+/// read `[]` as an empty struct. A command without a body takes an empty
+/// body or `{}`, nothing else.
+async fn malformed_json_applied_commands_that_take_no_body(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let plan = app.standard_plan().await;
+    let draft = draft_subscription(&app, &plan).await;
+    let (active, _) = app.active_subscription(&plan, 1).await;
+    let r = app
+        .suspend(&app.admin_key, &active, json!({"reason": "manual"}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let invoice = draft_invoice(&app).await;
+    app.settle().await;
+    let before = head(&app).await;
+    let commands = [
+        format!("/v1/invoices/{invoice}/issue"),
+        format!("/v1/invoices/{invoice}/mark-uncollectible"),
+        format!("/v1/subscriptions/{active}/resume"),
+        format!("/v1/subscriptions/{draft}/activate"),
+        format!("/v1/plans/{plan}/archive"),
+    ];
+    for path in &commands {
+        for body in [
+            &b"{}}"[..],
+            b"{} {}",
+            b"[]",
+            b"null",
+            b"\"x\"",
+            b"{\"x\": 1}",
+        ] {
+            let r = raw(&app, Method::POST, path, body).await;
+            r.assert_problem(422, "validation_failed");
+            assert!(
+                r.body["errors"][0]["field"].is_string(),
+                "{path} {body:?}: {:?}",
+                r.body
+            );
+        }
+    }
+    assert_eq!(head(&app).await, before, "a refused body changed nothing");
+    // An empty body and `{}` are fine.
+    let r = raw(&app, Method::POST, &commands[0], b"").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "open");
+    let r = raw(&app, Method::POST, &commands[2], b"{}").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "active");
+    let r = raw(&app, Method::POST, &commands[3], b" ").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "active");
+}
+
+/// `POST /v1/plans/x%ff/archive` answered 400 text/plain (axum's path
+/// rejection) and a `%00` in a path id reached PostgreSQL (500). Every id in
+/// a path that is not NUL-free UTF-8 names nothing: 404 problem+json.
+async fn invalid_utf8_or_nul_in_a_path_id_was_400_text_or_500(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let requests = [
+        (Method::POST, "/v1/plans/x%ff/archive"),
+        (Method::GET, "/v1/plans/x%ff"),
+        (Method::GET, "/v1/plans/plan_%00"),
+        (Method::POST, "/v1/subscriptions/sub_%ff/activate"),
+        (Method::POST, "/v1/subscriptions/sub_%00/cancel"),
+        (Method::GET, "/v1/subscriptions/sub_%00/entitlements"),
+        (Method::GET, "/v1/invoices/inv_%ff"),
+        (Method::POST, "/v1/invoices/inv_%00/issue"),
+        (Method::POST, "/v1/inbox/%00/read"),
+        (Method::POST, "/v1/inbox/ntf_%00/archive"),
+        (Method::POST, "/v1/inbox/x%ff/read"),
+        (Method::GET, "/v1/audit/streams/subscription/%00/events"),
+        (Method::GET, "/v1/audit/streams/subscription/sub_%ff/state"),
+        (Method::GET, "/v1/audit/streams/%00/x/events"),
+        (Method::GET, "/v1/tickets/tkt_%00"),
+        (Method::POST, "/v1/tickets/tkt_%ff/assign"),
+        (Method::POST, "/v1/usage/use_%00/void"),
+        (Method::GET, "/v1/usage/use_%ff"),
+        (Method::GET, "/v1/webhooks/whk_%00"),
+        (Method::DELETE, "/v1/webhooks/whk_%ff"),
+        (Method::GET, "/v1/customers/cus_%00/balance"),
+        (Method::GET, "/v1/customers/%ff/journal"),
+        (Method::POST, "/v1/admin/projections/%00/rebuild"),
+    ];
+    for (method, path) in requests {
+        let body = (method == Method::POST).then(|| b"{}".to_vec());
+        let r = app
+            .request(method.clone(), path, Some(&app.admin_key), &[], body)
+            .await;
+        assert_eq!(r.status, 404, "{method} {path}: {:?}", r.body);
+        r.assert_problem(404, "not_found");
+    }
+    assert_eq!(head(&app).await, 0);
+}
+
+/// NUL bytes in text reached PostgreSQL, which refuses them (500), while
+/// SQLite stored them: refused at the edge on both, naming the field.
+async fn nul_in_bodies_and_queries_was_a_500_on_postgres(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let plan = app.standard_plan().await;
+    let (sub, _) = app.active_subscription(&plan, 1).await;
+    app.settle().await;
+    let before = head(&app).await;
+    let bodies = [
+        (
+            format!("/v1/subscriptions/{sub}/cancel"),
+            json!({"at": "now", "reason": "a\u{0}b"}),
+            "reason",
+        ),
+        (
+            format!("/v1/subscriptions/{sub}/suspend"),
+            json!({"reason": "manual", "note": "\u{0}"}),
+            "note",
+        ),
+        (
+            "/v1/usage/use_x/void".to_string(),
+            json!({"reason": "x\u{0}"}),
+            "reason",
+        ),
+        (
+            "/v1/invoices".to_string(),
+            json!({"customer_id": "cus_1", "currency": "EUR", "subscription_id": "sub_\u{0}"}),
+            "subscription_id",
+        ),
+        (
+            "/v1/invoices".to_string(),
+            json!({"customer_id": "cus_1", "currency": "EUR",
+                   "lines": [{"description": "\u{0}", "quantity": "1", "unit_price": "1"}]}),
+            "lines[0].description",
+        ),
+        (
+            "/v1/tickets".to_string(),
+            json!({"subject": "s", "description": "d", "requester": "customer:c\u{0}",
+                   "priority": "low"}),
+            "requester",
+        ),
+        (
+            "/v1/usage/batch".to_string(),
+            json!({"records": [{"subscription_id": sub, "meter": "api\u{0}", "quantity": 1,
+                   "timestamp": "2026-01-01T00:00:00Z", "transaction_id": "t1"}]}),
+            "records[0].meter",
+        ),
+    ];
+    for (path, body, field) in bodies {
+        let r = app.post(&app.admin_key, &path, body).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["errors"][0]["field"], field, "{path}: {:?}", r.body);
+    }
+    let queries = [
+        ("/v1/invoices?customer_id=%00", "customer_id"),
+        ("/v1/invoices?customer_id=x%ff", "customer_id"),
+        ("/v1/invoices?cursor=%00", "cursor"),
+        ("/v1/subscriptions?status=%00", "status"),
+        ("/v1/subscriptions?customer_id=a%00b", "customer_id"),
+        ("/v1/tickets?assignee=%00", "assignee"),
+        ("/v1/plans?cursor=%00", "cursor"),
+        ("/v1/inbox?recipient=customer:%00", "recipient"),
+        ("/v1/usage?subscription_id=%00", "subscription_id"),
+        ("/v1/audit/events?after=%00", "after"),
+    ];
+    for (path, field) in queries {
+        let r = app.get(&app.admin_key, path).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["errors"][0]["field"], field, "{path}: {:?}", r.body);
+    }
+    assert_eq!(head(&app).await, before, "nothing refused was written");
+}
+
+/// `"seats": {"min": 1, "max": 50, "zzz": 1}` created a plan (201) while an
+/// unknown top-level field was refused: nested objects refuse them too.
+async fn unknown_nested_fields_were_accepted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut plan = tally_tests::standard_plan_body("nested");
+    plan["seats"] = json!({"min": 1, "max": 50, "zzz": 1});
+    let r = app.create_plan(&app.admin_key, plan).await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["errors"][0]["field"], "seats.zzz", "{:?}", r.body);
+    let r = app
+        .post(
+            &app.admin_key,
+            "/v1/invoices",
+            json!({"customer_id": "cus_1", "currency": "EUR",
+                   "lines": [{"description": "x", "quantity": "1", "unit_price": "1", "zzz": 1}]}),
+        )
+        .await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["errors"][0]["field"], "lines[0].zzz", "{:?}", r.body);
+    assert_eq!(head(&app).await, 0);
+}
+
+/// Tickets took any `subscription_id` (none such, `../../etc/passwd`,
+/// another tenant's) with 201; like invoices, only the tenant's own.
+async fn tickets_accepted_any_subscription_id(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let plan = app.standard_plan().await;
+    let (own, _) = app.active_subscription(&plan, 1).await;
+    let other_key = app.key("other", "admin").await;
+    let other_plan = app
+        .create_plan(&other_key, tally_tests::standard_plan_body("o"))
+        .await
+        .id();
+    let theirs = app
+        .create_subscription(
+            &other_key,
+            json!({"customer_id": "cus_9", "plan_id": other_plan}),
+        )
+        .await
+        .id();
+    let ticket = |sub: &str| {
+        json!({"subject": "s", "description": "d", "requester": "customer:cus_1",
+               "priority": "low", "subscription_id": sub})
+    };
+    for sub in ["sub_doesnotexist", "../../etc/passwd", theirs.as_str(), ""] {
+        let r = app.post(&app.admin_key, "/v1/tickets", ticket(sub)).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(
+            r.body["errors"][0]["field"], "subscription_id",
+            "{sub}: {:?}",
+            r.body
+        );
+    }
+    let r = app.post(&app.admin_key, "/v1/tickets", ticket(&own)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["subscription_id"], own.as_str());
+}
+
+async fn pay(app: &TestApp, invoice: &str, captured_at: &str) -> Resp {
+    app.post(
+        &app.admin_key,
+        &format!("/v1/invoices/{invoice}/payments"),
+        json!({"amount": "1.00", "reference": "wire", "captured_at": captured_at}),
+    )
+    .await
+}
+
+/// A payment's `captured_at` of 0000-01-01 or 9999-12-31 was recorded.
+async fn payments_accepted_a_captured_at_of_year_0_or_9999(backend: Backend) {
+    let now = t("2026-03-01T09:00:00Z");
+    let app = TestApp::spawn_manual(backend, now).await;
+    let invoice = draft_invoice(&app).await;
+    let r = raw(
+        &app,
+        Method::POST,
+        &format!("/v1/invoices/{invoice}/issue"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for bad in [
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "2026-03-02T09:00:00Z",
+        "2024-01-01T00:00:00Z",
+    ] {
+        let r = pay(&app, &invoice, bad).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(
+            r.body["errors"][0]["field"], "captured_at",
+            "{bad}: {:?}",
+            r.body
+        );
+    }
+    let r = pay(&app, &invoice, "2026-02-27T12:00:00Z").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["payments"][0]["captured_at"], "2026-02-27T12:00:00Z");
+}
+
+/// Every time string in a JSON document has a four-digit year.
+fn assert_four_digit_years(v: &Value) {
+    match v {
+        Value::String(s) if DateTime::parse_from_rfc3339(s).is_ok() || s.starts_with('+') => {
+            assert!(
+                s.len() >= 20
+                    && s.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+                    && s.as_bytes()[4] == b'-',
+                "not RFC 3339 with a four-digit year: {s}"
+            );
+        }
+        Value::Array(items) => items.iter().for_each(assert_four_digit_years),
+        Value::Object(map) => map.values().for_each(assert_four_digit_years),
+        _ => {}
+    }
+}
+
+/// `activate {"at": "0000-01-01T00:00:00Z"}` answered 200 and the scheduler
+/// then billed thousands of periods; `"at": "9999-12-31T23:59:59Z"` wrote a
+/// period end of `+10000-01-31T23:59:59Z`. Now `at` lies at most one
+/// interval back (its one catch-up period is one invoice) and a year ahead,
+/// and other accepted times are bounded too.
+async fn back_dated_activation_billed_thousands_of_periods(backend: Backend) {
+    let app = TestApp::spawn_manual(backend, t("2026-03-15T00:00:00Z")).await;
+    let plan = app.standard_plan().await;
+    let sub = draft_subscription(&app, &plan).await;
+    for bad in [
+        "0000-01-01T00:00:00Z",
+        "2026-02-14T23:59:59Z",
+        "2027-03-15T00:00:01Z",
+        "9999-12-31T23:59:59Z",
+    ] {
+        let r = app.activate(&app.admin_key, &sub, json!({"at": bad})).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["errors"][0]["field"], "at", "{bad}: {:?}", r.body);
+    }
+    for (path, field) in [
+        ("/v1/usage?from=0000-01-01T00:00:00Z", "from"),
+        ("/v1/usage?to=9999-12-31T23:59:59Z", "to"),
+    ] {
+        let r = app.get(&app.admin_key, path).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["errors"][0]["field"], field, "{path}: {:?}", r.body);
+    }
+    let r = app
+        .advance_clock(&app.admin_key, json!({"by": "P8000Y"}))
+        .await;
+    r.assert_problem(422, "validation_failed");
+
+    let r = app
+        .activate(&app.admin_key, &sub, json!({"at": "2026-02-15T12:00:00Z"}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["current_period"]["end"], "2026-03-15T12:00:00Z");
+    assert_four_digit_years(&r.body);
+    app.settle().await;
+    let invoices = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/invoices?subscription_id={sub}"),
+        )
+        .await;
+    assert_eq!(invoices.status, 200, "{:?}", invoices.body);
+    let data = invoices.body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1, "one catch-up invoice: {data:?}");
+    assert_four_digit_years(&invoices.body);
+    // The next period is billed when it starts, once.
+    let r = app
+        .advance_clock(&app.admin_key, json!({"to": "2026-03-15T12:00:00Z"}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.settle().await;
+    let invoices = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/invoices?subscription_id={sub}"),
+        )
+        .await;
+    assert_eq!(invoices.body["data"].as_array().expect("data").len(), 2);
+}
+
+/// PostgreSQL refused UPDATE and DELETE on `events` but not TRUNCATE.
+async fn truncate_of_the_event_log_was_not_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.standard_plan().await;
+    let before = head(&app).await;
+    assert!(before > 0);
+    let db = &app.state().db;
+    let wipe = match backend {
+        Backend::Postgres => "TRUNCATE events",
+        // SQLite has no TRUNCATE; its unqualified DELETE is the same wipe.
+        Backend::Sqlite => "DELETE FROM events",
+    };
+    let err = sqlx::query(wipe)
+        .execute(&db.any)
+        .await
+        .expect_err("the log refuses to be wiped");
+    assert!(err.to_string().contains("immutable"), "{err}");
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&db.any)
+        .await
+        .expect("count");
+    assert_eq!(count, before);
+}
+
+/// `http://[::127.0.0.1]/x` (an IPv4-compatible IPv6 address) was accepted
+/// as a webhook URL.
+async fn ipv6_spellings_of_internal_ipv4_addresses_were_accepted_as_webhook_urls(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for url in [
+        "http://[::127.0.0.1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://[64:ff9b::10.0.0.1]/x",
+        "http://[2002:7f00:1::1]/x",
+    ] {
+        let r = app
+            .post(
+                &app.admin_key,
+                "/v1/webhooks",
+                json!({"url": url, "topics": ["billing.subscriptions.v1.*"]}),
+            )
+            .await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["errors"][0]["field"], "url", "{url}: {:?}", r.body);
+    }
+}
+
+/// `Authorization: bearer KEY` was 401: the scheme is case-insensitive.
+async fn a_lowercase_bearer_scheme_was_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let r = app
+            .request(
+                Method::GET,
+                "/v1/plans",
+                None,
+                &[("authorization", format!("{scheme} {}", app.admin_key))],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{scheme}: {:?}", r.body);
+    }
+    let r = app
+        .request(
+            Method::GET,
+            "/v1/plans",
+            None,
+            &[("authorization", format!("Basic {}", app.admin_key))],
+            None,
+        )
+        .await;
+    r.assert_problem(401, "unauthorized");
+}
