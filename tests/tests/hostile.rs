@@ -17,6 +17,7 @@ both_backends!(
     truncate_of_the_event_log_was_not_refused,
     ipv6_spellings_of_internal_ipv4_addresses_were_accepted_as_webhook_urls,
     a_lowercase_bearer_scheme_was_refused,
+    keys_could_not_be_listed_or_revoked,
 );
 
 /// A request with a raw body (JSON content type), as a fuzzer sends it.
@@ -478,4 +479,144 @@ async fn a_lowercase_bearer_scheme_was_refused(backend: Backend) {
         )
         .await;
     r.assert_problem(401, "unauthorized");
+}
+
+/// A second server on the same database, as another process would be.
+async fn second_server(app: &TestApp) -> tally_api::Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let config = tally_api::Config {
+        database_url: app.db.url.clone(),
+        clock: tally_commands::Clock::System,
+        runtime: Default::default(),
+        billing: Default::default(),
+        nats: None,
+        rate_limit: Default::default(),
+        limits: Default::default(),
+    };
+    tally_api::start(config, listener)
+        .await
+        .expect("start a second server")
+}
+
+async fn get_plans(app: &TestApp, base: &str, key: &str) -> u16 {
+    app.client
+        .get(format!("{base}/v1/plans"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("request sent")
+        .status()
+        .as_u16()
+}
+
+/// Keys could be created but not listed or revoked. `GET /v1/keys` lists
+/// the tenant's keys without secrets; `DELETE /v1/keys/{id}` revokes one on
+/// every process within 1 s (each caches keys it has seen) and records a
+/// `KeyRevoked` event saying who did it.
+async fn keys_could_not_be_listed_or_revoked(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let writer = app.key("default", "writer").await;
+    let foreign = app.key("other", "writer").await;
+    let other = second_server(&app).await;
+    let other_base = format!("http://{}", other.addr);
+    // Both processes have seen (and cached) the writer's key.
+    assert_eq!(get_plans(&app, &app.base, &writer).await, 200);
+    assert_eq!(get_plans(&app, &other_base, &writer).await, 200);
+
+    let r = app.get(&writer, "/v1/keys").await;
+    r.assert_problem(403, "forbidden");
+    let r = app.get(&app.admin_key, "/v1/keys").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let text = r.body.to_string();
+    for secret in [&app.admin_key, &writer, &foreign] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "no secret is shown: {text}"
+        );
+    }
+    let data = r.body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2, "only the tenant's keys: {data:?}");
+    let writer_row = data
+        .iter()
+        .find(|k| k["role"] == "writer")
+        .expect("the writer key");
+    let writer_id = writer_row["id"].as_str().expect("id").to_string();
+    assert!(writer_row["revoked_at"].is_null());
+    let page = app.get(&app.admin_key, "/v1/keys?limit=1").await;
+    assert_eq!(page.body["data"].as_array().map(Vec::len), Some(1));
+    let next = page.body["next_cursor"].as_str().expect("a next page");
+    let rest = app
+        .get(&app.admin_key, &format!("/v1/keys?limit=1&cursor={next}"))
+        .await;
+    assert_eq!(rest.body["data"].as_array().map(Vec::len), Some(1));
+    assert!(rest.body["next_cursor"].is_null());
+
+    // Another tenant's key, or none, is not found.
+    let foreign_id = tally_commands::keys::list(&app.state().db, Some("other"), None, 10)
+        .await
+        .expect("list")
+        .data[0]
+        .id
+        .clone();
+    for id in [foreign_id.as_str(), "key_nope", "x%00"] {
+        let r = app
+            .request(
+                Method::DELETE,
+                &format!("/v1/keys/{id}"),
+                Some(&app.admin_key),
+                &[],
+                None,
+            )
+            .await;
+        r.assert_problem(404, "not_found");
+    }
+    assert_eq!(get_plans(&app, &app.base, &foreign).await, 200);
+
+    let revoke_path = format!("/v1/keys/{writer_id}");
+    let r = raw(&app, Method::DELETE, &revoke_path, b"").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["id"], writer_id.as_str());
+    let revoked_at = r.body["revoked_at"]
+        .as_str()
+        .expect("revoked_at")
+        .to_string();
+    let revoked = std::time::Instant::now();
+    // At once in this process ...
+    assert_eq!(get_plans(&app, &app.base, &writer).await, 401);
+    // ... and within a second in the other.
+    loop {
+        let status = get_plans(&app, &other_base, &writer).await;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked.elapsed() < std::time::Duration::from_secs(1),
+            "the other process still accepts a revoked key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Revoking again answers the same and records nothing new.
+    let again = raw(&app, Method::DELETE, &revoke_path, b"").await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body["revoked_at"], revoked_at.as_str());
+
+    // The log says who revoked it.
+    let events = app
+        .stream_events(&app.admin_key, "api_key", &writer_id)
+        .await;
+    assert_eq!(events.status, 200, "{:?}", events.body);
+    let events = events.body["data"].as_array().expect("data").clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event_type"], "KeyRevoked");
+    assert_eq!(events[0]["payload"]["KeyRevoked"]["role"], "writer");
+    let admin_id = data
+        .iter()
+        .find(|k| k["role"] == "admin")
+        .and_then(|k| k["id"].as_str())
+        .expect("the admin key");
+    assert_eq!(events[0]["metadata"]["actor"], admin_id);
+    other.shutdown().await.expect("stop the second server");
 }

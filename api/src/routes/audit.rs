@@ -11,13 +11,14 @@ use crate::extract::{PathParams, QueryParams};
 use crate::AppState;
 
 /// The stream types of API.md § Audit and their id prefixes.
-pub const STREAM_TYPES: [(&str, &str); 6] = [
+pub const STREAM_TYPES: [(&str, &str); 7] = [
     ("plan", "plan"),
     ("subscription", "sub"),
     ("invoice", "inv"),
     ("usage_record", "use"),
     ("ticket", "tkt"),
     ("inbox", "inbox"),
+    ("api_key", "key"),
 ];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -233,6 +234,7 @@ pub async fn state_at(
             true,
         ))?,
         "inbox" => to_value(Some(fold::<Inbox>(&events)?))?,
+        "api_key" => to_value(Some(fold::<tally_aggregates::AccessKey>(&events)?))?,
         _ => return Err(ApiError::NotFound),
     };
     Ok(axum::Json(StateAtDto {

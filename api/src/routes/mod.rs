@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod inbox;
 pub mod invoices;
+pub mod keys;
 pub mod ops;
 pub mod plans;
 pub mod subscriptions;
