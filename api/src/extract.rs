@@ -25,41 +25,64 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type_ok = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|ct| ct.starts_with("application/json") || ct.contains("+json"));
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-            } else {
-                ApiError::field("body", e.body_text())
-            }
-        })?;
-        if !content_type_ok {
-            return Err(ApiError::field(
-                "body",
-                "Content-Type must be application/json",
-            ));
-        }
-        let bytes: &[u8] = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        // serde reads a struct from an array too (`[]` as `{}`): every
-        // request body of this API is an object.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::field("body", "must be a JSON object"));
-        }
-        parse_json(bytes).map(JsonBody)
+        let bytes = object_body(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON body of records (the usage batch) whose text the handler checks
+/// record by record with [`parse_json`], so that one record with a NUL is
+/// rejected alone, like any other bad record, instead of the whole batch.
+pub struct JsonRecords<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonRecords<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = object_body(req, state).await?;
+        parse(&bytes, false).map(JsonRecords)
+    }
+}
+
+/// The body, which must be JSON (by its content type, when it has one) and
+/// one object; an empty body reads as `{}`.
+async fn object_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let content_type_ok = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("application/json") || ct.contains("+json"));
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+        } else {
+            ApiError::field("body", e.body_text())
+        }
+    })?;
+    if !content_type_ok {
+        return Err(ApiError::field(
+            "body",
+            "Content-Type must be application/json",
+        ));
+    }
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    // serde reads a struct from an array too (`[]` as `{}`): every request
+    // body of this API is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    }
+    Ok(bytes)
 }
 
 /// Parses one JSON document, naming the field at fault on error: trailing
 /// data after the document (`{}}`, `{} {}`) and text with a NUL are refused.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    parse(bytes, true)
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8], check_text: bool) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
@@ -87,7 +110,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("{} after the JSON document", clean_message(&e.to_string())),
         )
     })?;
-    refuse_nul(bytes)?;
+    if check_text {
+        refuse_nul(bytes)?;
+    }
     Ok(value)
 }
 

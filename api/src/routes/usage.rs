@@ -16,7 +16,7 @@ use super::{read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{parse_decimal, parse_time, ListPage};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::extract::{if_match, parse_json, JsonBody, PathParams, QueryParams};
+use crate::extract::{if_match, parse_json, JsonBody, JsonRecords, PathParams, QueryParams};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -210,7 +210,7 @@ pub async fn batch(
     State(app): State<AppState>,
     ctx: CommandCtx,
     principal: Principal,
-    JsonBody(req): JsonBody<BatchRequest>,
+    JsonRecords(req): JsonRecords<BatchRequest>,
 ) -> ApiResult<axum::Json<BatchResponse>> {
     principal.require(Access::Write)?;
     if req.records.is_empty() || req.records.len() > MAX_BATCH {
