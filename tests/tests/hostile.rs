@@ -18,6 +18,7 @@ both_backends!(
     ipv6_spellings_of_internal_ipv4_addresses_were_accepted_as_webhook_urls,
     a_lowercase_bearer_scheme_was_refused,
     keys_could_not_be_listed_or_revoked,
+    list_query_parameters_were_declared_as_path_parameters,
 );
 
 /// A request with a raw body (JSON content type), as a fuzzer sends it.
@@ -639,4 +640,33 @@ async fn keys_could_not_be_listed_or_revoked(backend: Backend) {
         .expect("the admin key");
     assert_eq!(events[0]["metadata"]["actor"], admin_id);
     other.shutdown().await.expect("stop the second server");
+}
+
+/// The OpenAPI document declared every list's query parameters (`limit`,
+/// `cursor`, filters) `in: path`, so fuzzers never sent them as queries;
+/// API.md wants them `in: query`. A path parameter names a `{…}` of its path.
+async fn list_query_parameters_were_declared_as_path_parameters(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let doc = app.get(&app.admin_key, "/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    let paths = doc.body["paths"].as_object().expect("paths");
+    let mut queries = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("path item") {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().expect("name");
+                match p["in"].as_str() {
+                    Some("path") => assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: `{name}` is no path parameter"
+                    ),
+                    Some("query") => queries += 1,
+                    other => panic!("{method} {path}: `{name}` in {other:?}"),
+                }
+            }
+        }
+    }
+    assert!(queries > 20, "{queries} query parameters");
+    let keys = &paths["/v1/keys"]["get"]["parameters"];
+    assert_eq!(keys[0]["in"], "query", "{keys:?}");
 }

@@ -22,6 +22,7 @@ pub const STREAM_TYPES: [(&str, &str); 7] = [
 ];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamEventsParams {
     /// Page size, 1-1000 (default 1000).
@@ -102,6 +103,7 @@ fn audit_event(e: tally_projections::StoredEvent) -> AuditEventDto {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StateParams {
     /// The state as of this time (RFC 3339): every event recorded at or before it.
@@ -245,6 +247,7 @@ pub async fn state_at(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedParams {
     /// Continue after this global position (`next_cursor` of the previous page).

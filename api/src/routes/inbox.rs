@@ -63,6 +63,7 @@ pub struct InboxPage {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InboxParams {
     /// `customer:<id>` or `user:<name>`.

@@ -41,6 +41,7 @@ pub struct KeyPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyListParams {
     pub limit: Option<String>,

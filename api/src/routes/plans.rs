@@ -75,6 +75,7 @@ pub async fn archive(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PlanListParams {
     /// active | archived

@@ -162,6 +162,7 @@ pub struct DeliveryDetailDto {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookListParams {
     pub limit: Option<String>,
@@ -169,6 +170,7 @@ pub struct WebhookListParams {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryListParams {
     /// pending | delivered | retrying | dead (`dead` lists the dead letter)
