@@ -101,10 +101,13 @@ start_server() {
   key=$(tail -n 1 "$out")
 }
 
-# The checks, and one per-operation exception: a batch of usage records
+# The checks, and two per-operation exceptions: a batch of usage records
 # answers 200 with a result per record, rejected records included (API.md: one
 # bad record does not reject the others), so a batch holding an invalid record
-# is not expected to be refused as a whole.
+# is not expected to be refused as a whole; and key revocation is left out,
+# since the stateful phase revokes the run's own key (read from GET /v1/keys)
+# and the rest of the run is then 401 (fuzz-hostile.py still sends it hostile
+# ids, and tests/tests/hostile.rs tests it).
 cat >"$work/schemathesis.toml" <<'TOML'
 [checks]
 enabled = false
@@ -121,6 +124,10 @@ ensure_resource_availability.enabled = true
 include-path = "/v1/usage/batch"
 include-method = "POST"
 checks.negative_data_rejection.enabled = false
+
+[[operations]]
+include-operation-id = "keys_revoke"
+enabled = false
 TOML
 
 # Read-your-writes as API.md tells a client to get it: read models are

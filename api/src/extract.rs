@@ -121,8 +121,9 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], check_text: bool) -> Result<T, ApiEr
 /// walked to name the field.
 fn refuse_nul(bytes: &[u8]) -> Result<(), ApiError> {
     let escaped = bytes
-        .windows(6)
-        .any(|w| w[..2] == *b"\\u" && w[2..].iter().all(|b| *b == b'0'));
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\\' && bytes.get(i + 1..i + 6) == Some(&b"u0000"[..]));
     if !escaped {
         return Ok(());
     }
