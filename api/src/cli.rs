@@ -167,9 +167,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ClockKind::System => Clock::System,
                 ClockKind::Manual => {
                     let start = match clock_start {
-                        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
-                            .context("--clock-start must be RFC 3339")?
-                            .with_timezone(&chrono::Utc),
+                        Some(s) => tally_aggregates::time::check_accepted(
+                            "--clock-start",
+                            chrono::DateTime::parse_from_rfc3339(&s)
+                                .context("--clock-start must be RFC 3339")?
+                                .with_timezone(&chrono::Utc),
+                        )?,
                         None => chrono::Utc::now(),
                     };
                     Clock::manual(start)
