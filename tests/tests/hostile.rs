@@ -546,9 +546,9 @@ async fn keys_could_not_be_listed_or_revoked(backend: Backend) {
     assert_eq!(get_plans(&app, &app.base, &writer).await, 200);
     assert_eq!(get_plans(&app, &other_base, &writer).await, 200);
 
-    let r = app.get(&writer, "/v1/keys").await;
+    let r = app.list_keys(&writer, "").await;
     r.assert_problem(403, "forbidden");
-    let r = app.get(&app.admin_key, "/v1/keys").await;
+    let r = app.list_keys(&app.admin_key, "").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let text = r.body.to_string();
     for secret in [&app.admin_key, &writer, &foreign] {
@@ -565,11 +565,11 @@ async fn keys_could_not_be_listed_or_revoked(backend: Backend) {
         .expect("the writer key");
     let writer_id = writer_row["id"].as_str().expect("id").to_string();
     assert!(writer_row["revoked_at"].is_null());
-    let page = app.get(&app.admin_key, "/v1/keys?limit=1").await;
+    let page = app.list_keys(&app.admin_key, "?limit=1").await;
     assert_eq!(page.body["data"].as_array().map(Vec::len), Some(1));
     let next = page.body["next_cursor"].as_str().expect("a next page");
     let rest = app
-        .get(&app.admin_key, &format!("/v1/keys?limit=1&cursor={next}"))
+        .list_keys(&app.admin_key, &format!("?limit=1&cursor={next}"))
         .await;
     assert_eq!(rest.body["data"].as_array().map(Vec::len), Some(1));
     assert!(rest.body["next_cursor"].is_null());
@@ -582,21 +582,12 @@ async fn keys_could_not_be_listed_or_revoked(backend: Backend) {
         .id
         .clone();
     for id in [foreign_id.as_str(), "key_nope", "x%00"] {
-        let r = app
-            .request(
-                Method::DELETE,
-                &format!("/v1/keys/{id}"),
-                Some(&app.admin_key),
-                &[],
-                None,
-            )
-            .await;
+        let r = app.revoke_key(&app.admin_key, id).await;
         r.assert_problem(404, "not_found");
     }
     assert_eq!(get_plans(&app, &app.base, &foreign).await, 200);
 
-    let revoke_path = format!("/v1/keys/{writer_id}");
-    let r = raw(&app, Method::DELETE, &revoke_path, b"").await;
+    let r = app.revoke_key(&app.admin_key, &writer_id).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["id"], writer_id.as_str());
     let revoked_at = r.body["revoked_at"]
@@ -620,7 +611,7 @@ async fn keys_could_not_be_listed_or_revoked(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // Revoking again answers the same and records nothing new.
-    let again = raw(&app, Method::DELETE, &revoke_path, b"").await;
+    let again = app.revoke_key(&app.admin_key, &writer_id).await;
     assert_eq!(again.status, 200, "{:?}", again.body);
     assert_eq!(again.body["revoked_at"], revoked_at.as_str());
 
