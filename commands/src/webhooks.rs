@@ -1105,17 +1105,24 @@ impl Webhooks {
                 endpoint.id, endpoint.status
             )));
         }
+        let due = time::to_text(self.inner.clock.now());
         sqlx::query(
             "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, \
              attempts_left = CASE WHEN attempts_left < 1 THEN 1 ELSE attempts_left END \
              WHERE tenant = $2 AND id = $3",
         )
-        .bind(time::to_text(self.inner.clock.now()))
+        .bind(&due)
         .bind(tenant)
         .bind(id)
         .execute(&self.inner.db.any)
         .await?;
-        Ok(self.delivery(tenant, id).await?.0)
+        // The delivery as this retry left it: reading it again raced the
+        // worker, which may already have sent it (a flaky "delivered").
+        Ok(Delivery {
+            status: "pending".into(),
+            next_attempt_at: Some(due),
+            ..delivery
+        })
     }
 
     // ---- the worker ----
