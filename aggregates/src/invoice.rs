@@ -28,6 +28,10 @@ pub const MAX_LINE_PLACES: u32 = 12;
 /// The default and the longest payment term, in days.
 pub const DEFAULT_DUE_DAYS: u32 = 30;
 pub const MAX_DUE_DAYS: u32 = 365;
+/// How long before it is recorded a payment may have been captured (a
+/// late bank reconciliation); a capture in the future is refused, beyond the
+/// clock skew of the payer's side.
+pub const MAX_CAPTURE_AGE_DAYS: i64 = 366;
 /// The numbering stream's id (one per tenant).
 pub const NUMBERING_ID: &str = "invoice_numbers";
 
@@ -640,6 +644,13 @@ impl Invoice {
     ) -> Result<Vec<InvoiceEvent>, DomainError> {
         validate_id("payment_id", &payment_id)?;
         validate_text("reference", &reference)?;
+        crate::time::check_within(
+            "captured_at",
+            captured_at,
+            at - Duration::days(MAX_CAPTURE_AGE_DAYS),
+            at + crate::time::CLOCK_SKEW,
+            &format!("no more than {MAX_CAPTURE_AGE_DAYS} days before now and not in the future"),
+        )?;
         let currency = self.currency();
         if amount <= Decimal::ZERO {
             return Err(DomainError::validation("amount", "must be greater than 0"));

@@ -1,4 +1,4 @@
-//! Tally's domain: the `Plan`, `Subscription`, `UsageRecord`, `Invoice`,
+//! Tally's domain: the `Plan`, `Subscription`, `UsageRecord`, `Invoice`, `AccessKey`,
 //! `InvoiceNumbering`, `Ticket` and `Inbox` aggregates, their commands and events, and the money and
 //! billing-period arithmetic they rely on.
 //!
@@ -50,6 +50,7 @@ macro_rules! cqrs_adapter {
     };
 }
 
+pub mod access_key;
 pub mod billing;
 pub mod error;
 pub mod inbox;
@@ -59,8 +60,10 @@ pub mod period;
 pub mod plan;
 pub mod subscription;
 pub mod ticket;
+pub mod time;
 pub mod usage;
 
+pub use access_key::{AccessKey, AccessKeyCommand, AccessKeyEvent};
 pub use error::DomainError;
 pub use inbox::{valid_recipient, Inbox, InboxCommand, InboxEvent};
 pub use invoice::{

@@ -204,6 +204,9 @@ pub struct Subscription {
     pub cancel_reason: Option<String>,
 }
 
+/// How far ahead an activation may be dated.
+pub const MAX_ACTIVATION_AHEAD_MONTHS: u32 = 12;
+
 /// What can be asked of a subscription. Every command carries its time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SubscriptionCommand {
@@ -215,8 +218,14 @@ pub enum SubscriptionCommand {
         seats: Option<u32>,
         at: DateTime<Utc>,
     },
-    /// Draft → Active; `at` becomes the billing anchor.
-    Activate { at: DateTime<Utc> },
+    /// Draft → Active; `at` becomes the billing anchor. `now` is the clock
+    /// when it was asked: `at` may lie at most one billing interval before
+    /// it (one catch-up period, billed as one invoice) and at most a year
+    /// after it.
+    Activate {
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    },
     /// Active only: moves to another active plan in the same currency and interval.
     ChangePlan {
         plan: PlanRef,
@@ -487,7 +496,7 @@ impl Subscription {
                 | C::Renew { .. },
             ) => Err(DomainError::NotFound("subscription")),
 
-            (Some(Draft), C::Activate { at }) => self.activate(at),
+            (Some(Draft), C::Activate { at, now }) => self.activate(at, now),
             (Some(status @ (Active | PastDue | Suspended | Canceled)), C::Activate { .. }) => {
                 Err(Self::invalid(status, name))
             }
@@ -629,8 +638,23 @@ impl Subscription {
         }])
     }
 
-    fn activate(&self, at: DateTime<Utc>) -> Result<Vec<SubscriptionEvent>, DomainError> {
-        let period = checked_period_at(at, self.terms().interval, 0)
+    fn activate(
+        &self,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        let interval = self.terms().interval;
+        crate::time::check_within(
+            "at",
+            at,
+            crate::time::months_before(now, interval.months()),
+            crate::time::months_after(now, MAX_ACTIVATION_AHEAD_MONTHS),
+            &format!(
+                "no earlier than one {} before now and no later than one year ahead",
+                interval.as_str()
+            ),
+        )?;
+        let period = checked_period_at(at, interval, 0)
             .ok_or_else(|| DomainError::validation("at", "out of the supported date range"))?;
         Ok(vec![SubscriptionEvent::SubscriptionActivated {
             anchor: at,

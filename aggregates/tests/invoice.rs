@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use support::{dec, eur, exact_round_product, jpy, kwd, t};
 use tally_aggregates::invoice::{
-    format_number, price_line, DEFAULT_DUE_DAYS, MAX_DUE_DAYS, MAX_LINES, MAX_LINE_PLACES,
-    MAX_PAYMENTS, MAX_TEXT_CHARS, NUMBERING_ID,
+    format_number, price_line, DEFAULT_DUE_DAYS, MAX_CAPTURE_AGE_DAYS, MAX_DUE_DAYS, MAX_LINES,
+    MAX_LINE_PLACES, MAX_PAYMENTS, MAX_TEXT_CHARS, NUMBERING_ID,
 };
 use tally_aggregates::money::{round_to_minor, MAX_AMOUNT};
 use tally_aggregates::{
@@ -1034,6 +1034,35 @@ fn payment_must_be_positive() {
                 .decide(pay("pay_1", amount, "ref_1")),
             "amount",
         );
+    }
+}
+
+/// Issue 19: payments accepted a `captured_at` of year 0 or 9999.
+#[test]
+fn payment_capture_time_is_at_most_a_year_old_and_not_in_the_future() {
+    let open = Fixture::Open.invoice();
+    let at = t(LATER);
+    let captured = |captured_at: DateTime<Utc>| InvoiceCommand::RecordPayment {
+        payment_id: "pay_1".to_owned(),
+        amount: dec("1.00"),
+        reference: "ref_1".to_owned(),
+        captured_at,
+        at,
+    };
+    for ok in [
+        at,
+        at - Duration::days(MAX_CAPTURE_AGE_DAYS),
+        at + Duration::minutes(5),
+    ] {
+        assert!(open.decide(captured(ok)).is_ok(), "{ok}");
+    }
+    for bad in [
+        t("0000-01-01T00:00:00Z"),
+        t("9999-12-31T23:59:59Z"),
+        at - Duration::days(MAX_CAPTURE_AGE_DAYS) - Duration::seconds(1),
+        at + Duration::minutes(5) + Duration::seconds(1),
+    ] {
+        assert_validation(open.decide(captured(bad)), "captured_at");
     }
 }
 

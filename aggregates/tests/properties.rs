@@ -96,7 +96,7 @@ fn command(
             seats: (step.seats % 5 != 4).then_some(step.seats),
             at,
         },
-        1 => SubscriptionCommand::Activate { at },
+        1 => SubscriptionCommand::Activate { at, now: at },
         2 => SubscriptionCommand::ChangePlan {
             plan,
             proration,

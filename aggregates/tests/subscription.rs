@@ -59,7 +59,10 @@ fn sample_commands() -> Vec<SubscriptionCommand> {
             seats: None,
             at: t(CREATED),
         },
-        SubscriptionCommand::Activate { at: t(DURING) },
+        SubscriptionCommand::Activate {
+            at: t(DURING),
+            now: t(DURING),
+        },
         SubscriptionCommand::ChangePlan {
             plan: pro(),
             proration: ProrationMode::Prorate,
@@ -370,7 +373,10 @@ fn activate_anchors_billing_and_opens_the_first_period() {
     let mut subscription = given(&history(Some(SubscriptionStatus::Draft)));
     let events = run(
         &mut subscription,
-        SubscriptionCommand::Activate { at: t(ACTIVATED) },
+        SubscriptionCommand::Activate {
+            at: t(ACTIVATED),
+            now: t(ACTIVATED),
+        },
     )
     .unwrap();
     let first = Period {
@@ -402,6 +408,7 @@ fn activate_on_a_yearly_plan_opens_a_year() {
         &mut subscription,
         SubscriptionCommand::Activate {
             at: t("2028-02-29T00:00:00Z"),
+            now: t("2028-02-29T00:00:00Z"),
         },
     )
     .unwrap();
@@ -412,6 +419,37 @@ fn activate_on_a_yearly_plan_opens_a_year() {
             end: t("2029-02-28T00:00:00Z"),
         })
     );
+}
+
+/// Issue 19: an activation dated year 0 billed thousands of periods, one
+/// dated 9999-12-31 wrote a period end in year 10000. `at` may lie one
+/// interval before now (a single catch-up period) and a year ahead.
+#[test]
+fn activation_time_is_at_most_one_interval_back_and_one_year_ahead() {
+    let now = t("2026-03-31T10:00:00Z");
+    let draft = given(&history(Some(SubscriptionStatus::Draft)));
+    let activate = |at: DateTime<Utc>| SubscriptionCommand::Activate { at, now };
+    for ok in [now, t("2026-02-28T10:00:00Z"), t("2027-03-31T10:00:00Z")] {
+        assert!(draft.decide(activate(ok)).is_ok(), "{ok}");
+    }
+    for bad in [
+        t("0000-01-01T00:00:00Z"),
+        t("2026-02-28T09:59:59Z"),
+        t("2027-03-31T10:00:01Z"),
+        t("9999-12-31T23:59:59Z"),
+    ] {
+        let err = draft.decide(activate(bad)).unwrap_err();
+        assert!(
+            matches!(err, DomainError::Validation { ref field, .. } if field == "at"),
+            "{bad}: {err:?}"
+        );
+    }
+    // A yearly plan may be activated up to a year back.
+    let mut yearly = terms("annual", "100.00", "0", 1, 10);
+    yearly.interval = Interval::Year;
+    let draft = given(&[created_on(plan_ref("plan_annual", yearly), 1)]);
+    assert!(draft.decide(activate(t("2025-03-31T10:00:00Z"))).is_ok());
+    assert!(draft.decide(activate(t("2025-03-31T09:59:59Z"))).is_err());
 }
 
 // ---------------------------------------------------------------------------
@@ -1684,7 +1722,10 @@ fn the_state_snapshot_round_trips() {
 fn the_cqrs_adapter_emits_what_decide_decides() {
     TestFramework::<Subscription>::with(())
         .given(vec![created()])
-        .when(SubscriptionCommand::Activate { at: t(ACTIVATED) })
+        .when(SubscriptionCommand::Activate {
+            at: t(ACTIVATED),
+            now: t(ACTIVATED),
+        })
         .then_expect_events(vec![activated()]);
     TestFramework::<Subscription>::with(())
         .given(history(Some(SubscriptionStatus::Canceled)))

@@ -1,4 +1,4 @@
-//! The `tally` command line: `serve`, `migrate` and `keys create`. Logs are
+//! The `tally` command line: `serve`, `migrate` and `keys create|list|revoke`. Logs are
 //! JSON lines on stderr; stdout carries only what a script wants (a new key).
 //! It is a library function so that the `tally` binary (`main.rs`) and the
 //! crash tests' copy of it (`tests/src/bin/tally-under-test.rs`, a separate
@@ -102,6 +102,22 @@ enum KeysCommand {
         #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE)]
         database: String,
     },
+    /// Lists keys, one a line: id, tenant, role, created_at, revoked_at or
+    /// `-`, tab-separated. Never a secret.
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+    },
+    /// Revokes a key: every server stops accepting it within a second.
+    Revoke {
+        /// The key's id (`key_…`, from `tally keys list`).
+        id: String,
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE)]
+        database: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -159,9 +175,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ClockKind::System => Clock::System,
                 ClockKind::Manual => {
                     let start = match clock_start {
-                        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
-                            .context("--clock-start must be RFC 3339")?
-                            .with_timezone(&chrono::Utc),
+                        Some(s) => tally_aggregates::time::check_accepted(
+                            "--clock-start",
+                            chrono::DateTime::parse_from_rfc3339(&s)
+                                .context("--clock-start must be RFC 3339")?
+                                .with_timezone(&chrono::Utc),
+                        )?,
                         None => chrono::Utc::now(),
                     };
                     Clock::manual(start)
@@ -232,6 +251,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (_, secret) = keys::create(&db, &tenant, role).await?;
             db.close().await;
             println!("{secret}");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::List { tenant, database },
+        } => {
+            let db = Db::connect(&database).await?;
+            db.migrate().await?;
+            let mut after: Option<String> = None;
+            loop {
+                let page = keys::list(
+                    &db,
+                    tenant.as_deref(),
+                    after.as_deref(),
+                    keys::MAX_KEYS_PAGE,
+                )
+                .await?;
+                for k in &page.data {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        k.id,
+                        k.tenant,
+                        k.role,
+                        k.created_at,
+                        k.revoked_at.as_deref().unwrap_or("-")
+                    );
+                }
+                match page.next_cursor {
+                    Some(c) => after = Some(c),
+                    None => break,
+                }
+            }
+            db.close().await;
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Revoke { id, database },
+        } => {
+            let db = Db::connect(&database).await?;
+            db.migrate().await?;
+            let dispatcher = tally_commands::Dispatcher::new(db.clone(), Clock::System);
+            let meta = tally_commands::CommandMeta {
+                tenant: String::new(),
+                actor: "cli:tally-keys-revoke".into(),
+                request_id: uuid::Uuid::now_v7().to_string(),
+                correlation_id: uuid::Uuid::now_v7().to_string(),
+                causation_id: None,
+                idempotency_key: None,
+            };
+            let revoked = keys::revoke(&dispatcher, &meta, None, &id).await;
+            db.close().await;
+            let key = revoked?.with_context(|| format!("no key {id}"))?;
+            eprintln!(
+                "revoked {} ({} of {}) at {}",
+                key.id,
+                key.role,
+                key.tenant,
+                key.revoked_at.as_deref().unwrap_or("-")
+            );
             Ok(())
         }
     }

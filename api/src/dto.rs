@@ -20,6 +20,7 @@ pub struct PeriodDto {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema, Clone, Copy)]
+#[serde(deny_unknown_fields)]
 pub struct SeatsDto {
     pub min: u32,
     pub max: u32,
@@ -44,11 +45,15 @@ pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, ApiError> {
     Ok(d)
 }
 
-/// Time or now.
+/// An RFC 3339 time within the bounds of every accepted time
+/// (`tally_aggregates::time::check_accepted`).
 pub fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
-    DateTime::parse_from_rfc3339(s)
+    let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| ApiError::field(field, "must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z"))
+        .map_err(|_| {
+            ApiError::field(field, "must be an RFC 3339 time, e.g. 2026-01-31T00:00:00Z")
+        })?;
+    Ok(tally_aggregates::time::check_accepted(field, t)?)
 }
 
 // ---------- plans ----------
@@ -279,6 +284,7 @@ pub struct SuspendRequest {
     pub note: Option<String>,
 }
 
+/// The body of a command that takes none: empty or `{}`, nothing else.
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyRequest {}

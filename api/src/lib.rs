@@ -160,6 +160,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/deliveries/{id}", get(webhooks::delivery))
         .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))
+        .route("/v1/keys", get(keys::list))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/admin/projections", get(admin::projections))
         .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild));
     if state.dispatcher.clock().is_manual() {
@@ -328,6 +330,11 @@ pub async fn start_with_webhooks(
     let app = router(state.clone());
     let addr = listener.local_addr()?;
     let (shutdown, mut rx) = watch::channel(false);
+    tokio::spawn(auth::watch_revocations(
+        state.keys.clone(),
+        state.db.clone(),
+        shutdown.subscribe(),
+    ));
     tokio::spawn(purge_idempotency_keys(
         state.db.clone(),
         shutdown.subscribe(),

@@ -25,6 +25,7 @@ use crate::AppState;
         audit::stream_events, audit::state_at, audit::feed, audit::digest,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::enable,
         webhooks::deliveries, webhooks::delivery, webhooks::retry,
+        keys::list, keys::revoke,
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,
     ),

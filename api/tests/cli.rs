@@ -73,6 +73,57 @@ fn keys_create_prints_the_key_alone() {
     let _ = std::fs::remove_file(file);
 }
 
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = tally().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Issue 19: keys could be created but never listed or revoked.
+#[test]
+fn keys_list_shows_no_secret_and_revoke_marks_the_key() {
+    let (url, file) = temp_db();
+    let db = ["--database", url.as_str()];
+    let (ok, secret, err) = run(&[
+        &["keys", "create", "--tenant", "acme", "--role", "writer"],
+        &db[..],
+    ]
+    .concat());
+    assert!(ok, "{err}");
+    let (ok, listed, err) = run(&[&["keys", "list"], &db[..]].concat());
+    assert!(ok, "{err}");
+    assert!(
+        !listed.contains(secret.trim()),
+        "the secret is never shown again"
+    );
+    let line: Vec<&str> = listed
+        .lines()
+        .next()
+        .expect("one key")
+        .split('\t')
+        .collect();
+    assert_eq!(line.len(), 5, "{listed}");
+    assert!(line[0].starts_with("key_"), "{listed}");
+    assert_eq!((line[1], line[2], line[4]), ("acme", "writer", "-"));
+
+    let (ok, _, err) = run(&[&["keys", "revoke", line[0]], &db[..]].concat());
+    assert!(ok, "{err}");
+    let (ok, listed, _) = run(&[&["keys", "list", "--tenant", "acme"], &db[..]].concat());
+    assert!(ok);
+    let revoked_at = listed.lines().next().unwrap().split('\t').nth(4).unwrap();
+    assert!(revoked_at.starts_with("20"), "{listed}");
+    let (ok, listed, _) = run(&[&["keys", "list", "--tenant", "other"], &db[..]].concat());
+    assert!(ok && listed.is_empty(), "{listed}");
+
+    let (ok, _, err) = run(&[&["keys", "revoke", "key_nope"], &db[..]].concat());
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "one-line reason: {err}");
+    let _ = std::fs::remove_file(file);
+}
+
 #[test]
 fn serve_prints_the_first_key_and_stops_gracefully_on_sigterm() {
     let (url, file) = temp_db();

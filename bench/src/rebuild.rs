@@ -1059,7 +1059,9 @@ fn join(
         &meta,
     )?;
     let at = t0 + chrono::Duration::minutes(5);
-    let events = c.sub.decide(SubscriptionCommand::Activate { at })?;
+    let events = c
+        .sub
+        .decide(SubscriptionCommand::Activate { at, now: at })?;
     let ids = sink.emit(
         tenant.name,
         &c.sub_id,

@@ -571,6 +571,11 @@ pub const NOT_PUBLISHED: &[Unpublished] = &[
         reason:
             "A notice to an operator's inbox; what it reports has its own topic or is internal.",
     },
+    Unpublished {
+        aggregate: "api_key",
+        event: "KeyRevoked",
+        reason: "Access control of Tally's own API; it is in the audit log, not for integrations.",
+    },
 ];
 
 /// The row of a published topic.
@@ -602,6 +607,9 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
             | InboxEvent::ItemArchived { .. }
             | InboxEvent::AllRead { .. }
             | InboxEvent::Notified { .. } => vec![],
+        }),
+        "api_key" => e.decode().map(|event| match event {
+            tally_aggregates::AccessKeyEvent::KeyRevoked { .. } => vec![],
         }),
         _ => return vec![],
     };

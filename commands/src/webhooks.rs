@@ -289,22 +289,26 @@ fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     }
 }
 
-/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`, or NAT64's
-/// `64:ff9b::a.b.c.d`) is judged as the IPv4 address it reaches.
+/// An IPv4 address written as IPv6 is judged as the IPv4 address it
+/// reaches: mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d` (deprecated, but
+/// still routed by some stacks), NAT64 `64:ff9b::a.b.c.d` (and the
+/// local-use `64:ff9b:1::/48`), and 6to4 `2002:AABB:CCDD::/48`.
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(a) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let s = a.segments();
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let [_, _, _, _, _, _, hi, lo] = s;
-                return IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
-            }
-            ip
-        }
-        IpAddr::V4(_) => ip,
+    let IpAddr::V6(a) = ip else {
+        return ip;
+    };
+    if let Some(v4) = a.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let s = a.segments();
+    let v4 = |hi: u16, lo: u16| IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+    match s {
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => ip,
+        [0, 0, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 1, _, _, _, hi, lo] => v4(hi, lo),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        _ => ip,
     }
 }
 
@@ -1101,17 +1105,24 @@ impl Webhooks {
                 endpoint.id, endpoint.status
             )));
         }
+        let due = time::to_text(self.inner.clock.now());
         sqlx::query(
             "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, \
              attempts_left = CASE WHEN attempts_left < 1 THEN 1 ELSE attempts_left END \
              WHERE tenant = $2 AND id = $3",
         )
-        .bind(time::to_text(self.inner.clock.now()))
+        .bind(&due)
         .bind(tenant)
         .bind(id)
         .execute(&self.inner.db.any)
         .await?;
-        Ok(self.delivery(tenant, id).await?.0)
+        // The delivery as this retry left it: reading it again raced the
+        // worker, which may already have sent it (a flaky "delivered").
+        Ok(Delivery {
+            status: "pending".into(),
+            next_attempt_at: Some(due),
+            ..delivery
+        })
     }
 
     // ---- the worker ----
@@ -1757,6 +1768,17 @@ mod tests {
             "http://2130706433/",
             "http://0x7f.1/",
             "http://localhost/",
+            // Issue 19: IPv6 spellings of internal IPv4 addresses.
+            "http://[::127.0.0.1]/x",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://[::ffff:10.0.0.1]/x",
+            "http://[::10.0.0.1]/x",
+            "http://[64:ff9b::7f00:1]/x",
+            "http://[64:ff9b::169.254.169.254]/x",
+            "http://[64:ff9b:1::a00:1]/x",
+            "http://[2002:7f00:1::]/x",
+            "http://[2002:a9fe:a9fe::1]/x",
+            "http://[::]/x",
         ] {
             assert!(
                 matches!(
@@ -1778,6 +1800,15 @@ mod tests {
             Err(UrlRefused::Credentials)
         );
         assert!(check_url(&none, "https://8.8.8.8/hook").await.is_ok());
+        // The same spellings of a public address are fine.
+        for url in [
+            "http://[::ffff:8.8.8.8]/x",
+            "http://[64:ff9b::808:808]/x",
+            "http://[2002:808:808::1]/x",
+            "http://[2001:4860:4860::8888]/x",
+        ] {
+            assert!(check_url(&none, url).await.is_ok(), "{url}");
+        }
         let local = AllowList::parse("127.0.0.1").unwrap();
         assert!(check_url(&local, "http://127.0.0.1:9/x").await.is_ok());
         assert!(check_url(&local, "http://10.0.0.1/").await.is_err());

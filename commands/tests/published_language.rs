@@ -676,6 +676,7 @@ fn the_tables_name_the_aggregates_by_their_stored_type() {
         tally_aggregates::UsageRecord::TYPE,
         tally_aggregates::Ticket::TYPE,
         tally_aggregates::Inbox::TYPE,
+        tally_aggregates::AccessKey::TYPE,
     ]);
     let in_tables: BTreeSet<&str> = TOPICS
         .iter()
@@ -1261,6 +1262,20 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                         subject_id: "whk_1".into(),
                     },
                     notified_at: t("2026-01-16T12:00:00Z"),
+                },
+            ),
+            vec![],
+        ),
+        (
+            "key revoked",
+            stored(
+                "api_key",
+                "key_1",
+                "KeyRevoked",
+                &tally_aggregates::AccessKeyEvent::KeyRevoked {
+                    key_id: "key_1".into(),
+                    role: "writer".into(),
+                    revoked_at: t("2026-01-16T12:00:00Z"),
                 },
             ),
             vec![],

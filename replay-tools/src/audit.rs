@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tally_aggregates::{
+    access_key::AccessKey,
     inbox::Inbox,
     invoice::{Invoice, InvoiceNumbering},
     plan::Plan,
@@ -16,7 +17,7 @@ use tally_aggregates::{
 use tally_projections::{Db, EventLog, StoredEvent};
 
 /// The stream types `audit` reads.
-const TYPES: [&str; 7] = [
+const TYPES: [&str; 8] = [
     "plan",
     "subscription",
     "invoice",
@@ -24,11 +25,12 @@ const TYPES: [&str; 7] = [
     "ticket",
     "inbox",
     "invoice_numbering",
+    "api_key",
 ];
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// plan, subscription, invoice, usage_record, ticket, inbox or invoice_numbering
+    /// plan, subscription, invoice, usage_record, ticket, inbox, invoice_numbering or api_key
     #[arg(value_name = "TYPE")]
     kind: String,
     /// The resource id (e.g. sub_…); for an inbox, the recipient.
@@ -88,6 +90,7 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
         "usage_record" => timeline::<UsageRecord>(events)?,
         "ticket" => timeline::<Ticket>(events)?,
         "inbox" => timeline::<Inbox>(events)?,
+        "api_key" => timeline::<AccessKey>(events)?,
         _ => timeline::<InvoiceNumbering>(events)?,
     };
     if args.json {

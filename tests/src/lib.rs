@@ -474,6 +474,21 @@ impl TestApp {
         .await
     }
 
+    pub async fn list_keys(&self, key: &str, query: &str) -> Resp {
+        self.get(key, &format!("/v1/keys{query}")).await
+    }
+
+    pub async fn revoke_key(&self, key: &str, id: &str) -> Resp {
+        self.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/keys/{id}"),
+            Some(key),
+            &[],
+            None,
+        )
+        .await
+    }
+
     pub async fn advance_clock(&self, key: &str, body: Value) -> Resp {
         self.post(key, "/v1/admin/clock/advance", body).await
     }

@@ -385,7 +385,7 @@ async fn seed_subscription(dispatcher: &Dispatcher, meta: &CommandMeta, plan_id:
         .unwrap();
     dispatcher
         .execute::<Subscription, _>(meta, id, None, |s| {
-            s.decide(SubscriptionCommand::Activate { at })
+            s.decide(SubscriptionCommand::Activate { at, now: at })
         })
         .await
         .unwrap();

@@ -1,14 +1,16 @@
 //! Admin endpoints: projection status and rebuild, and the manual clock.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Months, Utc};
 
 use crate::auth::{Access, Principal};
-use crate::dto::{parse_time, AdvanceClockRequest, ClockDto, ProjectionDto, StatusDto};
+use crate::dto::{
+    parse_time, AdvanceClockRequest, ClockDto, EmptyRequest, ProjectionDto, StatusDto,
+};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, PathParams};
 use crate::AppState;
 
 #[utoipa::path(get, path = "/v1/admin/projections", tag = "admin",
@@ -36,11 +38,12 @@ pub async fn projections(
 }
 
 #[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin", params(("name" = String, Path)),
-    responses((status = 202, body = StatusDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+    request_body = EmptyRequest, responses((status = 202, body = StatusDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn rebuild(
     State(app): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
+    JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Admin)?;
     if !app.runtime.names().contains(&name.as_str()) {
@@ -95,12 +98,14 @@ pub async fn advance_clock(
     let clock = app.dispatcher.clock();
     let to = match (req.to.as_deref(), req.by.as_deref()) {
         (Some(to), None) => parse_time("to", to)?,
-        (None, Some(by)) => add_iso_duration(clock.now(), by).ok_or_else(|| {
-            ApiError::field(
-                "by",
-                "must be an ISO 8601 duration such as P1M, P3DT4H or PT90S",
-            )
-        })?,
+        (None, Some(by)) => add_iso_duration(clock.now(), by)
+            .ok_or_else(|| {
+                ApiError::field(
+                    "by",
+                    "must be an ISO 8601 duration such as P1M, P3DT4H or PT90S",
+                )
+            })
+            .and_then(|to| Ok(tally_aggregates::time::check_accepted("by", to)?))?,
         _ => return Err(ApiError::field("body", "give exactly one of `to` and `by`")),
     };
     match clock.advance_to(to) {

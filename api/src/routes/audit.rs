@@ -1,26 +1,28 @@
 //! Audit endpoints: the full history of one stream, with metadata.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use tally_projections::stream_key;
 
 use crate::auth::{Access, Principal};
 use crate::dto::{AuditEventDto, AuditEventsDto};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::QueryParams;
+use crate::extract::{PathParams, QueryParams};
 use crate::AppState;
 
 /// The stream types of API.md § Audit and their id prefixes.
-pub const STREAM_TYPES: [(&str, &str); 6] = [
+pub const STREAM_TYPES: [(&str, &str); 7] = [
     ("plan", "plan"),
     ("subscription", "sub"),
     ("invoice", "inv"),
     ("usage_record", "use"),
     ("ticket", "tkt"),
     ("inbox", "inbox"),
+    ("api_key", "key"),
 ];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamEventsParams {
     /// Page size, 1-1000 (default 1000).
@@ -35,7 +37,7 @@ pub struct StreamEventsParams {
 pub async fn stream_events(
     State(app): State<AppState>,
     principal: Principal,
-    Path((kind, id)): Path<(String, String)>,
+    PathParams((kind, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<StreamEventsParams>,
 ) -> ApiResult<axum::Json<AuditEventsDto>> {
     principal.require(Access::Audit)?;
@@ -101,6 +103,7 @@ fn audit_event(e: tally_projections::StoredEvent) -> AuditEventDto {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StateParams {
     /// The state as of this time (RFC 3339): every event recorded at or before it.
@@ -150,7 +153,7 @@ enum Cut {
 pub async fn state_at(
     State(app): State<AppState>,
     principal: Principal,
-    Path((kind, id)): Path<(String, String)>,
+    PathParams((kind, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<StateParams>,
 ) -> ApiResult<axum::Json<StateAtDto>> {
     use tally_aggregates::{
@@ -233,6 +236,7 @@ pub async fn state_at(
             true,
         ))?,
         "inbox" => to_value(Some(fold::<Inbox>(&events)?))?,
+        "api_key" => to_value(Some(fold::<tally_aggregates::AccessKey>(&events)?))?,
         _ => return Err(ApiError::NotFound),
     };
     Ok(axum::Json(StateAtDto {
@@ -243,6 +247,7 @@ pub async fn state_at(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedParams {
     /// Continue after this global position (`next_cursor` of the previous page).

@@ -1,7 +1,7 @@
 //! Notification inbox endpoints. Read, archive and read-all are commands on
 //! the recipient's `Inbox` aggregate, so a rebuild of the inbox keeps them.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 
 use super::{read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
+use crate::dto::EmptyRequest;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -62,6 +63,7 @@ pub struct InboxPage {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InboxParams {
     /// `customer:<id>` or `user:<name>`.
@@ -163,12 +165,13 @@ async fn item_command(
 }
 
 #[utoipa::path(post, path = "/v1/inbox/{item_id}/read", tag = "inbox", params(("item_id" = String, Path)),
-    responses((status = 200, body = InboxItemDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+    request_body = EmptyRequest, responses((status = 200, body = InboxItemDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn read(
     State(app): State<AppState>,
     ctx: CommandCtx,
     principal: Principal,
-    Path(item_id): Path<String>,
+    PathParams(item_id): PathParams<String>,
+    JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
     let at = app.dispatcher.clock().now();
@@ -183,12 +186,13 @@ pub async fn read(
 }
 
 #[utoipa::path(post, path = "/v1/inbox/{item_id}/archive", tag = "inbox", params(("item_id" = String, Path)),
-    responses((status = 200, body = InboxItemDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+    request_body = EmptyRequest, responses((status = 200, body = InboxItemDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
     principal: Principal,
-    Path(item_id): Path<String>,
+    PathParams(item_id): PathParams<String>,
+    JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
     let at = app.dispatcher.clock().now();

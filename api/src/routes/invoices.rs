@@ -2,7 +2,7 @@
 //! void, mark uncollectible, list and detail; and the customer balance and
 //! journal (the accounts-receivable read model).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -17,12 +17,13 @@ use tally_commands::{ids, Executed};
 use tally_projections::balances;
 use utoipa::ToSchema;
 
+use super::subscriptions::tenant_subscription;
 use super::usage::QuantityInput;
 use super::{check_id, get_state, list_state, read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{parse_time, EmptyRequest, ListPage, PeriodDto};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{if_match, JsonBody, QueryParams};
+use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
 // ---------- bodies ----------
@@ -253,14 +254,7 @@ pub async fn create(
         .map(|(i, l)| l.into_line(&format!("lines[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(sub) = &req.subscription_id {
-        // Only a subscription of this tenant may be named.
-        let (s, _) = app
-            .dispatcher
-            .load::<tally_aggregates::Subscription>(&ctx.meta.tenant, sub)
-            .await?;
-        if s.status.is_none() || !ids::has_prefix(sub, "sub") {
-            return Err(ApiError::field("subscription_id", "unknown subscription"));
-        }
+        let s = tenant_subscription(&app, &ctx.meta.tenant, "subscription_id", sub).await?;
         if s.customer_id != req.customer_id {
             return Err(ApiError::field(
                 "subscription_id",
@@ -292,7 +286,7 @@ pub async fn add_line(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<LineRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -315,7 +309,7 @@ pub async fn issue(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -331,7 +325,7 @@ pub async fn pay(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<PaymentRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -364,7 +358,7 @@ pub async fn void(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<VoidRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -386,7 +380,7 @@ pub async fn mark_uncollectible(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -455,7 +449,7 @@ pub async fn get(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
     get_state::<Invoice, _>(&app, principal.tenant(), &headers, &id, "inv", |v| {
@@ -499,7 +493,7 @@ pub async fn balance(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(customer_id): Path<String>,
+    PathParams(customer_id): PathParams<String>,
 ) -> ApiResult<axum::Json<CustomerBalanceDto>> {
     principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
@@ -549,7 +543,7 @@ pub async fn journal(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(customer_id): Path<String>,
+    PathParams(customer_id): PathParams<String>,
     QueryParams(q): QueryParams<JournalParams>,
 ) -> ApiResult<axum::Json<ListPage<JournalEntryDto>>> {
     principal.require(Access::Read)?;

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod inbox;
 pub mod invoices;
+pub mod keys;
 pub mod ops;
 pub mod plans;
 pub mod subscriptions;
@@ -113,6 +114,7 @@ pub async fn read_your_writes(app: &AppState, headers: &HeaderMap) -> Result<(),
 
 /// `?limit=&cursor=` of every list.
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct PageParams {
     pub limit: Option<String>,
     pub cursor: Option<String>,

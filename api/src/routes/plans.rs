@@ -1,6 +1,6 @@
 //! Plan catalog endpoints.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -9,9 +9,9 @@ use tally_commands::ids;
 
 use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
-use crate::dto::{CreatePlanRequest, ListPage, PlanDto};
+use crate::dto::{CreatePlanRequest, EmptyRequest, ListPage, PlanDto};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{if_match, JsonBody, QueryParams};
+use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/plans", tag = "plans", request_body = CreatePlanRequest,
@@ -47,13 +47,14 @@ pub async fn create(
 }
 
 #[utoipa::path(post, path = "/v1/plans/{id}/archive", tag = "plans", params(("id" = String, Path)),
-    responses((status = 200, body = PlanDto), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
+    request_body = EmptyRequest, responses((status = 200, body = PlanDto), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
     principal: Principal,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     headers: HeaderMap,
+    JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
     check_id(&id, "plan")?;
@@ -74,6 +75,7 @@ pub async fn archive(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PlanListParams {
     /// active | archived
@@ -113,7 +115,7 @@ pub async fn get(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
     get_state::<Plan, _>(&app, principal.tenant(), &headers, &id, "plan", |v| {

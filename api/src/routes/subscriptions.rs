@@ -1,6 +1,6 @@
 //! Subscription endpoints: create and every lifecycle command, list and detail.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use crate::dto::{
     SubscriptionDto, SuspendRequest,
 };
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{if_match, JsonBody, QueryParams};
+use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
 /// Loads a plan for a subscription command; an unknown plan is a bad field.
@@ -35,6 +35,28 @@ async fn plan_ref(app: &AppState, meta: &CommandMeta, plan_id: &str) -> ApiResul
         terms,
         active: matches!(plan.status, Some(PlanStatus::Active)),
     })
+}
+
+/// The tenant's subscription that a request body names in `field`. Any
+/// other id (malformed, unknown, another tenant's: its stream is empty under
+/// this tenant) is refused as that field, before it touches the store.
+pub async fn tenant_subscription(
+    app: &AppState,
+    tenant: &str,
+    field: &str,
+    subscription_id: &str,
+) -> ApiResult<Subscription> {
+    if !ids::has_prefix(subscription_id, "sub") {
+        return Err(ApiError::field(field, "unknown subscription"));
+    }
+    let (s, _) = app
+        .dispatcher
+        .load::<Subscription>(tenant, subscription_id)
+        .await?;
+    if s.status.is_none() {
+        return Err(ApiError::field(field, "unknown subscription"));
+    }
+    Ok(s)
 }
 
 /// Runs one subscription command and answers with the subscription after it.
@@ -86,17 +108,18 @@ pub async fn activate(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<ActivateRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
     check_id(&id, "sub")?;
+    let now = app.dispatcher.clock().now();
     let at = match req.at.as_deref() {
         Some(s) => parse_time("at", s)?,
-        None => app.dispatcher.clock().now(),
+        None => now,
     };
     run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Activate { at }
+        SubscriptionCommand::Activate { at, now }
     })
     .await
 }
@@ -108,7 +131,7 @@ pub async fn change_plan(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<ChangePlanRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -132,7 +155,7 @@ pub async fn change_seats(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<ChangeSeatsRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -156,7 +179,7 @@ pub async fn suspend(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<SuspendRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -187,7 +210,7 @@ pub async fn resume(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -206,7 +229,7 @@ pub async fn cancel(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<CancelRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -230,6 +253,7 @@ pub async fn cancel(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionListParams {
     /// draft | active | past_due | suspended | canceled
@@ -284,7 +308,7 @@ pub async fn get(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
     get_state::<Subscription, _>(&app, principal.tenant(), &headers, &id, "sub", |v| {
@@ -301,7 +325,7 @@ pub async fn entitlements(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<axum::Json<EntitlementsDto>> {
     principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;

@@ -1,7 +1,7 @@
 //! Support ticket endpoints. Internal comments are shown to `writer` and
 //! `admin` keys only.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -11,11 +11,12 @@ use tally_commands::ids;
 use tally_commands::keys::Role;
 use utoipa::ToSchema;
 
+use super::subscriptions::tenant_subscription;
 use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::ListPage;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{if_match, JsonBody, QueryParams};
+use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -177,6 +178,10 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateTicketRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
+    // Like an invoice, a ticket may only name one of the tenant's subscriptions.
+    if let Some(sub) = &req.subscription_id {
+        tenant_subscription(&app, &ctx.meta.tenant, "subscription_id", sub).await?;
+    }
     let id = ids::new_id("tkt");
     let at = app.dispatcher.clock().now();
     run(&app, &ctx, &id, &headers, StatusCode::CREATED, || {
@@ -200,7 +205,7 @@ pub async fn assign(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<AssignRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -222,7 +227,7 @@ pub async fn comment(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<CommentRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -248,7 +253,7 @@ pub async fn attach(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<AttachmentRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -275,7 +280,7 @@ pub async fn transition(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<TransitionRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -288,6 +293,7 @@ pub async fn transition(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TicketListParams {
     pub status: Option<String>,
@@ -343,7 +349,7 @@ pub async fn get(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
     let internal = sees_internal(&principal);

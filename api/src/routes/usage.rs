@@ -1,6 +1,6 @@
 //! Usage endpoints: report one record or a batch, void, list, summary.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
@@ -16,7 +16,7 @@ use super::{read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{parse_decimal, parse_time, ListPage};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::extract::{if_match, parse_json, JsonBody, QueryParams};
+use crate::extract::{if_match, parse_json, JsonBody, JsonRecords, PathParams, QueryParams};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -210,7 +210,7 @@ pub async fn batch(
     State(app): State<AppState>,
     ctx: CommandCtx,
     principal: Principal,
-    JsonBody(req): JsonBody<BatchRequest>,
+    JsonRecords(req): JsonRecords<BatchRequest>,
 ) -> ApiResult<axum::Json<BatchResponse>> {
     principal.require(Access::Write)?;
     if req.records.is_empty() || req.records.len() > MAX_BATCH {
@@ -299,7 +299,7 @@ pub async fn void(
     ctx: CommandCtx,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<VoidRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
@@ -325,6 +325,7 @@ pub async fn void(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageListParams {
     pub subscription_id: Option<String>,
@@ -385,7 +386,7 @@ pub async fn get(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
@@ -399,6 +400,7 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SummaryParams {
     pub subscription_id: String,

@@ -3,7 +3,7 @@
 //! log, one delivery with every attempt, and manual retry. Delivery itself
 //! lives in `tally_commands::webhooks`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -12,8 +12,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{check_id, read_your_writes, PageParams};
 use crate::auth::{Access, Principal};
+use crate::dto::EmptyRequest;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
 impl From<WebhookError> for ApiError {
@@ -161,6 +162,7 @@ pub struct DeliveryDetailDto {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookListParams {
     pub limit: Option<String>,
@@ -168,6 +170,7 @@ pub struct WebhookListParams {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryListParams {
     /// pending | delivered | retrying | dead (`dead` lists the dead letter)
@@ -232,7 +235,7 @@ pub async fn list(
 pub async fn get(
     State(app): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<axum::Json<WebhookDto>> {
     principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
@@ -245,7 +248,7 @@ pub async fn get(
 pub async fn delete(
     State(app): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
     principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
@@ -257,11 +260,12 @@ pub async fn delete(
 
 /// Re-enables an endpoint the server disabled after it kept failing.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+    request_body = EmptyRequest, responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn enable(
     State(app): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
+    JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<axum::Json<WebhookDto>> {
     principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
@@ -280,7 +284,7 @@ pub async fn deliveries(
     State(app): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<DeliveryListParams>,
 ) -> ApiResult<axum::Json<DeliveryPage>> {
     principal.require(Access::Admin)?;
@@ -321,7 +325,7 @@ pub async fn deliveries(
 pub async fn delivery(
     State(app): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<axum::Json<DeliveryDetailDto>> {
     principal.require(Access::Admin)?;
     check_id(&id, "whd")?;
@@ -335,12 +339,13 @@ pub async fn delivery(
 /// Sends a delivery again now: a dead letter gets one more try; a delivered
 /// one is sent again (same event id).
 #[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 202, body = DeliveryDto), (status = 404, body = Problem), (status = 409, body = Problem)),
+    request_body = EmptyRequest, responses((status = 202, body = DeliveryDto), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn retry(
     State(app): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
+    JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
     principal.require(Access::Admin)?;
     check_id(&id, "whd")?;

@@ -38,8 +38,10 @@ pub const ACTOR: &str = "system:billing";
 
 /// How long the policy waits for the usage read model to reach a renewal.
 const READ_MODEL_WAIT: Duration = Duration::from_secs(10);
-/// Renewals one subscription catches up on per scheduler tick.
-const MAX_RENEWALS_PER_TICK: usize = 120;
+/// Renewals one subscription catches up on per scheduler tick (one per round).
+const MAX_ROUNDS_PER_TICK: usize = 120;
+/// Renewals of all subscriptions together per scheduler tick.
+pub const MAX_RENEWALS_PER_TICK: usize = 2_000;
 /// Subscriptions looked at per scheduler tick.
 const SCAN_LIMIT: i64 = 1000;
 
@@ -448,8 +450,11 @@ async fn mark_billed(
 }
 
 /// Renews every subscription whose period ended by the dispatcher's clock,
-/// catching up on several periods when the clock jumped. Returns the number
-/// of renewals.
+/// catching up on several periods when the clock jumped. Fair and bounded:
+/// each round renews every due subscription by one period, so a subscription
+/// far behind cannot starve the others, and a tick stops after
+/// [`MAX_RENEWALS_PER_TICK`] renewals (the next tick goes on). Returns the
+/// number of renewals.
 pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
     let now = d.clock().now();
     let rows = sqlx::query(
@@ -461,7 +466,7 @@ pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
     .fetch_all(&d.db().any)
     .await
     .map_err(|e| CommandError::from(tally_projections::DbError::Sqlx(e)))?;
-    let mut renewed = 0;
+    let mut due = Vec::with_capacity(rows.len());
     for row in rows {
         let tenant: String = row
             .try_get("tenant")
@@ -469,8 +474,14 @@ pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
         let id: String = row
             .try_get("id")
             .map_err(|e| CommandError::Store(e.to_string()))?;
-        let meta = scheduler_meta(&tenant, ACTOR);
-        for _ in 0..MAX_RENEWALS_PER_TICK {
+        due.push((tenant, id));
+    }
+    in_rounds(
+        due,
+        MAX_ROUNDS_PER_TICK,
+        MAX_RENEWALS_PER_TICK,
+        |(tenant, id)| async move {
+            let meta = scheduler_meta(&tenant, ACTOR);
             // Decided on the write side: a period that has not ended (the
             // read model was behind) renews nothing.
             let out = d
@@ -481,15 +492,116 @@ pub async fn renew_due(d: &Dispatcher) -> Result<usize, CommandError> {
                 .await;
             match out {
                 Ok(o) if o.appended > 0 => {
-                    renewed += 1;
-                    if o.state.current_period.is_none_or(|p| p.end > now) {
-                        break;
+                    if o.state.current_period.is_some_and(|p| p.end <= now) {
+                        Ok(Step::RenewedStillDue)
+                    } else {
+                        Ok(Step::RenewedCaughtUp)
                     }
                 }
-                Ok(_) | Err(CommandError::Domain(_)) => break,
-                Err(e) => return Err(e),
+                Ok(_) | Err(CommandError::Domain(_)) => Ok(Step::Nothing),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await
+}
+
+/// What one renewal attempt of one subscription did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    RenewedStillDue,
+    RenewedCaughtUp,
+    Nothing,
+}
+
+/// Fair, bounded catch-up: each round renews every item of `due` once, in
+/// order; an item still due goes on to the next round. At most `max_rounds`
+/// rounds and `max_total` renewals in all. Returns the number of renewals.
+async fn in_rounds<K, E, F, Fut>(
+    mut due: Vec<K>,
+    max_rounds: usize,
+    max_total: usize,
+    mut renew: F,
+) -> Result<usize, E>
+where
+    K: Clone,
+    F: FnMut(K) -> Fut,
+    Fut: std::future::Future<Output = Result<Step, E>>,
+{
+    let mut renewed = 0;
+    for _ in 0..max_rounds {
+        let mut still_due = Vec::with_capacity(due.len());
+        for item in due {
+            if renewed >= max_total {
+                return Ok(renewed);
+            }
+            match renew(item.clone()).await? {
+                Step::RenewedStillDue => {
+                    renewed += 1;
+                    still_due.push(item);
+                }
+                Step::RenewedCaughtUp => renewed += 1,
+                Step::Nothing => {}
             }
         }
+        if still_due.is_empty() {
+            break;
+        }
+        due = still_due;
     }
     Ok(renewed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Runs `in_rounds` over subscriptions `behind` periods behind; returns
+    /// the renewals and the order they happened in.
+    async fn catch_up(
+        behind: &[(&'static str, usize)],
+        max_rounds: usize,
+        max_total: usize,
+    ) -> (usize, Vec<&'static str>) {
+        let left = Mutex::new(behind.iter().copied().collect::<HashMap<_, _>>());
+        let order = Mutex::new(Vec::new());
+        let due = behind.iter().map(|(k, _)| *k).collect();
+        let n = in_rounds(due, max_rounds, max_total, |k| {
+            let step = {
+                let mut left = left.lock().unwrap();
+                let l = left.get_mut(k).unwrap();
+                if *l == 0 {
+                    Step::Nothing
+                } else {
+                    *l -= 1;
+                    order.lock().unwrap().push(k);
+                    if *l > 0 {
+                        Step::RenewedStillDue
+                    } else {
+                        Step::RenewedCaughtUp
+                    }
+                }
+            };
+            async move { Ok::<_, ()>(step) }
+        })
+        .await
+        .unwrap();
+        (n, order.into_inner().unwrap())
+    }
+
+    /// Issue 19: one subscription thousands of periods behind kept a tick
+    /// to itself (120 renewals each, 1000 subscriptions a tick).
+    #[tokio::test]
+    async fn a_tick_renews_round_robin_and_stops_at_its_budget() {
+        let (n, order) = catch_up(&[("far", 5000), ("a", 1), ("b", 2)], 120, 6).await;
+        assert_eq!(n, 6);
+        assert_eq!(order, ["far", "a", "b", "far", "b", "far"]);
+        let (n, order) = catch_up(&[("far", 5000), ("a", 1)], 3, 1000).await;
+        assert_eq!(n, 4, "at most 3 rounds: {order:?}");
+        let (n, _) = catch_up(&[("a", 2), ("b", 0)], 120, 1000).await;
+        assert_eq!(n, 2);
+    }
 }
