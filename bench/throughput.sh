@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# The server's throughput against the database's ceilings, measured in one run
+# on one PostgreSQL (issues 14 and 15): the release `tally serve` in its own
+# process, driven over HTTP by wrk with Lua scripts, and pgbench for the
+# ceilings. Prints each figure with its ceiling and the ratio.
+#
+#   bench/throughput.sh            (env: SECS=30, PG=postgres://postgres@127.0.0.1:5432,
+#                                   TALLY_BIN=target/release/tally, PORT=18380)
+#
+# Needs wrk and pgbench (Debian: wrk, postgresql-contrib) and the release
+# binaries (cargo build --release --bins). Creates and drops the databases
+# tally_tp_ceiling and tally_tp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PG=${PG:-postgres://postgres@127.0.0.1:5432}
+SECS=${SECS:-30}
+PORT=${PORT:-18380}
+TALLY_BIN=$(realpath "${TALLY_BIN:-target/release/tally}")
+W=$(mktemp -d /tmp/tally-tp.XXXXXX)
+URL=http://127.0.0.1:$PORT
+echo "# $(date -u '+%F %T') UTC, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $(psql "$PG/postgres" -qAtc 'select version()' | cut -c1-16)"
+
+ceiling() { # name sql clients -> transactions/s
+  pgbench -n -M prepared -f "$2" -c "$3" -j 2 -T "$SECS" "$4" > "$W/$1.pgbench" 2>&1
+  awk '/^tps/{print int($3); exit}' "$W/$1.pgbench"
+}
+wrk_run() { # name conns script [timeout] -> "ok/s non2xx p50 p99"
+  wrk -t2 -c"$2" -d"${SECS}s" --timeout "${4:-10s}" --latency -s "$3" "$URL" > "$W/$1.wrk" 2>&1
+  python3 - "$W/$1.wrk" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+n, secs, unit = re.search(r"(\d+) requests in ([\d.]+)(\w+)", t).groups()
+secs = float(secs) * (60 if unit == "m" else 1)
+bad = int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t) or [0, 0])[1])
+p = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", t, re.M))
+print(f"{(int(n) - bad) / secs:.0f} {bad} {p.get('50')} {p.get('99')}")
+PY
+}
+
+# 1. Ceilings: one events-shaped row per transaction (64 clients), 100 rows
+# per INSERT (8 clients).
+psql "$PG/postgres" -qc "drop database if exists tally_tp_ceiling" -c "create database tally_tp_ceiling"
+psql "$PG/tally_tp_ceiling" -qc "create table events (aggregate_type text not null, aggregate_id text not null, sequence bigint not null, event_type text not null, event_version text not null, payload json not null, metadata json not null, primary key (aggregate_type, aggregate_id, sequence))"
+payload='{"SeatsChanged":{"from":3,"to":7,"proration":{"credit":"12.34","charge":"28.79","period":{"start":"2026-11-01T00:00:00Z","end":"2026-12-01T00:00:00Z"}},"at":"2026-11-22T10:00:00Z"}}'
+meta='{"tenant":"bench","actor":"key-abc","request_id":"req_0123456789"}'
+echo "INSERT INTO events VALUES ('subscription', gen_random_uuid()::text, 1, 'SeatsChanged', '1', '$payload', '$meta');" > "$W/insert1.sql"
+echo "INSERT INTO events SELECT 'usage_record', gen_random_uuid()::text, 1, 'UsageRecorded', '1', '$payload', '$meta' FROM generate_series(1,100);" > "$W/insert100.sql"
+c_insert=$(ceiling insert1 "$W/insert1.sql" 64 "$PG/tally_tp_ceiling")
+psql "$PG/tally_tp_ceiling" -qc "truncate events"
+c_insert100=$(( $(ceiling insert100 "$W/insert100.sql" 8 "$PG/tally_tp_ceiling") * 100 ))
+psql "$PG/postgres" -qc "drop database tally_tp_ceiling"
+echo "ceiling  one-row insert x64: $c_insert tx/s; 100-row insert x8: $c_insert100 rows/s"
+
+# 2. The server: 1 plan, 1,000 active subscriptions.
+psql "$PG/postgres" -qc "drop database if exists tally_tp with (force)" -c "create database tally_tp"
+export DATABASE_URL="$PG/tally_tp"
+KEY=$(cd "$W" && "$TALLY_BIN" keys create --tenant bench --role admin | tail -1)
+(cd "$W" && TALLY_LOG=warn exec "$TALLY_BIN" serve --listen "127.0.0.1:$PORT" --rate-limit 0 > "$W/tally.log" 2>&1) &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.2; done
+python3 - "$URL" "$KEY" "$W" <<'PY'
+import json, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url, key, w = sys.argv[1:4]
+def call(method, path, body=None):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None, method=method,
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+plan = call("POST", "/v1/plans", {"code": "bench", "name": "Bench", "currency": "EUR", "interval": "month",
+    "base_price": "10.00", "seat_price": "2.50", "seats": {"min": 1, "max": 20}, "meters": [{"key": "api_calls", "reset": "monthly"}]})
+def one(i):
+    sub = call("POST", "/v1/subscriptions", {"customer_id": f"cus_{i}", "plan_id": plan["id"], "seats": 3})
+    call("POST", f"/v1/subscriptions/{sub['id']}/activate")
+    return sub["id"]
+with ThreadPoolExecutor(8) as ex:
+    ids = list(ex.map(one, range(1000)))
+open(f"{w}/ids.txt", "w").write("\n".join(ids) + "\n")
+open(f"{w}/ids100.txt", "w").write("\n".join(ids[:100]) + "\n")
+PY
+wait_idle() { # until every consumer is at the log head
+  for _ in $(seq 1 600); do
+    curl -s "$URL/v1/admin/projections" -H "Authorization: Bearer $KEY" | python3 -c '
+import json, sys
+rows = json.load(sys.stdin); rows = rows if isinstance(rows, list) else rows.get("data", [])
+sys.exit(0 if rows and all(r["lag_events"] == 0 for r in rows) else 1)' && return
+    sleep 0.5
+  done
+}
+wait_idle
+peak_rss() { awk '/VmHWM/{print $2}' "/proc/$pid/status"; }
+
+# 3. change-seats x64, random subscription and seats, proration on for half.
+cat > "$W/seats.lua" <<EOF
+local ids = {}
+for line in io.lines("$W/ids.txt") do ids[#ids + 1] = line end
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+local n = 0
+request = function()
+  n = n + 1
+  local proration = (n % 2 == 0) and '"prorate"' or '"none"'
+  return wrk.format("POST", "/v1/subscriptions/" .. ids[math.random(#ids)] .. "/change-seats",
+    {["Authorization"] = "Bearer $KEY", ["Content-Type"] = "application/json"},
+    '{"seats":' .. math.random(1, 20) .. ',"proration":' .. proration .. '}')
+end
+EOF
+q="select xact_commit, tup_fetched from pg_stat_database where datname='tally_tp'"
+b=$(psql "$PG/postgres" -Atc "$q"); bw=$(psql "$PG/postgres" -Atc "select wal_records, wal_sync from pg_stat_wal")
+read -r s_ok s_bad s_p50 s_p99 < <(wrk_run seats 64 "$W/seats.lua")
+wait_idle
+a=$(psql "$PG/postgres" -Atc "$q"); aw=$(psql "$PG/postgres" -Atc "select wal_records, wal_sync from pg_stat_wal")
+s_n=$(awk '/requests in/{print $1}' "$W/seats.wrk")
+echo "tally    change-seats x64: $s_ok ok/s, non-2xx $s_bad, p50 $s_p50, p99 $s_p99; peak RSS $(peak_rss) kB"
+python3 - "$b" "$a" "$bw" "$aw" "$s_n" <<'PY'
+import sys
+b, a, bw, aw = ([int(x) for x in s.split("|")] for s in sys.argv[1:5]); n = int(sys.argv[5])
+print(f"tally    database work per command: {(a[0]-b[0])/n:.2f} transactions, {(aw[0]-bw[0])/n:.1f} WAL records, "
+      f"{(aw[1]-bw[1])/n:.2f} WAL flushes, {(a[1]-b[1])/n:.1f} rows fetched (goal: <= 2 transactions, < 1 flush)")
+PY
+
+# 4. GET /v1/subscriptions/{id} x64, and the same indexed read in pgbench.
+cat > "$W/get.lua" <<EOF
+local ids = {}
+for line in io.lines("$W/ids.txt") do ids[#ids + 1] = line end
+request = function()
+  return wrk.format("GET", "/v1/subscriptions/" .. ids[math.random(#ids)], {["Authorization"] = "Bearer $KEY"})
+end
+EOF
+read -r g_ok g_bad g_p50 g_p99 < <(wrk_run get 64 "$W/get.lua")
+echo "tally    GET subscription x64: $g_ok ok/s, non-2xx $g_bad, p50 $g_p50, p99 $g_p99; peak RSS $(peak_rss) kB"
+
+# 5. Usage batches of 1,000 records on 100 subscriptions, 8 connections.
+cat > "$W/usage.lua" <<EOF
+local ids = {}
+for line in io.lines("$W/ids100.txt") do ids[#ids + 1] = line end
+local tid, counter = 0, 0
+function setup(thread) tid = tid + 1; thread:set("tid", tid) end
+request = function()
+  local parts = {}
+  for i = 1, 1000 do
+    counter = counter + 1
+    parts[i] = '{"subscription_id":"' .. ids[math.random(#ids)] .. '","meter":"api_calls","quantity":"1",' ..
+      '"timestamp":"$(date -u +%FT%TZ)","transaction_id":"t' .. os.time() .. '-' .. tostring(tid) .. '-' .. counter .. '"}'
+  end
+  return wrk.format("POST", "/v1/usage/batch", {["Authorization"] = "Bearer $KEY", ["Content-Type"] = "application/json"},
+    '{"records":[' .. table.concat(parts, ",") .. ']}')
+end
+EOF
+read -r u_ok u_bad u_p50 u_p99 < <(wrk_run usage 8 "$W/usage.lua" 30s)
+echo "tally    usage batches of 1,000 x8: $((u_ok * 1000)) records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; peak RSS $(peak_rss) kB"
+rss=$(peak_rss)
+kill $pid; wait $pid 2>/dev/null || true
+trap - EXIT
+
+python3 - "$W/ids.txt" > "$W/read1.sql" <<'PY'
+import sys
+ids = [l.strip() for l in open(sys.argv[1]) if l.strip()]
+print("\\set i random(1, %d)" % len(ids))
+print("SELECT body, version FROM rm_subscriptions WHERE tenant = 'bench' AND id = (SELECT id FROM tp_ids WHERE n = :i);")
+PY
+psql "$PG/tally_tp" -qc "create table tp_ids as select row_number() over () as n, id from rm_subscriptions where tenant = 'bench'" -c "alter table tp_ids add primary key (n)" -c "analyze"
+c_read=$(ceiling read1 "$W/read1.sql" 64 "$PG/tally_tp")
+echo "ceiling  indexed read of the subscription row x64: $c_read tx/s"
+events=$(psql "$PG/tally_tp" -Atc "select count(*) from events")
+RB=$(dirname "$TALLY_BIN")/tally-replay
+start=$(date +%s.%N)
+(cd "$W" && /usr/bin/time -v "$RB" rebuild --all > "$W/rebuild.out" 2> "$W/rebuild.err")
+rb_secs=$(python3 -c "import time, sys; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$start")
+rb_rss=$(awk -F: '/Maximum resident/{gsub(/ /, "", $2); print $2}' "$W/rebuild.err")
+psql "$PG/postgres" -qc "drop database tally_tp with (force)"
+python3 - "$c_insert" "$s_ok" "$c_read" "$g_ok" "$c_insert100" "$u_ok" "$events" "$rb_secs" "$rb_rss" "$rss" <<'PY'
+import sys
+ci, s, cr, g, c100, u, ev, rb, rbrss, rss = (float(x) for x in sys.argv[1:11])
+print(f"ratio    change-seats / one-row insert ceiling: {s/ci:.2f} (goal >= 0.6)")
+print(f"ratio    GET / indexed-read ceiling: {g/cr:.2f} (goal >= 0.6)")
+print(f"ratio    usage records / 100-row insert ceiling: {u*1000/c100:.2f} (goal >= 0.5)")
+print(f"tally    rebuild --all of {ev:.0f} events: {rb} s = {ev/max(rb,0.001):.0f} events/s, peak RSS {rbrss/1024:.0f} MB")
+print(f"tally    server peak RSS over the run: {rss/1024:.0f} MB (goal <= 150)")
+PY
+rm -rf "$W"
