@@ -515,6 +515,7 @@ async fn second_server(app: &TestApp) -> tally_api::Server {
         nats: None,
         rate_limit: Default::default(),
         limits: Default::default(),
+        db_max_connections: tally_projections::db::DEFAULT_MAX_CONNECTIONS,
     };
     tally_api::start(config, listener)
         .await
