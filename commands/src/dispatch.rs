@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cqrs_es::Aggregate;
+use futures::StreamExt;
 use rand::Rng;
 use tally_aggregates::DomainError;
 use tally_projections::db::{Db, DbError};
@@ -295,6 +296,20 @@ impl Dispatcher {
         &self.log
     }
 
+    /// Appends streams that must be new, leaving alone the ones that exist
+    /// (see [`LogRepository::append_new`]): the usage batch path.
+    pub async fn append_new(
+        &self,
+        tenant: &str,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        streams: Vec<store::StreamAppend>,
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        for s in &streams {
+            self.cache.forget(&s.key);
+        }
+        self.repo.append_new(tenant, recorded_at, streams).await
+    }
+
     /// Appends to many streams at once, all or nothing (see
     /// [`LogRepository::append_many`]); for the paths that decide outside
     /// [`Dispatcher::execute`]: usage batches, billing usage.
@@ -317,6 +332,61 @@ impl Dispatcher {
         id: &str,
     ) -> Result<(A, i64), CommandError> {
         Ok(self.repo.load::<A>(&stream_key(tenant, id)).await?)
+    }
+
+    /// The current state of several resources, for decisions made outside
+    /// [`Dispatcher::execute`] (a usage batch's subscriptions): one query
+    /// reads every stream's sequence, cached states at that sequence are
+    /// taken as they are, the others are loaded (a few at a time) and cached.
+    pub async fn load_current<A: Aggregate + 'static>(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Arc<A>>, CommandError> {
+        let keys: Vec<String> = ids.iter().map(|id| stream_key(tenant, id)).collect();
+        let mut heads = HashMap::new();
+        for chunk in keys.chunks(500) {
+            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT aggregate_id, MAX(sequence) FROM events WHERE aggregate_type = $1 \
+                 AND aggregate_id IN ({}) GROUP BY aggregate_id",
+                params.join(", ")
+            );
+            // Planned with its keys, so that it walks the primary key.
+            let mut q = sqlx::query_as::<_, (String, i64)>(&sql)
+                .persistent(false)
+                .bind(A::TYPE);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            heads.extend(q.fetch_all(&self.db().any).await.map_err(DbError::from)?);
+        }
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        for (id, key) in ids.iter().zip(&keys) {
+            let head = heads.get(key).copied().unwrap_or(0);
+            match self.cache.get::<A>(key) {
+                Some((state, version)) if version == head => {
+                    out.insert(id.clone(), state);
+                }
+                _ => missing.push((id.clone(), key.clone())),
+            }
+        }
+        let loads = missing.into_iter().map(|(id, key)| async move {
+            let loaded = self.repo.load::<A>(&key).await;
+            (id, key, loaded)
+        });
+        let loaded: Vec<_> = futures::stream::iter(loads)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (id, key, loaded) in loaded {
+            let (state, version) = loaded?;
+            let state = Arc::new(state);
+            self.cache.put(&key, state.clone(), version);
+            out.insert(id, state);
+        }
+        Ok(out)
     }
 
     /// Runs `decide` against the current state of resource `id` and appends

@@ -33,6 +33,9 @@ struct Pending {
     tenant: String,
     recorded_at: DateTime<Utc>,
     streams: Vec<StreamAppend>,
+    /// New streams only: one that already exists is skipped (its positions
+    /// left empty) instead of failing the append.
+    skip_existing: bool,
     /// The positions of each stream's events, in input order.
     reply: oneshot::Sender<Result<Vec<Vec<i64>>, StoreError>>,
 }
@@ -58,6 +61,8 @@ impl GroupCommit {
     }
 
     /// Appends `streams` in the next group: all of their events or none.
+    /// With `skip_existing` (streams that must be new), a stream that already
+    /// exists is skipped, its positions left empty, and the others go in.
     /// Gives the streams back when the gathering task is gone (its runtime
     /// ended) and never saw them: the caller then appends on its own.
     pub async fn append(
@@ -65,12 +70,14 @@ impl GroupCommit {
         tenant: &str,
         recorded_at: DateTime<Utc>,
         streams: Vec<StreamAppend>,
+        skip_existing: bool,
     ) -> Result<Result<Vec<Vec<i64>>, StoreError>, Vec<StreamAppend>> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             tenant: tenant.to_string(),
             recorded_at,
             streams,
+            skip_existing,
             reply,
         };
         if let Err(mpsc::error::SendError(p)) = self.queue.send(pending) {
@@ -199,39 +206,45 @@ async fn try_write(pool: &PgPool, group: &[Pending]) -> Result<Written, sqlx::Er
         .bind(&cols.recorded_at)
         .fetch_all(&mut *tx)
         .await?;
-    let position: HashMap<(String, String, i64), i64> = inserted
+    let mut position: HashMap<(String, String, i64), i64> = inserted
         .into_iter()
         .map(|(t, a, s, p)| ((t, a, s), p))
         .collect();
     let mut out = Vec::with_capacity(group.len());
     let mut lost = Vec::new();
     for (i, p) in group.iter().enumerate() {
-        let found: Option<Vec<Vec<i64>>> = p
-            .streams
-            .iter()
-            .map(|s| {
-                s.events
-                    .iter()
-                    .map(|e| {
-                        position
-                            .get(&(s.aggregate_type.to_string(), s.key.clone(), e.sequence))
-                            .copied()
-                    })
-                    .collect()
-            })
-            .collect();
-        match found {
-            Some(positions) => out.push(positions),
-            None => lost.push(i),
+        // Each inserted row belongs to the first append of the group that
+        // claims it: two appends of one new stream in one group are one
+        // append and one that finds the stream taken.
+        let mut positions = Vec::with_capacity(p.streams.len());
+        let mut complete = true;
+        for s in &p.streams {
+            let found: Vec<i64> = s
+                .events
+                .iter()
+                .filter_map(|e| {
+                    position.remove(&(s.aggregate_type.to_string(), s.key.clone(), e.sequence))
+                })
+                .collect();
+            if found.len() == s.events.len() || (p.skip_existing && found.is_empty()) {
+                positions.push(found);
+            } else {
+                complete = false;
+            }
+        }
+        if complete {
+            out.push(positions);
+        } else {
+            lost.push(i);
         }
     }
     if !lost.is_empty() {
         tx.rollback().await?;
         return Ok(Written::Conflicts(lost));
     }
-    for p in group {
-        for s in &p.streams {
-            if let Some(snap) = &s.snapshot {
+    for (p, positions) in group.iter().zip(&out) {
+        for (s, stored) in p.streams.iter().zip(positions) {
+            if let (Some(snap), false) = (&s.snapshot, stored.is_empty()) {
                 snapshot_upsert_pg(&mut tx, s.aggregate_type, &s.key, snap).await?;
             }
         }

@@ -99,7 +99,7 @@ impl LogRepository {
             snapshot,
         };
         let mut positions = self
-            .append_streams(tenant, recorded_at, vec![stream])
+            .append_streams(tenant, recorded_at, vec![stream], false)
             .await?;
         Ok(positions.pop().unwrap_or_default())
     }
@@ -111,27 +111,50 @@ impl LogRepository {
         recorded_at: DateTime<Utc>,
         streams: Vec<StreamAppend>,
     ) -> Result<Vec<i64>, StoreError> {
-        let positions = self.append_streams(tenant, recorded_at, streams).await?;
+        let positions = self
+            .append_streams(tenant, recorded_at, streams, false)
+            .await?;
         Ok(positions
             .iter()
             .map(|p| p.last().copied().unwrap_or_default())
             .collect())
     }
 
-    /// Per stream the positions of its events (without the group committer,
-    /// of several streams only the last), all appended or none.
+    /// Appends streams that must be new (their events from sequence 1), in
+    /// one transaction: per stream the position of its last event, or `None`
+    /// when the stream already existed and was left alone. A stream that
+    /// only partly went in (another writer raced it) is a `Conflict` and
+    /// nothing is stored.
+    pub async fn append_new(
+        &self,
+        tenant: &str,
+        recorded_at: DateTime<Utc>,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let positions = self
+            .append_streams(tenant, recorded_at, streams, true)
+            .await?;
+        Ok(positions.iter().map(|p| p.last().copied()).collect())
+    }
+
+    /// Per stream the positions of its events, all appended or none (with
+    /// `skip_existing`, a stream that already exists is left alone instead).
     async fn append_streams(
         &self,
         tenant: &str,
         recorded_at: DateTime<Utc>,
         streams: Vec<StreamAppend>,
+        skip_existing: bool,
     ) -> Result<Vec<Vec<i64>>, StoreError> {
         let counts: Vec<(&'static str, usize)> = streams
             .iter()
             .map(|s| (s.aggregate_type, s.events.len()))
             .collect();
         let streams = match self.group() {
-            Some(group) => match group.append(tenant, recorded_at, streams).await {
+            Some(group) => match group
+                .append(tenant, recorded_at, streams, skip_existing)
+                .await
+            {
                 Ok(result) => {
                     let positions = result?;
                     for (aggregate, n) in counts {
@@ -144,7 +167,7 @@ impl LogRepository {
             },
             None => streams,
         };
-        if let [one] = streams.as_slice() {
+        if let ([one], false) = (streams.as_slice(), skip_existing) {
             let positions = append(
                 &self.db,
                 one.aggregate_type,
@@ -157,9 +180,7 @@ impl LogRepository {
             .await?;
             return Ok(vec![positions]);
         }
-        append_many(&self.db, tenant, recorded_at, &streams)
-            .await
-            .map(|last| last.into_iter().map(|p| vec![p]).collect())
+        insert_many(&self.db, tenant, recorded_at, &streams, skip_existing).await
     }
 
     fn group(&self) -> Option<&GroupCommit> {
@@ -394,6 +415,22 @@ pub async fn append_many(
     recorded_at: DateTime<Utc>,
     streams: &[StreamAppend],
 ) -> Result<Vec<i64>, StoreError> {
+    let positions = insert_many(db, tenant, recorded_at, streams, false).await?;
+    Ok(positions
+        .iter()
+        .map(|p| p.last().copied().unwrap_or_default())
+        .collect())
+}
+
+/// The one transaction of [`append_many`] and [`LogRepository::append_new`]: per stream
+/// the positions of its events (empty for a skipped stream).
+async fn insert_many(
+    db: &Db,
+    tenant: &str,
+    recorded_at: DateTime<Utc>,
+    streams: &[StreamAppend],
+    skip_existing: bool,
+) -> Result<Vec<Vec<i64>>, StoreError> {
     let rows: Vec<(&str, &str, &NewEvent)> = streams
         .iter()
         .flat_map(|s| {
@@ -402,22 +439,25 @@ pub async fn append_many(
                 .map(move |e| (s.aggregate_type, s.key.as_str(), e))
         })
         .collect();
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut last_position: HashMap<(String, String, i64), i64> = HashMap::new();
-    let placeholders = |n: usize| value_rows(n, 10);
-    const COLUMNS: &str =
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-         payload, metadata, event_id, tenant, recorded_at) VALUES ";
-    match &db.typed {
+    let on_conflict = if skip_existing {
+        " ON CONFLICT DO NOTHING"
+    } else {
+        ""
+    };
+    let sql = |n: usize| {
+        format!(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+             payload, metadata, event_id, tenant, recorded_at) VALUES {}{on_conflict} \
+             RETURNING aggregate_type, aggregate_id, sequence, position",
+            value_rows(n, 10)
+        )
+    };
+    let out = match &db.typed {
         TypedPool::Postgres(pool) => {
             let mut tx = pool.begin().await?;
+            let mut inserted = HashMap::new();
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "{COLUMNS}{} RETURNING aggregate_type, aggregate_id, sequence, position",
-                    placeholders(chunk.len())
-                );
+                let sql = sql(chunk.len());
                 let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql);
                 for (aggregate_type, key, e) in chunk {
                     q = q
@@ -433,24 +473,27 @@ pub async fn append_many(
                         .bind(recorded_at);
                 }
                 for (ty, key, seq, pos) in q.fetch_all(&mut *tx).await? {
-                    last_position.insert((ty, key, seq), pos);
+                    inserted.insert((ty, key, seq), pos);
                 }
             }
-            for s in streams {
-                if let Some(snap) = &s.snapshot {
+            let Some(out) = claim(streams, inserted) else {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict);
+            };
+            for (s, stored) in streams.iter().zip(&out) {
+                if let (Some(snap), false) = (&s.snapshot, stored.is_empty()) {
                     snapshot_upsert_pg(&mut tx, s.aggregate_type, &s.key, snap).await?;
                 }
             }
             tx.commit().await?;
+            out
         }
         TypedPool::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
+            let mut inserted = HashMap::new();
             let at = time::to_text(recorded_at);
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "{COLUMNS}{} RETURNING aggregate_type, aggregate_id, sequence, position",
-                    placeholders(chunk.len())
-                );
+                let sql = sql(chunk.len());
                 let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql);
                 for (aggregate_type, key, e) in chunk {
                     q = q
@@ -466,11 +509,15 @@ pub async fn append_many(
                         .bind(&at);
                 }
                 for (ty, key, seq, pos) in q.fetch_all(&mut *tx).await? {
-                    last_position.insert((ty, key, seq), pos);
+                    inserted.insert((ty, key, seq), pos);
                 }
             }
-            for s in streams {
-                if let Some(snap) = &s.snapshot {
+            let Some(out) = claim(streams, inserted) else {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict);
+            };
+            for (s, stored) in streams.iter().zip(&out) {
+                if let (Some(snap), false) = (&s.snapshot, stored.is_empty()) {
                     sqlx::query(SNAPSHOT_UPSERT)
                         .bind(s.aggregate_type)
                         .bind(&s.key)
@@ -482,29 +529,38 @@ pub async fn append_many(
                 }
             }
             tx.commit().await?;
+            out
         }
-    }
-    let positions: Vec<i64> = streams
-        .iter()
-        .map(|s| {
-            s.events
-                .last()
-                .and_then(|e| {
-                    last_position
-                        .get(&(s.aggregate_type.to_string(), s.key.clone(), e.sequence))
-                        .copied()
-                })
-                .unwrap_or_default()
-        })
-        .collect();
-    if let Some(max) = positions.iter().max() {
+    };
+    if let Some(max) = out.iter().flatten().max() {
         db.announce(*max);
     }
     for s in streams {
         metrics::counter!("tally_events_appended_total", "aggregate" => s.aggregate_type)
             .increment(s.events.len() as u64);
     }
-    Ok(positions)
+    Ok(out)
+}
+
+/// Per stream the positions of its inserted events (empty when none went
+/// in); `None` when some stream only partly went in.
+fn claim(
+    streams: &[StreamAppend],
+    mut inserted: HashMap<(String, String, i64), i64>,
+) -> Option<Vec<Vec<i64>>> {
+    streams
+        .iter()
+        .map(|s| {
+            let found: Vec<i64> = s
+                .events
+                .iter()
+                .filter_map(|e| {
+                    inserted.remove(&(s.aggregate_type.to_string(), s.key.clone(), e.sequence))
+                })
+                .collect();
+            (found.is_empty() || found.len() == s.events.len()).then_some(found)
+        })
+        .collect()
 }
 
 /// Builds the rows for `events` following sequence `after`.

@@ -4,16 +4,16 @@
 //! aggregate answers a repeat with no events, and a simultaneous repeat loses
 //! the append race and, on retry, sees the original.
 //!
-//! Batches take a fast path: one query finds the transaction ids already
-//! recorded, every new record is decided in memory, and all their events are
-//! appended in one transaction with multi-row inserts (each record still its
-//! own stream). If that transaction meets a concurrent report of one of the
-//! same ids, it stores nothing and the batch falls back to one command per record.
+//! Batches take a fast path: every record is decided in memory as a new
+//! stream, and all their events are appended in one statement that leaves
+//! alone the streams that already exist (those are the duplicates: recorded
+//! by an earlier or a concurrent batch); each record is still its own stream.
+//! If a stream only partly goes in (a concurrent writer of a longer stream),
+//! nothing is stored and the batch falls back to one command per record.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use tally_aggregates::subscription::Subscription;
@@ -26,9 +26,6 @@ use crate::store::{self, StoreError, StreamAppend};
 
 /// Largest batch accepted.
 pub const MAX_BATCH: usize = 1000;
-
-/// Subscriptions of one batch loaded at once.
-const CONTEXT_LOADS: usize = 8;
 
 /// One usage report as the client sent it (parsed).
 #[derive(Debug, Clone)]
@@ -53,24 +50,33 @@ pub enum Reported {
     Duplicate(Executed<UsageRecord>),
 }
 
+fn unknown_subscription() -> CommandError {
+    CommandError::Domain(DomainError::Validation {
+        field: "subscription_id".into(),
+        message: "unknown subscription".into(),
+    })
+}
+
 /// What the command layer knows of a subscription when usage is reported.
 pub async fn subscription_context(
     d: &Dispatcher,
     tenant: &str,
     subscription_id: &str,
 ) -> Result<SubscriptionContext, CommandError> {
-    let unknown = || {
-        CommandError::Domain(DomainError::Validation {
-            field: "subscription_id".into(),
-            message: "unknown subscription".into(),
-        })
-    };
     if !crate::ids::has_prefix(subscription_id, "sub") {
-        return Err(unknown());
+        return Err(unknown_subscription());
     }
     let (sub, _) = d.load::<Subscription>(tenant, subscription_id).await?;
+    context_of(subscription_id, &sub)
+}
+
+/// A subscription's usage context; a stream that is no subscription is unknown.
+fn context_of(
+    subscription_id: &str,
+    sub: &Subscription,
+) -> Result<SubscriptionContext, CommandError> {
     let (Some(status), Some(plan)) = (sub.status, sub.plan.clone()) else {
-        return Err(unknown());
+        return Err(unknown_subscription());
     };
     Ok(SubscriptionContext {
         subscription_id: subscription_id.to_string(),
@@ -127,47 +133,38 @@ pub async fn report_batch(
     reports: Vec<Result<UsageReport, CommandError>>,
 ) -> Vec<BatchOutcome> {
     let now = d.clock().now();
-    // One load per subscription, several at a time.
-    let wanted: HashSet<String> = reports
+    // The batch's subscriptions as they are now: cached states checked
+    // against their streams in one query, the others loaded.
+    let wanted: Vec<String> = reports
         .iter()
         .flatten()
         .map(|r| r.subscription_id.clone())
+        .filter(|id| crate::ids::has_prefix(id, "sub"))
+        .collect::<HashSet<_>>()
+        .into_iter()
         .collect();
-    let tenant = meta.tenant.as_str();
-    let loads = wanted.into_iter().map(|id| async move {
-        let context = subscription_context(d, tenant, &id).await;
-        (id, context)
-    });
-    let contexts: HashMap<String, Result<SubscriptionContext, CommandError>> =
-        futures::stream::iter(loads)
-            .buffer_unordered(CONTEXT_LOADS)
-            .collect()
-            .await;
-    let ids: Vec<String> = reports
+    let loaded = d.load_current::<Subscription>(&meta.tenant, &wanted).await;
+    let contexts: HashMap<String, Result<SubscriptionContext, CommandError>> = reports
         .iter()
         .flatten()
-        .map(|r| record_id(&r.transaction_id))
+        .map(|r| {
+            let id = &r.subscription_id;
+            let context = match &loaded {
+                Ok(states) => states
+                    .get(id)
+                    .ok_or_else(unknown_subscription)
+                    .and_then(|sub| context_of(id, sub)),
+                Err(e) => Err(clone_error(e)),
+            };
+            (id.clone(), context)
+        })
         .collect();
-    let existing = match existing_records(d, &meta.tenant, &ids).await {
-        Ok(e) => e,
-        Err(e) => {
-            let message = e.to_string();
-            let unavailable = e.is_unavailable();
-            return reports
-                .iter()
-                .map(|_| BatchOutcome::Rejected {
-                    error: if unavailable {
-                        CommandError::Unavailable(message.clone())
-                    } else {
-                        CommandError::Store(message.clone())
-                    },
-                })
-                .collect();
-        }
-    };
     let mut outcomes: Vec<Option<BatchOutcome>> = Vec::with_capacity(reports.len());
     let mut seen: HashSet<String> = HashSet::new();
     let mut to_append: Vec<(usize, String, Vec<store::NewEvent>)> = Vec::new();
+    // Records refused before the append: a repeat of one already recorded
+    // is a duplicate all the same (see below).
+    let mut refused: Vec<(usize, String)> = Vec::new();
     let metadata = meta.to_map(d.clock());
     for (i, r) in reports.iter().enumerate() {
         let r = match r {
@@ -180,7 +177,7 @@ pub async fn report_batch(
             }
         };
         let id = record_id(&r.transaction_id);
-        if existing.contains(&id) || seen.contains(&id) {
+        if seen.contains(&id) {
             outcomes.push(Some(BatchOutcome::Duplicate { id }));
             continue;
         }
@@ -188,6 +185,7 @@ pub async fn report_batch(
             Ok(c) => c,
             // Unknown subscription, or the database out of reach.
             Err(e) => {
+                refused.push((i, id));
                 outcomes.push(Some(BatchOutcome::Rejected {
                     error: clone_error(e),
                 }));
@@ -203,7 +201,20 @@ pub async fn report_batch(
                 }
                 Err(e) => outcomes.push(Some(BatchOutcome::Rejected { error: e.into() })),
             },
-            Err(e) => outcomes.push(Some(BatchOutcome::Rejected { error: e.into() })),
+            Err(e) => {
+                refused.push((i, id));
+                outcomes.push(Some(BatchOutcome::Rejected { error: e.into() }));
+            }
+        }
+    }
+    if !refused.is_empty() {
+        let ids: Vec<String> = refused.iter().map(|(_, id)| id.clone()).collect();
+        if let Ok(existing) = existing_records(d, &meta.tenant, &ids).await {
+            for (i, id) in refused {
+                if existing.contains(&id) {
+                    outcomes[i] = Some(BatchOutcome::Duplicate { id });
+                }
+            }
         }
     }
     let streams: Vec<StreamAppend> = to_append
@@ -215,10 +226,16 @@ pub async fn report_batch(
             snapshot: None,
         })
         .collect();
-    match d.append_many(&meta.tenant, now, streams).await {
+    // New streams only: a transaction id recorded before (by an earlier
+    // batch, or by a concurrent one that committed first) is left alone and
+    // answered as a duplicate.
+    match d.append_new(&meta.tenant, now, streams).await {
         Ok(positions) => {
             for ((i, id, _), position) in to_append.into_iter().zip(positions) {
-                outcomes[i] = Some(BatchOutcome::Created { id, position });
+                outcomes[i] = Some(match position {
+                    Some(position) => BatchOutcome::Created { id, position },
+                    None => BatchOutcome::Duplicate { id },
+                });
             }
         }
         Err(StoreError::Conflict) => {
@@ -237,10 +254,10 @@ pub async fn report_batch(
             }
         }
         Err(e) => {
-            let message = e.to_string();
+            let error = CommandError::from(e);
             for (i, _, _) in to_append {
                 outcomes[i] = Some(BatchOutcome::Rejected {
-                    error: CommandError::Store(message.clone()),
+                    error: clone_error(&error),
                 });
             }
         }
