@@ -9,6 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally_projections::Db;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod audit;
 mod export;
 mod rebuild;
