@@ -181,7 +181,7 @@ pub struct DeliveryListParams {
 
 const DELIVERY_STATUSES: [&str; 4] = ["pending", "delivered", "retrying", "dead"];
 
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", operation_id = "webhooks_create", request_body = CreateWebhookRequest,
     responses((status = 201, body = CreatedWebhookDto), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create(
@@ -208,7 +208,7 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(WebhookListParams),
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", operation_id = "webhooks_list", params(WebhookListParams),
     responses((status = 200, body = WebhookPage), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -230,7 +230,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "webhooks_get", params(("id" = String, Path)),
     responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
@@ -243,7 +243,7 @@ pub async fn get(
     Ok(axum::Json(endpoint.into()))
 }
 
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "webhooks_delete", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delete(
     State(app): State<AppState>,
@@ -259,7 +259,7 @@ pub async fn delete(
 }
 
 /// Re-enables an endpoint the server disabled after it kept failing.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", operation_id = "webhooks_enable", params(("id" = String, Path)),
     request_body = EmptyRequest, responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn enable(
     State(app): State<AppState>,
@@ -276,7 +276,7 @@ pub async fn enable(
     Ok(axum::Json(endpoint.into()))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "webhooks_deliveries_list",
     params(("id" = String, Path), DeliveryListParams),
     responses((status = 200, body = DeliveryPage), (status = 404, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
@@ -320,7 +320,7 @@ pub async fn deliveries(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/deliveries/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/webhooks/deliveries/{id}", tag = "webhooks", operation_id = "webhooks_deliveries_get", params(("id" = String, Path)),
     responses((status = 200, body = DeliveryDetailDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delivery(
     State(app): State<AppState>,
@@ -338,7 +338,7 @@ pub async fn delivery(
 
 /// Sends a delivery again now: a dead letter gets one more try; a delivered
 /// one is sent again (same event id).
-#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", operation_id = "webhooks_deliveries_retry", params(("id" = String, Path)),
     request_body = EmptyRequest, responses((status = 202, body = DeliveryDto), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn retry(
