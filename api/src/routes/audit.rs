@@ -26,6 +26,7 @@ pub const STREAM_TYPES: [(&str, &str); 7] = [
 #[serde(deny_unknown_fields)]
 pub struct StreamEventsParams {
     /// Page size, 1-1000 (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// The sequence to continue after (`next_cursor` of the previous page).
     pub cursor: Option<String>,
@@ -253,6 +254,7 @@ pub struct FeedParams {
     /// Continue after this global position (`next_cursor` of the previous page).
     pub after: Option<String>,
     /// 1-1000, default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
 }
 

@@ -72,6 +72,7 @@ pub struct InboxParams {
     pub state: Option<String>,
     /// info | warning | critical
     pub severity: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

@@ -81,6 +81,7 @@ pub struct PlanListParams {
     /// active | archived
     pub status: Option<String>,
     pub code: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

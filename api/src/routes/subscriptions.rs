@@ -260,6 +260,7 @@ pub struct SubscriptionListParams {
     pub status: Option<String>,
     pub customer_id: Option<String>,
     pub plan_id: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

@@ -300,6 +300,7 @@ pub struct TicketListParams {
     pub assignee: Option<String>,
     pub requester: Option<String>,
     pub priority: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

@@ -356,6 +356,7 @@ pub struct UsageListParams {
     pub from: Option<String>,
     /// RFC 3339, exclusive.
     pub to: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

@@ -165,6 +165,7 @@ pub struct DeliveryDetailDto {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookListParams {
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
@@ -173,8 +174,9 @@ pub struct WebhookListParams {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryListParams {
-    /// pending | delivered | retrying | dead (`dead` lists the dead letter)
+    /// pending | delivered | retrying | paused | dead (`dead` lists the dead letter)
     pub status: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
