@@ -88,14 +88,15 @@ pub struct DeliveryDto {
     /// The envelope's `id`: the same on every attempt.
     pub event_id: String,
     pub topic: String,
-    /// pending | delivered | retrying | dead
+    /// pending | delivered | retrying | paused | dead (`paused`: the
+    /// endpoint is disabled; no attempt is due until it is enabled)
     pub status: String,
     pub attempts: i64,
     pub last_status_code: Option<i64>,
     pub last_latency_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_attempt_at: Option<String>,
-    /// Null unless the delivery is pending or retrying.
+    /// Null unless the delivery is pending or retrying (never while paused).
     pub next_attempt_at: Option<String>,
     pub delivered_at: Option<String>,
     pub created_at: String,
@@ -181,7 +182,7 @@ pub struct DeliveryListParams {
     pub cursor: Option<String>,
 }
 
-const DELIVERY_STATUSES: [&str; 4] = ["pending", "delivered", "retrying", "dead"];
+const DELIVERY_STATUSES: [&str; 5] = ["pending", "delivered", "retrying", "paused", "dead"];
 
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", operation_id = "webhooks_create", request_body = CreateWebhookRequest,
     responses((status = 201, body = CreatedWebhookDto), (status = 403, body = Problem), (status = 422, body = Problem)),
@@ -297,7 +298,7 @@ pub async fn deliveries(
     {
         return Err(ApiError::field(
             "status",
-            "must be pending, delivered, retrying or dead",
+            "must be pending, delivered, retrying, paused or dead",
         ));
     }
     // Deliveries are made by a consumer of the log: X-Min-Position waits for it.
