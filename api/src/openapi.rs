@@ -149,6 +149,23 @@ impl Modify for Problems {
                             )
                         });
                 }
+                // When to come back (seconds), on every 429 and 503.
+                for status in ["429", "503"] {
+                    if let Some(RefOr::T(r)) = op.responses.responses.get_mut(status) {
+                        r.headers
+                            .entry("Retry-After".to_string())
+                            .or_insert_with(|| {
+                                HeaderBuilder::new()
+                                    .schema(
+                                        ObjectBuilder::new()
+                                            .schema_type(Type::Integer)
+                                            .minimum(Some(0)),
+                                    )
+                                    .description(Some("Seconds to wait before trying again"))
+                                    .build()
+                            });
+                    }
+                }
                 if api && is_command {
                     // Replaces a bare 409 that a handler declared: one
                     // response per status, so all its codes are told here.
@@ -169,9 +186,13 @@ impl Modify for Problems {
                                     "the resource kept changing; try again",
                                 ),
                             ),
+                            (
+                                "already_exists",
+                                example("already_exists", "plan already exists"),
+                            ),
                         ]);
                     let mut description = String::from(
-                        "`invalid_transition` (the state machine does not allow this command now), `concurrent_modification` (retries exhausted)",
+                        "`invalid_transition` (the state machine does not allow this command now), `concurrent_modification` (retries exhausted), `already_exists` (a resource with that id or code exists)",
                     );
                     if idempotent {
                         description.push_str(", `idempotency_key_in_flight` (the first request with this Idempotency-Key is still running) or `idempotency_key_applied` (its first request took effect but its answer was lost: read the resource)");
