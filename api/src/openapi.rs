@@ -247,6 +247,29 @@ impl Modify for Problems {
                         );
                     }
                 }
+                // Commands on one event-sourced resource run through the
+                // dispatcher, which checks If-Match against its version.
+                let versioned = idempotent
+                    && ["plans", "subscriptions", "invoices", "usage", "tickets"]
+                        .iter()
+                        .any(|r| path.starts_with(&format!("/v1/{r}/{{id}}/")));
+                if versioned {
+                    let params = op.parameters.get_or_insert_with(Vec::new);
+                    if !params
+                        .iter()
+                        .any(|p| p.name.eq_ignore_ascii_case("if-match"))
+                    {
+                        params.push(
+                            ParameterBuilder::new()
+                                .name("If-Match")
+                                .parameter_in(ParameterIn::Header)
+                                .required(Required::False)
+                                .description(Some("`\"<version>\"` (the resource's ETag): the command runs only on that version, else 412 `version_mismatch`"))
+                                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                                .build(),
+                        );
+                    }
+                }
                 if idempotent {
                     let params = op.parameters.get_or_insert_with(Vec::new);
                     if !params

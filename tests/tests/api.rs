@@ -853,6 +853,15 @@ async fn openapi_declares_the_contract(backend: Backend) {
     ] {
         assert_eq!(ids.get(id).map(String::as_str), Some(at), "{id}");
     }
+    let seats = &spec.body["paths"]["/v1/subscriptions/{id}/change-seats"]["post"];
+    assert!(
+        seats["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "If-Match" && p["in"] == "header"),
+        "{seats}"
+    );
     let batch = &spec.body["paths"]["/v1/usage/batch"]["post"]["responses"]["200"];
     assert!(batch["headers"]["X-Log-Position"].is_object(), "{batch}");
 }
