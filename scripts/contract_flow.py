@@ -124,6 +124,7 @@ def main():
     check(r.status_code == 200 and isinstance(r.parsed, ListPageSubscriptionDto), f"subscriptions_list page 1: {r.status_code} {r.content!r}")
     page = r.parsed
     check(len(page.data) == 2, f"page 1 holds 2 of the customer's 3: {len(page.data)}")
+    check(all(isinstance(s, SubscriptionDto) for s in page.data), "list items are the SubscriptionDto class")
     check(isinstance(page.next_cursor, str) and page.next_cursor, f"page 1 has a next_cursor: {page.next_cursor!r}")
     seen += [s.id for s in page.data]
     r = subscriptions_list.sync_detailed(

@@ -29,7 +29,7 @@ use crate::AppState;
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,
     ),
-    modifiers(&Bearer, &Problems)
+    modifiers(&Bearer, &Problems, &PageItems)
 )]
 pub struct ApiDoc;
 
@@ -287,6 +287,47 @@ impl Modify for Problems {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// utoipa writes the items of a generic `ListPage<T>` inline, so a
+/// generated client would get a `ListPageSubscriptionDtoDataItem` class
+/// beside `SubscriptionDto`. Where the inline schema is exactly the named
+/// component's, the items refer to it instead.
+struct PageItems;
+
+impl Modify for PageItems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Ok(mut doc) = serde_json::to_value(&*openapi) else {
+            return;
+        };
+        let Some(schemas) = doc
+            .pointer_mut("/components/schemas")
+            .and_then(|s| s.as_object_mut())
+        else {
+            return;
+        };
+        let named = schemas.clone();
+        let mut changed = false;
+        for (name, schema) in schemas.iter_mut() {
+            let Some(item) = name.strip_prefix("ListPage_") else {
+                continue;
+            };
+            let Some(component) = named.get(item) else {
+                continue;
+            };
+            if let Some(items) = schema.pointer_mut("/properties/data/items") {
+                if items == component {
+                    *items = serde_json::json!({"$ref": format!("#/components/schemas/{item}")});
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Ok(rewritten) = serde_json::from_value(doc) {
+                *openapi = rewritten;
             }
         }
     }
