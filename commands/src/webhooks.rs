@@ -673,7 +673,9 @@ pub struct Delivery {
     pub endpoint_id: String,
     pub event_id: String,
     pub topic: String,
-    /// pending | delivered | retrying | dead
+    /// pending | delivered | retrying | paused | dead. `paused` is not
+    /// stored: it is how a pending or retrying delivery of a disabled
+    /// endpoint reads (no attempt is due until the endpoint is enabled).
     pub status: String,
     pub attempts: i64,
     pub last_status_code: Option<i64>,
@@ -743,6 +745,18 @@ fn delivery_row(r: &AnyRow) -> Result<Delivery, DbError> {
         delivered_at: non_empty(r.try_get("delivered_at")?),
         created_at: r.try_get("created_at")?,
     })
+}
+
+/// A delivery as its endpoint's state shows it (API.md § Webhooks): while the
+/// endpoint is disabled the worker claims none of its deliveries, so one
+/// that would be pending or retrying is `paused`, with no next attempt,
+/// rather than showing a due time that will not come.
+fn as_seen(endpoint: &Endpoint, mut d: Delivery) -> Delivery {
+    if endpoint.status == "disabled" && (d.status == "pending" || d.status == "retrying") {
+        d.status = "paused".into();
+        d.next_attempt_at = None;
+    }
+    d
 }
 
 /// A delivery claimed by this worker, with what sending it needs.
@@ -1001,16 +1015,34 @@ impl Webhooks {
         Ok(row.and_then(|(salt, key_id)| self.inner.keys.secret(&key_id, endpoint_id, &salt)))
     }
 
-    /// Enables a disabled endpoint again; its waiting deliveries resume.
+    /// Enables a disabled endpoint again; its paused deliveries resume, due
+    /// now (their next attempt times passed while the endpoint was disabled).
     pub async fn enable_endpoint(&self, tenant: &str, id: &str) -> Result<Endpoint, WebhookError> {
-        sqlx::query(
+        let now = time::to_text(self.inner.clock.now());
+        let mut tx = self.inner.db.any.begin().await?;
+        let enabled = sqlx::query(
             "UPDATE webhook_endpoints SET status = 'active', failing_since = '', disabled_at = '' \
              WHERE tenant = $1 AND id = $2 AND status = 'disabled'",
         )
         .bind(tenant)
         .bind(id)
-        .execute(&self.inner.db.any)
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if enabled {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $1 \
+                 WHERE tenant = $2 AND endpoint_id = $3 AND status IN ('pending', 'retrying') \
+                   AND next_attempt_at < $1",
+            )
+            .bind(&now)
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         self.endpoint(tenant, id).await
     }
 
@@ -1026,12 +1058,19 @@ impl Webhooks {
         limit: i64,
         cursor: Option<&str>,
     ) -> Result<Page<Delivery>, WebhookError> {
-        self.endpoint(tenant, endpoint_id).await?;
+        let endpoint = self.endpoint(tenant, endpoint_id).await?;
         let limit = limit.clamp(1, MAX_PAGE_LIMIT);
-        let status_filter = if status.is_some() {
-            " AND status = $4"
-        } else {
-            ""
+        // `paused` is how pending and retrying read while the endpoint is
+        // disabled (see `as_seen`), so the filter follows the endpoint.
+        let disabled = endpoint.status == "disabled";
+        let (status_filter, status) = match status {
+            None => ("", None),
+            Some("paused") if disabled => (" AND status IN ('pending', 'retrying')", None),
+            Some("paused") => return Ok(page(Vec::new(), limit, |d: &Delivery| d.id.clone())),
+            Some("pending" | "retrying") if disabled => {
+                return Ok(page(Vec::new(), limit, |d: &Delivery| d.id.clone()))
+            }
+            Some(s) => (" AND status = $4", Some(s)),
         };
         let sql = format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE tenant = $1 AND endpoint_id = $2 \
@@ -1048,7 +1087,7 @@ impl Webhooks {
         let rows = q.fetch_all(&self.inner.db.any).await?;
         let data = rows
             .iter()
-            .map(delivery_row)
+            .map(|r| delivery_row(r).map(|d| as_seen(&endpoint, d)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(page(data, limit, |d| d.id.clone()))
     }
@@ -1069,7 +1108,8 @@ impl Webhooks {
         .ok_or(WebhookError::NotFound)?;
         let delivery = delivery_row(&row)?;
         // A deleted endpoint's deliveries are gone with it.
-        self.endpoint(tenant, &delivery.endpoint_id).await?;
+        let endpoint = self.endpoint(tenant, &delivery.endpoint_id).await?;
+        let delivery = as_seen(&endpoint, delivery);
         let rows = sqlx::query(
             "SELECT attempt, attempted_at, status_code, latency_ms, outcome, error FROM webhook_attempts \
              WHERE tenant = $1 AND delivery_id = $2 ORDER BY attempt",

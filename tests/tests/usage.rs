@@ -10,6 +10,7 @@ both_backends!(
     quota_suspends_and_the_next_window_resumes,
     same_transaction_id_twenty_times_at_once,
     batch_with_good_duplicate_and_bad_records,
+    batch_answers_with_the_position_of_its_last_new_event,
     usage_rejections,
     void_and_list,
     usage_rebuild_equals_incremental,
@@ -279,6 +280,70 @@ async fn same_transaction_id_twenty_times_at_once(backend: Backend) {
         {"subscription_id": sub, "meter": "api_calls", "quantity": "7", "timestamp": now, "transaction_id": "dup-1"}
     ]})).await;
     assert_eq!(b.body["results"][0]["status"], "duplicate");
+}
+
+/// Issue 16: `POST /v1/usage/batch` answered without `X-Log-Position`, so a
+/// client could not read its batch back with `X-Min-Position`. API.md: the
+/// position of the batch's last new event.
+async fn batch_answers_with_the_position_of_its_last_new_event(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let plan = app.standard_plan().await;
+    let (sub, _) = app.active_subscription(&plan, 1).await;
+    app.settle().await;
+    let now = Utc::now().to_rfc3339();
+    let rec = |txid: &str| json!({"subscription_id": sub, "meter": "api_calls", "quantity": "2", "timestamp": now, "transaction_id": txid});
+    let before = app
+        .post(&app.admin_key, "/v1/usage", rec("p-0"))
+        .await
+        .position();
+    let r = app
+        .post(
+            &app.admin_key,
+            "/v1/usage/batch",
+            json!({"records": [rec("p-1"), rec("p-0"), rec("p-2")]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let position = r.position();
+    assert!(position > before, "{position} after {before}");
+    // It is the highest position of the usage events the batch appended.
+    let feed = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/audit/events?after={before}&limit=1000"),
+        )
+        .await;
+    assert_eq!(feed.status, 200, "{:?}", feed.body);
+    let usage_positions: Vec<i64> = feed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["stream_type"] == "usage_record")
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(usage_positions.len(), 2, "{:?}", feed.body);
+    assert_eq!(usage_positions.iter().max(), Some(&position));
+    // Read-your-writes with it: both new records are in the list at once.
+    let list = app
+        .get_after(
+            &app.admin_key,
+            &format!("/v1/usage?subscription_id={sub}"),
+            position,
+        )
+        .await;
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 3);
+    // A batch that appends nothing still names a position every earlier
+    // write is at or below (the log head).
+    let again = app
+        .post(
+            &app.admin_key,
+            "/v1/usage/batch",
+            json!({"records": [rec("p-1"), rec("p-2")]}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert!(again.position() >= position, "{:?}", again.headers);
 }
 
 async fn batch_with_good_duplicate_and_bad_records(backend: Backend) {

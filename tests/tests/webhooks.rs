@@ -28,6 +28,7 @@ both_backends!(
     restart_mid_attempt_loses_nothing_and_repeats_the_event_id,
     deliveries_of_one_subject_arrive_in_event_order,
     endpoint_failing_for_three_days_is_disabled,
+    deliveries_of_a_disabled_endpoint_are_paused_until_it_is_enabled,
     internal_addresses_are_refused,
     endpoints_are_admin_only_validated_and_tenant_scoped,
 );
@@ -636,7 +637,7 @@ async fn endpoint_failing_for_three_days_is_disabled(backend: Backend) {
         "{item:?}"
     );
     // Its delivery waits: a retry is refused while the endpoint is disabled.
-    assert_eq!(d["status"], "retrying");
+    assert_eq!(d["status"], "paused");
     let id = d["id"].as_str().unwrap();
     app.post(
         &app.admin_key,
@@ -661,6 +662,87 @@ async fn endpoint_failing_for_three_days_is_disabled(backend: Backend) {
     advance(&app, "PT1H").await;
     let d = wait_attempts(&app, &endpoint, 4).await;
     assert_eq!(d["status"], "delivered", "{d}");
+}
+
+/// Issue 16: a disabled endpoint's deliveries read `retrying`, with a
+/// `next_attempt_at` in the past that would never come. They read `paused`
+/// with no next attempt (API.md), in the list, its `status` filter and the
+/// detail, and resume when the endpoint is enabled, due at once.
+async fn deliveries_of_a_disabled_endpoint_are_paused_until_it_is_enabled(backend: Backend) {
+    let app = TestApp::spawn_webhooks(backend, start(), local_config()).await;
+    let receiver = Receiver::start(vec![], 500).await;
+    let plan = app.standard_plan().await;
+    let (sub, _) = app.active_subscription(&plan, 1).await;
+    let (endpoint, _) = create_endpoint(&app, &receiver.url, &[SUSPENDED]).await;
+    suspend(&app, &sub).await;
+    let d = wait_attempts(&app, &endpoint, 1).await;
+    assert_eq!(d["status"], "retrying", "{d}");
+    assert!(d["next_attempt_at"].is_string(), "{d}");
+    // Three days of failures disable the endpoint (the third attempt).
+    advance(&app, "P2D").await;
+    wait_attempts(&app, &endpoint, 2).await;
+    advance(&app, "P1DT1H").await;
+    let d = wait_attempts(&app, &endpoint, 3).await;
+    let r = app
+        .get(&app.admin_key, &format!("/v1/webhooks/{endpoint}"))
+        .await;
+    assert_eq!(r.body["status"], "disabled", "{:?}", r.body);
+
+    assert_eq!(d["status"], "paused", "{d}");
+    assert_eq!(d["next_attempt_at"], Value::Null, "{d}");
+    let id = d["id"].as_str().unwrap().to_string();
+    let detail = delivery_detail(&app, &id).await;
+    assert_eq!(detail["status"], "paused", "{detail}");
+    assert_eq!(detail["next_attempt_at"], Value::Null, "{detail}");
+    let list = |status: &'static str| {
+        let app = &app;
+        let endpoint = &endpoint;
+        async move {
+            let r = app
+                .get(
+                    &app.admin_key,
+                    &format!("/v1/webhooks/{endpoint}/deliveries?status={status}"),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            r.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list("paused").await, vec![id.clone()]);
+    assert!(list("retrying").await.is_empty());
+    assert!(list("pending").await.is_empty());
+    // The worker claims nothing of a disabled endpoint, however late it is.
+    advance(&app, "P1D").await;
+    let d = &deliveries(&app, &endpoint).await[0];
+    assert_eq!(d["status"], "paused", "{d}");
+
+    // Enabled, with the receiver back: the delivery is due now (not at a
+    // time that passed while it was paused) and goes out without the clock
+    // moving.
+    receiver.set_default(200);
+    let r = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/webhooks/{endpoint}/enable"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "active");
+    assert!(list("paused").await.is_empty());
+    let d = wait_attempts(&app, &endpoint, 4).await;
+    assert_eq!(d["status"], "delivered", "{d}");
+    assert_eq!(d["next_attempt_at"], Value::Null, "{d}");
+    let detail = delivery_detail(&app, &id).await;
+    let attempts = detail["attempt_log"].as_array().expect("attempt_log");
+    assert_eq!(attempts.len(), 4, "{detail}");
+    assert_eq!(time_of(&attempts[3]["attempted_at"]), now(&app));
+    assert_eq!(receiver.received().len(), 4);
 }
 
 async fn internal_addresses_are_refused(backend: Backend) {

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams};
 use crate::AppState;
 
-#[utoipa::path(get, path = "/v1/admin/projections", tag = "admin",
+#[utoipa::path(get, path = "/v1/admin/projections", tag = "admin", operation_id = "projections_list",
     responses((status = 200, body = Vec<ProjectionDto>), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn projections(
     State(app): State<AppState>,
@@ -37,7 +37,7 @@ pub async fn projections(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin", operation_id = "projections_rebuild", params(("name" = String, Path)),
     request_body = EmptyRequest, responses((status = 202, body = StatusDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn rebuild(
     State(app): State<AppState>,
@@ -64,7 +64,7 @@ pub async fn rebuild(
         .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/admin/clock", tag = "admin",
+#[utoipa::path(get, path = "/v1/admin/clock", tag = "admin", operation_id = "clock_get",
     responses((status = 200, body = ClockDto), (status = 404, description = "The server runs on the system clock", body = Problem)), security(("bearer" = [])))]
 pub async fn clock(
     State(app): State<AppState>,
@@ -87,7 +87,7 @@ fn clock_dto(app: &AppState) -> ClockDto {
     }
 }
 
-#[utoipa::path(post, path = "/v1/admin/clock/advance", tag = "admin", request_body = AdvanceClockRequest,
+#[utoipa::path(post, path = "/v1/admin/clock/advance", tag = "admin", operation_id = "clock_advance", request_body = AdvanceClockRequest,
     responses((status = 200, body = ClockDto), (status = 404, description = "The server runs on the system clock", body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn advance_clock(
     State(app): State<AppState>,

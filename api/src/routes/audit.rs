@@ -26,12 +26,13 @@ pub const STREAM_TYPES: [(&str, &str); 7] = [
 #[serde(deny_unknown_fields)]
 pub struct StreamEventsParams {
     /// Page size, 1-1000 (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// The sequence to continue after (`next_cursor` of the previous page).
     pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/audit/streams/{type}/{id}/events", tag = "audit",
+#[utoipa::path(get, path = "/v1/audit/streams/{type}/{id}/events", tag = "audit", operation_id = "audit_stream_events",
     params(("type" = String, Path), ("id" = String, Path), StreamEventsParams),
     responses((status = 200, body = AuditEventsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn stream_events(
@@ -147,7 +148,7 @@ enum Cut {
     Sequence(i64),
 }
 
-#[utoipa::path(get, path = "/v1/audit/streams/{type}/{id}/state", tag = "audit",
+#[utoipa::path(get, path = "/v1/audit/streams/{type}/{id}/state", tag = "audit", operation_id = "audit_stream_state",
     params(("type" = String, Path), ("id" = String, Path), StateParams),
     responses((status = 200, body = StateAtDto), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn state_at(
@@ -253,13 +254,14 @@ pub struct FeedParams {
     /// Continue after this global position (`next_cursor` of the previous page).
     pub after: Option<String>,
     /// 1-1000, default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
 }
 
 /// Log rows scanned per feed request at most (other tenants' rows included).
 const FEED_SCAN_LIMIT: usize = 20_000;
 
-#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(FeedParams),
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", operation_id = "audit_events_list", params(FeedParams),
     responses((status = 200, body = AuditEventsDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn feed(
     State(app): State<AppState>,
@@ -320,7 +322,7 @@ pub struct DigestDto {
 
 /// The digest covers the whole log, every tenant's events: a tenant's auditor
 /// can keep it outside Tally and later prove the log was not rewritten.
-#[utoipa::path(get, path = "/v1/audit/digest", tag = "audit",
+#[utoipa::path(get, path = "/v1/audit/digest", tag = "audit", operation_id = "audit_digest_get",
     responses((status = 200, body = DigestDto), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn digest(
     State(app): State<AppState>,

@@ -72,11 +72,12 @@ pub struct InboxParams {
     pub state: Option<String>,
     /// info | warning | critical
     pub severity: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/inbox", tag = "inbox", params(InboxParams),
+#[utoipa::path(get, path = "/v1/inbox", tag = "inbox", operation_id = "inbox_list", params(InboxParams),
     responses((status = 200, body = InboxPage), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -164,7 +165,7 @@ async fn item_command(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/inbox/{item_id}/read", tag = "inbox", params(("item_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/inbox/{item_id}/read", tag = "inbox", operation_id = "inbox_read", params(("item_id" = String, Path)),
     request_body = EmptyRequest, responses((status = 200, body = InboxItemDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn read(
     State(app): State<AppState>,
@@ -185,7 +186,7 @@ pub async fn read(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/inbox/{item_id}/archive", tag = "inbox", params(("item_id" = String, Path)),
+#[utoipa::path(post, path = "/v1/inbox/{item_id}/archive", tag = "inbox", operation_id = "inbox_archive", params(("item_id" = String, Path)),
     request_body = EmptyRequest, responses((status = 200, body = InboxItemDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn archive(
     State(app): State<AppState>,
@@ -218,7 +219,7 @@ pub struct ReadAllDto {
     pub read_all: bool,
 }
 
-#[utoipa::path(post, path = "/v1/inbox/read-all", tag = "inbox", request_body = ReadAllRequest,
+#[utoipa::path(post, path = "/v1/inbox/read-all", tag = "inbox", operation_id = "inbox_read_all", request_body = ReadAllRequest,
     responses((status = 200, body = ReadAllDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn read_all(
     State(app): State<AppState>,

@@ -229,7 +229,7 @@ async fn run(
 
 // ---------- commands ----------
 
-#[utoipa::path(post, path = "/v1/invoices", tag = "invoices", request_body = CreateInvoiceRequest,
+#[utoipa::path(post, path = "/v1/invoices", tag = "invoices", operation_id = "invoices_create", request_body = CreateInvoiceRequest,
     responses((status = 201, body = InvoiceDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -279,7 +279,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/invoices/{id}/lines", tag = "invoices", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/invoices/{id}/lines", tag = "invoices", operation_id = "invoices_add_line", params(("id" = String, Path)),
     request_body = LineRequest, responses((status = 200, body = InvoiceDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn add_line(
     State(app): State<AppState>,
@@ -302,7 +302,7 @@ pub async fn add_line(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/invoices/{id}/issue", tag = "invoices", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/invoices/{id}/issue", tag = "invoices", operation_id = "invoices_issue", params(("id" = String, Path)),
     request_body = EmptyRequest, responses((status = 200, body = InvoiceDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn issue(
     State(app): State<AppState>,
@@ -318,7 +318,7 @@ pub async fn issue(
     respond(out, StatusCode::OK)
 }
 
-#[utoipa::path(post, path = "/v1/invoices/{id}/payments", tag = "invoices", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/invoices/{id}/payments", tag = "invoices", operation_id = "invoices_pay", params(("id" = String, Path)),
     request_body = PaymentRequest, responses((status = 200, body = InvoiceDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn pay(
     State(app): State<AppState>,
@@ -351,7 +351,7 @@ pub async fn pay(
     respond(out, StatusCode::OK)
 }
 
-#[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", operation_id = "invoices_void", params(("id" = String, Path)),
     request_body = VoidRequest, responses((status = 200, body = InvoiceDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn void(
     State(app): State<AppState>,
@@ -373,7 +373,7 @@ pub async fn void(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/invoices/{id}/mark-uncollectible", tag = "invoices", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/invoices/{id}/mark-uncollectible", tag = "invoices", operation_id = "invoices_mark_uncollectible", params(("id" = String, Path)),
     request_body = EmptyRequest, responses((status = 200, body = InvoiceDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn mark_uncollectible(
     State(app): State<AppState>,
@@ -404,7 +404,7 @@ pub struct InvoiceListParams {
     pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/invoices", tag = "invoices",
+#[utoipa::path(get, path = "/v1/invoices", tag = "invoices", operation_id = "invoices_list",
     params(("status" = Option<String>, Query), ("customer_id" = Option<String>, Query), ("subscription_id" = Option<String>, Query),
         ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = ListPage<InvoiceDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
@@ -443,7 +443,7 @@ pub async fn list(
     .await
 }
 
-#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "invoices", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "invoices", operation_id = "invoices_get", params(("id" = String, Path)),
     responses((status = 200, body = InvoiceDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
@@ -487,7 +487,7 @@ fn check_customer(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[utoipa::path(get, path = "/v1/customers/{customer_id}/balance", tag = "invoices", params(("customer_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/balance", tag = "invoices", operation_id = "customers_balance_get", params(("customer_id" = String, Path)),
     responses((status = 200, body = CustomerBalanceDto)), security(("bearer" = [])))]
 pub async fn balance(
     State(app): State<AppState>,
@@ -536,7 +536,7 @@ pub struct JournalParams {
 
 /// The customer's double-entry journal, oldest first; both legs of an entry
 /// are on the same page.
-#[utoipa::path(get, path = "/v1/customers/{customer_id}/journal", tag = "invoices", params(("customer_id" = String, Path),
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/journal", tag = "invoices", operation_id = "customers_journal_get", params(("customer_id" = String, Path),
         ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = ListPage<JournalEntryDto>)), security(("bearer" = [])))]
 pub async fn journal(

@@ -8,14 +8,14 @@ use crate::dto::StatusDto;
 use crate::error::{ApiError, Problem};
 use crate::AppState;
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = StatusDto)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "health_live", responses((status = 200, body = StatusDto)))]
 pub async fn healthz() -> axum::Json<StatusDto> {
     axum::Json(StatusDto {
         status: "ok".into(),
     })
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "health_ready",
     responses((status = 200, body = StatusDto), (status = 503, body = Problem)))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if let Err(e) = app.db.ping().await {
@@ -36,7 +36,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics_get", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     // Refreshes the projection position and lag gauges.
     let _ = app.runtime.status().await;

@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
-#[utoipa::path(post, path = "/v1/plans", tag = "plans", request_body = CreatePlanRequest,
+#[utoipa::path(post, path = "/v1/plans", tag = "plans", operation_id = "plans_create", request_body = CreatePlanRequest,
     responses((status = 201, body = PlanDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -46,7 +46,7 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/plans/{id}/archive", tag = "plans", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/plans/{id}/archive", tag = "plans", operation_id = "plans_archive", params(("id" = String, Path)),
     request_body = EmptyRequest, responses((status = 200, body = PlanDto), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn archive(
     State(app): State<AppState>,
@@ -81,11 +81,12 @@ pub struct PlanListParams {
     /// active | archived
     pub status: Option<String>,
     pub code: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/plans", tag = "plans", params(PlanListParams),
+#[utoipa::path(get, path = "/v1/plans", tag = "plans", operation_id = "plans_list", params(PlanListParams),
     responses((status = 200, body = ListPage<PlanDto>)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -109,7 +110,7 @@ pub async fn list(
     .await
 }
 
-#[utoipa::path(get, path = "/v1/plans/{id}", tag = "plans", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/plans/{id}", tag = "plans", operation_id = "plans_get", params(("id" = String, Path)),
     responses((status = 200, body = PlanDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,

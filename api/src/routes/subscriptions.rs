@@ -76,7 +76,7 @@ async fn run(
     Ok(resource(status, &dto, out.version, Some(out.position)))
 }
 
-#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = CreateSubscriptionRequest,
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", operation_id = "subscriptions_create", request_body = CreateSubscriptionRequest,
     responses((status = 201, body = SubscriptionDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -101,7 +101,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/activate", tag = "subscriptions", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/activate", tag = "subscriptions", operation_id = "subscriptions_activate", params(("id" = String, Path)),
     request_body = ActivateRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn activate(
     State(app): State<AppState>,
@@ -124,7 +124,7 @@ pub async fn activate(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/change-plan", tag = "subscriptions", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/change-plan", tag = "subscriptions", operation_id = "subscriptions_change_plan", params(("id" = String, Path)),
     request_body = ChangePlanRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn change_plan(
     State(app): State<AppState>,
@@ -148,7 +148,7 @@ pub async fn change_plan(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/change-seats", tag = "subscriptions", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/change-seats", tag = "subscriptions", operation_id = "subscriptions_change_seats", params(("id" = String, Path)),
     request_body = ChangeSeatsRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn change_seats(
     State(app): State<AppState>,
@@ -172,7 +172,7 @@ pub async fn change_seats(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/suspend", tag = "subscriptions", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/suspend", tag = "subscriptions", operation_id = "subscriptions_suspend", params(("id" = String, Path)),
     request_body = SuspendRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn suspend(
     State(app): State<AppState>,
@@ -203,7 +203,7 @@ pub async fn suspend(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/resume", tag = "subscriptions", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/resume", tag = "subscriptions", operation_id = "subscriptions_resume", params(("id" = String, Path)),
     request_body = EmptyRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn resume(
     State(app): State<AppState>,
@@ -222,7 +222,7 @@ pub async fn resume(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/cancel", tag = "subscriptions", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/cancel", tag = "subscriptions", operation_id = "subscriptions_cancel", params(("id" = String, Path)),
     request_body = CancelRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn cancel(
     State(app): State<AppState>,
@@ -260,13 +260,14 @@ pub struct SubscriptionListParams {
     pub status: Option<String>,
     pub customer_id: Option<String>,
     pub plan_id: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
 
 const STATUSES: [&str; 5] = ["draft", "active", "past_due", "suspended", "canceled"];
 
-#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", params(SubscriptionListParams),
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", operation_id = "subscriptions_list", params(SubscriptionListParams),
     responses((status = 200, body = ListPage<SubscriptionDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -302,7 +303,7 @@ pub async fn list(
     .await
 }
 
-#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", operation_id = "subscriptions_get", params(("id" = String, Path)),
     responses((status = 200, body = SubscriptionDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
@@ -319,7 +320,7 @@ pub async fn get(
 
 /// Per-meter usage of the current window against the plan's hard caps
 /// (empty for a subscription that was never activated).
-#[utoipa::path(get, path = "/v1/subscriptions/{id}/entitlements", tag = "subscriptions", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/entitlements", tag = "subscriptions", operation_id = "subscriptions_entitlements_get", params(("id" = String, Path)),
     responses((status = 200, body = EntitlementsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn entitlements(
     State(app): State<AppState>,

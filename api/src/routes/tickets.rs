@@ -168,7 +168,7 @@ async fn run(
     Ok(resource(status, &dto, out.version, Some(out.position)))
 }
 
-#[utoipa::path(post, path = "/v1/tickets", tag = "tickets", request_body = CreateTicketRequest,
+#[utoipa::path(post, path = "/v1/tickets", tag = "tickets", operation_id = "tickets_create", request_body = CreateTicketRequest,
     responses((status = 201, body = TicketDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -198,7 +198,7 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/tickets/{id}/assign", tag = "tickets", params(("id" = String, Path)), request_body = AssignRequest,
+#[utoipa::path(post, path = "/v1/tickets/{id}/assign", tag = "tickets", operation_id = "tickets_assign", params(("id" = String, Path)), request_body = AssignRequest,
     responses((status = 200, body = TicketDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn assign(
     State(app): State<AppState>,
@@ -220,7 +220,7 @@ pub async fn assign(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/tickets/{id}/comments", tag = "tickets", params(("id" = String, Path)), request_body = CommentRequest,
+#[utoipa::path(post, path = "/v1/tickets/{id}/comments", tag = "tickets", operation_id = "tickets_comment", params(("id" = String, Path)), request_body = CommentRequest,
     responses((status = 200, body = TicketDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn comment(
     State(app): State<AppState>,
@@ -246,7 +246,7 @@ pub async fn comment(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/tickets/{id}/attachments", tag = "tickets", params(("id" = String, Path)), request_body = AttachmentRequest,
+#[utoipa::path(post, path = "/v1/tickets/{id}/attachments", tag = "tickets", operation_id = "tickets_attach", params(("id" = String, Path)), request_body = AttachmentRequest,
     responses((status = 200, body = TicketDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn attach(
     State(app): State<AppState>,
@@ -273,7 +273,7 @@ pub async fn attach(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/tickets/{id}/transition", tag = "tickets", params(("id" = String, Path)), request_body = TransitionRequest,
+#[utoipa::path(post, path = "/v1/tickets/{id}/transition", tag = "tickets", operation_id = "tickets_transition", params(("id" = String, Path)), request_body = TransitionRequest,
     responses((status = 200, body = TicketDto), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn transition(
     State(app): State<AppState>,
@@ -300,11 +300,12 @@ pub struct TicketListParams {
     pub assignee: Option<String>,
     pub requester: Option<String>,
     pub priority: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/tickets", tag = "tickets", params(TicketListParams),
+#[utoipa::path(get, path = "/v1/tickets", tag = "tickets", operation_id = "tickets_list", params(TicketListParams),
     responses((status = 200, body = ListPage<TicketDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -343,7 +344,7 @@ pub async fn list(
     .await
 }
 
-#[utoipa::path(get, path = "/v1/tickets/{id}", tag = "tickets", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/tickets/{id}", tag = "tickets", operation_id = "tickets_get", params(("id" = String, Path)),
     responses((status = 200, body = TicketDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,

@@ -1,8 +1,8 @@
 //! Usage endpoints: report one record or a batch, void, list, summary.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -141,7 +141,7 @@ impl UsageRecordDto {
     }
 }
 
-#[utoipa::path(post, path = "/v1/usage", tag = "usage", request_body = UsageRequest,
+#[utoipa::path(post, path = "/v1/usage", tag = "usage", operation_id = "usage_create", request_body = UsageRequest,
     responses((status = 201, body = UsageRecordDto), (status = 200, description = "duplicate transaction id: the original record", body = UsageRecordDto),
         (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn report(
@@ -204,14 +204,16 @@ fn item_error(e: ApiError) -> BatchItemError {
     }
 }
 
-#[utoipa::path(post, path = "/v1/usage/batch", tag = "usage", request_body = BatchRequest,
-    responses((status = 200, body = BatchResponse), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/usage/batch", tag = "usage", operation_id = "usage_create_batch", request_body = BatchRequest,
+    responses((status = 200, body = BatchResponse,
+        headers(("X-Log-Position" = i64, description = "The position of the batch's last new event; the log head when the batch appended nothing"))),
+        (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn batch(
     State(app): State<AppState>,
     ctx: CommandCtx,
     principal: Principal,
     JsonRecords(req): JsonRecords<BatchRequest>,
-) -> ApiResult<axum::Json<BatchResponse>> {
+) -> ApiResult<Response> {
     principal.require(Access::Write)?;
     if req.records.is_empty() || req.records.len() > MAX_BATCH {
         return Err(ApiError::field(
@@ -249,6 +251,7 @@ pub async fn batch(
         .collect();
     let outcomes = ingest::report_batch(&app.dispatcher, &ctx.meta, reports).await;
     let mut results = Vec::with_capacity(outcomes.len());
+    let mut last_position = None::<i64>;
     for ((outcome, txid), parse_error) in outcomes.into_iter().zip(txids).zip(parse_errors) {
         results.push(match (outcome, parse_error) {
             (_, Some(error)) => BatchResult {
@@ -257,12 +260,15 @@ pub async fn batch(
                 id: None,
                 error: Some(error),
             },
-            (BatchOutcome::Created { id, .. }, None) => BatchResult {
-                transaction_id: txid,
-                status: "created".into(),
-                id: Some(id),
-                error: None,
-            },
+            (BatchOutcome::Created { id, position }, None) => {
+                last_position = last_position.max(Some(position));
+                BatchResult {
+                    transaction_id: txid,
+                    status: "created".into(),
+                    id: Some(id),
+                    error: None,
+                }
+            }
             (BatchOutcome::Duplicate { id }, None) => BatchResult {
                 transaction_id: txid,
                 status: "duplicate".into(),
@@ -283,7 +289,23 @@ pub async fn batch(
             }
         });
     }
-    Ok(axum::Json(BatchResponse { results }))
+    // API.md: the position of the batch's last new event. A batch of
+    // duplicates and rejections appended nothing; the log head then is a
+    // position that every earlier write (the duplicates' originals included)
+    // is at or below, so X-Min-Position with it still reads them.
+    let position = match last_position {
+        Some(p) => p,
+        None => {
+            tally_projections::EventLog::new(app.db.clone())
+                .head()
+                .await?
+        }
+    };
+    let mut response = axum::Json(BatchResponse { results }).into_response();
+    response
+        .headers_mut()
+        .insert("x-log-position", HeaderValue::from(position));
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -292,7 +314,7 @@ pub struct VoidRequest {
     pub reason: String,
 }
 
-#[utoipa::path(post, path = "/v1/usage/{id}/void", tag = "usage", params(("id" = String, Path)), request_body = VoidRequest,
+#[utoipa::path(post, path = "/v1/usage/{id}/void", tag = "usage", operation_id = "usage_void", params(("id" = String, Path)), request_body = VoidRequest,
     responses((status = 200, body = UsageRecordDto), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn void(
     State(app): State<AppState>,
@@ -334,11 +356,12 @@ pub struct UsageListParams {
     pub from: Option<String>,
     /// RFC 3339, exclusive.
     pub to: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/usage", tag = "usage", params(UsageListParams),
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", operation_id = "usage_list", params(UsageListParams),
     responses((status = 200, body = ListPage<UsageRecordDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -380,7 +403,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/usage/{id}", tag = "usage", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/usage/{id}", tag = "usage", operation_id = "usage_get", params(("id" = String, Path)),
     responses((status = 200, body = UsageRecordDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
@@ -426,7 +449,7 @@ async fn anchored(app: &AppState, tenant: &str, id: &str) -> ApiResult<Subscript
         .ok_or(ApiError::NotFound)
 }
 
-#[utoipa::path(get, path = "/v1/usage/summary", tag = "usage", params(SummaryParams),
+#[utoipa::path(get, path = "/v1/usage/summary", tag = "usage", operation_id = "usage_summary_get", params(SummaryParams),
     responses((status = 200, body = SummaryDto), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn summary(
     State(app): State<AppState>,

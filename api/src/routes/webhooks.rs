@@ -88,14 +88,15 @@ pub struct DeliveryDto {
     /// The envelope's `id`: the same on every attempt.
     pub event_id: String,
     pub topic: String,
-    /// pending | delivered | retrying | dead
+    /// pending | delivered | retrying | paused | dead (`paused`: the
+    /// endpoint is disabled; no attempt is due until it is enabled)
     pub status: String,
     pub attempts: i64,
     pub last_status_code: Option<i64>,
     pub last_latency_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_attempt_at: Option<String>,
-    /// Null unless the delivery is pending or retrying.
+    /// Null unless the delivery is pending or retrying (never while paused).
     pub next_attempt_at: Option<String>,
     pub delivered_at: Option<String>,
     pub created_at: String,
@@ -165,6 +166,7 @@ pub struct DeliveryDetailDto {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookListParams {
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
@@ -173,15 +175,16 @@ pub struct WebhookListParams {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryListParams {
-    /// pending | delivered | retrying | dead (`dead` lists the dead letter)
+    /// pending | delivered | retrying | paused | dead (`dead` lists the dead letter)
     pub status: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
 
-const DELIVERY_STATUSES: [&str; 4] = ["pending", "delivered", "retrying", "dead"];
+const DELIVERY_STATUSES: [&str; 5] = ["pending", "delivered", "retrying", "paused", "dead"];
 
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", operation_id = "webhooks_create", request_body = CreateWebhookRequest,
     responses((status = 201, body = CreatedWebhookDto), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create(
@@ -208,7 +211,7 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(WebhookListParams),
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", operation_id = "webhooks_list", params(WebhookListParams),
     responses((status = 200, body = WebhookPage), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -230,7 +233,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "webhooks_get", params(("id" = String, Path)),
     responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
@@ -243,7 +246,7 @@ pub async fn get(
     Ok(axum::Json(endpoint.into()))
 }
 
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "webhooks_delete", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delete(
     State(app): State<AppState>,
@@ -259,7 +262,7 @@ pub async fn delete(
 }
 
 /// Re-enables an endpoint the server disabled after it kept failing.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", operation_id = "webhooks_enable", params(("id" = String, Path)),
     request_body = EmptyRequest, responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn enable(
     State(app): State<AppState>,
@@ -276,7 +279,7 @@ pub async fn enable(
     Ok(axum::Json(endpoint.into()))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "webhooks_deliveries_list",
     params(("id" = String, Path), DeliveryListParams),
     responses((status = 200, body = DeliveryPage), (status = 404, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
@@ -295,7 +298,7 @@ pub async fn deliveries(
     {
         return Err(ApiError::field(
             "status",
-            "must be pending, delivered, retrying or dead",
+            "must be pending, delivered, retrying, paused or dead",
         ));
     }
     // Deliveries are made by a consumer of the log: X-Min-Position waits for it.
@@ -320,7 +323,7 @@ pub async fn deliveries(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/deliveries/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/webhooks/deliveries/{id}", tag = "webhooks", operation_id = "webhooks_deliveries_get", params(("id" = String, Path)),
     responses((status = 200, body = DeliveryDetailDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delivery(
     State(app): State<AppState>,
@@ -338,7 +341,7 @@ pub async fn delivery(
 
 /// Sends a delivery again now: a dead letter gets one more try; a delivered
 /// one is sent again (same event id).
-#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", operation_id = "webhooks_deliveries_retry", params(("id" = String, Path)),
     request_body = EmptyRequest, responses((status = 202, body = DeliveryDto), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn retry(
