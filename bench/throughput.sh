@@ -134,8 +134,10 @@ echo "tally    GET subscription x64: $g_ok ok/s, non-2xx $g_bad, p50 $g_p50, p99
 cat > "$W/usage.lua" <<EOF
 local ids = {}
 for line in io.lines("$W/ids100.txt") do ids[#ids + 1] = line end
-local tid, counter = 0, 0
-function setup(thread) tid = tid + 1; thread:set("tid", tid) end
+-- tid is each thread's global, set by setup: a local here would shadow it,
+-- and two threads would send the same transaction ids.
+local threads, counter = 0, 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
 request = function()
   local parts = {}
   for i = 1, 1000 do

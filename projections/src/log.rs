@@ -201,14 +201,15 @@ impl EventLog {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         let mut expected = position + 1;
-        for row in rows {
-            let event = decode_row(&row)?;
+        for (i, row) in rows.iter().enumerate() {
+            let event = decode_row(row)?;
             if event.position != expected
                 && self.db.backend == Backend::Postgres
                 && !self.known_final(expected, event.position)
             {
                 let xmin = parse_xid(row.try_get("xmin")?);
                 if !self.hole_is_final(expected, xmin).await? {
+                    self.bound_later_holes(expected, &rows[i..])?;
                     break;
                 }
                 let mut finals = self.finals.lock().expect("finals");
@@ -270,6 +271,31 @@ impl EventLog {
             .range(..=start)
             .next_back()
             .is_some_and(|(_, after)| *after >= end)
+    }
+
+    /// Gives every hole between `rows` (read with the hole at `start`) the
+    /// bound of that hole, when it has none: the bound was taken after the
+    /// read, so it is above the id of every transaction that could hold a
+    /// position below the rows read (see the module doc). The next read then
+    /// proves them all at once, instead of one hole per read, which made a
+    /// log with many holes (duplicates skipped by a usage batch each leave
+    /// one) cost a read per hole.
+    fn bound_later_holes(&self, start: i64, rows: &[sqlx::any::AnyRow]) -> Result<(), DbError> {
+        let mut holes = self.holes.lock().expect("holes");
+        let Some(bound) = holes.get(&start).copied() else {
+            return Ok(());
+        };
+        let mut previous: Option<i64> = None;
+        for row in rows {
+            let p: i64 = row.try_get("position")?;
+            if let Some(prev) = previous {
+                if p != prev + 1 && !self.known_final(prev + 1, p) && holes.len() < MAX_HOLES {
+                    holes.entry(prev + 1).or_insert(bound);
+                }
+            }
+            previous = Some(p);
+        }
+        Ok(())
     }
 
     /// Whether the hole starting at `start` is final, given the `xmin` of the

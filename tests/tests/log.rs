@@ -99,6 +99,43 @@ async fn postgres_reader_waits_for_an_open_lower_position() {
     }
 }
 
+/// Many holes (a usage batch's skipped duplicates each leave one) are proven
+/// together: the bound taken for the first hole of a read covers every hole
+/// below the rows read, so the read that proves one passes them all instead
+/// of stopping at the next one.
+#[tokio::test]
+async fn postgres_holes_of_one_read_are_proven_together() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let db = tdb.connect().await;
+    let log = EventLog::new(db.clone());
+    let start = log.head().await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&tdb.url).await.unwrap();
+    let mut committed = Vec::new();
+    for i in 0..5 {
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        insert_in_tx(&mut conn, &format!("rolled-back-{i}")).await;
+        sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+        committed.push(insert_in_tx(&mut conn, &format!("committed-{i}")).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = log.read_after(start, 100).await.unwrap();
+        if !seen.is_empty() {
+            assert_eq!(
+                seen.iter().map(|e| e.position).collect::<Vec<_>>(),
+                committed,
+                "the first read past the first hole passes the other four"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the holes were never proven final"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// A hole proven final once stays final for every reader of the process: a
 /// slower consumer that meets it later steps over it at once, even while a
 /// long transaction elsewhere in the cluster holds `xmin` back (a new proof
