@@ -208,8 +208,13 @@ impl EventLog {
                 && !self.known_final(expected, event.position)
             {
                 let xmin = parse_xid(row.try_get("xmin")?);
+                let had_bound = self.holes.lock().expect("holes").contains_key(&expected);
                 if !self.hole_is_final(expected, xmin).await? {
-                    self.bound_later_holes(expected, &rows[i..])?;
+                    // Only a bound taken after this read covers the holes
+                    // below its rows: an older one may predate their holders.
+                    if !had_bound {
+                        self.bound_later_holes(expected, &rows[i..])?;
+                    }
                     break;
                 }
                 let mut finals = self.finals.lock().expect("finals");
@@ -274,9 +279,10 @@ impl EventLog {
     }
 
     /// Gives every hole between `rows` (read with the hole at `start`) the
-    /// bound of that hole, when it has none: the bound was taken after the
-    /// read, so it is above the id of every transaction that could hold a
-    /// position below the rows read (see the module doc). The next read then
+    /// bound just taken for that hole, when it has none: that bound was taken
+    /// after this read, so it is above the id of every transaction that could
+    /// hold a position below the rows read (see the module doc); a bound
+    /// taken after an earlier read is not, and must not be passed on. The next read then
     /// proves them all at once, instead of one hole per read, which made a
     /// log with many holes (duplicates skipped by a usage batch each leave
     /// one) cost a read per hole.
