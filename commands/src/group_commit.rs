@@ -144,6 +144,14 @@ async fn write(pool: &PgPool, db: &Db, mut group: Vec<Pending>) {
                 group = kept;
             }
             Err(e) => {
+                // An error of a group whose database has just gone away (a
+                // broken connection mid-transaction can surface as a protocol
+                // error) is unavailability: 503 and a retry, never 500.
+                let e = if tally_projections::db::sqlx_unavailable(&e) || reachable(pool).await {
+                    e
+                } else {
+                    sqlx::Error::PoolClosed
+                };
                 let e = Arc::new(e);
                 for p in group {
                     let _ = p.reply.send(Err(StoreError::Shared(e.clone())));
@@ -152,6 +160,15 @@ async fn write(pool: &PgPool, db: &Db, mut group: Vec<Pending>) {
             }
         }
     }
+}
+
+/// Whether the database answers within a moment.
+async fn reachable(pool: &PgPool) -> bool {
+    let ping = sqlx::query("SELECT 1").execute(pool);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), ping).await,
+        Ok(Ok(_))
+    )
 }
 
 enum Written {
