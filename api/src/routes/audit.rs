@@ -286,13 +286,25 @@ pub async fn feed(
             .ok_or_else(|| ApiError::field("after", "must be a log position"))?,
     };
     // The ordered reader (it never passes an open lower position), filtered
-    // to the tenant; the cursor is the last position scanned.
+    // to the tenant; the cursor is the last position scanned. Every event
+    // committed before the request is in the page (up to its limit): a read
+    // stopped in front of a hole below that head waits for the hole's proof
+    // (the older transactions to end), at most MIN_POSITION_WAIT.
+    let log = app.dispatcher.log();
+    let head = log.head().await?;
+    let deadline = tokio::time::Instant::now() + super::MIN_POSITION_WAIT;
+    let mut pause = std::time::Duration::from_millis(2);
     let mut data = Vec::new();
     let mut scanned = 0;
     'scan: while scanned < FEED_SCAN_LIMIT {
-        let batch = app.dispatcher.log().read_after(at, 1000).await?;
+        let batch = log.read_after(at, 1000).await?;
         if batch.is_empty() {
-            break;
+            if at >= head || tokio::time::Instant::now() + pause > deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            continue;
         }
         for e in batch {
             scanned += 1;
