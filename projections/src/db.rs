@@ -106,14 +106,20 @@ impl Db {
             let pools = max_connections.max(MIN_MAX_CONNECTIONS) - 2;
             let any_max = (pools / 3).max(2);
             let opts = PgConnectOptions::from_str(url)?;
+            // No ping before each acquire: sqlx pings every connection on
+            // release already, and a connection that broke while idle fails
+            // its first query as unavailable (503), like any other outage.
+            // The ping cost a round trip per use of the pool.
             let pg = PgPoolOptions::new()
                 .max_connections(pools - any_max)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
                 .connect_with(opts)
                 .await?;
             let any = AnyPoolOptions::new()
                 .max_connections(any_max)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
                 .connect(url)
                 .await?;
             Ok(Db {
