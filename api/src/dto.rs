@@ -176,10 +176,8 @@ impl PricingDto {
     fn into_pricing(self, field: &str, currency: Currency) -> Result<MeterPricing, ApiError> {
         let name = |n: &str| format!("{field}.{n}");
         let model = enum_str(&self.model);
-        let required = |n: &str, v: Option<String>| {
-            v.ok_or_else(|| ApiError::field(&name(n), format!("required for model {model}")))
-        };
-        let unused: [(&str, bool); 4] = [
+        let missing = |n: &str| ApiError::field(&name(n), format!("required for model {model}"));
+        let given = [
             ("unit_price", self.unit_price.is_some()),
             ("tiers", self.tiers.is_some()),
             ("package_size", self.package_size.is_some()),
@@ -190,7 +188,7 @@ impl PricingDto {
             PricingModel::Graduated | PricingModel::Volume => &["tiers"],
             PricingModel::Package => &["package_size", "package_price"],
         };
-        if let Some((n, _)) = unused.iter().find(|(n, given)| *given && !uses.contains(n)) {
+        if let Some((n, _)) = given.iter().find(|(n, given)| *given && !uses.contains(n)) {
             return Err(ApiError::field(
                 &name(n),
                 format!("not used by model {model}"),
@@ -198,45 +196,18 @@ impl PricingDto {
         }
         Ok(match self.model {
             PricingModel::PerUnit => {
-                let f = name("unit_price");
+                let unit_price = self.unit_price.ok_or_else(|| missing("unit_price"))?;
                 MeterPricing::PerUnit {
-                    unit_price: parse_unit_price(
-                        &f,
-                        &required("unit_price", self.unit_price)?,
-                        currency,
-                    )?,
+                    unit_price: parse_unit_price(&name("unit_price"), &unit_price, currency)?,
                 }
             }
             PricingModel::Graduated | PricingModel::Volume => {
                 let tiers = self
                     .tiers
-                    .ok_or_else(|| {
-                        ApiError::field(&name("tiers"), format!("required for model {model}"))
-                    })?
+                    .ok_or_else(|| missing("tiers"))?
                     .into_iter()
                     .enumerate()
-                    .map(|(j, tier)| {
-                        let tier_field = |n: &str| format!("{field}.tiers[{j}].{n}");
-                        Ok(PriceTier {
-                            up_to: tier
-                                .up_to
-                                .as_deref()
-                                .map(|s| parse_decimal(&tier_field("up_to"), s))
-                                .transpose()?,
-                            unit_price: parse_unit_price(
-                                &tier_field("unit_price"),
-                                &tier.unit_price,
-                                currency,
-                            )?,
-                            flat_fee: match &tier.flat_fee {
-                                Some(s) => {
-                                    Money::parse_price(&tier_field("flat_fee"), s, currency)?
-                                        .amount()
-                                }
-                                None => Money::zero(currency).amount(),
-                            },
-                        })
-                    })
+                    .map(|(j, tier)| tier.into_tier(&format!("{field}.tiers[{j}]"), currency))
                     .collect::<Result<Vec<_>, ApiError>>()?;
                 if self.model == PricingModel::Graduated {
                     MeterPricing::Graduated { tiers }
@@ -244,58 +215,76 @@ impl PricingDto {
                     MeterPricing::Volume { tiers }
                 }
             }
-            PricingModel::Package => MeterPricing::Package {
-                package_size: parse_decimal(
-                    &name("package_size"),
-                    &required("package_size", self.package_size)?,
-                )?,
-                package_price: parse_unit_price(
-                    &name("package_price"),
-                    &required("package_price", self.package_price)?,
-                    currency,
-                )?,
-            },
+            PricingModel::Package => {
+                let size = self.package_size.ok_or_else(|| missing("package_size"))?;
+                let price = self.package_price.ok_or_else(|| missing("package_price"))?;
+                MeterPricing::Package {
+                    package_size: parse_decimal(&name("package_size"), &size)?,
+                    package_price: parse_unit_price(&name("package_price"), &price, currency)?,
+                }
+            }
         })
     }
 
     /// The wire form of a stored pricing.
     fn from_pricing(pricing: &MeterPricing) -> PricingDto {
-        let mut dto = PricingDto {
-            model: PricingModel::PerUnit,
+        let dto = |model| PricingDto {
+            model,
             unit_price: None,
             tiers: None,
             package_size: None,
             package_price: None,
         };
+        let tiers = |tiers: &[PriceTier]| Some(tiers.iter().map(TierDto::from_tier).collect());
         match pricing {
-            MeterPricing::PerUnit { unit_price } => dto.unit_price = Some(unit_price.to_string()),
-            MeterPricing::Graduated { tiers } | MeterPricing::Volume { tiers } => {
-                if matches!(pricing, MeterPricing::Volume { .. }) {
-                    dto.model = PricingModel::Volume;
-                } else {
-                    dto.model = PricingModel::Graduated;
-                }
-                dto.tiers = Some(
-                    tiers
-                        .iter()
-                        .map(|t| TierDto {
-                            up_to: t.up_to.map(|d| d.normalize().to_string()),
-                            unit_price: t.unit_price.to_string(),
-                            flat_fee: Some(t.flat_fee.to_string()),
-                        })
-                        .collect(),
-                );
-            }
+            MeterPricing::PerUnit { unit_price } => PricingDto {
+                unit_price: Some(unit_price.to_string()),
+                ..dto(PricingModel::PerUnit)
+            },
+            MeterPricing::Graduated { tiers: t } => PricingDto {
+                tiers: tiers(t),
+                ..dto(PricingModel::Graduated)
+            },
+            MeterPricing::Volume { tiers: t } => PricingDto {
+                tiers: tiers(t),
+                ..dto(PricingModel::Volume)
+            },
             MeterPricing::Package {
                 package_size,
                 package_price,
-            } => {
-                dto.model = PricingModel::Package;
-                dto.package_size = Some(package_size.normalize().to_string());
-                dto.package_price = Some(package_price.to_string());
-            }
+            } => PricingDto {
+                package_size: Some(package_size.normalize().to_string()),
+                package_price: Some(package_price.to_string()),
+                ..dto(PricingModel::Package)
+            },
         }
-        dto
+    }
+}
+
+impl TierDto {
+    /// The domain's tier; `field` is the DTO's path (`meters[0].pricing.tiers[1]`).
+    fn into_tier(self, field: &str, currency: Currency) -> Result<PriceTier, ApiError> {
+        let name = |n: &str| format!("{field}.{n}");
+        Ok(PriceTier {
+            up_to: self
+                .up_to
+                .as_deref()
+                .map(|s| parse_decimal(&name("up_to"), s))
+                .transpose()?,
+            unit_price: parse_unit_price(&name("unit_price"), &self.unit_price, currency)?,
+            flat_fee: match &self.flat_fee {
+                Some(s) => Money::parse_price(&name("flat_fee"), s, currency)?.amount(),
+                None => Money::zero(currency).amount(),
+            },
+        })
+    }
+
+    fn from_tier(tier: &PriceTier) -> TierDto {
+        TierDto {
+            up_to: tier.up_to.map(|d| d.normalize().to_string()),
+            unit_price: tier.unit_price.to_string(),
+            flat_fee: Some(tier.flat_fee.to_string()),
+        }
     }
 }
 
