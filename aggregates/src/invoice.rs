@@ -23,8 +23,9 @@ pub const MAX_LINES: usize = 250;
 /// Payments per invoice.
 pub const MAX_PAYMENTS: usize = 1_000;
 /// Decimal places allowed in a quantity or a unit price (a unit price may be
-/// finer than the minor unit, e.g. 0.0004 EUR per API call).
-pub const MAX_LINE_PLACES: u32 = 12;
+/// finer than the minor unit, e.g. 0.0004 EUR per API call): those of every
+/// unit price.
+pub const MAX_LINE_PLACES: u32 = crate::money::MAX_UNIT_PRICE_PLACES;
 /// The default and the longest payment term, in days.
 pub const DEFAULT_DUE_DAYS: u32 = 30;
 pub const MAX_DUE_DAYS: u32 = 365;

@@ -1,6 +1,6 @@
 //! Tally's domain: the `Plan`, `Subscription`, `UsageRecord`, `Invoice`, `AccessKey`,
 //! `InvoiceNumbering`, `Ticket` and `Inbox` aggregates, their commands and events, and the money and
-//! billing-period arithmetic they rely on.
+//! billing-period arithmetic they rely on, and the pricing of metered usage.
 //!
 //! Everything here is pure. Commands carry the time and the new ids, so `decide`
 //! and `evolve` never read a clock, generate an id or touch I/O; the `cqrs_es`
@@ -58,6 +58,7 @@ pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod plan;
+pub mod pricing;
 pub mod subscription;
 pub mod ticket;
 pub mod time;
@@ -75,6 +76,7 @@ pub use period::{Interval, Period};
 pub use plan::{
     MeterTerms, Plan, PlanCommand, PlanEvent, PlanStatus, PlanTerms, ResetCadence, SeatLimits,
 };
+pub use pricing::{MeterPricing, PriceTier};
 pub use subscription::{
     CancelWhen, PlanRef, ProrationFigures, ProrationMode, Subscription, SubscriptionCommand,
     SubscriptionEvent, SubscriptionStatus, SuspendReason, Suspension,

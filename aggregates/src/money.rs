@@ -1,6 +1,12 @@
 //! Money and currencies: ISO 4217 codes with their minor-unit exponent, and the
 //! one rounding rule of the product (half away from zero, to the currency's
 //! minor unit). Amounts are `rust_decimal::Decimal`; there is no float anywhere.
+//!
+//! Two kinds of price (API.md § Conventions): an *amount* (a base price, a
+//! flat fee, a payment) is at the currency's minor unit; a *unit price* (a
+//! seat price, a meter's prices, a line's unit price) may have up to
+//! [`MAX_UNIT_PRICE_PLACES`] places, because usage is priced in fractions of
+//! a cent. Only a line's amount, `quantity × unit_price`, is rounded.
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,6 +51,9 @@ const CURRENCIES: &[(&str, u32)] = &[
 /// The largest price or amount a plan may state, so that `seats × price` and
 /// sums of lines stay far from `Decimal`'s 28-digit limit.
 pub const MAX_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x38D7E, 0, false, 0); // 1e15
+
+/// The most decimal places of a unit price (as Stripe's `unit_amount_decimal`).
+pub const MAX_UNIT_PRICE_PLACES: u32 = 12;
 
 /// An ISO 4217 currency from the built-in table. Once built it is known-good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -151,6 +160,59 @@ pub fn validate_price(
     Ok(round_to_minor(amount, currency))
 }
 
+/// Checks a stated unit price: not negative, not above [`MAX_AMOUNT`], at
+/// most [`MAX_UNIT_PRICE_PLACES`] decimal places (finer than the minor unit
+/// is fine: 0.002 EUR per API call). Returns it as [`scale_unit_price`] writes
+/// it. `field` names the input in the error.
+pub fn validate_unit_price(
+    field: &str,
+    price: Decimal,
+    currency: Currency,
+) -> Result<Decimal, DomainError> {
+    if price.is_sign_negative() && !price.is_zero() {
+        return Err(DomainError::validation(field, "must not be negative"));
+    }
+    if price > MAX_AMOUNT {
+        return Err(DomainError::validation(
+            field,
+            format!("must not exceed {MAX_AMOUNT}"),
+        ));
+    }
+    if significant_places(price) > MAX_UNIT_PRICE_PLACES {
+        return Err(DomainError::validation(
+            field,
+            format!("at most {MAX_UNIT_PRICE_PLACES} decimal places"),
+        ));
+    }
+    Ok(scale_unit_price(price, currency))
+}
+
+/// A unit price with the places it uses, and at least the currency's minor
+/// unit: "2.5" EUR → "2.50", "0.00200" EUR → "0.002", "3" JPY → "3".
+pub fn scale_unit_price(price: Decimal, currency: Currency) -> Decimal {
+    let mut scaled = price.normalize();
+    if scaled.scale() < currency.minor_units() {
+        scaled.rescale(currency.minor_units());
+    }
+    scaled
+}
+
+/// Parses a unit price given as a decimal string ("0.002"): the syntax of
+/// [`Money::parse_price`], the rules of [`validate_unit_price`].
+pub fn parse_unit_price(field: &str, s: &str, currency: Currency) -> Result<Decimal, DomainError> {
+    validate_unit_price(field, parse_decimal_text(field, s)?, currency)
+}
+
+/// A plain decimal string ("12.50"): no padding, no exponent, no separators.
+fn parse_decimal_text(field: &str, s: &str) -> Result<Decimal, DomainError> {
+    let trimmed = s.trim();
+    if trimmed.is_empty() || trimmed != s {
+        return Err(DomainError::validation(field, "must be a decimal string"));
+    }
+    Decimal::from_str_exact(s)
+        .map_err(|_| DomainError::validation(field, "must be a decimal string"))
+}
+
 fn check_places(field: &str, amount: Decimal, currency: Currency) -> Result<(), DomainError> {
     if significant_places(amount) > currency.minor_units() {
         return Err(DomainError::validation(
@@ -198,13 +260,7 @@ impl Money {
     /// Parses a price given as a decimal string ("12.50"): not negative, at most
     /// the currency's minor-unit places, at most [`MAX_AMOUNT`]. Errors name `field`.
     pub fn parse_price(field: &str, s: &str, currency: Currency) -> Result<Money, DomainError> {
-        let trimmed = s.trim();
-        if trimmed.is_empty() || trimmed != s {
-            return Err(DomainError::validation(field, "must be a decimal string"));
-        }
-        let amount = Decimal::from_str_exact(s)
-            .map_err(|_| DomainError::validation(field, "must be a decimal string"))?;
-        let amount = validate_price(field, amount, currency)?;
+        let amount = validate_price(field, parse_decimal_text(field, s)?, currency)?;
         Ok(Money { amount, currency })
     }
 
@@ -403,6 +459,44 @@ mod tests {
                 "{bad:?}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn unit_prices_take_twelve_places_in_any_currency() {
+        let jpy = Currency::parse("JPY").unwrap();
+        for (text, currency, expected) in [
+            ("0.002", eur(), "0.002"),
+            ("2.5", eur(), "2.50"),
+            ("0.00200", eur(), "0.002"),
+            ("0.000000000001", eur(), "0.000000000001"),
+            ("0.123456789012", jpy, "0.123456789012"),
+            ("3", jpy, "3"),
+            ("0", eur(), "0.00"),
+            ("1000000000000000", eur(), "1000000000000000.00"),
+        ] {
+            let price = parse_unit_price("unit_price", text, currency).unwrap();
+            assert_eq!(price.to_string(), expected, "{text} {currency}");
+        }
+        for (bad, message) in [
+            ("0.0000000000001", "at most 12 decimal places"),
+            ("1.1234567890123", "at most 12 decimal places"),
+            ("-0.002", "must not be negative"),
+            ("1000000000000000.01", "must not exceed 1000000000000000"),
+            ("abc", "must be a decimal string"),
+            (" 1", "must be a decimal string"),
+            ("1e-3", "must be a decimal string"),
+        ] {
+            assert_eq!(
+                parse_unit_price("meters[0].overage_unit_price", bad, eur()).unwrap_err(),
+                DomainError::validation("meters[0].overage_unit_price", message),
+                "{bad:?}"
+            );
+        }
+        // Trailing zeros beyond twelve places are not precision.
+        assert_eq!(
+            validate_unit_price("p", dec("0.0020000000000000"), eur()).unwrap(),
+            dec("0.002")
+        );
     }
 
     #[test]

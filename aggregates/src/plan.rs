@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::money::{round_to_minor, validate_price, MAX_AMOUNT};
+use crate::money::{round_to_minor, validate_price, validate_unit_price, MAX_AMOUNT};
+use crate::pricing::MeterPricing;
 use crate::subscription::PlanRef;
 use crate::{Currency, DomainError, Interval};
 
@@ -18,8 +19,11 @@ pub const MAX_SEATS: u32 = 1_000_000;
 pub const MAX_CODE_CHARS: usize = 64;
 /// The longest plan name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
-/// The most decimal places of a meter quantity or unit price.
+/// The most decimal places of a meter quantity.
 pub const MAX_QUANTITY_PLACES: u32 = 12;
+/// The most usage lines a plan's meters may put on one renewal invoice
+/// (`MeterPricing::max_lines` summed), well within `invoice::MAX_LINES`.
+pub const MAX_USAGE_LINES: usize = 100;
 
 /// The inclusive range of seats a subscription on the plan may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,19 +93,67 @@ pub enum ResetCadence {
 
 /// The terms of one metered feature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MeterTermsRepr", into = "MeterTermsRepr")]
 pub struct MeterTerms {
     /// 1..=64 characters of `[a-z0-9_.-]`.
     pub key: String,
     /// Quantity included in the price per reset window.
-    #[serde(default, with = "rust_decimal::serde::str_option")]
     pub included: Option<Decimal>,
     /// Usage beyond this quantity per reset window is refused.
-    #[serde(default, with = "rust_decimal::serde::str_option")]
     pub hard_cap: Option<Decimal>,
-    /// Price per unit beyond `included`; may be finer than the minor unit.
-    #[serde(default, with = "rust_decimal::serde::str_option")]
-    pub overage_unit_price: Option<Decimal>,
+    /// How usage beyond `included` is billed; `None`: it is not billed.
+    pub pricing: Option<MeterPricing>,
     pub reset: ResetCadence,
+}
+
+/// The stored form of [`MeterTerms`], in plan and subscription events. A
+/// per-unit price is stored as it always was, in `overage_unit_price`, so
+/// that events of such meters read the same as before tiers existed; the
+/// other models are stored in `pricing`, absent otherwise.
+#[derive(Serialize, Deserialize)]
+struct MeterTermsRepr {
+    key: String,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    included: Option<Decimal>,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    hard_cap: Option<Decimal>,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    overage_unit_price: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pricing: Option<MeterPricing>,
+    reset: ResetCadence,
+}
+
+impl From<MeterTermsRepr> for MeterTerms {
+    fn from(repr: MeterTermsRepr) -> Self {
+        let per_unit = repr
+            .overage_unit_price
+            .map(|unit_price| MeterPricing::PerUnit { unit_price });
+        MeterTerms {
+            key: repr.key,
+            included: repr.included,
+            hard_cap: repr.hard_cap,
+            pricing: repr.pricing.or(per_unit),
+            reset: repr.reset,
+        }
+    }
+}
+
+impl From<MeterTerms> for MeterTermsRepr {
+    fn from(terms: MeterTerms) -> Self {
+        let (overage_unit_price, pricing) = match terms.pricing {
+            Some(MeterPricing::PerUnit { unit_price }) => (Some(unit_price), None),
+            other => (None, other),
+        };
+        MeterTermsRepr {
+            key: terms.key,
+            included: terms.included,
+            hard_cap: terms.hard_cap,
+            overage_unit_price,
+            pricing,
+            reset: terms.reset,
+        }
+    }
 }
 
 /// Whether `key` is a valid meter key: 1..=64 characters of `[a-z0-9_.-]`.
@@ -113,7 +165,9 @@ pub fn is_valid_meter_key(key: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
 }
 
-fn validate_quantity(field: &str, value: Option<Decimal>) -> Result<(), DomainError> {
+/// Checks a meter quantity: not negative, at most [`MAX_AMOUNT`], at most
+/// [`MAX_QUANTITY_PLACES`] places.
+pub(crate) fn validate_quantity(field: &str, value: Option<Decimal>) -> Result<(), DomainError> {
     let Some(value) = value else {
         return Ok(());
     };
@@ -136,9 +190,9 @@ fn validate_quantity(field: &str, value: Option<Decimal>) -> Result<(), DomainEr
 }
 
 impl MeterTerms {
-    /// Checks the key and quantities; `index` is the meter's position, for the
-    /// field name in the error (`meters[2].hard_cap`).
-    pub fn validate(&self, index: usize) -> Result<(), DomainError> {
+    /// Checks the key, quantities and pricing; `index` is the meter's
+    /// position, for the field name in the error (`meters[2].hard_cap`).
+    pub fn validate(&self, index: usize, currency: Currency) -> Result<(), DomainError> {
         let field = |name: &str| format!("meters[{index}].{name}");
         if !is_valid_meter_key(&self.key) {
             return Err(DomainError::validation(
@@ -148,7 +202,14 @@ impl MeterTerms {
         }
         validate_quantity(&field("included"), self.included)?;
         validate_quantity(&field("hard_cap"), self.hard_cap)?;
-        validate_quantity(&field("overage_unit_price"), self.overage_unit_price)?;
+        match &self.pricing {
+            // The shorthand names the field a client sent.
+            Some(MeterPricing::PerUnit { unit_price }) => {
+                validate_unit_price(&field("overage_unit_price"), *unit_price, currency)?;
+            }
+            Some(pricing) => pricing.validate(&field("pricing"), currency)?,
+            None => {}
+        }
         if let (Some(included), Some(hard_cap)) = (self.included, self.hard_cap) {
             if included > hard_cap {
                 return Err(DomainError::validation(
@@ -170,7 +231,8 @@ pub struct PlanTerms {
     pub interval: Interval,
     #[serde(with = "rust_decimal::serde::str")]
     pub base_price: Decimal,
-    /// Price per seat per period; zero when the plan is not priced by seat.
+    /// Price per seat per period, a unit price (it may be finer than the
+    /// minor unit); zero when the plan is not priced by seat.
     #[serde(default, with = "rust_decimal::serde::str")]
     pub seat_price: Decimal,
     #[serde(default)]
@@ -210,7 +272,7 @@ impl PlanTerms {
         }
         validate_text("name", &self.name, MAX_NAME_CHARS)?;
         validate_price("base_price", self.base_price, self.currency)?;
-        validate_price("seat_price", self.seat_price, self.currency)?;
+        validate_unit_price("seat_price", self.seat_price, self.currency)?;
         self.seats.validate()?;
         if self.meters.len() > MAX_METERS {
             return Err(DomainError::validation(
@@ -219,13 +281,28 @@ impl PlanTerms {
             ));
         }
         for (index, meter) in self.meters.iter().enumerate() {
-            meter.validate(index)?;
+            meter.validate(index, self.currency)?;
             if self.meters[..index].iter().any(|m| m.key == meter.key) {
                 return Err(DomainError::validation(
                     format!("meters[{index}].key"),
                     format!("duplicate meter key {:?}", meter.key),
                 ));
             }
+        }
+        let usage_lines: usize = self
+            .meters
+            .iter()
+            .filter_map(|m| m.pricing.as_ref())
+            .map(MeterPricing::max_lines)
+            .sum();
+        if usage_lines > MAX_USAGE_LINES {
+            return Err(DomainError::validation(
+                "meters",
+                format!(
+                    "the meters' prices may bill at most {MAX_USAGE_LINES} invoice lines \
+                     (one per tier, one more per tier with a flat fee); these bill {usage_lines}"
+                ),
+            ));
         }
         Ok(())
     }

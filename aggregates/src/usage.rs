@@ -629,7 +629,9 @@ mod tests {
             key: key.to_owned(),
             included: Some(dec("1000")),
             hard_cap: None,
-            overage_unit_price: Some(dec("0.0015")),
+            pricing: Some(crate::MeterPricing::PerUnit {
+                unit_price: dec("0.0015"),
+            }),
             reset,
         }
     }

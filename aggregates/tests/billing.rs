@@ -13,8 +13,8 @@ use support::*;
 use tally_aggregates::billing::{overage_quantity, renewal_lines, MeterUsage, Renewal};
 use tally_aggregates::invoice::price_line;
 use tally_aggregates::{
-    Currency, Interval, Invoice, InvoiceCommand, InvoiceEvent, InvoiceStatus, LineKind, MeterTerms,
-    NewLine, Period, PlanTerms, ProrationFigures, ResetCadence,
+    Currency, Interval, Invoice, InvoiceCommand, InvoiceEvent, InvoiceStatus, LineKind,
+    MeterPricing, MeterTerms, NewLine, Period, PlanTerms, ProrationFigures, ResetCadence,
 };
 
 fn april() -> Period {
@@ -36,7 +36,7 @@ fn meter(key: &str, included: Option<&str>, overage_unit_price: Option<&str>) ->
         key: key.to_owned(),
         included: included.map(dec),
         hard_cap: None,
-        overage_unit_price: overage_unit_price.map(dec),
+        pricing: overage_unit_price.map(|p| MeterPricing::PerUnit { unit_price: dec(p) }),
         reset: ResetCadence::Monthly,
     }
 }

@@ -7,8 +7,8 @@ use cqrs_es::test::TestFramework;
 use cqrs_es::DomainEvent;
 use support::*;
 use tally_aggregates::{
-    DomainError, Interval, MeterTerms, Plan, PlanCommand, PlanEvent, PlanStatus, PlanTerms,
-    ResetCadence, SeatLimits, EVENT_VERSION,
+    DomainError, Interval, MeterPricing, MeterTerms, Plan, PlanCommand, PlanEvent, PlanStatus,
+    PlanTerms, ResetCadence, SeatLimits, EVENT_VERSION,
 };
 
 fn created_plan() -> PlanEvent {
@@ -128,7 +128,9 @@ fn meter(key: &str) -> MeterTerms {
         key: key.to_owned(),
         included: Some(dec("100")),
         hard_cap: Some(dec("1000")),
-        overage_unit_price: Some(dec("0.0025")),
+        pricing: Some(MeterPricing::PerUnit {
+            unit_price: dec("0.0025"),
+        }),
         reset: ResetCadence::Monthly,
     }
 }
@@ -161,7 +163,11 @@ fn terms_rules_each_name_their_field() {
         ("base_price", Box::new(|t| t.base_price = dec("-0.01"))),
         ("base_price", Box::new(|t| t.base_price = dec("1.001"))),
         ("seat_price", Box::new(|t| t.seat_price = dec("-5"))),
-        ("seat_price", Box::new(|t| t.seat_price = dec("0.125"))),
+        // A unit price: finer than the minor unit, but at most 12 places.
+        (
+            "seat_price",
+            Box::new(|t| t.seat_price = dec("0.1250000000001")),
+        ),
         (
             "seats.min",
             Box::new(|t| t.seats = SeatLimits { min: 0, max: 5 }),
@@ -209,7 +215,11 @@ fn terms_rules_each_name_their_field() {
         ),
         (
             "meters[0].overage_unit_price",
-            Box::new(|t| t.meters[0].overage_unit_price = Some(dec("-0.5"))),
+            Box::new(|t| {
+                t.meters[0].pricing = Some(MeterPricing::PerUnit {
+                    unit_price: dec("-0.5"),
+                })
+            }),
         ),
         (
             "meters",

@@ -18,8 +18,9 @@ use tally_aggregates::invoice::price_line;
 use tally_aggregates::money::round_to_minor;
 use tally_aggregates::subscription::FRACTION_PLACES;
 use tally_aggregates::{
-    CancelWhen, Currency, Interval, LineKind, Period, PlanRef, ProrationFigures, ProrationMode,
-    Subscription, SubscriptionCommand, SubscriptionEvent, SubscriptionStatus, SuspendReason,
+    CancelWhen, Currency, Interval, LineKind, MeterPricing, Period, PlanRef, ProrationFigures,
+    ProrationMode, Subscription, SubscriptionCommand, SubscriptionEvent, SubscriptionStatus,
+    SuspendReason,
 };
 
 /// The plans a random sequence picks from: some fit, some are archived, in
@@ -534,7 +535,9 @@ proptest! {
                     key: "api.calls".to_owned(),
                     included: Some(included),
                     hard_cap: None,
-                    overage_unit_price: Some(Decimal::new(15, 4)),
+                    pricing: Some(MeterPricing::PerUnit {
+                        unit_price: Decimal::new(15, 4),
+                    }),
                     reset: tally_aggregates::ResetCadence::Lifetime,
                 });
                 let april = Period { start: t("2025-04-01T00:00:00Z"), end: t("2025-05-01T00:00:00Z") };

@@ -14,9 +14,9 @@ use cqrs_es::DomainEvent;
 use support::*;
 use tally_aggregates::period::period_at;
 use tally_aggregates::{
-    CancelWhen, Currency, DomainError, Interval, MeterTerms, Period, ProrationFigures,
-    ProrationMode, ResetCadence, Subscription, SubscriptionCommand, SubscriptionEvent,
-    SubscriptionStatus, SuspendReason, Suspension, EVENT_VERSION,
+    CancelWhen, Currency, DomainError, Interval, MeterPricing, MeterTerms, Period,
+    ProrationFigures, ProrationMode, ResetCadence, Subscription, SubscriptionCommand,
+    SubscriptionEvent, SubscriptionStatus, SuspendReason, Suspension, EVENT_VERSION,
 };
 
 // ---------------------------------------------------------------------------
@@ -1535,7 +1535,9 @@ fn one_of_each_event() -> Vec<SubscriptionEvent> {
         key: "api.calls".to_owned(),
         included: Some(dec("1000")),
         hard_cap: Some(dec("5000")),
-        overage_unit_price: Some(dec("0.0015")),
+        pricing: Some(MeterPricing::PerUnit {
+            unit_price: dec("0.0015"),
+        }),
         reset: ResetCadence::Monthly,
     });
     vec![

@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_aggregates::money::parse_unit_price;
 use tally_aggregates::plan::{MeterTerms, Plan, PlanTerms, ResetCadence, SeatLimits};
+use tally_aggregates::pricing::{MeterPricing, PriceTier};
 use tally_aggregates::subscription::{Subscription, SuspendReason};
 use tally_aggregates::{Currency, Interval, Money};
 use utoipa::ToSchema;
@@ -80,9 +82,10 @@ pub struct CreatePlanRequest {
     pub currency: String,
     #[schema(value_type = String, pattern = "^(month|year)$", example = "month")]
     pub interval: Interval,
-    /// Decimal string.
+    /// An amount: decimal string at the currency's minor unit.
     #[schema(pattern = "^[-+]?[0-9_.]+$")]
     pub base_price: String,
+    /// A unit price: decimal string, up to 12 decimal places.
     #[schema(pattern = "^[-+]?[0-9_.]+$")]
     pub seat_price: Option<String>,
     pub seats: Option<SeatsDto>,
@@ -99,10 +102,190 @@ pub struct MeterRequest {
     pub included: Option<String>,
     #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
     pub hard_cap: Option<String>,
+    /// Shorthand for `pricing: {"model": "per_unit", "unit_price": …}`; a
+    /// unit price, up to 12 decimal places. Not together with `pricing`.
     #[schema(pattern = "^[-+]?[0-9_.]+$")]
     pub overage_unit_price: Option<String>,
+    /// How the usage of one window beyond `included` is billed; without it
+    /// (and without `overage_unit_price`) usage is not billed.
+    pub pricing: Option<PricingDto>,
     #[schema(value_type = String, pattern = "^(lifetime|monthly|yearly)$", example = "monthly")]
     pub reset: ResetCadence,
+}
+
+/// A meter's pricing model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PricingModel {
+    PerUnit,
+    Graduated,
+    Volume,
+    Package,
+}
+
+/// How a meter's usage beyond `included` is priced, per window. `per_unit`
+/// takes `unit_price`; `graduated` (each unit at its tier's price, a tier's
+/// `flat_fee` once when any unit falls in it, one invoice line per tier
+/// used) and `volume` (every unit at the price of the tier the window's
+/// billable total falls in, plus that tier's `flat_fee`) take `tiers`;
+/// `package` takes `package_size` and `package_price` (per started package).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PricingDto {
+    #[schema(value_type = String, pattern = "^(per_unit|graduated|volume|package)$", example = "graduated")]
+    pub model: PricingModel,
+    /// `per_unit`: the price of one unit, up to 12 decimal places.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[-+]?[0-9_.]+$")]
+    pub unit_price: Option<String>,
+    /// `graduated`, `volume`: 1 to 20 tiers, ascending `up_to`, the last
+    /// with `up_to` null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<TierDto>>,
+    /// `package`: units per package, a whole number of at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[-+]?[0-9_.]+$")]
+    pub package_size: Option<String>,
+    /// `package`: the price of one started package, up to 12 decimal places.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[-+]?[0-9_.]+$")]
+    pub package_price: Option<String>,
+}
+
+/// One tier of a graduated or volume price.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierDto {
+    /// The last billable unit of the window in this tier (inclusive); null
+    /// for the last tier, which is open.
+    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
+    pub up_to: Option<String>,
+    /// Up to 12 decimal places.
+    #[schema(pattern = "^[-+]?[0-9_.]+$")]
+    pub unit_price: String,
+    /// An amount at the currency's minor unit, billed once when the tier is
+    /// entered; default 0.
+    #[serde(default)]
+    #[schema(pattern = "^[-+]?[0-9_.]+$")]
+    pub flat_fee: Option<String>,
+}
+
+impl PricingDto {
+    /// The domain's pricing; `field` is the DTO's path (`meters[0].pricing`).
+    /// Fields the model does not use are refused, naming them.
+    fn into_pricing(self, field: &str, currency: Currency) -> Result<MeterPricing, ApiError> {
+        let name = |n: &str| format!("{field}.{n}");
+        let model = enum_str(&self.model);
+        let missing = |n: &str| ApiError::field(&name(n), format!("required for model {model}"));
+        let given = [
+            ("unit_price", self.unit_price.is_some()),
+            ("tiers", self.tiers.is_some()),
+            ("package_size", self.package_size.is_some()),
+            ("package_price", self.package_price.is_some()),
+        ];
+        let uses: &[&str] = match self.model {
+            PricingModel::PerUnit => &["unit_price"],
+            PricingModel::Graduated | PricingModel::Volume => &["tiers"],
+            PricingModel::Package => &["package_size", "package_price"],
+        };
+        if let Some((n, _)) = given.iter().find(|(n, given)| *given && !uses.contains(n)) {
+            return Err(ApiError::field(
+                &name(n),
+                format!("not used by model {model}"),
+            ));
+        }
+        Ok(match self.model {
+            PricingModel::PerUnit => {
+                let unit_price = self.unit_price.ok_or_else(|| missing("unit_price"))?;
+                MeterPricing::PerUnit {
+                    unit_price: parse_unit_price(&name("unit_price"), &unit_price, currency)?,
+                }
+            }
+            PricingModel::Graduated | PricingModel::Volume => {
+                let tiers = self
+                    .tiers
+                    .ok_or_else(|| missing("tiers"))?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, tier)| tier.into_tier(&format!("{field}.tiers[{j}]"), currency))
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                if self.model == PricingModel::Graduated {
+                    MeterPricing::Graduated { tiers }
+                } else {
+                    MeterPricing::Volume { tiers }
+                }
+            }
+            PricingModel::Package => {
+                let size = self.package_size.ok_or_else(|| missing("package_size"))?;
+                let price = self.package_price.ok_or_else(|| missing("package_price"))?;
+                MeterPricing::Package {
+                    package_size: parse_decimal(&name("package_size"), &size)?,
+                    package_price: parse_unit_price(&name("package_price"), &price, currency)?,
+                }
+            }
+        })
+    }
+
+    /// The wire form of a stored pricing.
+    fn from_pricing(pricing: &MeterPricing) -> PricingDto {
+        let dto = |model| PricingDto {
+            model,
+            unit_price: None,
+            tiers: None,
+            package_size: None,
+            package_price: None,
+        };
+        let tiers = |tiers: &[PriceTier]| Some(tiers.iter().map(TierDto::from_tier).collect());
+        match pricing {
+            MeterPricing::PerUnit { unit_price } => PricingDto {
+                unit_price: Some(unit_price.to_string()),
+                ..dto(PricingModel::PerUnit)
+            },
+            MeterPricing::Graduated { tiers: t } => PricingDto {
+                tiers: tiers(t),
+                ..dto(PricingModel::Graduated)
+            },
+            MeterPricing::Volume { tiers: t } => PricingDto {
+                tiers: tiers(t),
+                ..dto(PricingModel::Volume)
+            },
+            MeterPricing::Package {
+                package_size,
+                package_price,
+            } => PricingDto {
+                package_size: Some(package_size.normalize().to_string()),
+                package_price: Some(package_price.to_string()),
+                ..dto(PricingModel::Package)
+            },
+        }
+    }
+}
+
+impl TierDto {
+    /// The domain's tier; `field` is the DTO's path (`meters[0].pricing.tiers[1]`).
+    fn into_tier(self, field: &str, currency: Currency) -> Result<PriceTier, ApiError> {
+        let name = |n: &str| format!("{field}.{n}");
+        Ok(PriceTier {
+            up_to: self
+                .up_to
+                .as_deref()
+                .map(|s| parse_decimal(&name("up_to"), s))
+                .transpose()?,
+            unit_price: parse_unit_price(&name("unit_price"), &self.unit_price, currency)?,
+            flat_fee: match &self.flat_fee {
+                Some(s) => Money::parse_price(&name("flat_fee"), s, currency)?.amount(),
+                None => Money::zero(currency).amount(),
+            },
+        })
+    }
+
+    fn from_tier(tier: &PriceTier) -> TierDto {
+        TierDto {
+            up_to: tier.up_to.map(|d| d.normalize().to_string()),
+            unit_price: tier.unit_price.to_string(),
+            flat_fee: Some(tier.flat_fee.to_string()),
+        }
+    }
 }
 
 impl CreatePlanRequest {
@@ -111,7 +294,7 @@ impl CreatePlanRequest {
             .map_err(|_| ApiError::field("currency", "unknown ISO 4217 currency"))?;
         let base_price = Money::parse_price("base_price", &self.base_price, currency)?.amount();
         let seat_price = match &self.seat_price {
-            Some(s) => Money::parse_price("seat_price", s, currency)?.amount(),
+            Some(s) => parse_unit_price("seat_price", s, currency)?,
             None => Decimal::ZERO,
         };
         let meters = self
@@ -124,21 +307,29 @@ impl CreatePlanRequest {
                         .map(|s| parse_decimal(&format!("meters[{i}].{name}"), s))
                         .transpose()
                 };
-                let overage_unit_price = match &m.overage_unit_price {
-                    Some(s) => Some(
-                        Money::parse_price(
+                let pricing = match (m.overage_unit_price, m.pricing) {
+                    (Some(_), Some(_)) => {
+                        return Err(ApiError::field(
+                            &format!("meters[{i}].pricing"),
+                            "give either overage_unit_price or pricing, not both",
+                        ))
+                    }
+                    (Some(s), None) => Some(MeterPricing::PerUnit {
+                        unit_price: parse_unit_price(
                             &format!("meters[{i}].overage_unit_price"),
-                            s,
+                            &s,
                             currency,
-                        )?
-                        .amount(),
-                    ),
-                    None => None,
+                        )?,
+                    }),
+                    (None, Some(pricing)) => {
+                        Some(pricing.into_pricing(&format!("meters[{i}].pricing"), currency)?)
+                    }
+                    (None, None) => None,
                 };
                 Ok(MeterTerms {
                     included: q("included", &m.included)?,
                     hard_cap: q("hard_cap", &m.hard_cap)?,
-                    overage_unit_price,
+                    pricing,
                     key: m.key,
                     reset: m.reset,
                 })
@@ -170,7 +361,10 @@ pub struct MeterDto {
     pub key: String,
     pub included: Option<String>,
     pub hard_cap: Option<String>,
+    /// The unit price of a `per_unit` meter (the shorthand); null otherwise.
     pub overage_unit_price: Option<String>,
+    /// How usage beyond `included` is billed; null: it is not billed.
+    pub pricing: Option<PricingDto>,
     /// lifetime | monthly | yearly
     pub reset: String,
 }
@@ -223,7 +417,11 @@ impl PlanDto {
                     key: m.key.clone(),
                     included: m.included.map(|d| d.to_string()),
                     hard_cap: m.hard_cap.map(|d| d.to_string()),
-                    overage_unit_price: m.overage_unit_price.map(|d| d.to_string()),
+                    overage_unit_price: match &m.pricing {
+                        Some(MeterPricing::PerUnit { unit_price }) => Some(unit_price.to_string()),
+                        _ => None,
+                    },
+                    pricing: m.pricing.as_ref().map(PricingDto::from_pricing),
                     reset: enum_str(&m.reset),
                 })
                 .collect(),

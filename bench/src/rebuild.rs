@@ -66,6 +66,7 @@ use tally_aggregates::invoice::{
     NumberingCommand, NUMBERING_ID,
 };
 use tally_aggregates::plan::{MeterTerms, Plan, PlanCommand, PlanTerms, ResetCadence, SeatLimits};
+use tally_aggregates::pricing::MeterPricing;
 use tally_aggregates::subscription::{
     CancelWhen, PlanRef, ProrationMode, Subscription, SubscriptionCommand, SubscriptionEvent,
     SubscriptionStatus,
@@ -874,14 +875,16 @@ fn plan_terms(code: &str, currency: Currency, base: i64, seat: i64, included: i6
                 key: "api_calls".to_string(),
                 included: Some(Decimal::from(included)),
                 hard_cap: None,
-                overage_unit_price: Some(money(2, 3)),
+                pricing: Some(MeterPricing::PerUnit {
+                    unit_price: money(2, 3),
+                }),
                 reset: ResetCadence::Monthly,
             },
             MeterTerms {
                 key: "storage_gb_hours".to_string(),
                 included: None,
                 hard_cap: None,
-                overage_unit_price: None,
+                pricing: None,
                 reset: ResetCadence::Monthly,
             },
         ],
@@ -1168,7 +1171,7 @@ fn renew(
     let usage: Vec<MeterUsage> = plan
         .meters
         .iter()
-        .filter(|m| m.overage_unit_price.is_some())
+        .filter(|m| m.pricing.is_some())
         .map(|m| MeterUsage {
             meter: m.key.clone(),
             before: Decimal::ZERO,
@@ -1400,7 +1403,7 @@ fn usage(
         let transaction_id = format!("{}-{}", c.sub_id, c.tx_counter);
         let id = record_id(&transaction_id);
         let meter = &context.plan.meters[rng.gen_range(0..context.plan.meters.len())];
-        let billable = meter.overage_unit_price.is_some();
+        let billable = meter.pricing.is_some();
         let mut properties = serde_json::Map::new();
         properties.insert(
             "region".into(),

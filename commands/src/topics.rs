@@ -20,7 +20,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tally_aggregates::money::round_to_minor;
+use tally_aggregates::money::{round_to_minor, scale_unit_price};
 use tally_aggregates::{
     InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent, SubscriptionEvent, SuspendReason,
     TicketEvent, UsageEvent,
@@ -661,7 +661,10 @@ fn plan(e: &StoredEvent, event: PlanEvent) -> Vec<Integration> {
                 "currency": terms.currency.code(),
                 "interval": terms.interval.as_str(),
                 "base_price": money(&terms.base_price, terms.currency),
-                "seat_price": money(&terms.seat_price, terms.currency),
+                // A unit price: its own places, at least the minor unit's.
+                "seat_price": Value::String(
+                    scale_unit_price(terms.seat_price, terms.currency).to_string()
+                ),
                 "min_seats": terms.seats.min,
                 "max_seats": terms.seats.max,
                 "created_at": time(&created_at),

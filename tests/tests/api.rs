@@ -864,6 +864,27 @@ async fn openapi_declares_the_contract(backend: Backend) {
     );
     let batch = &spec.body["paths"]["/v1/usage/batch"]["post"]["responses"]["200"];
     assert!(batch["headers"]["X-Log-Position"].is_object(), "{batch}");
+    // A meter's pricing models (API.md § Plans), in requests and answers.
+    let schemas = &spec.body["components"]["schemas"];
+    for schema in ["MeterRequest", "MeterDto"] {
+        let pricing = schemas[schema]["properties"]["pricing"].to_string();
+        assert!(
+            pricing.contains("\"#/components/schemas/PricingDto\""),
+            "{schema}: {pricing}"
+        );
+    }
+    let pricing = &schemas["PricingDto"]["properties"];
+    assert_eq!(
+        pricing["model"]["pattern"],
+        "^(per_unit|graduated|volume|package)$"
+    );
+    for field in ["unit_price", "tiers", "package_size", "package_price"] {
+        assert!(pricing[field].is_object(), "{field}: {pricing:#}");
+    }
+    let tier = &schemas["TierDto"]["properties"];
+    for field in ["up_to", "unit_price", "flat_fee"] {
+        assert!(tier[field].is_object(), "{field}: {tier:#}");
+    }
 }
 
 async fn docs_work_offline(backend: Backend) {

@@ -1,8 +1,10 @@
 //! The billing cycle and collections end to end, on the manual clock: 24
 //! months of a monthly subscription activated on 31 January, with a plan
 //! upgrade, a seat change, usage overage and one late payment, checked to
-//! the cent; and the billing policy run a second time over every renewal
-//! without a second invoice.
+//! the cent; the billing policy run a second time over every renewal
+//! without a second invoice; usage on a graduated meter billed one line per
+//! tier; and plan prices (12-place unit prices, tiers) refused with 422
+//! naming the field.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -509,4 +511,260 @@ async fn late_payment(app: &TestApp, sub: &str, inv: &Value) {
     assert!(s["suspension"].is_null());
 }
 
-both_backends!(twenty_four_months);
+/// A graduated meter with a flat fee on its second tier, 1 000 units
+/// included; usage of one month is billed at the renewal one line per tier,
+/// each line its rounded product, the total their sum.
+async fn graduated_usage_is_billed_per_tier(backend: tally_tests::Backend) {
+    let app =
+        TestApp::spawn_billing(backend, t("2026-03-01T00:00:00Z"), BillingConfig::default()).await;
+    let key = app.admin_key.clone();
+    let r = app
+        .create_plan(
+            &key,
+            json!({
+                "code": "metered", "name": "Metered", "currency": "EUR", "interval": "month",
+                "base_price": "10.00",
+                "meters": [{"key": "api_calls", "included": "1000", "reset": "monthly",
+                    "pricing": {"model": "graduated", "tiers": [
+                        {"up_to": "10000", "unit_price": "0.002", "flat_fee": "0"},
+                        {"up_to": "50000", "unit_price": "0.0015", "flat_fee": "5.00"},
+                        {"up_to": null, "unit_price": "0.001"}
+                    ]}}]
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        r.body["meters"][0]["pricing"],
+        json!({"model": "graduated", "tiers": [
+            {"up_to": "10000", "unit_price": "0.002", "flat_fee": "0.00"},
+            {"up_to": "50000", "unit_price": "0.0015", "flat_fee": "5.00"},
+            {"up_to": null, "unit_price": "0.001", "flat_fee": "0.00"}
+        ]})
+    );
+    assert!(r.body["meters"][0]["overage_unit_price"].is_null());
+    let plan = r.id();
+    let r = app
+        .create_subscription(&key, json!({"customer_id": "cus_tiers", "plan_id": plan}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let sub = r.id();
+    let r = app.activate(&key, &sub, json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    advance_to(&app, t("2026-03-10T00:00:00Z")).await;
+    report_usage(&app, &sub, "tiers-1", 50_000).await;
+    advance_to(&app, t("2026-03-20T00:00:00Z")).await;
+    report_usage(&app, &sub, "tiers-2", 26_333).await;
+    advance_to(&app, t("2026-04-01T00:00:00Z")).await;
+
+    let invoices = invoices_of(&app, &sub).await;
+    assert_eq!(
+        invoices.len(),
+        2,
+        "activation and one renewal: {invoices:#?}"
+    );
+    let renewal = invoices
+        .iter()
+        .find(|inv| !inv["billing_period"].is_null())
+        .expect("the renewal invoice");
+    assert_eq!(
+        time_of(&renewal["billing_period"]["end"]),
+        t("2026-04-01T00:00:00Z")
+    );
+    // 76 333 used, 75 333 billable: 10 000 × 0.002, 40 000 × 0.0015 and the
+    // tier's 5.00, 25 333 × 0.001 = 25.333 → 25.33.
+    let got: Vec<(String, String, String, String, String)> = renewal["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            let text = |f: &str| l[f].as_str().expect(f).to_string();
+            (
+                text("kind"),
+                text("description"),
+                text("quantity"),
+                text("unit_price"),
+                text("amount"),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String, String, String)> = [
+        ("recurring", "Metered (month)", "1", "10", "10.00"),
+        (
+            "usage",
+            "Overage: api_calls, tier 1 (up to 10000)",
+            "10000",
+            "0.002",
+            "20.00",
+        ),
+        (
+            "usage",
+            "Overage: api_calls, tier 2 (above 10000 up to 50000)",
+            "40000",
+            "0.0015",
+            "60.00",
+        ),
+        (
+            "usage",
+            "Overage: api_calls, tier 2 flat fee",
+            "1",
+            "5",
+            "5.00",
+        ),
+        (
+            "usage",
+            "Overage: api_calls, tier 3 (above 50000)",
+            "25333",
+            "0.001",
+            "25.33",
+        ),
+    ]
+    .iter()
+    .map(|(k, d, q, p, a)| {
+        (
+            k.to_string(),
+            d.to_string(),
+            q.to_string(),
+            p.to_string(),
+            a.to_string(),
+        )
+    })
+    .collect();
+    assert_eq!(got, want, "{renewal:#}");
+    assert_eq!(renewal["total"], "120.33");
+    assert_eq!(renewal["amount_due"], "120.33");
+    for l in renewal["lines"].as_array().expect("lines").iter().skip(1) {
+        assert_eq!(time_of(&l["period"]["start"]), t("2026-03-01T00:00:00Z"));
+        assert_eq!(time_of(&l["period"]["end"]), t("2026-04-01T00:00:00Z"));
+    }
+}
+
+/// Issue 17: a sub-cent unit price in EUR was refused ("EUR allows at most 2
+/// decimal places"). Unit prices take 12 places, amounts the minor unit;
+/// bad tiers are 422 naming the field, never a 500.
+async fn plan_prices_are_validated_naming_the_field(backend: tally_tests::Backend) {
+    let app = TestApp::spawn(backend).await;
+    let key = app.admin_key.clone();
+    let plan = |meter: Value| {
+        json!({"code": "p", "name": "P", "currency": "EUR", "interval": "month",
+               "base_price": "10.00", "seat_price": "0.125", "meters": [meter]})
+    };
+    let r = app
+        .create_plan(
+            &key,
+            plan(json!({"key": "api_calls", "overage_unit_price": "0.002", "reset": "monthly"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["meters"][0]["overage_unit_price"], "0.002");
+    assert_eq!(
+        r.body["meters"][0]["pricing"],
+        json!({"model": "per_unit", "unit_price": "0.002"})
+    );
+    assert_eq!(r.body["seat_price"], "0.125");
+    let r = app
+        .create_plan(
+            &key,
+            plan(json!({"key": "api_calls", "reset": "monthly",
+                        "pricing": {"model": "package", "package_size": "1000", "package_price": "0.000000000001"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        r.body["meters"][0]["pricing"],
+        json!({"model": "package", "package_size": "1000", "package_price": "0.000000000001"})
+    );
+
+    let tiers = |tiers: Value| json!({"model": "volume", "tiers": tiers});
+    for (meter, field) in [
+        (
+            json!({"overage_unit_price": "0.0000000000001"}),
+            "meters[0].overage_unit_price",
+        ),
+        (
+            json!({"pricing": {"model": "per_unit", "unit_price": "0.0000000000001"}}),
+            "meters[0].pricing.unit_price",
+        ),
+        (
+            json!({"overage_unit_price": "0.01", "pricing": {"model": "per_unit", "unit_price": "0.01"}}),
+            "meters[0].pricing",
+        ),
+        (
+            json!({"pricing": {"model": "stepped", "unit_price": "0.01"}}),
+            "meters[0].pricing.model",
+        ),
+        (
+            json!({"pricing": {"model": "graduated"}}),
+            "meters[0].pricing.tiers",
+        ),
+        (
+            json!({"pricing": {"model": "graduated", "tiers": [], "unit_price": "1"}}),
+            "meters[0].pricing.unit_price",
+        ),
+        (
+            json!({"pricing": tiers(json!([]))}),
+            "meters[0].pricing.tiers",
+        ),
+        (
+            json!({"pricing": tiers(json!([{"up_to": "100", "unit_price": "1"}]))}),
+            "meters[0].pricing.tiers[0].up_to",
+        ),
+        (
+            json!({"pricing": tiers(json!([{"up_to": "100", "unit_price": "1"},
+                                           {"up_to": "50", "unit_price": "1"},
+                                           {"up_to": null, "unit_price": "1"}]))}),
+            "meters[0].pricing.tiers[1].up_to",
+        ),
+        (
+            json!({"pricing": tiers(json!([{"up_to": null, "unit_price": "1"},
+                                           {"up_to": null, "unit_price": "1"}]))}),
+            "meters[0].pricing.tiers[0].up_to",
+        ),
+        (
+            json!({"pricing": tiers(json!([{"up_to": "ten", "unit_price": "1"},
+                                           {"up_to": null, "unit_price": "1"}]))}),
+            "meters[0].pricing.tiers[0].up_to",
+        ),
+        (
+            json!({"pricing": tiers(json!([{"up_to": null, "unit_price": "1", "flat_fee": "0.001"}]))}),
+            "meters[0].pricing.tiers[0].flat_fee",
+        ),
+        (
+            json!({"pricing": tiers(json!([{"up_to": null, "unit_price": "1", "cap": "1"}]))}),
+            "meters[0].pricing.tiers[0]",
+        ),
+        (
+            json!({"pricing": {"model": "package", "package_size": "0.5", "package_price": "1"}}),
+            "meters[0].pricing.package_size",
+        ),
+        (
+            json!({"pricing": {"model": "package", "package_size": "10"}}),
+            "meters[0].pricing.package_price",
+        ),
+    ] {
+        let mut meter = meter;
+        meter["key"] = json!("api_calls");
+        meter["reset"] = json!("monthly");
+        let r = app.create_plan(&key, plan(meter.clone())).await;
+        r.assert_problem(422, "validation_failed");
+        let got = r.body["errors"][0]["field"].as_str().unwrap_or_default();
+        assert!(got.starts_with(field), "{meter}: {:?}", r.body);
+    }
+    let mut body = plan(json!({"key": "api_calls", "reset": "monthly"}));
+    body["seat_price"] = json!("0.1250000000001");
+    let r = app.create_plan(&key, body).await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["errors"][0]["field"], "seat_price");
+    assert_eq!(r.body["errors"][0]["message"], "at most 12 decimal places");
+    let mut body = plan(json!({"key": "api_calls", "reset": "monthly"}));
+    body["base_price"] = json!("10.001");
+    let r = app.create_plan(&key, body).await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["errors"][0]["field"], "base_price");
+}
+
+both_backends!(
+    twenty_four_months,
+    graduated_usage_is_billed_per_tier,
+    plan_prices_are_validated_naming_the_field
+);

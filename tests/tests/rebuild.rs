@@ -26,8 +26,8 @@ fn ok(r: &tally_tests::Resp, status: u16) -> Value {
     r.body.clone()
 }
 
-/// Plans, subscriptions through renewals, plan and seat changes, usage with
-/// overage (below the hard cap: a quota suspension would be resumed by a
+/// Plans (one with graduated pricing), subscriptions through renewals, plan
+/// and seat changes, usage with overage (below the hard cap: a quota suspension would be resumed by a
 /// timer, after the workload has settled) and a void, invoices paid, partly paid, voided and written off, a past-due
 /// suspension, tickets with comments and moves, and inbox read state.
 async fn mixed_workload(app: &TestApp) {
@@ -35,6 +35,12 @@ async fn mixed_workload(app: &TestApp) {
     let basic = app.standard_plan().await;
     let mut pro_body = tally_tests::standard_plan_body("pro");
     pro_body["base_price"] = json!("30.00");
+    // Graduated, nothing included: the usage of the subscription moved to it
+    // is billed in two tiers, one with a flat fee.
+    pro_body["meters"] = json!([{"key": "api_calls", "hard_cap": "5000", "reset": "monthly",
+        "pricing": {"model": "graduated", "tiers": [
+            {"up_to": "500", "unit_price": "0.01"},
+            {"up_to": null, "unit_price": "0.005", "flat_fee": "1.00"}]}}]);
     let pro = ok(&app.create_plan(key, pro_body).await, 201)["id"]
         .as_str()
         .unwrap()
@@ -177,6 +183,35 @@ async fn mixed_workload(app: &TestApp) {
         ok(&app.advance_clock(key, json!({"to": to})).await, 200);
         app.settle().await;
     }
+    // cus_0's 800 calls on the graduated plan: 500 × 0.01, 300 × 0.005 and
+    // the second tier's fee, on its renewal invoice.
+    let cus_0 = ok(
+        &app.get(key, "/v1/invoices?customer_id=cus_0&limit=200")
+            .await,
+        200,
+    );
+    let tiers: Vec<(String, String)> = cus_0["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|inv| inv["lines"].as_array().unwrap().clone())
+        .filter(|l| l["kind"] == "usage")
+        .map(|l| {
+            let text = |f: &str| l[f].as_str().unwrap().to_string();
+            (text("description"), text("amount"))
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            ("Overage: api_calls, tier 1 (up to 500)", "5.00"),
+            ("Overage: api_calls, tier 2 (above 500)", "1.50"),
+            ("Overage: api_calls, tier 2 flat fee", "1.00"),
+        ]
+        .map(|(d, a)| (d.to_string(), a.to_string()))
+        .to_vec(),
+        "{cus_0:#}"
+    );
     // Tickets: one through its life, one commented and put on hold.
     for (n, moves) in [vec!["pending", "solved", "closed"], vec!["on_hold"]]
         .into_iter()

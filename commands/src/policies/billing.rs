@@ -295,12 +295,7 @@ async fn rate_usage(
 ) -> Result<Vec<MeterUsage>, CommandError> {
     let closed = renewal.closed_period;
     let mut out = Vec::new();
-    for meter in renewal
-        .plan
-        .meters
-        .iter()
-        .filter(|m| m.overage_unit_price.is_some())
-    {
+    for meter in renewal.plan.meters.iter().filter(|m| m.pricing.is_some()) {
         let Some(first) = checked_usage_window(anchor, meter.reset, closed.start) else {
             continue;
         };
