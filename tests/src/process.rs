@@ -244,10 +244,20 @@ pub fn run_cli(bin: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The whole log of the database at `url`, in position order (read through
-/// the projections' reader, so a hole is only skipped once it is final).
+/// The whole log of the database at `url`, in position order (see [`whole_log`]).
 pub async fn read_log(url: &str) -> Vec<tally_projections::StoredEvent> {
     let db = tally_projections::Db::connect(url).await.expect("connect");
+    let events = whole_log(&db).await;
+    db.close().await;
+    events
+}
+
+/// The whole log of `db` up to its head when called, in position order. It
+/// is read through the projections' reader, which stops at a hole (an
+/// aborted or still open append, such as a killed process leaves) until the
+/// hole is proven final, so one read may end early: this reads on (bounded)
+/// until the head.
+pub async fn whole_log(db: &tally_projections::Db) -> Vec<tally_projections::StoredEvent> {
     let log = tally_projections::EventLog::new(db.clone());
     let head = log.head().await.expect("log head");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -267,7 +277,6 @@ pub async fn read_log(url: &str) -> Vec<tally_projections::StoredEvent> {
         }
         events.extend(batch);
     }
-    db.close().await;
     events
 }
 
