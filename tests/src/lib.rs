@@ -702,4 +702,7 @@ pub fn assert_same_read_models(
     }
 }
 
+pub mod checks;
+pub mod nats;
 pub mod process;
+pub mod receiver;

@@ -244,10 +244,20 @@ pub fn run_cli(bin: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The whole log of the database at `url`, in position order (read through
-/// the projections' reader, so a hole is only skipped once it is final).
+/// The whole log of the database at `url`, in position order (see [`whole_log`]).
 pub async fn read_log(url: &str) -> Vec<tally_projections::StoredEvent> {
     let db = tally_projections::Db::connect(url).await.expect("connect");
+    let events = whole_log(&db).await;
+    db.close().await;
+    events
+}
+
+/// The whole log of `db` up to its head when called, in position order. It
+/// is read through the projections' reader, which stops at a hole (an
+/// aborted or still open append, such as a killed process leaves) until the
+/// hole is proven final, so one read may end early: this reads on (bounded)
+/// until the head.
+pub async fn whole_log(db: &tally_projections::Db) -> Vec<tally_projections::StoredEvent> {
     let log = tally_projections::EventLog::new(db.clone());
     let head = log.head().await.expect("log head");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -267,6 +277,50 @@ pub async fn read_log(url: &str) -> Vec<tally_projections::StoredEvent> {
         }
         events.extend(batch);
     }
-    db.close().await;
     events
+}
+
+/// Waits (bounded by `timeout`) until every consumer of the server at `base`
+/// has reached the log head and the head stays put (policies append events
+/// others read), asking its `GET /v1/admin/projections` with the admin `key`.
+pub async fn settle_over_http(client: &reqwest::Client, base: &str, key: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_head = -1;
+    loop {
+        let list = consumer_status(client, base, key).await;
+        let head = list
+            .iter()
+            .filter_map(|p| p["log_head"].as_i64())
+            .max()
+            .unwrap_or(0);
+        let caught_up = list.iter().all(|p| p["lag_events"].as_i64() == Some(0));
+        if caught_up && head == last_head {
+            return;
+        }
+        last_head = if caught_up { head } else { -1 };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projections did not settle: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `GET /v1/admin/projections` of the server at `base`: every consumer it
+/// runs, with its status there (`running`, `standby` while another process
+/// holds it, …), position and lag.
+pub async fn consumer_status(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+) -> Vec<serde_json::Value> {
+    let r = client
+        .get(format!("{base}/v1/admin/projections"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("no projection status from {base}: {e}"));
+    assert_eq!(r.status().as_u16(), 200, "projection status from {base}");
+    let body: serde_json::Value = r.json().await.expect("projection status");
+    body.as_array().expect("a list of consumers").clone()
 }

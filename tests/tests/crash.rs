@@ -22,8 +22,7 @@
 //! the clock never goes back and the renewals, collections and quota
 //! schedulers catch up from there.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::str::FromStr;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,13 +30,13 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tally_aggregates::invoice::InvoiceEvent;
-use tally_aggregates::subscription::{SubscriptionEvent, SuspendReason};
-use tally_aggregates::usage::UsageEvent;
 use tally_projections::StoredEvent;
-use tally_tests::process::{read_log, run_cli, ServeOptions, ServerProcess};
+use tally_tests::checks::{
+    assert_acks_in_log, invoice_numbers_gapless, one_invoice_per_billing_event,
+    one_suspension_per_crossing, usage_counted_once, Ack,
+};
+use tally_tests::process::{read_log, run_cli, settle_over_http, ServeOptions, ServerProcess};
 use tally_tests::{
     assert_read_models_equal_rebuild, both_backends, standard_plan_body, tally_bin, Backend, Resp,
     TestApp, TestDb,
@@ -83,18 +82,6 @@ struct Tenant {
     name: String,
     key: String,
     plans: Vec<String>,
-}
-
-/// A command the server answered 2xx: its events must be in the log.
-#[derive(Debug, Clone)]
-struct Ack {
-    tenant: String,
-    /// Aggregate type of the resource the answer describes, when known.
-    kind: Option<&'static str>,
-    id: String,
-    version: i64,
-    position: Option<i64>,
-    what: String,
 }
 
 /// A command sent with an Idempotency-Key and answered.
@@ -307,6 +294,7 @@ impl Shared {
                         id: id.to_string(),
                         version: 1,
                         position: None,
+                        request_id: None,
                         what: format!("batch record {id}"),
                     });
                 }
@@ -328,6 +316,7 @@ impl Shared {
                 id,
                 version,
                 position,
+                request_id: None,
                 what: format!("POST {path} → {}", r.status),
             });
         }
@@ -867,7 +856,6 @@ async fn crash_rounds(backend: Backend) {
     tasks.push(tokio::spawn(clock_task(sh.clone())));
     tasks.push(tokio::spawn(resender(sh.clone())));
 
-    let mut checked = Checked::default();
     for round in 1..=rounds {
         let load = Duration::from_millis(rng.gen_range(LOAD_MS));
         tokio::time::sleep(load).await;
@@ -878,7 +866,7 @@ async fn crash_rounds(backend: Backend) {
         *sh.clock_now.lock().expect("clock") = clock_start;
         let _ = up_tx.send(true);
         let acks = sh.ledger.lock().expect("ledger").acks.clone();
-        checked.acks_in_log(&db, &acks).await;
+        assert_acks_in_log(&read_log(&db.url).await, &acks);
         println!("round {round}: killed after {load:?}, restarted at clock {clock_start}; {} acknowledged commands in the log", acks.len());
     }
 
@@ -903,7 +891,8 @@ async fn crash_rounds(backend: Backend) {
         "unexpected answers: {:#?}",
         ledger.failures
     );
-    let events = checked.acks_in_log(&db, &ledger.acks).await;
+    let events = read_log(&db.url).await;
+    assert_acks_in_log(&events, &ledger.acks);
     println!(
         "{} events in the log, {} acknowledged commands, {} keyed",
         events.len(),
@@ -1020,292 +1009,7 @@ async fn replays_answer_the_first_response(sh: &Shared) {
 /// Waits (bounded) until every consumer has reached the log head and the
 /// head stays put (policies append events others read).
 async fn settle(sh: &Shared) {
-    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
-    let mut last_head = -1;
-    loop {
-        let Some(r) = sh.query(0, "/v1/admin/projections", None).await else {
-            panic!("no projection status");
-        };
-        let list = r.body.as_array().expect("projections").clone();
-        let head = list
-            .iter()
-            .filter_map(|p| p["log_head"].as_i64())
-            .max()
-            .unwrap_or(0);
-        let caught_up = list.iter().all(|p| p["lag_events"].as_i64() == Some(0));
-        if caught_up && head == last_head {
-            return;
-        }
-        last_head = if caught_up { head } else { -1 };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "projections did not settle: {list:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// The log as last read, for the checks after each round.
-#[derive(Default)]
-struct Checked {
-    events: Vec<StoredEvent>,
-}
-
-impl Checked {
-    /// Reads the log up to its head and asserts every acknowledged command's
-    /// events are there: the answer's resource at its version, and its
-    /// `X-Log-Position`.
-    async fn acks_in_log(&mut self, db: &TestDb, acks: &[Ack]) -> Vec<StoredEvent> {
-        self.events = read_log(&db.url).await;
-        let streams: HashSet<(&str, &str, i64)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.aggregate_type.as_str(),
-                    e.aggregate_id.as_str(),
-                    e.sequence,
-                )
-            })
-            .collect();
-        let positions: HashSet<i64> = self.events.iter().map(|e| e.position).collect();
-        for a in acks {
-            if let Some(kind) = a.kind {
-                let stream = format!("{}:{}", a.tenant, a.id);
-                assert!(
-                    streams.contains(&(kind, stream.as_str(), a.version)),
-                    "acknowledged but not in the log: {} ({kind} {stream} version {})",
-                    a.what,
-                    a.version
-                );
-            }
-            if let Some(p) = a.position.filter(|p| *p > 0) {
-                assert!(
-                    positions.contains(&p),
-                    "acknowledged at position {p} but not in the log: {}",
-                    a.what
-                );
-            }
-        }
-        self.events.clone()
-    }
-}
-
-/// No usage record recorded twice (one stream per transaction id), and
-/// every recorded, not voided quantity counted in the totals read model.
-async fn usage_counted_once(db: &TestDb, events: &[StoredEvent]) {
-    let mut recorded: HashMap<&str, usize> = HashMap::new();
-    let mut totals: BTreeMap<(String, String, String, String), Decimal> = BTreeMap::new();
-    for e in events.iter().filter(|e| e.aggregate_type == "usage_record") {
-        let (sub, meter, window, delta) = match e.decode::<UsageEvent>().expect("usage event") {
-            UsageEvent::UsageRecorded {
-                subscription_id,
-                meter,
-                quantity,
-                window,
-                ..
-            } => {
-                *recorded.entry(e.aggregate_id.as_str()).or_default() += 1;
-                (subscription_id, meter, window, quantity)
-            }
-            UsageEvent::UsageVoided {
-                subscription_id,
-                meter,
-                quantity,
-                window,
-                ..
-            } => (subscription_id, meter, window, -quantity),
-            UsageEvent::UsageBilled { .. } => continue,
-        };
-        let start = serde_json::to_value(window).expect("window")["start"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        *totals
-            .entry((e.tenant.clone(), sub, meter, start))
-            .or_default() += delta;
-    }
-    let twice: Vec<_> = recorded.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "usage recorded twice: {twice:?}");
-    let conn = db.connect().await;
-    let rows = tally_tests::table_rows(
-        &conn,
-        "rm_usage_totals",
-        "tenant, subscription_id, meter, window_start, total",
-    )
-    .await;
-    conn.close().await;
-    let read: BTreeMap<(String, String, String, String), Decimal> = rows
-        .into_iter()
-        .map(|r| {
-            (
-                (r[0].clone(), r[1].clone(), r[2].clone(), r[3].clone()),
-                Decimal::from_str(&r[4]).expect("total"),
-            )
-        })
-        .collect();
-    let logged: BTreeMap<_, _> = totals.into_iter().filter(|(_, v)| !v.is_zero()).collect();
-    let read_nonzero: BTreeMap<_, _> = read.into_iter().filter(|(_, v)| !v.is_zero()).collect();
-    assert_eq!(
-        logged.len(),
-        read_nonzero.len(),
-        "usage windows in the log and in rm_usage_totals"
-    );
-    for (k, v) in &logged {
-        let window_start = time_prefix(&k.3);
-        let found = read_nonzero.iter().find(|(rk, _)| {
-            rk.0 == k.0 && rk.1 == k.1 && rk.2 == k.2 && time_prefix(&rk.3) == window_start
-        });
-        assert_eq!(
-            found.map(|(_, rv)| rv.normalize()),
-            Some(v.normalize()),
-            "usage total of {k:?}"
-        );
-    }
-    println!(
-        "usage: {} records, {} windows counted once",
-        recorded.len(),
-        logged.len()
-    );
-}
-
-/// The instant of an RFC 3339 text, whatever its fraction digits.
-fn time_prefix(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// Per tenant, the issued invoices are numbered 1..N, each number once, and
-/// each number assigned on the tenant's numbering stream to that invoice.
-fn invoice_numbers_gapless(events: &[StoredEvent]) {
-    let mut issued: BTreeMap<&str, Vec<(u64, String)>> = BTreeMap::new();
-    let mut assigned: BTreeMap<&str, Vec<(u64, String)>> = BTreeMap::new();
-    for e in events {
-        if e.aggregate_type == "invoice" && e.event_type == "InvoiceIssued" {
-            if let InvoiceEvent::InvoiceIssued { sequence, .. } = e.decode().expect("invoice event")
-            {
-                issued
-                    .entry(&e.tenant)
-                    .or_default()
-                    .push((sequence, e.resource_id().to_string()));
-            }
-        }
-        if e.event_type == "InvoiceNumberAssigned" {
-            let p = &e.payload["InvoiceNumberAssigned"];
-            assigned.entry(&e.tenant).or_default().push((
-                p["sequence"].as_u64().expect("sequence"),
-                p["invoice_id"].as_str().expect("invoice id").to_string(),
-            ));
-        }
-    }
-    for (tenant, list) in &mut issued {
-        list.sort();
-        let numbers: Vec<u64> = list.iter().map(|(n, _)| *n).collect();
-        let expected: Vec<u64> = (1..=list.len() as u64).collect();
-        assert_eq!(
-            numbers, expected,
-            "invoice numbers of {tenant}: no gap, no duplicate"
-        );
-        let mut a = assigned.remove(tenant).unwrap_or_default();
-        a.sort();
-        assert_eq!(
-            &a, list,
-            "numbers assigned to exactly the issued invoices of {tenant}"
-        );
-        println!("tenant {tenant}: invoices numbered 1..{}", list.len());
-    }
-    assert!(
-        assigned.values().all(Vec::is_empty),
-        "numbers assigned without an issued invoice: {assigned:?}"
-    );
-}
-
-/// Every activation and renewal has exactly one billing invoice (its id is
-/// derived from the subscription and the period), and it was issued; the
-/// billing policy created no other invoice.
-fn one_invoice_per_billing_event(events: &[StoredEvent]) {
-    use tally_commands::policies::billing::{activation_invoice_id, renewal_invoice_id, ACTOR};
-    let mut expected: Vec<String> = Vec::new();
-    let mut created: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut issued: HashSet<&str> = HashSet::new();
-    let mut by_policy: BTreeSet<&str> = BTreeSet::new();
-    for e in events {
-        match (e.aggregate_type.as_str(), e.event_type.as_str()) {
-            ("subscription", "SubscriptionActivated" | "PeriodRenewed") => {
-                let sub = e.resource_id();
-                let id = match e.decode::<SubscriptionEvent>().expect("subscription event") {
-                    SubscriptionEvent::SubscriptionActivated { period, .. } => {
-                        activation_invoice_id(sub, &period)
-                    }
-                    SubscriptionEvent::PeriodRenewed { closed_period, .. } => {
-                        renewal_invoice_id(sub, &closed_period)
-                    }
-                    _ => unreachable!("matched on the event type"),
-                };
-                expected.push(format!("{}:{id}", e.tenant));
-            }
-            ("invoice", "InvoiceCreated") => {
-                *created.entry(&e.aggregate_id).or_default() += 1;
-                if e.metadata.get("actor").map(String::as_str) == Some(ACTOR) {
-                    by_policy.insert(&e.aggregate_id);
-                }
-            }
-            ("invoice", "InvoiceIssued") => {
-                issued.insert(&e.aggregate_id);
-            }
-            _ => {}
-        }
-    }
-    let unique: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
-    assert_eq!(
-        unique.len(),
-        expected.len(),
-        "one activation or renewal per period"
-    );
-    for id in &unique {
-        assert_eq!(created.get(id), Some(&1), "one billing invoice {id}");
-        assert!(issued.contains(id), "the billing invoice {id} was issued");
-    }
-    let extra: Vec<_> = by_policy.difference(&unique).collect();
-    assert!(
-        extra.is_empty(),
-        "billing invoices without an activation or renewal: {extra:?}"
-    );
-    println!(
-        "{} activations and renewals, one issued invoice each",
-        unique.len()
-    );
-}
-
-/// Collections suspend a subscription at most once per past-due crossing.
-fn one_suspension_per_crossing(events: &[StoredEvent]) {
-    let mut by_sub: BTreeMap<&str, Vec<&StoredEvent>> = BTreeMap::new();
-    for e in events.iter().filter(|e| e.aggregate_type == "subscription") {
-        by_sub.entry(&e.aggregate_id).or_default().push(e);
-    }
-    let (mut crossings, mut suspensions) = (0, 0);
-    for (sub, list) in by_sub {
-        let mut since_crossing = 0;
-        for e in list {
-            match e.decode::<SubscriptionEvent>().expect("subscription event") {
-                SubscriptionEvent::SubscriptionPastDue { .. } => {
-                    crossings += 1;
-                    since_crossing = 0;
-                }
-                SubscriptionEvent::SubscriptionSuspended {
-                    reason: SuspendReason::NonPayment,
-                    ..
-                } if e.metadata.get("actor").map(String::as_str) == Some("system:collections") => {
-                    suspensions += 1;
-                    since_crossing += 1;
-                    assert_eq!(since_crossing, 1, "{sub}: a second non-payment suspension without a new past-due crossing (position {})", e.position);
-                }
-                _ => {}
-            }
-        }
-    }
-    println!("{crossings} past-due crossings, {suspensions} non-payment suspensions");
+    settle_over_http(&sh.client, &sh.base, &sh.tenants[0].key, SETTLE_TIMEOUT).await;
 }
 
 /// Each Idempotency-Key took effect at most once: every event carrying it

@@ -9,18 +9,14 @@
 //! 127.x when not allowed, and a host name resolving to one), at creation
 //! and at delivery.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tally_commands::webhooks::verify_signature;
+use tally_tests::receiver::{Received, Receiver, Reply, WAIT};
 use tally_tests::{both_backends, dump_table, AllowList, Backend, TestApp, WebhookConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 both_backends!(
     signed_deliveries_retry_until_the_receiver_answers,
@@ -35,7 +31,6 @@ both_backends!(
 
 const SUSPENDED: &str = "billing.subscriptions.v1.subscription-suspended";
 const RESUMED: &str = "billing.subscriptions.v1.subscription-resumed";
-const WAIT: Duration = Duration::from_secs(30);
 
 fn start() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
@@ -64,144 +59,6 @@ fn strict_config() -> WebhookConfig {
         poll_interval: Duration::from_millis(20),
         ..WebhookConfig::default()
     }
-}
-
-// ---- the receiver ----
-
-/// What the receiver answers to one request.
-enum Reply {
-    Status(u16),
-    /// Holds the request until told what to answer (or forever).
-    Hold(oneshot::Receiver<u16>),
-}
-
-#[derive(Debug, Clone)]
-struct Received {
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn envelope(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("a JSON envelope")
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-    }
-}
-
-struct ReceiverState {
-    script: Mutex<VecDeque<Reply>>,
-    default_status: AtomicU16,
-    seen: watch::Sender<Vec<Received>>,
-}
-
-/// A tiny HTTP/1.1 server on 127.0.0.1: one request per connection, scripted
-/// answers (then `default_status`), every request recorded before it is
-/// answered.
-struct Receiver {
-    url: String,
-    state: Arc<ReceiverState>,
-}
-
-impl Receiver {
-    async fn start(script: Vec<Reply>, default_status: u16) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr: SocketAddr = listener.local_addr().expect("receiver address");
-        let state = Arc::new(ReceiverState {
-            script: Mutex::new(script.into()),
-            default_status: AtomicU16::new(default_status),
-            seen: watch::channel(Vec::new()).0,
-        });
-        let s = state.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, s.clone()));
-            }
-        });
-        Receiver {
-            url: format!("http://{addr}/hooks/tally"),
-            state,
-        }
-    }
-
-    fn set_default(&self, status: u16) {
-        self.state.default_status.store(status, Ordering::SeqCst);
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.state.seen.borrow().clone()
-    }
-
-    /// Waits until at least `n` requests came.
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let mut rx = self.state.seen.subscribe();
-        let seen = match tokio::time::timeout(WAIT, rx.wait_for(|seen| seen.len() >= n)).await {
-            Ok(Ok(seen)) => seen.clone(),
-            _ => panic!(
-                "the receiver got {} requests, not {n}",
-                self.received().len()
-            ),
-        };
-        seen
-    }
-}
-
-async fn serve(mut stream: tokio::net::TcpStream, state: Arc<ReceiverState>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > 1 << 20 {
-            return;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let headers: HashMap<String, String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = buf[head_end..head_end + length].to_vec();
-    state
-        .seen
-        .send_modify(|seen| seen.push(Received { headers, body }));
-    let reply = state.script.lock().expect("script").pop_front();
-    let status = match reply {
-        Some(Reply::Status(s)) => s,
-        Some(Reply::Hold(rx)) => rx.await.unwrap_or(200),
-        None => state.default_status.load(Ordering::SeqCst),
-    };
-    let _ = stream
-        .write_all(
-            format!("HTTP/1.1 {status} Scripted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await;
-    let _ = stream.shutdown().await;
 }
 
 // ---- helpers ----
