@@ -204,7 +204,7 @@ async fn try_write(pool: &PgPool, group: &[Pending]) -> Result<Written, sqlx::Er
                 cols.sequence.push(e.sequence);
                 cols.event_type.push(e.event_type.as_str());
                 cols.event_version.push(e.event_version.as_str());
-                cols.payload.push(e.payload.to_string());
+                cols.payload.push(e.payload.get());
                 cols.metadata.push(
                     serde_json::to_string(&e.metadata)
                         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
@@ -283,7 +283,7 @@ struct Columns<'a> {
     sequence: Vec<i64>,
     event_type: Vec<&'a str>,
     event_version: Vec<&'a str>,
-    payload: Vec<String>,
+    payload: Vec<&'a str>,
     metadata: Vec<String>,
     event_id: Vec<&'a str>,
     tenant: Vec<&'a str>,

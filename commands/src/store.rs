@@ -20,6 +20,7 @@ use cqrs_es::persist::{
 };
 use cqrs_es::{Aggregate, DomainEvent, EventStore};
 use postgres_es::PostgresEventRepository;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 use tally_projections::db::{value_rows, Db, DbError, TypedPool};
@@ -237,7 +238,9 @@ pub struct NewEvent {
     pub sequence: i64,
     pub event_type: String,
     pub event_version: String,
-    pub payload: Value,
+    /// Serialized once, when the command is decided: the append sends the
+    /// text as it is.
+    pub payload: Box<RawValue>,
     pub metadata: HashMap<String, String>,
     pub event_id: String,
 }
@@ -580,7 +583,7 @@ pub fn new_events<A: Aggregate>(
                 sequence: after + 1 + i as i64,
                 event_type: e.event_type(),
                 event_version: e.event_version(),
-                payload: serde_json::to_value(e)?,
+                payload: serde_json::value::to_raw_value(e)?,
                 metadata,
                 event_id,
             })
@@ -659,22 +662,23 @@ impl PersistedEventRepository for LogRepository {
             .get("recorded_at")
             .and_then(|t| time::from_text(t))
             .unwrap_or_else(Utc::now);
-        let rows: Vec<NewEvent> = events
+        let rows = events
             .iter()
             .map(|e| {
                 let event_id = uuid::Uuid::now_v7().to_string();
                 let mut metadata = metadata.clone();
                 metadata.insert("event_id".into(), event_id.clone());
-                NewEvent {
+                Ok(NewEvent {
                     sequence: e.sequence as i64,
                     event_type: e.event_type.clone(),
                     event_version: e.event_version.clone(),
-                    payload: e.payload.clone(),
+                    payload: serde_json::value::to_raw_value(&e.payload)
+                        .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
                     metadata,
                     event_id,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<NewEvent>, PersistenceError>>()?;
         // The snapshot cqrs-es offers here may stop short of the last event;
         // snapshots are an optimisation, so this path stores none.
         let _ = snapshot_update;

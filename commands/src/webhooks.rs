@@ -1616,10 +1616,6 @@ impl Projector for Fanout {
         let max_attempts = i64::from(inner.config.max_attempts.max(1));
         let mut targets: HashMap<String, Vec<Target>> = HashMap::new();
         for e in events {
-            let published = topics::integration_events(e);
-            if published.is_empty() {
-                continue;
-            }
             if !targets.contains_key(&e.tenant) {
                 let rows = sqlx::query(
                     "SELECT id, topics, created_position FROM webhook_endpoints \
@@ -1639,6 +1635,11 @@ impl Projector for Fanout {
                 }
                 targets.insert(e.tenant.clone(), list);
             }
+            // A tenant without endpoints (most events) costs no envelope.
+            if targets[&e.tenant].is_empty() {
+                continue;
+            }
+            let published = topics::integration_events(e);
             let subject = format!("{}:{}", e.aggregate_type, e.resource_id());
             for (ordinal, i) in published.iter().enumerate() {
                 let mut body: Option<String> = None;

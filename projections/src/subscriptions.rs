@@ -1,5 +1,6 @@
 //! Read model of subscriptions (`rm_subscriptions`): list by status and
 //! customer, and detail; `period_end` is what the billing scheduler scans.
+//! A row is the folded aggregate without its pending prorations.
 
 use tally_aggregates::subscription::{Subscription, SubscriptionEvent};
 
@@ -14,8 +15,13 @@ impl ProjectedState for Subscription {
     const FILTER_COLUMNS: &'static [&'static str] =
         &["customer_id", "plan_id", "status", "period_end"];
 
+    /// The row keeps no pending prorations: no query shows them (the
+    /// renewal takes them from the aggregate into its event), and each
+    /// prorated change made the row, its JSON and its write grow until the
+    /// renewal.
     fn fold(&mut self, event: &SubscriptionEvent) {
         self.evolve(event);
+        self.pending_prorations.clear();
     }
 
     fn filter_values(&self) -> Vec<String> {

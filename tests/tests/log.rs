@@ -21,7 +21,7 @@ fn event(sequence: i64) -> NewEvent {
         sequence,
         event_type: "TestEvent".into(),
         event_version: "1.0".into(),
-        payload: serde_json::json!({"n": sequence}),
+        payload: serde_json::value::to_raw_value(&serde_json::json!({"n": sequence})).unwrap(),
         metadata: HashMap::from([("tenant".to_string(), "t".to_string())]),
         event_id: uuid::Uuid::new_v4().to_string(),
     }
@@ -174,6 +174,28 @@ async fn postgres_rows_already_in_the_log_take_no_position() {
         .await
         .unwrap();
     assert_eq!(next, vec![Some(first + 3)]);
+}
+
+/// Every connection of both pools plans generically: with custom plans the
+/// log read and the group append were planned at each execution (see
+/// `projections/src/db.rs`).
+#[tokio::test]
+async fn postgres_connections_use_generic_plans() {
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let db = tdb.connect().await;
+    let any: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&db.any)
+        .await
+        .unwrap();
+    assert_eq!(any, "force_generic_plan");
+    let tally_projections::db::TypedPool::Postgres(pool) = &db.typed else {
+        panic!("a PostgreSQL database has a typed PostgreSQL pool");
+    };
+    let typed: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(typed, "force_generic_plan");
 }
 
 /// A hole proven final once stays final for every reader of the process: a
