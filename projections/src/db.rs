@@ -105,11 +105,6 @@ impl Db {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pools = max_connections.max(MIN_MAX_CONNECTIONS) - 2;
             let any_max = (pools / 3).max(2);
-            // Generic plans: the hot statements (the group append, the log
-            // read) were planned again at every execution, since a custom
-            // plan always looked cheaper than the generic one; planning cost
-            // PostgreSQL as much as executing the log read.
-            let url = &pg_url_with_option(url, "plan_cache_mode", "force_generic_plan");
             let opts = PgConnectOptions::from_str(url)?;
             // No ping before each acquire: sqlx pings every connection on
             // release already, and a connection that broke while idle fails
@@ -229,12 +224,6 @@ pub fn value_rows(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
-/// `url` with a server setting for every connection made from it
-/// (`options[key]=value`, sent at connect time: no extra round trip).
-fn pg_url_with_option(url: &str, key: &str, value: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options[{key}]={value}")
-}
 
 #[cfg(test)]
 mod tests {

@@ -176,28 +176,6 @@ async fn postgres_rows_already_in_the_log_take_no_position() {
     assert_eq!(next, vec![Some(first + 3)]);
 }
 
-/// Every connection of both pools plans generically: with custom plans the
-/// log read and the group append were planned at each execution (see
-/// `projections/src/db.rs`).
-#[tokio::test]
-async fn postgres_connections_use_generic_plans() {
-    let tdb = TestDb::new(Backend::Postgres).await;
-    let db = tdb.connect().await;
-    let any: String = sqlx::query_scalar("SHOW plan_cache_mode")
-        .fetch_one(&db.any)
-        .await
-        .unwrap();
-    assert_eq!(any, "force_generic_plan");
-    let tally_projections::db::TypedPool::Postgres(pool) = &db.typed else {
-        panic!("a PostgreSQL database has a typed PostgreSQL pool");
-    };
-    let typed: String = sqlx::query_scalar("SHOW plan_cache_mode")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(typed, "force_generic_plan");
-}
-
 /// A hole proven final once stays final for every reader of the process: a
 /// slower consumer that meets it later steps over it at once, even while a
 /// long transaction elsewhere in the cluster holds `xmin` back (a new proof
