@@ -75,7 +75,9 @@ def one(i):
     call("POST", f"/v1/subscriptions/{sub['id']}/activate")
     return sub["id"]
 with ThreadPoolExecutor(8) as ex:
-    ids = list(ex.map(one, range(1000)))
+    ids = list(ex.map(one, range(1001)))
+# The last one is the lag probe's own (see below), not in the load.
+open(f"{w}/probe.txt", "w").write(ids.pop() + "\n")
 open(f"{w}/ids.txt", "w").write("\n".join(ids) + "\n")
 open(f"{w}/ids100.txt", "w").write("\n".join(ids[:100]) + "\n")
 PY
@@ -107,11 +109,42 @@ end
 EOF
 q="select xact_commit, tup_fetched from pg_stat_database where datname='tally_tp'"
 b=$(psql "$PG/postgres" -Atc "$q"); bw=$(psql "$PG/postgres" -Atc "select wal_records, wal_sync from pg_stat_wal")
+# Projection lag under that load (issue 14, point 3): a probe changes the
+# seats of its own subscription, then reads it with X-Min-Position set to the
+# answer's X-Log-Position; the read answers once every read model has reached
+# the command, so its duration bounds the lag from above.
+python3 - "$URL" "$KEY" "$(cat "$W/probe.txt")" "$SECS" > "$W/lag.txt" <<'PY' &
+import http.client, json, sys, time
+url, key, sub, secs = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+host, port = url.split("//")[1].split(":")
+time.sleep(2)
+conn = http.client.HTTPConnection(host, int(port), timeout=10)
+auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+lags, seats, end = [], 1, time.time() + secs - 4
+while time.time() < end:
+    seats = seats % 20 + 1
+    conn.request("POST", f"/v1/subscriptions/{sub}/change-seats", json.dumps({"seats": seats, "proration": "none"}), auth)
+    r = conn.getresponse(); r.read()
+    p = r.getheader("X-Log-Position")
+    t = time.perf_counter()
+    conn.request("GET", f"/v1/subscriptions/{sub}", headers={**auth, "X-Min-Position": p})
+    g = conn.getresponse(); g.read()
+    if r.status == 200 and g.status == 200:
+        lags.append((time.perf_counter() - t) * 1000)
+    time.sleep(0.05)
+lags.sort()
+q = lambda f: lags[min(len(lags) - 1, int(f * len(lags)))] if lags else float("nan")
+print(f"{len(lags)} {q(0.5):.1f} {q(0.99):.1f}")
+PY
+lag_pid=$!
 read -r s_ok s_bad s_p50 s_p99 < <(wrk_run seats 64 "$W/seats.lua")
+wait $lag_pid || true
+read -r l_n l_p50 l_p99 < "$W/lag.txt" || true
 wait_idle
 a=$(psql "$PG/postgres" -Atc "$q"); aw=$(psql "$PG/postgres" -Atc "select wal_records, wal_sync from pg_stat_wal")
 s_n=$(awk '/requests in/{print $1}' "$W/seats.wrk")
 echo "tally    change-seats x64: $s_ok ok/s, non-2xx $s_bad, p50 $s_p50, p99 $s_p99; peak RSS $(peak_rss) kB"
+echo "tally    projection lag under that load ($l_n probes, answer to read model): p50 ${l_p50} ms, p99 ${l_p99} ms (goal p99 <= 100 ms)"
 python3 - "$b" "$a" "$bw" "$aw" "$s_n" <<'PY'
 import sys
 b, a, bw, aw = ([int(x) for x in s.split("|")] for s in sys.argv[1:5]); n = int(sys.argv[5])
