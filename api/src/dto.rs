@@ -89,6 +89,10 @@ pub struct CreatePlanRequest {
     #[schema(pattern = "^[-+]?[0-9_.]+$")]
     pub seat_price: Option<String>,
     pub seats: Option<SeatsDto>,
+    /// Days of trial a subscription on the plan starts with when activated
+    /// (0 to 730; default 0, none).
+    #[schema(maximum = 730)]
+    pub trial_days: Option<u32>,
     #[serde(default)]
     pub meters: Vec<MeterRequest>,
 }
@@ -350,6 +354,7 @@ impl CreatePlanRequest {
                 })
                 .unwrap_or_default(),
             meters,
+            trial_days: self.trial_days.unwrap_or(0),
         };
         terms.validate()?;
         Ok(terms)
@@ -381,6 +386,8 @@ pub struct PlanDto {
     pub seat_price: String,
     pub seats: SeatsDto,
     pub meters: Vec<MeterDto>,
+    /// Days of trial a subscription on the plan starts with; 0: none.
+    pub trial_days: u32,
     /// active | archived
     pub status: String,
     pub created_at: Option<DateTime<Utc>>,
@@ -425,6 +432,7 @@ impl PlanDto {
                     reset: enum_str(&m.reset),
                 })
                 .collect(),
+            trial_days: terms.trial_days,
             status: p.status.as_ref().map(enum_str).unwrap_or_default(),
             created_at: p.created_at,
             archived_at: p.archived_at,
@@ -441,6 +449,10 @@ pub struct CreateSubscriptionRequest {
     pub customer_id: String,
     pub plan_id: String,
     pub seats: Option<u32>,
+    /// Days of trial when activated (0 to 730), replacing the plan's when
+    /// positive; without it (or 0) the plan's trial applies.
+    #[schema(maximum = 730)]
+    pub trial_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema, Default)]
@@ -510,9 +522,15 @@ pub struct SubscriptionDto {
     pub id: String,
     pub customer_id: String,
     pub plan_id: String,
-    /// draft | active | past_due | suspended | canceled
+    /// draft | trialing | active | past_due | suspended | canceled
     pub status: String,
     pub seats: u32,
+    /// Days of trial the subscription asked for itself (null: the plan's).
+    pub trial_days: Option<u32>,
+    /// When the trial began; null when it never trialed.
+    pub trial_start: Option<DateTime<Utc>>,
+    /// When the trial ends (or ended); null when it never trialed.
+    pub trial_end: Option<DateTime<Utc>>,
     pub current_period: Option<PeriodDto>,
     pub suspension: Option<SuspensionDto>,
     pub cancel_at_period_end: bool,
@@ -531,6 +549,9 @@ impl SubscriptionDto {
             plan_id: s.plan_id.clone(),
             status: status.as_str().to_string(),
             seats: s.seats,
+            trial_days: s.trial_days,
+            trial_start: s.trial_start,
+            trial_end: s.trial_end,
             current_period: s.current_period.as_ref().map(|p| PeriodDto {
                 start: p.start,
                 end: p.end,

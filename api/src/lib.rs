@@ -94,6 +94,10 @@ pub fn router(state: AppState) -> Router {
             post(subscriptions::activate),
         )
         .route(
+            "/v1/subscriptions/{id}/end-trial",
+            post(subscriptions::end_trial),
+        )
+        .route(
             "/v1/subscriptions/{id}/change-plan",
             post(subscriptions::change_plan),
         )

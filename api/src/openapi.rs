@@ -14,7 +14,7 @@ use crate::AppState;
     info(title = "Tally", description = "Event-sourced ledger for SaaS billing: plans, subscriptions, usage, invoices and balances, tickets, inbox, audit."),
     paths(
         plans::create, plans::archive, plans::list, plans::get,
-        subscriptions::create, subscriptions::activate, subscriptions::change_plan, subscriptions::change_seats,
+        subscriptions::create, subscriptions::activate, subscriptions::end_trial, subscriptions::change_plan, subscriptions::change_seats,
         subscriptions::suspend, subscriptions::resume, subscriptions::cancel, subscriptions::list,
         subscriptions::get, subscriptions::entitlements,
         invoices::create, invoices::add_line, invoices::issue, invoices::pay, invoices::void,

@@ -888,6 +888,7 @@ fn plan_terms(code: &str, currency: Currency, base: i64, seat: i64, included: i6
                 reset: ResetCadence::Monthly,
             },
         ],
+        trial_days: 0,
     }
 }
 
@@ -1050,6 +1051,7 @@ fn join(
         customer_id: c.customer_id.clone(),
         plan,
         seats: Some(rng.gen_range(1..=20)),
+        trial_days: None,
         at: t0,
     })?;
     sink.emit(

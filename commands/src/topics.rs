@@ -123,6 +123,8 @@ impl TopicSpec {
 pub const PLAN_CREATED: &str = "billing.plans.v1.plan-created";
 pub const PLAN_ARCHIVED: &str = "billing.plans.v1.plan-archived";
 pub const SUBSCRIPTION_CREATED: &str = "billing.subscriptions.v1.subscription-created";
+pub const TRIAL_STARTED: &str = "billing.subscriptions.v1.trial-started";
+pub const TRIAL_ENDED: &str = "billing.subscriptions.v1.trial-ended";
 pub const SUBSCRIPTION_ACTIVATED: &str = "billing.subscriptions.v1.subscription-activated";
 pub const SUBSCRIPTION_PLAN_CHANGED: &str = "billing.subscriptions.v1.subscription-plan-changed";
 pub const SUBSCRIPTION_SEATS_CHANGED: &str = "billing.subscriptions.v1.subscription-seats-changed";
@@ -209,10 +211,29 @@ pub const TOPICS: &[TopicSpec] = &[
         ],
     },
     TopicSpec {
+        topic: TRIAL_STARTED,
+        aggregate: "subscription",
+        event: "TrialStarted",
+        description: "A draft subscription was activated into a trial; nothing is billed until it ends.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("trial_start", Timestamp),
+            req("trial_end", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: TRIAL_ENDED,
+        aggregate: "subscription",
+        event: "TrialEnded",
+        description: "A trial ended, at its end or early on request; subscription-activated (or subscription-canceled, when a cancellation waited for it) follows.",
+        data: &[TENANT, SUBSCRIPTION, req("ended_at", Timestamp)],
+    },
+    TopicSpec {
         topic: SUBSCRIPTION_ACTIVATED,
         aggregate: "subscription",
         event: "SubscriptionActivated",
-        description: "A draft subscription became active and its first billing period opened.",
+        description: "A subscription became active, at activation or when its trial ended, and its first billing period opened.",
         data: &[
             TENANT,
             SUBSCRIPTION,
@@ -701,6 +722,26 @@ fn subscription(e: &StoredEvent, event: SubscriptionEvent) -> Vec<Integration> {
                 "currency": plan.currency.code(),
                 "seats": seats,
                 "created_at": time(&created_at),
+            }),
+        ),
+        SubscriptionEvent::TrialStarted {
+            trial_start,
+            trial_end,
+        } => one(
+            TRIAL_STARTED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "trial_start": time(&trial_start),
+                "trial_end": time(&trial_end),
+            }),
+        ),
+        SubscriptionEvent::TrialEnded { ended_at } => one(
+            TRIAL_ENDED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "ended_at": time(&ended_at),
             }),
         ),
         SubscriptionEvent::SubscriptionActivated {

@@ -79,6 +79,23 @@ const EVER_PUBLISHED: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "billing.subscriptions.v1.trial-started",
+        &[
+            ("tenant_id", "id"),
+            ("subscription_id", "id"),
+            ("trial_start", "timestamp"),
+            ("trial_end", "timestamp"),
+        ],
+    ),
+    (
+        "billing.subscriptions.v1.trial-ended",
+        &[
+            ("tenant_id", "id"),
+            ("subscription_id", "id"),
+            ("ended_at", "timestamp"),
+        ],
+    ),
+    (
         "billing.subscriptions.v1.subscription-activated",
         &[
             ("tenant_id", "id"),
@@ -723,6 +740,7 @@ fn terms() -> PlanTerms {
         seat_price: dec("5"),
         seats: SeatLimits { min: 1, max: 50 },
         meters: vec![],
+        trial_days: 0,
     }
 }
 
@@ -829,8 +847,24 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 plan: terms(),
                 seats: 3,
                 created_at: t("2026-01-01T00:00:00Z"),
+                trial_days: None,
             }),
             vec![SUBSCRIPTION_CREATED],
+        ),
+        (
+            "trial started",
+            sub_event(SubscriptionEvent::TrialStarted {
+                trial_start: t("2026-01-01T00:00:00Z"),
+                trial_end: t("2026-01-15T00:00:00Z"),
+            }),
+            vec![TRIAL_STARTED],
+        ),
+        (
+            "trial ended",
+            sub_event(SubscriptionEvent::TrialEnded {
+                ended_at: t("2026-01-15T00:00:00Z"),
+            }),
+            vec![TRIAL_ENDED],
         ),
         (
             "subscription activated",

@@ -451,6 +451,11 @@ impl TestApp {
             .await
     }
 
+    pub async fn end_trial(&self, key: &str, id: &str) -> Resp {
+        self.post(key, &format!("/v1/subscriptions/{id}/end-trial"), json!({}))
+            .await
+    }
+
     pub async fn cancel(&self, key: &str, id: &str, body: Value) -> Resp {
         self.post(key, &format!("/v1/subscriptions/{id}/cancel"), body)
             .await
