@@ -439,7 +439,7 @@ fn validate_note(field: &str, note: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
-fn validate_customer_id(customer_id: &str) -> Result<(), DomainError> {
+pub(crate) fn validate_customer_id(customer_id: &str) -> Result<(), DomainError> {
     if customer_id.trim().is_empty() || customer_id.chars().count() > MAX_CUSTOMER_ID_CHARS {
         return Err(DomainError::validation(
             "customer_id",

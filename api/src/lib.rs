@@ -131,6 +131,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/invoices/{id}/mark-uncollectible",
             post(invoices::mark_uncollectible),
         )
+        .route("/v1/customers", get(customers::list))
+        .route(
+            "/v1/customers/{customer_id}",
+            get(customers::get).put(customers::put),
+        )
         .route(
             "/v1/customers/{customer_id}/balance",
             get(invoices::balance),

@@ -1245,6 +1245,7 @@ fn invoice(
     let issued = state.decide(InvoiceCommand::Issue {
         number: tenant.numbering.next(),
         at,
+        customer: None,
     })?;
     let assigned = tenant.numbering.decide(NumberingCommand::Assign {
         invoice_id: invoice_id.clone(),

@@ -22,8 +22,8 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tally_aggregates::money::{round_to_minor, scale_unit_price};
 use tally_aggregates::{
-    InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent, SubscriptionEvent, SuspendReason,
-    TicketEvent, UsageEvent,
+    CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent, SubscriptionEvent,
+    SuspendReason, TicketEvent, UsageEvent,
 };
 use tally_projections::StoredEvent;
 
@@ -137,6 +137,8 @@ pub const SUBSCRIPTION_CANCELLATION_SCHEDULED: &str =
     "billing.subscriptions.v1.subscription-cancellation-scheduled";
 pub const SUBSCRIPTION_CANCELED: &str = "billing.subscriptions.v1.subscription-canceled";
 pub const RATING_WINDOW_CLOSED: &str = "billing.subscriptions.v1.rating-window-closed";
+pub const CUSTOMER_CREATED: &str = "billing.customers.v1.customer-created";
+pub const CUSTOMER_UPDATED: &str = "billing.customers.v1.customer-updated";
 pub const INVOICE_ISSUED: &str = "billing.invoices.v1.invoice-issued";
 pub const INVOICE_PAID: &str = "billing.invoices.v1.invoice-paid";
 pub const INVOICE_VOIDED: &str = "billing.invoices.v1.invoice-voided";
@@ -156,6 +158,7 @@ const TENANT: Field = req("tenant_id", Id);
 const SUBSCRIPTION: Field = req("subscription_id", Id);
 const INVOICE: Field = req("invoice_id", Id);
 const TICKET: Field = req("ticket_id", Id);
+const CUSTOMER: Field = req("customer_id", Id);
 
 /// `Interval::as_str` of every interval (a test keeps them equal).
 pub const INTERVALS: &[&str] = &["month", "year"];
@@ -345,6 +348,36 @@ pub const TOPICS: &[TopicSpec] = &[
             req("next_period_start", Timestamp),
             req("next_period_end", Timestamp),
             req("closed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: CUSTOMER_CREATED,
+        aggregate: "customer",
+        event: "CustomerCreated",
+        description: "A customer was put for the first time.",
+        data: &[
+            TENANT,
+            CUSTOMER,
+            req("name", Text),
+            opt("email", Text),
+            opt("currency", Currency),
+            opt("country", Text),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: CUSTOMER_UPDATED,
+        aggregate: "customer",
+        event: "CustomerUpdated",
+        description: "A customer's details changed; invoices issued from now on copy them.",
+        data: &[
+            TENANT,
+            CUSTOMER,
+            req("name", Text),
+            opt("email", Text),
+            opt("currency", Currency),
+            opt("country", Text),
+            req("updated_at", Timestamp),
         ],
     },
     TopicSpec {
@@ -617,6 +650,7 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
     let decoded = match e.aggregate_type.as_str() {
         "plan" => e.decode().map(|event| plan(e, event)),
         "subscription" => e.decode().map(|event| subscription(e, event)),
+        "customer" => e.decode().map(|event| customer(e, event)),
         "invoice" => e.decode().map(|event| invoice(e, event)),
         "invoice_numbering" => e.decode().map(|event| match event {
             NumberingEvent::InvoiceNumberAssigned { .. } => vec![],
@@ -700,6 +734,31 @@ fn plan(e: &StoredEvent, event: PlanEvent) -> Vec<Integration> {
             }),
         ),
     }
+}
+
+fn customer(e: &StoredEvent, event: CustomerEvent) -> Vec<Integration> {
+    let (tenant_id, customer_id) = (&e.tenant, e.resource_id());
+    let (topic, details, at_field, at) = match event {
+        CustomerEvent::CustomerCreated {
+            details,
+            created_at,
+            ..
+        } => (CUSTOMER_CREATED, details, "created_at", created_at),
+        CustomerEvent::CustomerUpdated {
+            details,
+            updated_at,
+        } => (CUSTOMER_UPDATED, details, "updated_at", updated_at),
+    };
+    let mut data = json!({
+        "tenant_id": tenant_id,
+        "customer_id": customer_id,
+        "name": details.name,
+        "email": details.email,
+        "currency": details.currency.map(|c| c.code()),
+        "country": details.address.map(|a| a.country),
+    });
+    data[at_field] = time(&at);
+    one(topic, data)
 }
 
 fn subscription(e: &StoredEvent, event: SubscriptionEvent) -> Vec<Integration> {

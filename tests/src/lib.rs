@@ -461,6 +461,18 @@ impl TestApp {
             .await
     }
 
+    /// `PUT /v1/customers/{id}`: creates or updates the customer.
+    pub async fn put_customer(&self, key: &str, id: &str, body: Value) -> Resp {
+        self.request(
+            reqwest::Method::PUT,
+            &format!("/v1/customers/{id}"),
+            Some(key),
+            &[],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
     pub async fn stream_events(&self, key: &str, kind: &str, id: &str) -> Resp {
         self.get(key, &format!("/v1/audit/streams/{kind}/{id}/events"))
             .await
