@@ -249,7 +249,7 @@ pub const TOPICS: &[TopicSpec] = &[
         topic: SUBSCRIPTION_PLAN_CHANGED,
         aggregate: "subscription",
         event: "PlanChanged",
-        description: "An active subscription moved to another plan, prorated or not.",
+        description: "An active or trialing subscription moved to another plan, prorated or not (never during a trial).",
         data: &[
             TENANT,
             SUBSCRIPTION,
@@ -264,7 +264,7 @@ pub const TOPICS: &[TopicSpec] = &[
         topic: SUBSCRIPTION_SEATS_CHANGED,
         aggregate: "subscription",
         event: "SeatsChanged",
-        description: "An active subscription's seat count changed, prorated or not.",
+        description: "An active or trialing subscription's seat count changed, prorated or not (never during a trial).",
         data: &[
             TENANT,
             SUBSCRIPTION,
@@ -292,7 +292,7 @@ pub const TOPICS: &[TopicSpec] = &[
         topic: SUBSCRIPTION_RESUMED,
         aggregate: "subscription",
         event: "SubscriptionResumed",
-        description: "A suspended subscription is active again.",
+        description: "A suspended subscription is active again (or back in its trial, when suspended during one).",
         data: &[TENANT, SUBSCRIPTION, req("resumed_at", Timestamp)],
     },
     TopicSpec {
