@@ -3,9 +3,10 @@
 # fetch GET /openapi.json, validate it with openapi-spec-validator, generate a
 # Python client from it with openapi-python-client (the step fails on any
 # warning the generator prints), and run scripts/contract_flow.py through that
-# client only: create a plan, create and activate a subscription, list a
-# customer's subscriptions over two cursor pages, read the invoice the
-# activation issued, read a 404 as a parsed problem.
+# client only: create a plan, put and read a customer, create and activate a
+# subscription, list a customer's subscriptions over two cursor pages, read
+# the invoice the activation issued (with the customer's details), read a 404
+# as a parsed problem.
 #
 # Both backends: a fresh SQLite file, then, when TALLY_TEST_POSTGRES_URL is
 # set (scripts/test.sh sets it), a fresh PostgreSQL database on that server.

@@ -1,7 +1,8 @@
 """A short flow through the Python client generated from /openapi.json
-(scripts/contract.sh): create a plan, create and activate a subscription,
+(scripts/contract.sh): create a plan, put a customer (created, then read
+back), create and activate a subscription,
 list a customer's subscriptions over two cursor pages, read the invoice the
-activation issued, and read a 404 as a parsed problem. Every call goes through
+activation issued (with the customer's details), and read a 404 as a parsed problem. Every call goes through
 the generated client; nothing here builds a URL or parses JSON by hand.
 
 Usage: contract_flow.py BASE_URL API_KEY (the generated package on
@@ -14,6 +15,7 @@ import time
 import uuid
 
 from tally_client import AuthenticatedClient
+from tally_client.api.customers import customers_get, customers_put
 from tally_client.api.invoices import invoices_get, invoices_list
 from tally_client.api.plans import plans_create
 from tally_client.api.subscriptions import (
@@ -26,11 +28,13 @@ from tally_client.models import (
     ActivateRequest,
     CreatePlanRequest,
     CreateSubscriptionRequest,
+    CustomerDto,
     InvoiceDto,
     ListPageInvoiceDto,
     ListPageSubscriptionDto,
     PlanDto,
     Problem,
+    PutCustomerRequest,
     SubscriptionDto,
 )
 from tally_client.types import UNSET
@@ -83,6 +87,21 @@ def main():
     step(f"plans_create {plan.id}")
 
     customer = f"cus_contract_{run}"
+    r = customers_put.sync_detailed(
+        customer, client=client, body=PutCustomerRequest(name="Contract Customer", email="contract@example.com")
+    )
+    check(
+        r.status_code == 201 and isinstance(r.parsed, CustomerDto) and r.parsed.version == 1,
+        f"customers_put: {r.status_code} {r.content!r}",
+    )
+    head = max(head, position(r))
+    r = customers_get.sync_detailed(customer, client=client, x_min_position=head)
+    check(
+        r.status_code == 200 and isinstance(r.parsed, CustomerDto) and r.parsed.email == "contract@example.com",
+        f"customers_get: {r.status_code} {r.content!r}",
+    )
+    step(f"customers_put {customer} -> 201, customers_get reads it")
+
     subs = []
     for _ in range(3):
         r = subscriptions_create.sync_detailed(
@@ -156,6 +175,10 @@ def main():
     invoice = r.parsed
     check(invoice.subscription_id == subs[0] and invoice.customer_id == customer, f"the invoice is the subscription's: {invoice}")
     check(invoice.currency == "EUR", f"the invoice is in the plan's currency: {invoice.currency}")
+    check(
+        invoice.customer_details is not None and invoice.customer_details.name == "Contract Customer",
+        f"the invoice copied the customer's details: {invoice.customer_details}",
+    )
     step(f"invoices_get {invoice.id} ({invoice.status}, total {invoice.total})")
 
     r = invoices_get.sync_detailed(f"inv_missing_{run}", client=client)

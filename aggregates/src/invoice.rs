@@ -12,6 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::customer::CustomerDetails;
 use crate::money::{round_to_minor, MAX_AMOUNT};
 use crate::plan::validate_id;
 use crate::{Currency, DomainError, Period};
@@ -155,6 +156,11 @@ pub struct Invoice {
     pub voided_at: Option<DateTime<Utc>>,
     pub void_reason: Option<String>,
     pub uncollectible_at: Option<DateTime<Utc>>,
+    /// The customer's details as they were when the invoice was issued;
+    /// `None` before issue, for a customer never put, and on invoices issued
+    /// before customers existed.
+    #[serde(default)]
+    pub customer_details: Option<CustomerDetails>,
 }
 
 /// What can be asked of an invoice. Every command carries its time.
@@ -173,9 +179,14 @@ pub enum InvoiceCommand {
     },
     /// Draft only.
     AddLine { line: NewLine, at: DateTime<Utc> },
-    /// Draft → Open with `number` (from [`InvoiceNumbering`]); a total of
-    /// zero or less is settled at once (→ Paid).
-    Issue { number: u64, at: DateTime<Utc> },
+    /// Draft → Open with `number` (from [`InvoiceNumbering`]) and a copy of
+    /// the customer's details as they are now (`None`: never put); a total
+    /// of zero or less is settled at once (→ Paid).
+    Issue {
+        number: u64,
+        customer: Option<CustomerDetails>,
+        at: DateTime<Utc>,
+    },
     /// Open only; at most `amount_due`. A repeat of a payment reference with
     /// the same amount is a no-op (a provider's retried notification).
     RecordPayment {
@@ -233,6 +244,11 @@ pub enum InvoiceEvent {
         amount_due: Decimal,
         issued_at: DateTime<Utc>,
         due_at: DateTime<Utc>,
+        /// The customer's details at issue; absent for a customer never put
+        /// and in events stored before customers existed. Boxed: most
+        /// invoice events are small.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        customer_details: Option<Box<CustomerDetails>>,
     },
     PaymentRecorded {
         payment: Payment,
@@ -491,7 +507,14 @@ impl Invoice {
                 Err(Self::invalid(status, name))
             }
 
-            (Some(Draft), C::Issue { number, at }) => self.issue(number, at),
+            (
+                Some(Draft),
+                C::Issue {
+                    number,
+                    customer,
+                    at,
+                },
+            ) => self.issue(number, customer, at),
             (Some(status @ (Open | Paid | Void | Uncollectible)), C::Issue { .. }) => {
                 Err(Self::invalid(status, name))
             }
@@ -606,7 +629,12 @@ impl Invoice {
         Ok(events)
     }
 
-    fn issue(&self, number: u64, at: DateTime<Utc>) -> Result<Vec<InvoiceEvent>, DomainError> {
+    fn issue(
+        &self,
+        number: u64,
+        customer: Option<CustomerDetails>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InvoiceEvent>, DomainError> {
         if number == 0 {
             return Err(DomainError::validation("number", "must be at least 1"));
         }
@@ -623,6 +651,7 @@ impl Invoice {
             amount_due,
             issued_at: at,
             due_at,
+            customer_details: customer.map(Box::new),
         }];
         // Nothing to collect (a zero or credit invoice): settled on issue.
         if amount_due.is_zero() {
@@ -769,10 +798,12 @@ impl Invoice {
                 amount_due,
                 issued_at,
                 due_at,
+                customer_details,
                 ..
             } => {
                 self.expect_status(&[Draft], event);
                 self.status = Some(Open);
+                self.customer_details = customer_details.as_deref().cloned();
                 self.number = Some(number.clone());
                 self.subtotal = *subtotal;
                 self.total = *total;

@@ -1,4 +1,4 @@
-//! Tally's domain: the `Plan`, `Subscription`, `UsageRecord`, `Invoice`, `AccessKey`,
+//! Tally's domain: the `Plan`, `Subscription`, `Customer`, `UsageRecord`, `Invoice`, `AccessKey`,
 //! `InvoiceNumbering`, `Ticket` and `Inbox` aggregates, their commands and events, and the money and
 //! billing-period arithmetic they rely on, and the pricing of metered usage.
 //!
@@ -52,6 +52,7 @@ macro_rules! cqrs_adapter {
 
 pub mod access_key;
 pub mod billing;
+pub mod customer;
 pub mod error;
 pub mod inbox;
 pub mod invoice;
@@ -65,6 +66,9 @@ pub mod time;
 pub mod usage;
 
 pub use access_key::{AccessKey, AccessKeyCommand, AccessKeyEvent};
+pub use customer::{
+    Address, Customer, CustomerCommand, CustomerDetails, CustomerEvent, CustomerStatus,
+};
 pub use error::DomainError;
 pub use inbox::{valid_recipient, Inbox, InboxCommand, InboxEvent};
 pub use invoice::{

@@ -19,6 +19,8 @@ pub const MAX_SEATS: u32 = 1_000_000;
 pub const MAX_CODE_CHARS: usize = 64;
 /// The longest plan name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
+/// The longest trial a plan or subscription may give, in days (two years).
+pub const MAX_TRIAL_DAYS: u32 = 730;
 /// The most decimal places of a meter quantity.
 pub const MAX_QUANTITY_PLACES: u32 = 12;
 /// The most usage lines a plan's meters may put on one renewal invoice
@@ -239,6 +241,26 @@ pub struct PlanTerms {
     pub seats: SeatLimits,
     #[serde(default)]
     pub meters: Vec<MeterTerms>,
+    /// Days of trial a subscription on this plan starts with when it is
+    /// activated; zero: none. Absent (zero) in terms stored before trials
+    /// existed, and left out when zero so those terms keep their shape.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub trial_days: u32,
+}
+
+fn is_zero(days: &u32) -> bool {
+    *days == 0
+}
+
+/// Checks a number of trial days: at most [`MAX_TRIAL_DAYS`].
+pub fn validate_trial_days(field: &str, days: u32) -> Result<(), DomainError> {
+    if days > MAX_TRIAL_DAYS {
+        return Err(DomainError::validation(
+            field,
+            format!("must be at most {MAX_TRIAL_DAYS}"),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_text(field: &str, value: &str, max_chars: usize) -> Result<(), DomainError> {
@@ -274,6 +296,7 @@ impl PlanTerms {
         validate_price("base_price", self.base_price, self.currency)?;
         validate_unit_price("seat_price", self.seat_price, self.currency)?;
         self.seats.validate()?;
+        validate_trial_days("trial_days", self.trial_days)?;
         if self.meters.len() > MAX_METERS {
             return Err(DomainError::validation(
                 "meters",

@@ -1,8 +1,13 @@
 //! The `Subscription` aggregate: a customer on a plan with a seat count, moving
-//! Draft → Active ⇄ PastDue / Suspended → Canceled (terminal). It owns the
-//! billing-period clock (anniversary billing from the activation anchor), seat
-//! limits, plan changes with proration, and the rating window that a renewal
-//! closes.
+//! Draft → (Trialing →) Active ⇄ PastDue / Suspended → Canceled (terminal). It
+//! owns the billing-period clock (anniversary billing from the activation
+//! anchor, or from the end of the trial), seat limits, plan changes with
+//! proration, and the rating window that a renewal closes.
+//!
+//! A trial has no billing period: nothing is billed while it runs. Ending it
+//! (`EndTrial`, by the clock at `trial_end` or earlier on request) activates
+//! the subscription with its anchor and first period at the trial's end, or
+//! cancels it when a cancellation was scheduled for the end of the trial.
 //!
 //! The subscription keeps a copy of its plan's terms, so deciding a seat change
 //! or a proration never needs the plan aggregate; the command layer loads the
@@ -14,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::round_to_minor;
 use crate::period::{checked_period_at, checked_period_containing};
-use crate::plan::{is_valid_meter_key, validate_id};
+use crate::plan::{is_valid_meter_key, validate_id, validate_trial_days};
 use crate::{Currency, DomainError, Period, PlanTerms};
 
 /// The longest customer id, in characters.
@@ -30,6 +35,7 @@ pub const FRACTION_PLACES: u32 = 12;
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionStatus {
     Draft,
+    Trialing,
     Active,
     PastDue,
     Suspended,
@@ -38,8 +44,9 @@ pub enum SubscriptionStatus {
 
 impl SubscriptionStatus {
     /// Every status, for tests and tables.
-    pub const ALL: [SubscriptionStatus; 5] = [
+    pub const ALL: [SubscriptionStatus; 6] = [
         SubscriptionStatus::Draft,
+        SubscriptionStatus::Trialing,
         SubscriptionStatus::Active,
         SubscriptionStatus::PastDue,
         SubscriptionStatus::Suspended,
@@ -50,6 +57,7 @@ impl SubscriptionStatus {
     pub fn as_str(&self) -> &'static str {
         match self {
             SubscriptionStatus::Draft => "draft",
+            SubscriptionStatus::Trialing => "trialing",
             SubscriptionStatus::Active => "active",
             SubscriptionStatus::PastDue => "past_due",
             SubscriptionStatus::Suspended => "suspended",
@@ -187,7 +195,18 @@ pub struct Subscription {
     pub plan: Option<PlanTerms>,
     pub seats: u32,
     pub status: Option<SubscriptionStatus>,
-    /// The activation time; every billing period is computed from it.
+    /// The trial length the subscription asked for itself, overriding the
+    /// plan's when positive.
+    #[serde(default)]
+    pub trial_days: Option<u32>,
+    /// When the trial began (the activation) and ends (or ended, once it
+    /// was ended early); `None` for a subscription that never trialed.
+    #[serde(default)]
+    pub trial_start: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub trial_end: Option<DateTime<Utc>>,
+    /// The activation time, or the end of the trial; every billing period is
+    /// computed from it.
     pub anchor: Option<DateTime<Utc>>,
     pub current_period: Option<Period>,
     pub suspension: Option<Suspension>,
@@ -216,9 +235,13 @@ pub enum SubscriptionCommand {
         customer_id: String,
         plan: PlanRef,
         seats: Option<u32>,
+        /// Days of trial, replacing the plan's when positive.
+        trial_days: Option<u32>,
         at: DateTime<Utc>,
     },
-    /// Draft → Active; `at` becomes the billing anchor. `now` is the clock
+    /// Draft → Active, or Draft → Trialing when the subscription (or else
+    /// its plan) has trial days; `at` becomes the billing anchor, or the
+    /// start of the trial. `now` is the clock
     /// when it was asked: `at` may lie at most one billing interval before
     /// it (one catch-up period, billed as one invoice) and at most a year
     /// after it.
@@ -265,6 +288,10 @@ pub enum SubscriptionCommand {
     /// Closes the ended period and opens the next, or carries out a scheduled
     /// cancellation.
     Renew { at: DateTime<Utc> },
+    /// Trialing → Active (or Canceled, when a cancellation is scheduled) at
+    /// `at`, or at `trial_end` when `at` is later: the scheduler sends the
+    /// clock's time once the trial is over, a client ends it early.
+    EndTrial { at: DateTime<Utc> },
 }
 
 impl SubscriptionCommand {
@@ -281,6 +308,7 @@ impl SubscriptionCommand {
             SubscriptionCommand::ClearPastDue { .. } => "clear_past_due",
             SubscriptionCommand::Cancel { .. } => "cancel",
             SubscriptionCommand::Renew { .. } => "renew",
+            SubscriptionCommand::EndTrial { .. } => "end_trial",
         }
     }
 }
@@ -296,6 +324,20 @@ pub enum SubscriptionEvent {
         plan: PlanTerms,
         seats: u32,
         created_at: DateTime<Utc>,
+        /// Absent in events stored before trials existed, and when not asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trial_days: Option<u32>,
+    },
+    /// Draft → Trialing: activated with a trial, nothing billed until `trial_end`.
+    TrialStarted {
+        trial_start: DateTime<Utc>,
+        trial_end: DateTime<Utc>,
+    },
+    /// The trial is over at `ended_at` (its `trial_end`, or earlier when ended
+    /// on request); `SubscriptionActivated` or `SubscriptionCanceled` follows
+    /// in the same append.
+    TrialEnded {
+        ended_at: DateTime<Utc>,
     },
     /// Opens the first period; the plan and seats it starts on are what the
     /// first invoice bills (absent in events stored before they were added).
@@ -371,6 +413,8 @@ impl SubscriptionEvent {
     pub fn name(&self) -> &'static str {
         match self {
             SubscriptionEvent::SubscriptionCreated { .. } => "SubscriptionCreated",
+            SubscriptionEvent::TrialStarted { .. } => "TrialStarted",
+            SubscriptionEvent::TrialEnded { .. } => "TrialEnded",
             SubscriptionEvent::SubscriptionActivated { .. } => "SubscriptionActivated",
             SubscriptionEvent::PlanChanged { .. } => "PlanChanged",
             SubscriptionEvent::SeatsChanged { .. } => "SeatsChanged",
@@ -395,7 +439,7 @@ fn validate_note(field: &str, note: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
-fn validate_customer_id(customer_id: &str) -> Result<(), DomainError> {
+pub(crate) fn validate_customer_id(customer_id: &str) -> Result<(), DomainError> {
     if customer_id.trim().is_empty() || customer_id.chars().count() > MAX_CUSTOMER_ID_CHARS {
         return Err(DomainError::validation(
             "customer_id",
@@ -467,7 +511,7 @@ impl Subscription {
         command: SubscriptionCommand,
     ) -> Result<Vec<SubscriptionEvent>, DomainError> {
         use SubscriptionCommand as C;
-        use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended};
+        use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended, Trialing};
         let name = command.name();
         match (self.status, command) {
             (
@@ -477,12 +521,14 @@ impl Subscription {
                     customer_id,
                     plan,
                     seats,
+                    trial_days,
                     at,
                 },
-            ) => Self::create(subscription_id, customer_id, plan, seats, at),
-            (Some(Draft | Active | PastDue | Suspended | Canceled), C::Create { .. }) => {
-                Err(DomainError::AlreadyExists("subscription"))
-            }
+            ) => Self::create(subscription_id, customer_id, plan, seats, trial_days, at),
+            (
+                Some(Draft | Trialing | Active | PastDue | Suspended | Canceled),
+                C::Create { .. },
+            ) => Err(DomainError::AlreadyExists("subscription")),
             (
                 None,
                 C::Activate { .. }
@@ -493,13 +539,15 @@ impl Subscription {
                 | C::MarkPastDue { .. }
                 | C::ClearPastDue { .. }
                 | C::Cancel { .. }
-                | C::Renew { .. },
+                | C::Renew { .. }
+                | C::EndTrial { .. },
             ) => Err(DomainError::NotFound("subscription")),
 
             (Some(Draft), C::Activate { at, now }) => self.activate(at, now),
-            (Some(status @ (Active | PastDue | Suspended | Canceled)), C::Activate { .. }) => {
-                Err(Self::invalid(status, name))
-            }
+            (
+                Some(status @ (Trialing | Active | PastDue | Suspended | Canceled)),
+                C::Activate { .. },
+            ) => Err(Self::invalid(status, name)),
 
             (
                 Some(Active),
@@ -509,6 +557,11 @@ impl Subscription {
                     at,
                 },
             ) => self.change_plan(plan, proration, at),
+            // A trial bills nothing, so there is nothing to prorate: the
+            // first invoice bills the plan the trial ends on.
+            (Some(Trialing), C::ChangePlan { plan, at, .. }) => {
+                self.change_plan(plan, ProrationMode::None, at)
+            }
             (Some(status @ (Draft | PastDue | Suspended | Canceled)), C::ChangePlan { .. }) => {
                 Err(Self::invalid(status, name))
             }
@@ -521,11 +574,16 @@ impl Subscription {
                     at,
                 },
             ) => self.change_seats(seats, proration, at),
+            (Some(Trialing), C::ChangeSeats { seats, at, .. }) => {
+                self.change_seats(seats, ProrationMode::None, at)
+            }
             (Some(status @ (Draft | PastDue | Suspended | Canceled)), C::ChangeSeats { .. }) => {
                 Err(Self::invalid(status, name))
             }
 
-            (Some(Active | PastDue), C::Suspend { reason, at }) => {
+            // A trial is suspended like a running subscription (a quota's
+            // hard cap holds during a trial too); resuming returns to it.
+            (Some(Trialing | Active | PastDue), C::Suspend { reason, at }) => {
                 reason.validate()?;
                 Ok(vec![SubscriptionEvent::SubscriptionSuspended {
                     reason,
@@ -541,9 +599,10 @@ impl Subscription {
             (Some(Suspended), C::Resume { at }) => {
                 Ok(vec![SubscriptionEvent::SubscriptionResumed { resumed_at: at }])
             }
-            (Some(status @ (Draft | Active | PastDue | Canceled)), C::Resume { .. }) => {
-                Err(Self::invalid(status, name))
-            }
+            (
+                Some(status @ (Draft | Trialing | Active | PastDue | Canceled)),
+                C::Resume { .. },
+            ) => Err(Self::invalid(status, name)),
 
             (Some(Active), C::MarkPastDue { invoice_id, at }) => {
                 validate_id("invoice_id", &invoice_id)?;
@@ -551,7 +610,8 @@ impl Subscription {
             }
             // A second unpaid invoice does not make it more past due.
             (Some(PastDue), C::MarkPastDue { .. }) => Ok(vec![]),
-            (Some(status @ (Draft | Suspended | Canceled)), C::MarkPastDue { .. }) => {
+            // A trial has billed nothing that could be past due.
+            (Some(status @ (Draft | Trialing | Suspended | Canceled)), C::MarkPastDue { .. }) => {
                 Err(Self::invalid(status, name))
             }
 
@@ -564,9 +624,9 @@ impl Subscription {
                     Ok(vec![])
                 }
             }
-            // Paid while not past due (on time, or after a suspension, which
-            // only Resume lifts): nothing to clear.
-            (Some(Active | Suspended), C::ClearPastDue { invoice_id, .. }) => {
+            // Paid while not past due (on time, during a trial, or after a
+            // suspension, which only Resume lifts): nothing to clear.
+            (Some(Trialing | Active | Suspended), C::ClearPastDue { invoice_id, .. }) => {
                 validate_id("invoice_id", &invoice_id)?;
                 Ok(vec![])
             }
@@ -575,7 +635,7 @@ impl Subscription {
             }
 
             (
-                Some(Draft | Active | PastDue | Suspended),
+                Some(Draft | Trialing | Active | PastDue | Suspended),
                 C::Cancel {
                     when: CancelWhen::Now,
                     reason,
@@ -599,8 +659,10 @@ impl Subscription {
                     canceled_at: at,
                 }])
             }
+            // During a trial the term that runs out is the trial: the
+            // subscription ends with it, never billed.
             (
-                Some(Active | PastDue | Suspended),
+                Some(Trialing | Active | PastDue | Suspended),
                 C::Cancel {
                     when: CancelWhen::PeriodEnd,
                     reason,
@@ -609,10 +671,22 @@ impl Subscription {
             ) => self.schedule_cancellation(reason, at),
             (Some(status @ Canceled), C::Cancel { .. }) => Err(Self::invalid(status, name)),
 
-            (Some(Active | PastDue | Suspended), C::Renew { at }) => self.renew(at),
-            (Some(status @ (Draft | Canceled)), C::Renew { .. }) => {
+            (Some(Active | PastDue), C::Renew { at }) => self.renew(at),
+            // Suspended during its trial, it has no period to renew yet.
+            (Some(status @ Suspended), C::Renew { at }) => match self.current_period {
+                Some(_) => self.renew(at),
+                None => Err(Self::invalid(status, name)),
+            },
+            (Some(status @ (Draft | Trialing | Canceled)), C::Renew { .. }) => {
                 Err(Self::invalid(status, name))
             }
+
+            (Some(Trialing), C::EndTrial { at }) => Ok(self.end_trial(at)),
+            // A trial suspended is resumed first, then ended.
+            (
+                Some(status @ (Draft | Active | PastDue | Suspended | Canceled)),
+                C::EndTrial { .. },
+            ) => Err(Self::invalid(status, name)),
         }
     }
 
@@ -621,11 +695,15 @@ impl Subscription {
         customer_id: String,
         plan: PlanRef,
         seats: Option<u32>,
+        trial_days: Option<u32>,
         at: DateTime<Utc>,
     ) -> Result<Vec<SubscriptionEvent>, DomainError> {
         validate_id("subscription_id", &subscription_id)?;
         validate_customer_id(&customer_id)?;
         check_target_plan(&plan)?;
+        if let Some(days) = trial_days {
+            validate_trial_days("trial_days", days)?;
+        }
         let seats = seats.unwrap_or(plan.terms.seats.min);
         plan.terms.seats.check(seats)?;
         Ok(vec![SubscriptionEvent::SubscriptionCreated {
@@ -635,6 +713,7 @@ impl Subscription {
             plan: plan.terms,
             seats,
             created_at: at,
+            trial_days,
         }])
     }
 
@@ -654,15 +733,79 @@ impl Subscription {
                 interval.as_str()
             ),
         )?;
-        let period = checked_period_at(at, interval, 0)
+        let trial_days = self.effective_trial_days();
+        if trial_days > 0 {
+            let trial_end = at
+                .checked_add_signed(chrono::Duration::days(i64::from(trial_days)))
+                .filter(|end| crate::time::check_accepted("at", *end).is_ok())
+                .ok_or_else(|| DomainError::validation("at", "out of the supported date range"))?;
+            return Ok(vec![SubscriptionEvent::TrialStarted {
+                trial_start: at,
+                trial_end,
+            }]);
+        }
+        Ok(vec![self.activated(at)?])
+    }
+
+    /// The trial an activation starts: the subscription's own trial days
+    /// when positive, else the plan's; zero means none.
+    pub fn effective_trial_days(&self) -> u32 {
+        self.trial_days
+            .filter(|days| *days > 0)
+            .unwrap_or(self.terms().trial_days)
+    }
+
+    /// The first period opening at `anchor`, with what its invoice bills.
+    fn activated(&self, anchor: DateTime<Utc>) -> Result<SubscriptionEvent, DomainError> {
+        let period = checked_period_at(anchor, self.terms().interval, 0)
             .ok_or_else(|| DomainError::validation("at", "out of the supported date range"))?;
-        Ok(vec![SubscriptionEvent::SubscriptionActivated {
-            anchor: at,
+        Ok(SubscriptionEvent::SubscriptionActivated {
+            anchor,
             period,
-            activated_at: at,
+            activated_at: anchor,
             plan: Some(self.terms().clone()),
             seats: Some(self.seats),
-        }])
+        })
+    }
+
+    /// Ends the trial at `at`, clamped into the trial: the subscription
+    /// becomes active with its first period from then, or is canceled then
+    /// when a cancellation waited for the end of the trial.
+    fn end_trial(&self, at: DateTime<Utc>) -> Vec<SubscriptionEvent> {
+        let (start, end) = self
+            .trial_start
+            .zip(self.trial_end)
+            .expect("a trialing subscription has its trial");
+        let ended_at = at.clamp(start, end);
+        let then = if self.cancel_at_period_end {
+            SubscriptionEvent::SubscriptionCanceled {
+                reason: self.cancel_reason.clone(),
+                canceled_at: ended_at,
+            }
+        } else {
+            // The anchor lies within the trial, itself within the accepted
+            // range, so its first period always exists.
+            self.activated(ended_at)
+                .expect("a period within the accepted range")
+        };
+        vec![SubscriptionEvent::TrialEnded { ended_at }, then]
+    }
+
+    /// The end of the term a cancellation "at period end" waits for: the
+    /// current period, or the trial when there is no period yet.
+    fn term_end(&self) -> DateTime<Utc> {
+        match (self.current_period, self.trial_end) {
+            (Some(period), _) => period.end,
+            (None, Some(trial_end)) => trial_end,
+            (None, None) => unreachable!("a running subscription has a period or a trial"),
+        }
+    }
+
+    /// The anchor of the subscription's usage windows: the billing anchor,
+    /// or during a trial the trial's start (so usage of a trial never shares
+    /// a window with billed usage).
+    pub fn usage_anchor(&self) -> Option<DateTime<Utc>> {
+        self.anchor.or(self.trial_start)
     }
 
     fn prorate(
@@ -764,7 +907,7 @@ impl Subscription {
         }
         Ok(vec![SubscriptionEvent::CancellationScheduled {
             reason,
-            cancel_at: self.period().end,
+            cancel_at: self.term_end(),
             scheduled_at: at,
         }])
     }
@@ -814,7 +957,7 @@ impl Subscription {
 
     /// Applies an event. Events come from `decide`, so an impossible one is a bug.
     pub fn evolve(&mut self, event: &SubscriptionEvent) {
-        use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended};
+        use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended, Trialing};
         match event {
             SubscriptionEvent::SubscriptionCreated {
                 subscription_id,
@@ -823,8 +966,10 @@ impl Subscription {
                 plan,
                 seats,
                 created_at,
+                trial_days,
             } => {
                 assert!(self.status.is_none(), "SubscriptionCreated twice");
+                self.trial_days = *trial_days;
                 self.id = Some(subscription_id.clone());
                 self.customer_id = customer_id.clone();
                 self.plan_id = plan_id.clone();
@@ -833,13 +978,27 @@ impl Subscription {
                 self.status = Some(Draft);
                 self.created_at = Some(*created_at);
             }
+            SubscriptionEvent::TrialStarted {
+                trial_start,
+                trial_end,
+            } => {
+                self.expect_status(&[Draft], event);
+                self.status = Some(Trialing);
+                self.trial_start = Some(*trial_start);
+                self.trial_end = Some(*trial_end);
+            }
+            SubscriptionEvent::TrialEnded { ended_at } => {
+                // Activation or cancellation follows; the status moves then.
+                self.expect_status(&[Trialing], event);
+                self.trial_end = Some(*ended_at);
+            }
             SubscriptionEvent::SubscriptionActivated {
                 anchor,
                 period,
                 activated_at,
                 ..
             } => {
-                self.expect_status(&[Draft], event);
+                self.expect_status(&[Draft, Trialing], event);
                 self.status = Some(Active);
                 self.anchor = Some(*anchor);
                 self.current_period = Some(*period);
@@ -851,13 +1010,13 @@ impl Subscription {
                 proration,
                 ..
             } => {
-                self.expect_status(&[Active], event);
+                self.expect_status(&[Trialing, Active], event);
                 self.plan_id = to_plan_id.clone();
                 self.plan = Some(plan.clone());
                 self.pending_prorations.extend(proration.clone());
             }
             SubscriptionEvent::SeatsChanged { to, proration, .. } => {
-                self.expect_status(&[Active], event);
+                self.expect_status(&[Trialing, Active], event);
                 self.seats = *to;
                 self.pending_prorations.extend(proration.clone());
             }
@@ -865,7 +1024,7 @@ impl Subscription {
                 reason,
                 suspended_at,
             } => {
-                self.expect_status(&[Active, PastDue], event);
+                self.expect_status(&[Trialing, Active, PastDue], event);
                 self.status = Some(Suspended);
                 self.suspension = Some(Suspension {
                     reason: reason.clone(),
@@ -874,7 +1033,12 @@ impl Subscription {
             }
             SubscriptionEvent::SubscriptionResumed { .. } => {
                 self.expect_status(&[Suspended], event);
-                self.status = Some(Active);
+                // Suspended during its trial, it has no period yet.
+                self.status = Some(if self.current_period.is_some() {
+                    Active
+                } else {
+                    Trialing
+                });
                 self.suspension = None;
                 self.past_due_invoice = None;
             }
@@ -889,7 +1053,7 @@ impl Subscription {
                 self.past_due_invoice = None;
             }
             SubscriptionEvent::CancellationScheduled { reason, .. } => {
-                self.expect_status(&[Active, PastDue, Suspended], event);
+                self.expect_status(&[Trialing, Active, PastDue, Suspended], event);
                 self.cancel_at_period_end = true;
                 self.cancel_reason = reason.clone();
             }
@@ -897,7 +1061,7 @@ impl Subscription {
                 reason,
                 canceled_at,
             } => {
-                self.expect_status(&[Draft, Active, PastDue, Suspended], event);
+                self.expect_status(&[Draft, Trialing, Active, PastDue, Suspended], event);
                 self.status = Some(Canceled);
                 self.canceled_at = Some(*canceled_at);
                 self.cancel_reason = reason.clone();

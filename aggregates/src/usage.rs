@@ -118,7 +118,8 @@ pub fn usage_window(anchor: DateTime<Utc>, reset: ResetCadence, t: DateTime<Utc>
 pub struct SubscriptionContext {
     pub subscription_id: String,
     pub status: SubscriptionStatus,
-    /// The billing anchor; `None` until the subscription is activated.
+    /// The anchor of its usage windows (`Subscription::usage_anchor`): the
+    /// billing anchor, or the trial's start; `None` until it is activated.
     pub anchor: Option<DateTime<Utc>>,
     /// The terms of the subscription's current plan, for its meters.
     pub plan: PlanTerms,
@@ -248,12 +249,13 @@ fn validate_transaction_id(transaction_id: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// Usage counts only for a subscription that is being served: active, or past
-/// due while its invoice is chased.
+/// Usage counts only for a subscription that is being served: active, past
+/// due while its invoice is chased, or trialing (recorded and capped, never
+/// billed: its windows lie before the first billing period).
 fn check_subscription_status(status: SubscriptionStatus) -> Result<(), DomainError> {
-    use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended};
+    use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended, Trialing};
     match status {
-        Active | PastDue => Ok(()),
+        Trialing | Active | PastDue => Ok(()),
         Draft | Suspended | Canceled => Err(DomainError::InvalidTransition {
             aggregate: "subscription",
             from: status.as_str().to_owned(),
@@ -650,6 +652,7 @@ mod tests {
                 meter("storage_gb", ResetCadence::Yearly),
                 meter("projects", ResetCadence::Lifetime),
             ],
+            trial_days: 0,
         }
     }
 

@@ -354,7 +354,11 @@ fn renewal_invoice(lines: Vec<NewLine>, currency: Currency) -> Invoice {
             lines,
             at,
         },
-        InvoiceCommand::Issue { number: 7, at },
+        InvoiceCommand::Issue {
+            number: 7,
+            at,
+            customer: None,
+        },
     ] {
         for event in invoice.decide(command).expect("the renewal invoice") {
             invoice.evolve(&event);
@@ -413,6 +417,7 @@ fn a_downgrade_credit_larger_than_the_fee_settles_the_invoice_at_once() {
         InvoiceCommand::Issue {
             number: 8,
             at: may().start,
+            customer: None,
         },
     ] {
         let decided = invoice.decide(command).unwrap();

@@ -97,6 +97,7 @@ fn issue(number: u64) -> InvoiceCommand {
     InvoiceCommand::Issue {
         number,
         at: t(ISSUED),
+        customer: None,
     }
 }
 
@@ -848,6 +849,7 @@ fn issue_fixes_the_number_the_totals_and_the_due_date() {
             amount_due: dec("100.00"),
             issued_at: t(ISSUED),
             due_at: t(ISSUED) + Duration::days(14),
+            customer_details: None,
         }]
     );
     assert_eq!(invoice.status, Some(InvoiceStatus::Open));
@@ -875,6 +877,7 @@ fn due_at_is_issued_at_plus_the_due_days() {
                 InvoiceCommand::Issue {
                     number: 1,
                     at: t(issued_at),
+                    customer: None,
                 },
             ],
         );
@@ -904,6 +907,7 @@ fn issuing_a_zero_total_settles_it_at_once() {
                     amount_due: dec("0.00"),
                     issued_at: t(ISSUED),
                     due_at: t(ISSUED) + Duration::days(30),
+                    customer_details: None,
                 },
                 InvoiceEvent::InvoicePaid {
                     customer_id: "cus_1".to_owned(),
@@ -1840,7 +1844,7 @@ proptest! {
                 });
                 numbered.and_then(|numbered| {
                     let NumberingEvent::InvoiceNumberAssigned { sequence, .. } = &numbered[0];
-                    let events = invoice.decide(InvoiceCommand::Issue { number: *sequence, at })?;
+                    let events = invoice.decide(InvoiceCommand::Issue { number: *sequence, at, customer: None })?;
                     for event in &numbered {
                         numbering.evolve(event);
                     }

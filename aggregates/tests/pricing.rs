@@ -165,6 +165,7 @@ fn bill_windows(
         InvoiceCommand::Issue {
             number: 1,
             at: may().start,
+            customer: None,
         },
     ] {
         for event in invoice.decide(command).expect("invoice command") {

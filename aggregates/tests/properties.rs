@@ -95,6 +95,8 @@ fn command(
             plan,
             // Now and then no seats: the plan minimum.
             seats: (step.seats % 5 != 4).then_some(step.seats),
+            // Now and then a trial of its own (zero: the plan's, none).
+            trial_days: step.seats.is_multiple_of(3).then_some(step.seats % 20),
             at,
         },
         1 => SubscriptionCommand::Activate { at, now: at },
@@ -138,6 +140,7 @@ fn command(
             invoice_id: format!("inv_{}", step.seats % 3),
             at,
         },
+        10 => SubscriptionCommand::EndTrial { at },
         // Renewal is the most frequent command in real life.
         _ => SubscriptionCommand::Renew { at },
     }
@@ -159,18 +162,44 @@ fn check_invariants(subscription: &Subscription, events: &[SubscriptionEvent]) {
         Some(SubscriptionStatus::Suspended) => assert!(subscription.suspension.is_some()),
         Some(
             SubscriptionStatus::Draft
+            | SubscriptionStatus::Trialing
             | SubscriptionStatus::Active
             | SubscriptionStatus::PastDue
             | SubscriptionStatus::Canceled,
         )
         | None => assert!(subscription.suspension.is_none()),
     }
+    // A trial has no billing period, so nothing can be billed during it;
+    // every running subscription without a period is in its trial.
+    match subscription.status {
+        Some(SubscriptionStatus::Trialing) => {
+            assert_eq!(subscription.current_period, None);
+            assert_eq!(subscription.anchor, None);
+            assert!(subscription.trial_start <= subscription.trial_end);
+            assert!(subscription.trial_end.is_some());
+        }
+        Some(SubscriptionStatus::Suspended) if subscription.current_period.is_none() => {
+            assert!(subscription.trial_end.is_some());
+        }
+        Some(SubscriptionStatus::Active | SubscriptionStatus::PastDue) => {
+            assert!(subscription.current_period.is_some());
+        }
+        Some(
+            SubscriptionStatus::Draft
+            | SubscriptionStatus::Suspended
+            | SubscriptionStatus::Canceled,
+        )
+        | None => {}
+    }
     // Past due always knows which invoice; only a suspension may outlive it.
     match subscription.status {
         Some(SubscriptionStatus::PastDue) => assert!(subscription.past_due_invoice.is_some()),
         Some(SubscriptionStatus::Suspended) => {}
         Some(
-            SubscriptionStatus::Draft | SubscriptionStatus::Active | SubscriptionStatus::Canceled,
+            SubscriptionStatus::Draft
+            | SubscriptionStatus::Trialing
+            | SubscriptionStatus::Active
+            | SubscriptionStatus::Canceled,
         )
         | None => assert_eq!(subscription.past_due_invoice, None),
     }
@@ -297,6 +326,8 @@ fn check_billing(
                 prorations,
                 ..
             } => {
+                // No invoice during a trial: it has no period to renew.
+                prop_assert_ne!(before.status, Some(SubscriptionStatus::Trialing));
                 prop_assert_eq!(plan_id.as_deref(), Some(before.plan_id.as_str()));
                 prop_assert_eq!(plan.as_ref(), before.plan.as_ref());
                 prop_assert_eq!(*seats, Some(before.seats));
@@ -317,6 +348,8 @@ fn check_billing(
             // what is pending stays pending (and is never billed).
             SubscriptionEvent::SubscriptionCanceled { .. }
             | SubscriptionEvent::SubscriptionCreated { .. }
+            | SubscriptionEvent::TrialStarted { .. }
+            | SubscriptionEvent::TrialEnded { .. }
             | SubscriptionEvent::SubscriptionActivated { .. }
             | SubscriptionEvent::SubscriptionSuspended { .. }
             | SubscriptionEvent::SubscriptionResumed { .. }

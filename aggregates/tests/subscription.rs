@@ -25,8 +25,8 @@ use tally_aggregates::{
 
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    /// Exactly one event of this type, after which the status is this.
-    Then(&'static str, SubscriptionStatus),
+    /// Exactly these events, after which the status is this.
+    Then(&'static [&'static str], SubscriptionStatus),
     /// Accepted, nothing happens.
     NoOp,
     Invalid,
@@ -36,7 +36,7 @@ enum Outcome {
 
 /// Every command name; `expected` below fails to compile when a command is
 /// added, and the matrix test fails when a sample for it is missing.
-const COMMAND_NAMES: [&str; 10] = [
+const COMMAND_NAMES: [&str; 11] = [
     "create",
     "activate",
     "change_plan",
@@ -47,6 +47,7 @@ const COMMAND_NAMES: [&str; 10] = [
     "clear_past_due",
     "cancel",
     "renew",
+    "end_trial",
 ];
 
 /// One valid-looking command of each kind (two for cancel: now and period end).
@@ -57,6 +58,7 @@ fn sample_commands() -> Vec<SubscriptionCommand> {
             customer_id: "cus_1".to_owned(),
             plan: basic(),
             seats: None,
+            trial_days: None,
             at: t(CREATED),
         },
         SubscriptionCommand::Activate {
@@ -102,6 +104,7 @@ fn sample_commands() -> Vec<SubscriptionCommand> {
         SubscriptionCommand::Renew {
             at: t("2025-03-01T00:00:00Z"),
         },
+        SubscriptionCommand::EndTrial { at: t(DURING) },
     ]
 }
 
@@ -109,10 +112,10 @@ fn sample_commands() -> Vec<SubscriptionCommand> {
 fn expected(status: Option<SubscriptionStatus>, command: &SubscriptionCommand) -> Outcome {
     use Outcome::{AlreadyExists, Invalid, NoOp, NotFound, Then};
     use SubscriptionCommand as C;
-    use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended};
+    use SubscriptionStatus::{Active, Canceled, Draft, PastDue, Suspended, Trialing};
     let Some(status) = status else {
         return match command {
-            C::Create { .. } => Then("SubscriptionCreated", Draft),
+            C::Create { .. } => Then(&["SubscriptionCreated"], Draft),
             C::Activate { .. }
             | C::ChangePlan { .. }
             | C::ChangeSeats { .. }
@@ -121,61 +124,71 @@ fn expected(status: Option<SubscriptionStatus>, command: &SubscriptionCommand) -
             | C::MarkPastDue { .. }
             | C::ClearPastDue { .. }
             | C::Cancel { .. }
-            | C::Renew { .. } => NotFound,
+            | C::Renew { .. }
+            | C::EndTrial { .. } => NotFound,
         };
     };
     match command {
         C::Create { .. } => AlreadyExists,
         C::Activate { .. } => match status {
-            Draft => Then("SubscriptionActivated", Active),
-            Active | PastDue | Suspended | Canceled => Invalid,
+            Draft => Then(&["SubscriptionActivated"], Active),
+            Trialing | Active | PastDue | Suspended | Canceled => Invalid,
         },
+        // During a trial without proration: nothing was billed.
         C::ChangePlan { .. } => match status {
-            Active => Then("PlanChanged", Active),
+            Trialing | Active => Then(&["PlanChanged"], status),
             Draft | PastDue | Suspended | Canceled => Invalid,
         },
         C::ChangeSeats { .. } => match status {
-            Active => Then("SeatsChanged", Active),
+            Trialing | Active => Then(&["SeatsChanged"], status),
             Draft | PastDue | Suspended | Canceled => Invalid,
         },
         C::Suspend { .. } => match status {
-            Active | PastDue => Then("SubscriptionSuspended", Suspended),
+            Trialing | Active | PastDue => Then(&["SubscriptionSuspended"], Suspended),
             Suspended => NoOp,
             Draft | Canceled => Invalid,
         },
         C::Resume { .. } => match status {
-            Suspended => Then("SubscriptionResumed", Active),
-            Draft | Active | PastDue | Canceled => Invalid,
+            Suspended => Then(&["SubscriptionResumed"], Active),
+            Draft | Trialing | Active | PastDue | Canceled => Invalid,
         },
         C::MarkPastDue { .. } => match status {
-            Active => Then("SubscriptionPastDue", PastDue),
+            Active => Then(&["SubscriptionPastDue"], PastDue),
             PastDue => NoOp,
-            Draft | Suspended | Canceled => Invalid,
+            Draft | Trialing | Suspended | Canceled => Invalid,
         },
         C::ClearPastDue { .. } => match status {
-            PastDue => Then("PastDueCleared", Active),
-            // Paid on time, or suspended (only Resume lifts a suspension).
-            Active | Suspended => NoOp,
+            PastDue => Then(&["PastDueCleared"], Active),
+            // Paid on time, during a trial, or suspended (only Resume lifts
+            // a suspension).
+            Trialing | Active | Suspended => NoOp,
             Draft | Canceled => Invalid,
         },
         C::Cancel {
             when: CancelWhen::Now,
             ..
         } => match status {
-            Draft | Active | PastDue | Suspended => Then("SubscriptionCanceled", Canceled),
+            Draft | Trialing | Active | PastDue | Suspended => {
+                Then(&["SubscriptionCanceled"], Canceled)
+            }
             Canceled => Invalid,
         },
         C::Cancel {
             when: CancelWhen::PeriodEnd,
             ..
         } => match status {
-            Draft => Then("SubscriptionCanceled", Canceled),
-            Active | PastDue | Suspended => Then("CancellationScheduled", status),
+            Draft => Then(&["SubscriptionCanceled"], Canceled),
+            // A trial's term is the trial: canceled when it ends.
+            Trialing | Active | PastDue | Suspended => Then(&["CancellationScheduled"], status),
             Canceled => Invalid,
         },
         C::Renew { .. } => match status {
-            Active | PastDue | Suspended => Then("PeriodRenewed", status),
-            Draft | Canceled => Invalid,
+            Active | PastDue | Suspended => Then(&["PeriodRenewed"], status),
+            Draft | Trialing | Canceled => Invalid,
+        },
+        C::EndTrial { .. } => match status {
+            Trialing => Then(&["TrialEnded", "SubscriptionActivated"], Active),
+            Draft | Active | PastDue | Suspended | Canceled => Invalid,
         },
     }
 }
@@ -196,11 +209,13 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
             let want = expected(status, &command);
             let context = format!("{status:?} × {command:?}");
             match (want, before.decide(command)) {
-                (Outcome::Then(event, new_status), Ok(events)) => {
-                    assert_eq!(events.len(), 1, "{context}: {events:?}");
-                    assert_eq!(events[0].name(), event, "{context}");
+                (Outcome::Then(names, new_status), Ok(events)) => {
+                    let got: Vec<&str> = events.iter().map(|e| e.name()).collect();
+                    assert_eq!(got, names, "{context}");
                     let mut after = before.clone();
-                    after.evolve(&events[0]);
+                    for event in &events {
+                        after.evolve(event);
+                    }
                     assert_eq!(after.status, Some(new_status), "{context}");
                 }
                 (Outcome::NoOp, Ok(events)) => assert_eq!(events, vec![], "{context}"),
@@ -222,7 +237,7 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
             }
         }
     }
-    assert_eq!(pairs, 6 * 11);
+    assert_eq!(pairs, 7 * 12);
 }
 
 #[test]
@@ -254,6 +269,7 @@ fn create(
         customer_id: customer_id.to_owned(),
         plan,
         seats,
+        trial_days: None,
         at: t(CREATED),
     }
 }
@@ -354,6 +370,7 @@ fn create_rejects_bad_subscription_ids() {
                 customer_id: "cus_1".to_owned(),
                 plan: basic(),
                 seats: None,
+                trial_days: None,
                 at: t(CREATED),
             })
             .unwrap_err();
@@ -1763,4 +1780,382 @@ fn the_cqrs_adapter_emits_what_decide_decides() {
 fn an_impossible_event_is_a_bug() {
     let mut subscription = active();
     subscription.evolve(&activated());
+}
+
+// ---------------------------------------------------------------------------
+// Trials
+// ---------------------------------------------------------------------------
+
+/// A draft on `plan` (with its own `trial_days`), not yet activated.
+fn draft_with_trial(plan: tally_aggregates::PlanRef, trial_days: Option<u32>) -> Subscription {
+    let mut subscription = Subscription::default();
+    run(
+        &mut subscription,
+        SubscriptionCommand::Create {
+            subscription_id: "sub_1".to_owned(),
+            customer_id: "cus_1".to_owned(),
+            plan,
+            seats: None,
+            trial_days,
+            at: t(CREATED),
+        },
+    )
+    .unwrap();
+    subscription
+}
+
+fn basic_with_trial(days: u32) -> tally_aggregates::PlanRef {
+    let mut plan = basic();
+    plan.terms.trial_days = days;
+    plan
+}
+
+fn activate_now(subscription: &mut Subscription) -> Vec<SubscriptionEvent> {
+    run(
+        subscription,
+        SubscriptionCommand::Activate {
+            at: t(ACTIVATED),
+            now: t(ACTIVATED),
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn activating_with_the_plans_trial_starts_it_and_opens_no_period() {
+    let mut subscription = draft_with_trial(basic_with_trial(14), None);
+    let events = activate_now(&mut subscription);
+    assert_eq!(events, vec![trial_started()]);
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Trialing));
+    assert_eq!(subscription.current_period, None);
+    assert_eq!(subscription.anchor, None);
+    assert_eq!(subscription.activated_at, None);
+    assert_eq!(subscription.trial_end, Some(t(TRIAL_END)));
+    // Usage of the trial has windows of its own, from the trial's start.
+    assert_eq!(subscription.usage_anchor(), Some(t(ACTIVATED)));
+}
+
+#[test]
+fn the_subscriptions_own_trial_days_replace_the_plans_and_zero_means_the_plans() {
+    for (plan_days, own, want) in [
+        (14, Some(30), Some("2025-03-02T10:00:00Z")),
+        (0, Some(14), Some(TRIAL_END)),
+        (14, Some(0), Some(TRIAL_END)),
+        (14, None, Some(TRIAL_END)),
+        (0, Some(0), None),
+        (0, None, None),
+    ] {
+        let mut subscription = draft_with_trial(basic_with_trial(plan_days), own);
+        let events = activate_now(&mut subscription);
+        match want {
+            Some(end) => assert_eq!(
+                events,
+                vec![SubscriptionEvent::TrialStarted {
+                    trial_start: t(ACTIVATED),
+                    trial_end: t(end),
+                }],
+                "plan {plan_days}, own {own:?}"
+            ),
+            None => {
+                assert_eq!(events, vec![activated()], "plan {plan_days}, own {own:?}");
+                assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+            }
+        }
+    }
+}
+
+#[test]
+fn trial_days_beyond_two_years_are_refused_naming_the_field() {
+    let err = Subscription::default()
+        .decide(SubscriptionCommand::Create {
+            subscription_id: "sub_1".to_owned(),
+            customer_id: "cus_1".to_owned(),
+            plan: basic(),
+            seats: None,
+            trial_days: Some(731),
+            at: t(CREATED),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::Validation { ref field, .. } if field == "trial_days"),
+        "{err:?}"
+    );
+    let mut terms = basic().terms;
+    terms.trial_days = 731;
+    assert!(
+        matches!(terms.validate(), Err(DomainError::Validation { ref field, .. }) if field == "trial_days")
+    );
+    terms.trial_days = 730;
+    assert_eq!(terms.validate(), Ok(()));
+}
+
+#[test]
+fn a_trial_ended_by_the_clock_anchors_billing_at_trial_end() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::Trialing)));
+    // The scheduler runs some time after the trial's end: the anchor is
+    // the end of the trial, not the scheduler's time.
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::EndTrial {
+            at: t("2025-02-16T08:00:00Z"),
+        },
+    )
+    .unwrap();
+    let anchor = t(TRIAL_END);
+    assert_eq!(
+        events,
+        vec![
+            SubscriptionEvent::TrialEnded { ended_at: anchor },
+            SubscriptionEvent::SubscriptionActivated {
+                anchor,
+                period: period_at(anchor, Interval::Month, 0),
+                activated_at: anchor,
+                plan: Some(basic().terms),
+                seats: Some(1),
+            },
+        ]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
+    assert_eq!(subscription.anchor, Some(anchor));
+    assert_eq!(
+        subscription.current_period,
+        Some(Period {
+            start: anchor,
+            end: t("2025-03-14T10:00:00Z"),
+        })
+    );
+    assert_eq!(subscription.usage_anchor(), Some(anchor));
+}
+
+#[test]
+fn ending_a_trial_early_anchors_billing_then() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::Trialing)));
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::EndTrial { at: t(DURING) },
+    )
+    .unwrap();
+    assert_eq!(
+        events[0],
+        SubscriptionEvent::TrialEnded {
+            ended_at: t(DURING)
+        }
+    );
+    assert_eq!(subscription.anchor, Some(t(DURING)));
+    assert_eq!(subscription.trial_end, Some(t(DURING)));
+    assert_eq!(
+        subscription.current_period.map(|p| p.start),
+        Some(t(DURING))
+    );
+    // Ended once: a second end is refused.
+    assert!(matches!(
+        subscription.decide(SubscriptionCommand::EndTrial { at: t(DURING) }),
+        Err(DomainError::InvalidTransition { ref from, .. }) if from == "active"
+    ));
+}
+
+#[test]
+fn a_cancellation_at_period_end_during_a_trial_ends_it_with_the_trial_unbilled() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::Trialing)));
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Cancel {
+            when: CancelWhen::PeriodEnd,
+            reason: Some("not for us".to_owned()),
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::CancellationScheduled {
+            reason: Some("not for us".to_owned()),
+            cancel_at: t(TRIAL_END),
+            scheduled_at: t(DURING),
+        }]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Trialing));
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::EndTrial {
+            at: t("2025-03-01T00:00:00Z"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![
+            SubscriptionEvent::TrialEnded {
+                ended_at: t(TRIAL_END)
+            },
+            SubscriptionEvent::SubscriptionCanceled {
+                reason: Some("not for us".to_owned()),
+                canceled_at: t(TRIAL_END),
+            },
+        ]
+    );
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Canceled));
+    assert_eq!(subscription.current_period, None, "never billed");
+}
+
+#[test]
+fn canceling_a_trial_now_bills_nothing() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::Trialing)));
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::Cancel {
+            when: CancelWhen::Now,
+            reason: None,
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SubscriptionCanceled {
+            reason: None,
+            canceled_at: t(DURING),
+        }]
+    );
+    assert_eq!(subscription.current_period, None);
+    assert_eq!(subscription.anchor, None);
+}
+
+#[test]
+fn plan_and_seat_changes_during_a_trial_are_never_prorated_and_the_first_invoice_bills_them() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::Trialing)));
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::ChangeSeats {
+            seats: 3,
+            proration: ProrationMode::Prorate,
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SubscriptionEvent::SeatsChanged {
+            from: 1,
+            to: 3,
+            proration: None,
+            changed_at: t(DURING),
+        }]
+    );
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::ChangePlan {
+            plan: pro(),
+            proration: ProrationMode::Prorate,
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        &events[..],
+        [SubscriptionEvent::PlanChanged {
+            proration: None,
+            ..
+        }]
+    ));
+    assert!(subscription.pending_prorations.is_empty());
+    let events = run(
+        &mut subscription,
+        SubscriptionCommand::EndTrial { at: t(TRIAL_END) },
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            &events[1],
+            SubscriptionEvent::SubscriptionActivated { plan: Some(plan), seats: Some(3), .. }
+                if plan.code == "pro"
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_trial_suspended_resumes_into_its_trial_and_has_no_period_to_renew() {
+    let mut subscription = given(&history(Some(SubscriptionStatus::Trialing)));
+    run(
+        &mut subscription,
+        SubscriptionCommand::Suspend {
+            reason: SuspendReason::QuotaExceeded {
+                meter: "api.calls".to_owned(),
+            },
+            at: t(DURING),
+        },
+    )
+    .unwrap();
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Suspended));
+    assert!(matches!(
+        subscription.decide(SubscriptionCommand::Renew {
+            at: t("2025-03-01T00:00:00Z")
+        }),
+        Err(DomainError::InvalidTransition {
+            command: "renew",
+            ..
+        })
+    ));
+    assert!(matches!(
+        subscription.decide(SubscriptionCommand::EndTrial { at: t(DURING) }),
+        Err(DomainError::InvalidTransition {
+            command: "end_trial",
+            ..
+        })
+    ));
+    // A cancellation at period end waits for the end of the trial.
+    assert!(matches!(
+        &subscription.decide(SubscriptionCommand::Cancel {
+            when: CancelWhen::PeriodEnd,
+            reason: None,
+            at: t(DURING),
+        }).unwrap()[..],
+        [SubscriptionEvent::CancellationScheduled { cancel_at, .. }] if *cancel_at == t(TRIAL_END)
+    ));
+    run(
+        &mut subscription,
+        SubscriptionCommand::Resume { at: t(DURING) },
+    )
+    .unwrap();
+    assert_eq!(subscription.status, Some(SubscriptionStatus::Trialing));
+    assert_eq!(subscription.suspension, None);
+}
+
+#[test]
+fn events_and_terms_stored_before_trials_read_without_them_and_are_written_the_same() {
+    let created: SubscriptionEvent = serde_json::from_value(serde_json::json!({
+        "SubscriptionCreated": {
+            "subscription_id": "sub_1", "customer_id": "cus_1", "plan_id": "plan_basic",
+            "plan": {"code": "basic", "name": "basic plan", "currency": "EUR",
+                     "interval": "month", "base_price": "10.00"},
+            "seats": 1, "created_at": "2025-01-30T09:00:00Z"
+        }
+    }))
+    .unwrap();
+    let SubscriptionEvent::SubscriptionCreated {
+        plan, trial_days, ..
+    } = &created
+    else {
+        panic!("{created:?}")
+    };
+    assert_eq!(*trial_days, None);
+    assert_eq!(plan.trial_days, 0);
+    // Without a trial, neither field is written: the stored shape is unchanged.
+    let text = serde_json::to_string(&created).unwrap();
+    assert!(!text.contains("trial_days"), "{text}");
+    let old_snapshot: Subscription = serde_json::from_value({
+        let mut value =
+            serde_json::to_value(given(&history(Some(SubscriptionStatus::Active)))).unwrap();
+        let object = value.as_object_mut().unwrap();
+        for field in ["trial_days", "trial_start", "trial_end"] {
+            object.remove(field);
+        }
+        value
+    })
+    .unwrap();
+    assert_eq!(
+        old_snapshot,
+        given(&history(Some(SubscriptionStatus::Active)))
+    );
 }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_aggregates::customer::{Address, Customer, CustomerDetails};
 use tally_aggregates::money::parse_unit_price;
 use tally_aggregates::plan::{MeterTerms, Plan, PlanTerms, ResetCadence, SeatLimits};
 use tally_aggregates::pricing::{MeterPricing, PriceTier};
@@ -89,6 +90,10 @@ pub struct CreatePlanRequest {
     #[schema(pattern = "^[-+]?[0-9_.]+$")]
     pub seat_price: Option<String>,
     pub seats: Option<SeatsDto>,
+    /// Days of trial a subscription on the plan starts with when activated
+    /// (0 to 730; default 0, none).
+    #[schema(maximum = 730)]
+    pub trial_days: Option<u32>,
     #[serde(default)]
     pub meters: Vec<MeterRequest>,
 }
@@ -350,6 +355,7 @@ impl CreatePlanRequest {
                 })
                 .unwrap_or_default(),
             meters,
+            trial_days: self.trial_days.unwrap_or(0),
         };
         terms.validate()?;
         Ok(terms)
@@ -381,6 +387,8 @@ pub struct PlanDto {
     pub seat_price: String,
     pub seats: SeatsDto,
     pub meters: Vec<MeterDto>,
+    /// Days of trial a subscription on the plan starts with; 0: none.
+    pub trial_days: u32,
     /// active | archived
     pub status: String,
     pub created_at: Option<DateTime<Utc>>,
@@ -425,6 +433,7 @@ impl PlanDto {
                     reset: enum_str(&m.reset),
                 })
                 .collect(),
+            trial_days: terms.trial_days,
             status: p.status.as_ref().map(enum_str).unwrap_or_default(),
             created_at: p.created_at,
             archived_at: p.archived_at,
@@ -441,6 +450,10 @@ pub struct CreateSubscriptionRequest {
     pub customer_id: String,
     pub plan_id: String,
     pub seats: Option<u32>,
+    /// Days of trial when activated (0 to 730), replacing the plan's when
+    /// positive; without it (or 0) the plan's trial applies.
+    #[schema(maximum = 730)]
+    pub trial_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema, Default)]
@@ -510,9 +523,15 @@ pub struct SubscriptionDto {
     pub id: String,
     pub customer_id: String,
     pub plan_id: String,
-    /// draft | active | past_due | suspended | canceled
+    /// draft | trialing | active | past_due | suspended | canceled
     pub status: String,
     pub seats: u32,
+    /// Days of trial the subscription asked for itself (null: the plan's).
+    pub trial_days: Option<u32>,
+    /// When the trial began; null when it never trialed.
+    pub trial_start: Option<DateTime<Utc>>,
+    /// When the trial ends (or ended); null when it never trialed.
+    pub trial_end: Option<DateTime<Utc>>,
     pub current_period: Option<PeriodDto>,
     pub suspension: Option<SuspensionDto>,
     pub cancel_at_period_end: bool,
@@ -531,6 +550,9 @@ impl SubscriptionDto {
             plan_id: s.plan_id.clone(),
             status: status.as_str().to_string(),
             seats: s.seats,
+            trial_days: s.trial_days,
+            trial_start: s.trial_start,
+            trial_end: s.trial_end,
             current_period: s.current_period.as_ref().map(|p| PeriodDto {
                 start: p.start,
                 end: p.end,
@@ -572,6 +594,137 @@ pub struct EntitlementDto {
 pub struct EntitlementsDto {
     pub subscription_id: String,
     pub data: Vec<EntitlementDto>,
+}
+
+// ---------- customers ----------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressDto {
+    pub line1: String,
+    pub line2: Option<String>,
+    pub city: String,
+    pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2, upper case, e.g. "DE".
+    #[schema(pattern = "^[A-Z]{2}$")]
+    pub country: String,
+}
+
+impl AddressDto {
+    fn into_address(self) -> Address {
+        Address {
+            line1: self.line1,
+            line2: self.line2,
+            city: self.city,
+            postal_code: self.postal_code,
+            country: self.country,
+        }
+    }
+
+    fn from_address(a: &Address) -> AddressDto {
+        AddressDto {
+            line1: a.line1.clone(),
+            line2: a.line2.clone(),
+            city: a.city.clone(),
+            postal_code: a.postal_code.clone(),
+            country: a.country.clone(),
+        }
+    }
+}
+
+/// The body of `PUT /v1/customers/{customer_id}`: every field the customer
+/// has; a field left out is cleared.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutCustomerRequest {
+    /// Not blank, at most 200 characters.
+    #[schema(max_length = 200)]
+    pub name: String,
+    pub email: Option<String>,
+    /// The customer's default currency (ISO 4217).
+    #[schema(
+        pattern = "^(AUD|BHD|BRL|CAD|CHF|CLP|CNY|CZK|DKK|EUR|GBP|HKD|HUF|INR|ISK|JOD|JPY|KRW|KWD|MXN|NOK|NZD|PLN|SEK|SGD|TND|USD|ZAR)$"
+    )]
+    pub currency: Option<String>,
+    pub address: Option<AddressDto>,
+    /// Default tax rates (`txr_…`), at most 10.
+    pub tax_rate_ids: Option<Vec<String>>,
+    /// Up to 50 string values.
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl PutCustomerRequest {
+    pub fn into_details(self) -> Result<CustomerDetails, ApiError> {
+        let currency = self
+            .currency
+            .as_deref()
+            .map(|c| {
+                Currency::parse(c)
+                    .map_err(|_| ApiError::field("currency", "unknown ISO 4217 currency"))
+            })
+            .transpose()?;
+        let details = CustomerDetails {
+            name: self.name,
+            email: self.email,
+            currency,
+            address: self.address.map(AddressDto::into_address),
+            tax_rate_ids: self.tax_rate_ids.unwrap_or_default(),
+            metadata: self.metadata.unwrap_or_default(),
+        };
+        details.validate()?;
+        Ok(details)
+    }
+}
+
+/// A customer's details as an invoice copied them when it was issued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerDetailsDto {
+    pub name: String,
+    pub email: Option<String>,
+    pub address: Option<AddressDto>,
+}
+
+impl CustomerDetailsDto {
+    pub fn from_details(d: &CustomerDetails) -> CustomerDetailsDto {
+        CustomerDetailsDto {
+            name: d.name.clone(),
+            email: d.email.clone(),
+            address: d.address.as_ref().map(AddressDto::from_address),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerDto {
+    /// The client's own id for the customer.
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub currency: Option<String>,
+    pub address: Option<AddressDto>,
+    pub tax_rate_ids: Vec<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+impl CustomerDto {
+    pub fn from_state(id: &str, c: &Customer, version: i64) -> Option<CustomerDto> {
+        let d = c.details.as_ref()?;
+        Some(CustomerDto {
+            id: id.to_string(),
+            name: d.name.clone(),
+            email: d.email.clone(),
+            currency: d.currency.map(|c| c.code().to_string()),
+            address: d.address.as_ref().map(AddressDto::from_address),
+            tax_rate_ids: d.tax_rate_ids.clone(),
+            metadata: d.metadata.clone(),
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            version,
+        })
+    }
 }
 
 // ---------- audit ----------

@@ -94,6 +94,10 @@ pub fn router(state: AppState) -> Router {
             post(subscriptions::activate),
         )
         .route(
+            "/v1/subscriptions/{id}/end-trial",
+            post(subscriptions::end_trial),
+        )
+        .route(
             "/v1/subscriptions/{id}/change-plan",
             post(subscriptions::change_plan),
         )
@@ -126,6 +130,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/invoices/{id}/mark-uncollectible",
             post(invoices::mark_uncollectible),
+        )
+        .route("/v1/customers", get(customers::list))
+        .route(
+            "/v1/customers/{customer_id}",
+            get(customers::get).put(customers::put),
         )
         .route(
             "/v1/customers/{customer_id}/balance",

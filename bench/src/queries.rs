@@ -486,6 +486,7 @@ fn generate(
                 let issued = state.decide(InvoiceCommand::Issue {
                     number: numbering.next(),
                     at,
+                    customer: None,
                 })?;
                 let assigned = numbering.decide(NumberingCommand::Assign {
                     invoice_id: invoice_id.clone(),

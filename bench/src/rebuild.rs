@@ -888,6 +888,7 @@ fn plan_terms(code: &str, currency: Currency, base: i64, seat: i64, included: i6
                 reset: ResetCadence::Monthly,
             },
         ],
+        trial_days: 0,
     }
 }
 
@@ -1050,6 +1051,7 @@ fn join(
         customer_id: c.customer_id.clone(),
         plan,
         seats: Some(rng.gen_range(1..=20)),
+        trial_days: None,
         at: t0,
     })?;
     sink.emit(
@@ -1243,6 +1245,7 @@ fn invoice(
     let issued = state.decide(InvoiceCommand::Issue {
         number: tenant.numbering.next(),
         at,
+        customer: None,
     })?;
     let assigned = tenant.numbering.decide(NumberingCommand::Assign {
         invoice_id: invoice_id.clone(),

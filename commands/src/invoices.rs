@@ -1,8 +1,10 @@
 //! The invoice write side beyond a plain command: issuing (the invoice and
-//! the tenant's number in one transaction) and the payment port.
+//! the tenant's number in one transaction, with a copy of the customer's
+//! details) and the payment port.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use tally_aggregates::customer::Customer;
 use tally_aggregates::invoice::{
     Invoice, InvoiceCommand, InvoiceNumbering, NumberingCommand, NUMBERING_ID,
 };
@@ -14,13 +16,24 @@ use crate::ids::new_id;
 /// `InvoiceIssued` and the `InvoiceNumberAssigned` together, so numbers are
 /// unique and gapless however many invoices are issued at once. Issuers in
 /// this process take turns on the numbering stream (`execute_pair`); other
-/// processes meet on its sequence and retry.
+/// processes meet on its sequence and retry. The invoice copies the
+/// customer's details as they are when it is issued (none for a customer id
+/// that was never put).
 pub async fn issue(
     d: &Dispatcher,
     meta: &CommandMeta,
     invoice_id: &str,
     expected_version: Option<i64>,
 ) -> Result<Executed<Invoice>, CommandError> {
+    let (draft, _) = d.load::<Invoice>(&meta.tenant, invoice_id).await?;
+    let customer = if draft.customer_id.is_empty() {
+        None
+    } else {
+        d.load::<Customer>(&meta.tenant, &draft.customer_id)
+            .await?
+            .0
+            .details
+    };
     let (invoice, _) = d
         .execute_pair::<Invoice, InvoiceNumbering, _>(
             meta,
@@ -33,6 +46,7 @@ pub async fn issue(
                 let at = d.clock().now();
                 let issued = invoice.decide(InvoiceCommand::Issue {
                     number: numbering.next(),
+                    customer: customer.clone(),
                     at,
                 })?;
                 let assigned = numbering.decide(NumberingCommand::Assign {

@@ -22,8 +22,8 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tally_aggregates::money::{round_to_minor, scale_unit_price};
 use tally_aggregates::{
-    InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent, SubscriptionEvent, SuspendReason,
-    TicketEvent, UsageEvent,
+    CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent, SubscriptionEvent,
+    SuspendReason, TicketEvent, UsageEvent,
 };
 use tally_projections::StoredEvent;
 
@@ -123,6 +123,8 @@ impl TopicSpec {
 pub const PLAN_CREATED: &str = "billing.plans.v1.plan-created";
 pub const PLAN_ARCHIVED: &str = "billing.plans.v1.plan-archived";
 pub const SUBSCRIPTION_CREATED: &str = "billing.subscriptions.v1.subscription-created";
+pub const TRIAL_STARTED: &str = "billing.subscriptions.v1.trial-started";
+pub const TRIAL_ENDED: &str = "billing.subscriptions.v1.trial-ended";
 pub const SUBSCRIPTION_ACTIVATED: &str = "billing.subscriptions.v1.subscription-activated";
 pub const SUBSCRIPTION_PLAN_CHANGED: &str = "billing.subscriptions.v1.subscription-plan-changed";
 pub const SUBSCRIPTION_SEATS_CHANGED: &str = "billing.subscriptions.v1.subscription-seats-changed";
@@ -135,6 +137,8 @@ pub const SUBSCRIPTION_CANCELLATION_SCHEDULED: &str =
     "billing.subscriptions.v1.subscription-cancellation-scheduled";
 pub const SUBSCRIPTION_CANCELED: &str = "billing.subscriptions.v1.subscription-canceled";
 pub const RATING_WINDOW_CLOSED: &str = "billing.subscriptions.v1.rating-window-closed";
+pub const CUSTOMER_CREATED: &str = "billing.customers.v1.customer-created";
+pub const CUSTOMER_UPDATED: &str = "billing.customers.v1.customer-updated";
 pub const INVOICE_ISSUED: &str = "billing.invoices.v1.invoice-issued";
 pub const INVOICE_PAID: &str = "billing.invoices.v1.invoice-paid";
 pub const INVOICE_VOIDED: &str = "billing.invoices.v1.invoice-voided";
@@ -154,6 +158,7 @@ const TENANT: Field = req("tenant_id", Id);
 const SUBSCRIPTION: Field = req("subscription_id", Id);
 const INVOICE: Field = req("invoice_id", Id);
 const TICKET: Field = req("ticket_id", Id);
+const CUSTOMER: Field = req("customer_id", Id);
 
 /// `Interval::as_str` of every interval (a test keeps them equal).
 pub const INTERVALS: &[&str] = &["month", "year"];
@@ -209,10 +214,29 @@ pub const TOPICS: &[TopicSpec] = &[
         ],
     },
     TopicSpec {
+        topic: TRIAL_STARTED,
+        aggregate: "subscription",
+        event: "TrialStarted",
+        description: "A draft subscription was activated into a trial; nothing is billed until it ends.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            req("trial_start", Timestamp),
+            req("trial_end", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: TRIAL_ENDED,
+        aggregate: "subscription",
+        event: "TrialEnded",
+        description: "A trial ended, at its end or early on request; subscription-activated (or subscription-canceled, when a cancellation waited for it) follows.",
+        data: &[TENANT, SUBSCRIPTION, req("ended_at", Timestamp)],
+    },
+    TopicSpec {
         topic: SUBSCRIPTION_ACTIVATED,
         aggregate: "subscription",
         event: "SubscriptionActivated",
-        description: "A draft subscription became active and its first billing period opened.",
+        description: "A subscription became active, at activation or when its trial ended, and its first billing period opened.",
         data: &[
             TENANT,
             SUBSCRIPTION,
@@ -225,7 +249,7 @@ pub const TOPICS: &[TopicSpec] = &[
         topic: SUBSCRIPTION_PLAN_CHANGED,
         aggregate: "subscription",
         event: "PlanChanged",
-        description: "An active subscription moved to another plan, prorated or not.",
+        description: "An active or trialing subscription moved to another plan, prorated or not (never during a trial).",
         data: &[
             TENANT,
             SUBSCRIPTION,
@@ -240,7 +264,7 @@ pub const TOPICS: &[TopicSpec] = &[
         topic: SUBSCRIPTION_SEATS_CHANGED,
         aggregate: "subscription",
         event: "SeatsChanged",
-        description: "An active subscription's seat count changed, prorated or not.",
+        description: "An active or trialing subscription's seat count changed, prorated or not (never during a trial).",
         data: &[
             TENANT,
             SUBSCRIPTION,
@@ -268,7 +292,7 @@ pub const TOPICS: &[TopicSpec] = &[
         topic: SUBSCRIPTION_RESUMED,
         aggregate: "subscription",
         event: "SubscriptionResumed",
-        description: "A suspended subscription is active again.",
+        description: "A suspended subscription is active again (or back in its trial, when suspended during one).",
         data: &[TENANT, SUBSCRIPTION, req("resumed_at", Timestamp)],
     },
     TopicSpec {
@@ -324,6 +348,36 @@ pub const TOPICS: &[TopicSpec] = &[
             req("next_period_start", Timestamp),
             req("next_period_end", Timestamp),
             req("closed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: CUSTOMER_CREATED,
+        aggregate: "customer",
+        event: "CustomerCreated",
+        description: "A customer was put for the first time.",
+        data: &[
+            TENANT,
+            CUSTOMER,
+            req("name", Text),
+            opt("email", Text),
+            opt("currency", Currency),
+            opt("country", Text),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: CUSTOMER_UPDATED,
+        aggregate: "customer",
+        event: "CustomerUpdated",
+        description: "A customer's details changed; invoices issued from now on copy them.",
+        data: &[
+            TENANT,
+            CUSTOMER,
+            req("name", Text),
+            opt("email", Text),
+            opt("currency", Currency),
+            opt("country", Text),
+            req("updated_at", Timestamp),
         ],
     },
     TopicSpec {
@@ -596,6 +650,7 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
     let decoded = match e.aggregate_type.as_str() {
         "plan" => e.decode().map(|event| plan(e, event)),
         "subscription" => e.decode().map(|event| subscription(e, event)),
+        "customer" => e.decode().map(|event| customer(e, event)),
         "invoice" => e.decode().map(|event| invoice(e, event)),
         "invoice_numbering" => e.decode().map(|event| match event {
             NumberingEvent::InvoiceNumberAssigned { .. } => vec![],
@@ -681,6 +736,31 @@ fn plan(e: &StoredEvent, event: PlanEvent) -> Vec<Integration> {
     }
 }
 
+fn customer(e: &StoredEvent, event: CustomerEvent) -> Vec<Integration> {
+    let (tenant_id, customer_id) = (&e.tenant, e.resource_id());
+    let (topic, details, at_field, at) = match event {
+        CustomerEvent::CustomerCreated {
+            details,
+            created_at,
+            ..
+        } => (CUSTOMER_CREATED, details, "created_at", created_at),
+        CustomerEvent::CustomerUpdated {
+            details,
+            updated_at,
+        } => (CUSTOMER_UPDATED, details, "updated_at", updated_at),
+    };
+    let mut data = json!({
+        "tenant_id": tenant_id,
+        "customer_id": customer_id,
+        "name": details.name,
+        "email": details.email,
+        "currency": details.currency.map(|c| c.code()),
+        "country": details.address.map(|a| a.country),
+    });
+    data[at_field] = time(&at);
+    one(topic, data)
+}
+
 fn subscription(e: &StoredEvent, event: SubscriptionEvent) -> Vec<Integration> {
     let (tenant_id, subscription_id) = (&e.tenant, e.resource_id());
     match event {
@@ -701,6 +781,26 @@ fn subscription(e: &StoredEvent, event: SubscriptionEvent) -> Vec<Integration> {
                 "currency": plan.currency.code(),
                 "seats": seats,
                 "created_at": time(&created_at),
+            }),
+        ),
+        SubscriptionEvent::TrialStarted {
+            trial_start,
+            trial_end,
+        } => one(
+            TRIAL_STARTED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "trial_start": time(&trial_start),
+                "trial_end": time(&trial_end),
+            }),
+        ),
+        SubscriptionEvent::TrialEnded { ended_at } => one(
+            TRIAL_ENDED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "ended_at": time(&ended_at),
             }),
         ),
         SubscriptionEvent::SubscriptionActivated {

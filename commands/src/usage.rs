@@ -81,7 +81,7 @@ fn context_of(
     Ok(SubscriptionContext {
         subscription_id: subscription_id.to_string(),
         status,
-        anchor: sub.anchor,
+        anchor: sub.usage_anchor(),
         plan,
     })
 }

@@ -15,10 +15,10 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 use tally_aggregates::{
-    usage::UsageWindow, Comment, Currency, InboxEvent, Interval, Invoice, InvoiceCommand,
-    InvoiceEvent, LineKind, NewLine, NumberingEvent, Payment, Period, PlanEvent, PlanTerms,
-    Priority, ProrationFigures, SeatLimits, SubscriptionEvent, SuspendReason, Ticket,
-    TicketCommand, TicketEvent, TicketStatus, UsageEvent,
+    usage::UsageWindow, Address, Comment, Currency, CustomerDetails, CustomerEvent, InboxEvent,
+    Interval, Invoice, InvoiceCommand, InvoiceEvent, LineKind, NewLine, NumberingEvent, Payment,
+    Period, PlanEvent, PlanTerms, Priority, ProrationFigures, SeatLimits, SubscriptionEvent,
+    SuspendReason, Ticket, TicketCommand, TicketEvent, TicketStatus, UsageEvent,
 };
 use tally_commands::topics::{
     envelope, integration_event, integration_events, spec, Field, FieldType, TopicSpec,
@@ -76,6 +76,23 @@ const EVER_PUBLISHED: &[(&str, &[(&str, &str)])] = &[
             ("currency", "currency"),
             ("seats", "integer"),
             ("created_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.subscriptions.v1.trial-started",
+        &[
+            ("tenant_id", "id"),
+            ("subscription_id", "id"),
+            ("trial_start", "timestamp"),
+            ("trial_end", "timestamp"),
+        ],
+    ),
+    (
+        "billing.subscriptions.v1.trial-ended",
+        &[
+            ("tenant_id", "id"),
+            ("subscription_id", "id"),
+            ("ended_at", "timestamp"),
         ],
     ),
     (
@@ -177,6 +194,30 @@ const EVER_PUBLISHED: &[(&str, &[(&str, &str)])] = &[
             ("next_period_start", "timestamp"),
             ("next_period_end", "timestamp"),
             ("closed_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.customers.v1.customer-created",
+        &[
+            ("tenant_id", "id"),
+            ("customer_id", "id"),
+            ("name", "string"),
+            ("email", "string?"),
+            ("currency", "currency?"),
+            ("country", "string?"),
+            ("created_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.customers.v1.customer-updated",
+        &[
+            ("tenant_id", "id"),
+            ("customer_id", "id"),
+            ("name", "string"),
+            ("email", "string?"),
+            ("currency", "currency?"),
+            ("country", "string?"),
+            ("updated_at", "timestamp"),
         ],
     ),
     (
@@ -671,6 +712,7 @@ fn the_tables_name_the_aggregates_by_their_stored_type() {
     let stored_types = BTreeSet::from([
         tally_aggregates::Plan::TYPE,
         tally_aggregates::Subscription::TYPE,
+        tally_aggregates::Customer::TYPE,
         tally_aggregates::Invoice::TYPE,
         tally_aggregates::InvoiceNumbering::TYPE,
         tally_aggregates::UsageRecord::TYPE,
@@ -723,6 +765,24 @@ fn terms() -> PlanTerms {
         seat_price: dec("5"),
         seats: SeatLimits { min: 1, max: 50 },
         meters: vec![],
+        trial_days: 0,
+    }
+}
+
+fn customer_details() -> CustomerDetails {
+    CustomerDetails {
+        name: "Ana Lima".into(),
+        email: Some("ana@example.com".into()),
+        currency: Some(eur()),
+        address: Some(Address {
+            line1: "Rua A 1".into(),
+            line2: None,
+            city: "Lisboa".into(),
+            postal_code: Some("1000-001".into()),
+            country: "PT".into(),
+        }),
+        tax_rate_ids: vec![],
+        metadata: Default::default(),
     }
 }
 
@@ -829,8 +889,56 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 plan: terms(),
                 seats: 3,
                 created_at: t("2026-01-01T00:00:00Z"),
+                trial_days: None,
             }),
             vec![SUBSCRIPTION_CREATED],
+        ),
+        (
+            "customer created",
+            stored(
+                "customer",
+                "cus_1",
+                "CustomerCreated",
+                &CustomerEvent::CustomerCreated {
+                    customer_id: "cus_1".into(),
+                    details: customer_details(),
+                    created_at: t("2026-01-01T00:00:00Z"),
+                },
+            ),
+            vec![CUSTOMER_CREATED],
+        ),
+        (
+            "customer updated",
+            stored(
+                "customer",
+                "cus_1",
+                "CustomerUpdated",
+                &CustomerEvent::CustomerUpdated {
+                    details: CustomerDetails {
+                        email: None,
+                        address: None,
+                        currency: None,
+                        ..customer_details()
+                    },
+                    updated_at: t("2026-01-02T00:00:00Z"),
+                },
+            ),
+            vec![CUSTOMER_UPDATED],
+        ),
+        (
+            "trial started",
+            sub_event(SubscriptionEvent::TrialStarted {
+                trial_start: t("2026-01-01T00:00:00Z"),
+                trial_end: t("2026-01-15T00:00:00Z"),
+            }),
+            vec![TRIAL_STARTED],
+        ),
+        (
+            "trial ended",
+            sub_event(SubscriptionEvent::TrialEnded {
+                ended_at: t("2026-01-15T00:00:00Z"),
+            }),
+            vec![TRIAL_ENDED],
         ),
         (
             "subscription activated",
@@ -1017,6 +1125,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 amount_due: dec("35.00"),
                 issued_at: t("2026-02-01T00:00:00Z"),
                 due_at: t("2026-03-03T00:00:00Z"),
+                customer_details: None,
             }),
             vec![INVOICE_ISSUED],
         ),
@@ -1586,6 +1695,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
         InvoiceCommand::Issue {
             number: 7,
             at: t("2026-02-01T00:00:00Z"),
+            customer: None,
         },
     );
     run(

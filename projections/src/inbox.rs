@@ -184,7 +184,11 @@ async fn subscription(
             "Invoice past due".to_string(),
             format!("Invoice {invoice_id} is past due; subscription {sub} is past due until it is paid."),
         ),
-        SubscriptionEvent::PlanChanged { .. }
+        // API.md names the notified events; a trial's start and end are not
+        // among them (its end is followed by the activation, which is).
+        SubscriptionEvent::TrialStarted { .. }
+        | SubscriptionEvent::TrialEnded { .. }
+        | SubscriptionEvent::PlanChanged { .. }
         | SubscriptionEvent::SeatsChanged { .. }
         | SubscriptionEvent::PastDueCleared { .. }
         | SubscriptionEvent::CancellationScheduled { .. }

@@ -3,6 +3,7 @@
 //! queries. It knows nothing of HTTP and nothing of how commands are decided.
 
 pub mod balances;
+pub mod customers;
 pub mod db;
 pub mod inbox;
 pub mod invoices;
@@ -58,5 +59,6 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(balances::BalanceProjector),
         Arc::new(state::StateProjector::<tally_aggregates::ticket::Ticket>::default()),
         Arc::new(inbox::InboxProjector),
+        Arc::new(state::StateProjector::<tally_aggregates::customer::Customer>::default()),
     ]
 }

@@ -1,8 +1,9 @@
 //! Read model of subscriptions (`rm_subscriptions`): list by status and
-//! customer, and detail; `period_end` is what the billing scheduler scans.
+//! customer, and detail; `period_end` is what the billing scheduler scans,
+//! `trial_end` (set only while trialing) what the trial scheduler scans.
 //! A row is the folded aggregate without its pending prorations.
 
-use tally_aggregates::subscription::{Subscription, SubscriptionEvent};
+use tally_aggregates::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
 
 use crate::state::ProjectedState;
 use crate::time;
@@ -12,8 +13,13 @@ impl ProjectedState for Subscription {
     const AGGREGATE: &'static str = "subscription";
     const CONSUMER: &'static str = "subscriptions";
     const TABLE: &'static str = "rm_subscriptions";
-    const FILTER_COLUMNS: &'static [&'static str] =
-        &["customer_id", "plan_id", "status", "period_end"];
+    const FILTER_COLUMNS: &'static [&'static str] = &[
+        "customer_id",
+        "plan_id",
+        "status",
+        "period_end",
+        "trial_end",
+    ];
 
     /// The row keeps no pending prorations: no query shows them (the
     /// renewal takes them from the aggregate into its event), and each
@@ -33,6 +39,10 @@ impl ProjectedState for Subscription {
                 .unwrap_or_default(),
             self.current_period
                 .map(|p| time::to_text(p.end))
+                .unwrap_or_default(),
+            self.trial_end
+                .filter(|_| self.status == Some(SubscriptionStatus::Trialing))
+                .map(time::to_text)
                 .unwrap_or_default(),
         ]
     }

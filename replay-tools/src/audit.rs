@@ -17,9 +17,10 @@ use tally_aggregates::{
 use tally_projections::{Db, EventLog, StoredEvent};
 
 /// The stream types `audit` reads.
-const TYPES: [&str; 8] = [
+const TYPES: [&str; 9] = [
     "plan",
     "subscription",
+    "customer",
     "invoice",
     "usage_record",
     "ticket",
@@ -30,7 +31,7 @@ const TYPES: [&str; 8] = [
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// plan, subscription, invoice, usage_record, ticket, inbox, invoice_numbering or api_key
+    /// plan, subscription, customer, invoice, usage_record, ticket, inbox, invoice_numbering or api_key
     #[arg(value_name = "TYPE")]
     kind: String,
     /// The resource id (e.g. sub_…); for an inbox, the recipient.
@@ -86,6 +87,7 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
     let entries = match args.kind.as_str() {
         "plan" => timeline::<Plan>(events)?,
         "subscription" => timeline::<Subscription>(events)?,
+        "customer" => timeline::<tally_aggregates::customer::Customer>(events)?,
         "invoice" => timeline::<Invoice>(events)?,
         "usage_record" => timeline::<UsageRecord>(events)?,
         "ticket" => timeline::<Ticket>(events)?,

@@ -108,7 +108,7 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
     assert_eq!(
         out.matches(&format!("swapped in at position {head}"))
             .count(),
-        7,
+        8,
         "{out}"
     );
     assert_eq!(dump_read_models(&db).await, before);
@@ -120,6 +120,7 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
         "balances",
         "tickets",
         "inbox",
+        "customers",
     ] {
         assert_eq!(checkpoint(&db, name).await, Some(head), "{name}");
         assert_eq!(checkpoint(&db, &format!("{name}__next")).await, None);
@@ -272,6 +273,7 @@ async fn audit_timeline_export_and_status(backend: Backend) {
         "balances",
         "tickets",
         "inbox",
+        "customers",
     ] {
         let line = status
             .lines()

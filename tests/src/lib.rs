@@ -451,9 +451,26 @@ impl TestApp {
             .await
     }
 
+    pub async fn end_trial(&self, key: &str, id: &str) -> Resp {
+        self.post(key, &format!("/v1/subscriptions/{id}/end-trial"), json!({}))
+            .await
+    }
+
     pub async fn cancel(&self, key: &str, id: &str, body: Value) -> Resp {
         self.post(key, &format!("/v1/subscriptions/{id}/cancel"), body)
             .await
+    }
+
+    /// `PUT /v1/customers/{id}`: creates or updates the customer.
+    pub async fn put_customer(&self, key: &str, id: &str, body: Value) -> Resp {
+        self.request(
+            reqwest::Method::PUT,
+            &format!("/v1/customers/{id}"),
+            Some(key),
+            &[],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 
     pub async fn stream_events(&self, key: &str, kind: &str, id: &str) -> Resp {

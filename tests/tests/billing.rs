@@ -3,8 +3,10 @@
 //! upgrade, a seat change, usage overage and one late payment, checked to
 //! the cent; the billing policy run a second time over every renewal
 //! without a second invoice; usage on a graduated meter billed one line per
-//! tier; and plan prices (12-place unit prices, tiers) refused with 422
-//! naming the field.
+//! tier; plan prices (12-place unit prices, tiers) refused with 422
+//! naming the field; and trials: ended by the clock with the first invoice
+//! and the anchor at `trial_end`, ended early, canceled unbilled, their
+//! usage never billed.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -763,8 +765,257 @@ async fn plan_prices_are_validated_naming_the_field(backend: tally_tests::Backen
     assert_eq!(r.body["errors"][0]["field"], "base_price");
 }
 
+/// A monthly plan with a 14-day trial: 10.00 EUR, 1 000 api_calls included,
+/// 0.01 per call beyond.
+async fn trial_plan(app: &TestApp, trial_days: u32) -> String {
+    let r = app
+        .create_plan(
+            &app.admin_key,
+            json!({
+                "code": format!("trial{trial_days}"), "name": "Trial", "currency": "EUR",
+                "interval": "month", "base_price": "10.00", "trial_days": trial_days,
+                "meters": [{"key": "api_calls", "included": "1000",
+                            "overage_unit_price": "0.01", "reset": "monthly"}]
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["trial_days"], trial_days);
+    r.id()
+}
+
+/// A subscription on `plan`, activated now; `body` adds to the create body.
+async fn activated(app: &TestApp, plan: &str, customer: &str, body: Value) -> (String, Resp) {
+    let mut create = json!({"customer_id": customer, "plan_id": plan});
+    if let (Some(create), Some(extra)) = (create.as_object_mut(), body.as_object()) {
+        create.extend(extra.clone());
+    }
+    let r = app.create_subscription(&app.admin_key, create).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.id();
+    let r = app.activate(&app.admin_key, &id, json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    (id, r)
+}
+
+/// Issue 17, item 3: activated into a 14-day trial, nothing is billed; at
+/// `trial_end` the server's clock ends it, the first period and the first
+/// invoice start there; usage of the trial is recorded but never billed.
+async fn a_trial_ends_by_the_clock_and_bills_from_trial_end(backend: tally_tests::Backend) {
+    let app =
+        TestApp::spawn_billing(backend, t("2026-03-01T00:00:00Z"), BillingConfig::default()).await;
+    let plan = trial_plan(&app, 14).await;
+    let (sub, r) = activated(&app, &plan, "cus_trial", json!({})).await;
+    assert_eq!(r.body["status"], "trialing", "{:#}", r.body);
+    assert_eq!(time_of(&r.body["trial_start"]), t("2026-03-01T00:00:00Z"));
+    assert_eq!(time_of(&r.body["trial_end"]), t("2026-03-15T00:00:00Z"));
+    assert!(r.body["current_period"].is_null());
+    assert!(r.body["activated_at"].is_null());
+
+    // Usage during the trial: recorded (and counted), never billed.
+    advance_to(&app, t("2026-03-05T00:00:00Z")).await;
+    report_usage(&app, &sub, "trial-1", 3_000).await;
+    app.settle().await;
+    let r = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/usage/summary?subscription_id={sub}&meter=api_calls"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["total"], "3000");
+    advance_to(&app, t("2026-03-14T23:59:59Z")).await;
+    assert_eq!(subscription(&app, &sub).await["status"], "trialing");
+    assert_eq!(invoices_of(&app, &sub).await, Vec::<Value>::new());
+
+    // The clock passes trial_end: active, anchored at trial_end (not at the
+    // time the scheduler noticed), the first invoice for that period.
+    advance_to(&app, t("2026-03-15T06:00:00Z")).await;
+    let s = subscription(&app, &sub).await;
+    assert_eq!(s["status"], "active", "{s:#}");
+    assert_eq!(
+        time_of(&s["current_period"]["start"]),
+        t("2026-03-15T00:00:00Z")
+    );
+    assert_eq!(
+        time_of(&s["current_period"]["end"]),
+        t("2026-04-15T00:00:00Z")
+    );
+    assert_eq!(time_of(&s["activated_at"]), t("2026-03-15T00:00:00Z"));
+    let invoices = invoices_of(&app, &sub).await;
+    assert_eq!(invoices.len(), 1, "{invoices:#?}");
+    let first = &invoices[0];
+    assert_eq!(first["status"], "open");
+    assert_eq!(first["total"], "10.00");
+    assert_eq!(
+        time_of(&first["lines"][0]["period"]["start"]),
+        t("2026-03-15T00:00:00Z")
+    );
+    pay(&app, first).await;
+
+    // The first renewal bills the next period and no usage: the trial's
+    // 3 000 calls lie before the first period.
+    advance_to(&app, t("2026-04-15T00:00:00Z")).await;
+    let invoices = invoices_of(&app, &sub).await;
+    assert_eq!(invoices.len(), 2, "{invoices:#?}");
+    let renewal = invoices
+        .iter()
+        .find(|inv| !inv["billing_period"].is_null())
+        .expect("the renewal invoice");
+    let kinds: Vec<&str> = renewal["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| l["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["recurring"], "{renewal:#}");
+    assert_eq!(renewal["total"], "10.00");
+
+    // The log tells the story, and the read models equal a rebuild.
+    let r = app
+        .stream_events(&app.admin_key, "subscription", &sub)
+        .await;
+    let types: Vec<&str> = r.body["data"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event_type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "SubscriptionCreated",
+            "TrialStarted",
+            "TrialEnded",
+            "SubscriptionActivated",
+            "PeriodRenewed"
+        ]
+    );
+    app.assert_read_models_equal_rebuild().await;
+}
+
+/// `end-trial` ends a trial now: active from now, invoiced at once; the
+/// subscription's own `trial_days` replace the plan's (here: none).
+async fn ending_a_trial_early_bills_from_then(backend: tally_tests::Backend) {
+    let app =
+        TestApp::spawn_billing(backend, t("2026-03-01T00:00:00Z"), BillingConfig::default()).await;
+    let plan = trial_plan(&app, 0).await;
+    let (sub, r) = activated(&app, &plan, "cus_early", json!({"trial_days": 30})).await;
+    assert_eq!(r.body["status"], "trialing");
+    assert_eq!(r.body["trial_days"], 30);
+    assert_eq!(time_of(&r.body["trial_end"]), t("2026-03-31T00:00:00Z"));
+    advance_to(&app, t("2026-03-10T12:00:00Z")).await;
+    let r = app.end_trial(&app.admin_key, &sub).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(time_of(&r.body["trial_end"]), t("2026-03-10T12:00:00Z"));
+    assert_eq!(
+        time_of(&r.body["current_period"]["start"]),
+        t("2026-03-10T12:00:00Z")
+    );
+    app.settle().await;
+    let invoices = invoices_of(&app, &sub).await;
+    assert_eq!(invoices.len(), 1, "{invoices:#?}");
+    assert_eq!(invoices[0]["total"], "10.00");
+    // Once only: the trial is over.
+    app.end_trial(&app.admin_key, &sub)
+        .await
+        .assert_problem(409, "invalid_transition");
+    // Nor on a subscription without a trial.
+    let (plain, r) = activated(&app, &plan, "cus_plain", json!({})).await;
+    assert_eq!(r.body["status"], "active");
+    assert!(r.body["trial_end"].is_null());
+    let r = app.end_trial(&app.admin_key, &plain).await;
+    r.assert_problem(409, "invalid_transition");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("end_trial") && d.contains("active")),
+        "{:?}",
+        r.body
+    );
+}
+
+/// Canceled during its trial, now or at the trial's end, a subscription is
+/// never billed.
+async fn canceling_during_a_trial_bills_nothing(backend: tally_tests::Backend) {
+    let app =
+        TestApp::spawn_billing(backend, t("2026-03-01T00:00:00Z"), BillingConfig::default()).await;
+    let plan = trial_plan(&app, 14).await;
+    let (now, _) = activated(&app, &plan, "cus_now", json!({})).await;
+    let (later, _) = activated(&app, &plan, "cus_later", json!({})).await;
+    advance_to(&app, t("2026-03-05T00:00:00Z")).await;
+    let r = app.cancel(&app.admin_key, &now, json!({"at": "now"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "canceled");
+    let r = app
+        .cancel(&app.admin_key, &later, json!({"at": "period_end"}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["status"], "trialing");
+    assert_eq!(r.body["cancel_at_period_end"], true);
+    advance_to(&app, t("2026-05-01T00:00:00Z")).await;
+    let s = subscription(&app, &later).await;
+    assert_eq!(s["status"], "canceled", "{s:#}");
+    assert_eq!(time_of(&s["canceled_at"]), t("2026-03-15T00:00:00Z"));
+    assert!(s["current_period"].is_null());
+    for sub in [&now, &later] {
+        assert_eq!(invoices_of(&app, sub).await, Vec::<Value>::new(), "{sub}");
+    }
+    app.end_trial(&app.admin_key, &later)
+        .await
+        .assert_problem(409, "invalid_transition");
+}
+
+/// Bad trial input is 422 naming the field, never a 500.
+async fn trial_input_is_validated_naming_the_field(backend: tally_tests::Backend) {
+    let app = TestApp::spawn(backend).await;
+    let key = app.admin_key.clone();
+    let mut body = json!({"code": "t", "name": "T", "currency": "EUR", "interval": "month",
+                          "base_price": "10.00", "trial_days": 731});
+    let r = app.create_plan(&key, body.clone()).await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["errors"][0]["field"], "trial_days");
+    for bad in [json!(-1), json!("14"), json!(1.5)] {
+        body["trial_days"] = bad.clone();
+        let r = app.create_plan(&key, body.clone()).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["errors"][0]["field"], "trial_days", "{bad}");
+    }
+    let plan = app.standard_plan().await;
+    let r = app
+        .create_subscription(
+            &key,
+            json!({"customer_id": "cus_1", "plan_id": plan, "trial_days": 731}),
+        )
+        .await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["errors"][0]["field"], "trial_days");
+    let r = app
+        .create_subscription(&key, json!({"customer_id": "cus_1", "plan_id": plan}))
+        .await;
+    let sub = r.id();
+    app.end_trial(&key, &sub)
+        .await
+        .assert_problem(409, "invalid_transition");
+    let r = app
+        .post(
+            &key,
+            &format!("/v1/subscriptions/{sub}/end-trial"),
+            json!({"at": "now"}),
+        )
+        .await;
+    r.assert_problem(422, "validation_failed");
+    let r = app.get(&key, "/v1/subscriptions?status=trialing").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
 both_backends!(
     twenty_four_months,
     graduated_usage_is_billed_per_tier,
-    plan_prices_are_validated_naming_the_field
+    plan_prices_are_validated_naming_the_field,
+    a_trial_ends_by_the_clock_and_bills_from_trial_end,
+    ending_a_trial_early_bills_from_then,
+    canceling_during_a_trial_bills_nothing,
+    trial_input_is_validated_naming_the_field
 );

@@ -2,7 +2,8 @@
 //! SQLite and on PostgreSQL: the manual lifecycle to the cent, every
 //! rejection, gapless numbering under concurrent issues, idempotent
 //! payments, rebuild equality of the invoice and balance read models, list
-//! filters and pages, and the OpenAPI document.
+//! filters and pages, the OpenAPI document, and customers: PUT creates then
+//! updates, the details an invoice copies when issued, bad input 422.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -21,6 +22,8 @@ both_backends!(
     invoice_rebuild_equals_incremental,
     invoice_lists_filter_and_page,
     openapi_lists_invoice_paths,
+    customers_are_put_listed_and_copied_onto_issued_invoices,
+    customer_input_is_validated_naming_the_field,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -1617,4 +1620,214 @@ async fn openapi_lists_invoice_paths(backend: Backend) {
     ] {
         assert!(schemas.contains_key(s), "OpenAPI lacks schema {s}");
     }
+}
+
+fn customer_body(name: &str, email: &str) -> Value {
+    json!({
+        "name": name, "email": email, "currency": "EUR",
+        "address": {"line1": "Rua Augusta 1", "city": "Lisboa", "postal_code": "1100-048",
+                    "country": "PT"},
+        "tax_rate_ids": ["txr_vat"], "metadata": {"crm": "42"}
+    })
+}
+
+/// Issue 17, item 6: `PUT` creates (201) then updates (200) a customer with
+/// the client's id; the same body again changes nothing; reads and the
+/// email filter come from the read model; an invoice copies the details as
+/// they are when it is issued, and keeps them after a later change.
+async fn customers_are_put_listed_and_copied_onto_issued_invoices(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let key = app.admin_key.clone();
+    let before = draft(
+        &app,
+        &key,
+        "cus_ana",
+        "EUR",
+        json!([line("Setup", "1", "50.00")]),
+    )
+    .await
+    .id();
+
+    let r = app
+        .put_customer(
+            &key,
+            "cus_ana",
+            customer_body("Ana Lima", "ana@example.com"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.header("etag"), Some("\"1\""));
+    assert_eq!(r.body["id"], "cus_ana");
+    assert_eq!(r.body["version"], 1);
+    assert_eq!(r.body["currency"], "EUR");
+    assert_eq!(r.body["address"]["country"], "PT");
+    assert!(r.body["address"]["line2"].is_null());
+    assert_eq!(r.body["tax_rate_ids"], json!(["txr_vat"]));
+    assert_eq!(r.body["metadata"], json!({"crm": "42"}));
+    let r = app
+        .put_customer(
+            &key,
+            "cus_ana",
+            customer_body("Ana Lima", "ana@example.com"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["version"], 1, "the same details change nothing");
+
+    // Issued now: the invoice copies the details.
+    let r = issue(&app, &key, &before).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body["customer_details"],
+        json!({"name": "Ana Lima", "email": "ana@example.com",
+               "address": {"line1": "Rua Augusta 1", "line2": null, "city": "Lisboa",
+                           "postal_code": "1100-048", "country": "PT"}})
+    );
+
+    // Updated: 200, the next invoice has the new details, the first keeps its own.
+    let r = app
+        .put_customer(
+            &key,
+            "cus_ana",
+            json!({"name": "Ana L. Lima", "email": "ana.lima@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["version"], 2);
+    assert!(r.body["address"].is_null(), "a field left out is cleared");
+    let position = r.position();
+    let next = open_invoice(
+        &app,
+        &key,
+        "cus_ana",
+        "EUR",
+        json!([line("Extra", "1", "5.00")]),
+    )
+    .await;
+    assert_eq!(
+        next.body["customer_details"],
+        json!({"name": "Ana L. Lima", "email": "ana.lima@example.com", "address": null})
+    );
+    let r = app
+        .get_after(&key, &format!("/v1/invoices/{before}"), next.position())
+        .await;
+    assert_eq!(r.body["customer_details"]["name"], "Ana Lima");
+
+    // Reads: detail, the email filter, 404 for an unknown id.
+    let r = app.get_after(&key, "/v1/customers/cus_ana", position).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["name"], "Ana L. Lima");
+    assert_eq!(r.header("etag"), Some("\"2\""));
+    let r = app
+        .put_customer(&key, "cus_bo", json!({"name": "Bo"}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = app
+        .get_after(
+            &key,
+            "/v1/customers?email=ana.lima@example.com",
+            r.position(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let ids: Vec<&str> = r.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["cus_ana"]);
+    let r = app.get(&key, "/v1/customers?limit=1").await;
+    assert_eq!(r.body["data"].as_array().expect("data").len(), 1);
+    assert!(r.body["next_cursor"].is_string());
+    app.get(&key, "/v1/customers/cus_nobody")
+        .await
+        .assert_problem(404, "not_found");
+    // Another tenant sees none of them.
+    let other = app.key("other", "admin").await;
+    app.get(&other, "/v1/customers/cus_ana")
+        .await
+        .assert_problem(404, "not_found");
+
+    // If-Match: a stale version is refused.
+    let r = app
+        .request(
+            reqwest::Method::PUT,
+            "/v1/customers/cus_ana",
+            Some(&key),
+            &[("if-match", "\"1\"".to_string())],
+            Some(json!({"name": "Stale"}).to_string().into_bytes()),
+        )
+        .await;
+    r.assert_problem(412, "version_mismatch");
+
+    // The audit API folds the customer as of a time, like its GET.
+    let r = app
+        .get(
+            &app.admin_key,
+            "/v1/audit/streams/customer/cus_ana/state?sequence=1",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["state"]["name"], "Ana Lima");
+    assert_eq!(r.body["state"]["version"], 1);
+    let r = app
+        .stream_events(&app.admin_key, "customer", "cus_ana")
+        .await;
+    let types: Vec<&str> = r.body["data"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event_type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["CustomerCreated", "CustomerUpdated"]);
+    app.assert_read_models_equal_rebuild().await;
+}
+
+/// Bad customer input is 422 naming the field, never a 500.
+async fn customer_input_is_validated_naming_the_field(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let key = app.admin_key.clone();
+    let cases = [
+        (json!({}), "name"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": 7}), "name"),
+        (json!({"name": "A", "email": "nope"}), "email"),
+        (json!({"name": "A", "currency": "XXX"}), "currency"),
+        (
+            json!({"name": "A", "address": {"line1": "x", "city": "y", "country": "pt"}}),
+            "address.country",
+        ),
+        (
+            json!({"name": "A", "address": {"line1": "x", "country": "PT"}}),
+            "address.city",
+        ),
+        (
+            json!({"name": "A", "address": {"line1": "x", "city": "y", "country": "PT", "zip": "1"}}),
+            "address.zip",
+        ),
+        (
+            json!({"name": "A", "tax_rate_ids": ["vat"]}),
+            "tax_rate_ids[0]",
+        ),
+        (json!({"name": "A", "metadata": {"k": 1}}), "metadata.k"),
+        (json!({"name": "A", "nickname": "B"}), "nickname"),
+    ];
+    for (body, field) in cases {
+        let r = app.put_customer(&key, "cus_1", body.clone()).await;
+        r.assert_problem(422, "validation_failed");
+        assert_eq!(r.body["errors"][0]["field"], field, "{body}: {:?}", r.body);
+    }
+    let r = app
+        .put_customer(&key, &"c".repeat(129), json!({"name": "A"}))
+        .await;
+    r.assert_problem(422, "validation_failed");
+    assert_eq!(r.body["errors"][0]["field"], "customer_id");
+    let reader = app.key("default", "reader").await;
+    app.put_customer(&reader, "cus_1", json!({"name": "A"}))
+        .await
+        .assert_problem(403, "forbidden");
+    app.get(&key, "/v1/customers?colour=red")
+        .await
+        .assert_problem(422, "validation_failed");
 }

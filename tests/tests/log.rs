@@ -419,6 +419,7 @@ async fn seed_plan(dispatcher: &Dispatcher, meta: &CommandMeta) -> String {
         seat_price: "1".parse().unwrap(),
         seats: SeatLimits { min: 1, max: 500 },
         meters: vec![],
+        trial_days: 0,
     };
     let id = "plan_seed".to_string();
     let at = chrono::Utc::now();
@@ -455,6 +456,7 @@ async fn seed_subscription(dispatcher: &Dispatcher, meta: &CommandMeta, plan_id:
                 customer_id: "c".into(),
                 plan: plan.clone(),
                 seats: Some(1),
+                trial_days: None,
                 at,
             })
         })

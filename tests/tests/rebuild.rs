@@ -26,8 +26,9 @@ fn ok(r: &tally_tests::Resp, status: u16) -> Value {
     r.body.clone()
 }
 
-/// Plans (one with graduated pricing), subscriptions through renewals, plan
-/// and seat changes, usage with overage (below the hard cap: a quota suspension would be resumed by a
+/// Plans (one with graduated pricing), customers (created and updated, so
+/// invoices copy their details), subscriptions through renewals, one in its
+/// trial, plan and seat changes, usage with overage (below the hard cap: a quota suspension would be resumed by a
 /// timer, after the workload has settled) and a void, invoices paid, partly paid, voided and written off, a past-due
 /// suspension, tickets with comments and moves, and inbox read state.
 async fn mixed_workload(app: &TestApp) {
@@ -57,6 +58,28 @@ async fn mixed_workload(app: &TestApp) {
         ok(&app.activate(key, &id, json!({})).await, 200);
         subs.push(id);
     }
+    for (id, name) in [("cus_0", "Zero"), ("cus_9", "Nine"), ("cus_0", "Zero Ltd")] {
+        let r = app
+            .put_customer(
+                key,
+                id,
+                json!({"name": name, "email": format!("{id}@example.com"), "currency": "EUR",
+                       "address": {"line1": "Main St 1", "city": "Berlin", "country": "DE"}}),
+            )
+            .await;
+        assert!(matches!(r.status, 200 | 201), "{:?}", r.body);
+    }
+    let r = app
+        .create_subscription(
+            key,
+            json!({"customer_id": "cus_trial", "plan_id": basic, "trial_days": 14}),
+        )
+        .await;
+    let trial = ok(&r, 201)["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        ok(&app.activate(key, &trial, json!({})).await, 200)["status"],
+        "trialing"
+    );
     ok(
         &app.change_plan(
             key,

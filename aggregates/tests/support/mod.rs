@@ -73,6 +73,7 @@ pub fn terms(code: &str, base: &str, seat: &str, min: u32, max: u32) -> PlanTerm
         seat_price: dec(seat),
         seats: SeatLimits { min, max },
         meters: vec![],
+        trial_days: 0,
     }
 }
 
@@ -102,6 +103,16 @@ pub const ACTIVATED: &str = "2025-01-31T10:00:00Z";
 pub const DURING: &str = "2025-02-10T12:00:00Z";
 /// The end of the first period.
 pub const FIRST_END: &str = "2025-02-28T10:00:00Z";
+/// The end of the fixture trial: 14 days from `ACTIVATED`, after `DURING`.
+pub const TRIAL_END: &str = "2025-02-14T10:00:00Z";
+
+/// The fixture trial: 14 days from `ACTIVATED`.
+pub fn trial_started() -> SubscriptionEvent {
+    SubscriptionEvent::TrialStarted {
+        trial_start: t(ACTIVATED),
+        trial_end: t(TRIAL_END),
+    }
+}
 
 pub fn created_on(plan: PlanRef, seats: u32) -> SubscriptionEvent {
     SubscriptionEvent::SubscriptionCreated {
@@ -111,6 +122,7 @@ pub fn created_on(plan: PlanRef, seats: u32) -> SubscriptionEvent {
         plan: plan.terms,
         seats,
         created_at: t(CREATED),
+        trial_days: None,
     }
 }
 
@@ -141,6 +153,7 @@ pub fn history(status: Option<SubscriptionStatus>) -> Vec<SubscriptionEvent> {
     };
     match status {
         SubscriptionStatus::Draft => vec![created()],
+        SubscriptionStatus::Trialing => vec![created(), trial_started()],
         SubscriptionStatus::Active => vec![created(), activated()],
         SubscriptionStatus::PastDue => vec![
             created(),

@@ -10,10 +10,12 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{PathParams, QueryParams};
 use crate::AppState;
 
-/// The stream types of API.md § Audit and their id prefixes.
-pub const STREAM_TYPES: [(&str, &str); 7] = [
+/// The stream types of API.md § Audit and their id prefixes (none for
+/// customers: their ids are the client's own).
+pub const STREAM_TYPES: [(&str, &str); 8] = [
     ("plan", "plan"),
     ("subscription", "sub"),
+    ("customer", ""),
     ("invoice", "inv"),
     ("usage_record", "use"),
     ("ticket", "tkt"),
@@ -158,8 +160,8 @@ pub async fn state_at(
     QueryParams(q): QueryParams<StateParams>,
 ) -> ApiResult<axum::Json<StateAtDto>> {
     use tally_aggregates::{
-        inbox::Inbox, invoice::Invoice, plan::Plan, subscription::Subscription, ticket::Ticket,
-        usage::UsageRecord,
+        customer::Customer, inbox::Inbox, invoice::Invoice, plan::Plan, subscription::Subscription,
+        ticket::Ticket, usage::UsageRecord,
     };
     principal.require(Access::Audit)?;
     if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
@@ -217,6 +219,11 @@ pub async fn state_at(
         "subscription" => to_value(crate::dto::SubscriptionDto::from_state(
             &id,
             &fold::<Subscription>(&events)?,
+            sequence,
+        ))?,
+        "customer" => to_value(crate::dto::CustomerDto::from_state(
+            &id,
+            &fold::<Customer>(&events)?,
             sequence,
         ))?,
         "invoice" => to_value(super::invoices::InvoiceDto::from_state(

@@ -140,6 +140,9 @@ pub struct InvoiceDto {
     pub voided_at: Option<DateTime<Utc>>,
     pub void_reason: Option<String>,
     pub uncollectible_at: Option<DateTime<Utc>>,
+    /// The customer's name, email and address as they were when the invoice
+    /// was issued; null before issue and for a customer never put.
+    pub customer_details: Option<crate::dto::CustomerDetailsDto>,
     pub version: i64,
 }
 
@@ -201,6 +204,10 @@ impl InvoiceDto {
             voided_at: s.voided_at,
             void_reason: s.void_reason.clone(),
             uncollectible_at: s.uncollectible_at,
+            customer_details: s
+                .customer_details
+                .as_ref()
+                .map(crate::dto::CustomerDetailsDto::from_details),
             version,
         })
     }

@@ -95,6 +95,7 @@ pub async fn create(
             customer_id: req.customer_id.clone(),
             plan: plan.clone(),
             seats: req.seats,
+            trial_days: req.trial_days,
             at,
         }
     })
@@ -120,6 +121,28 @@ pub async fn activate(
     };
     run(&app, &ctx, &id, &headers, StatusCode::OK, || {
         SubscriptionCommand::Activate { at, now }
+    })
+    .await
+}
+
+/// Ends a trial now: the subscription becomes active with its first period
+/// (and first invoice) from now, or is canceled when a cancellation waited
+/// for the end of the trial.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/end-trial", tag = "subscriptions", operation_id = "subscriptions_end_trial", params(("id" = String, Path)),
+    request_body = EmptyRequest, responses((status = 200, body = SubscriptionDto), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn end_trial(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    JsonBody(_empty): JsonBody<EmptyRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    let at = app.dispatcher.clock().now();
+    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
+        SubscriptionCommand::EndTrial { at }
     })
     .await
 }
@@ -256,7 +279,7 @@ pub async fn cancel(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionListParams {
-    /// draft | active | past_due | suspended | canceled
+    /// draft | trialing | active | past_due | suspended | canceled
     pub status: Option<String>,
     pub customer_id: Option<String>,
     pub plan_id: Option<String>,
@@ -265,7 +288,14 @@ pub struct SubscriptionListParams {
     pub cursor: Option<String>,
 }
 
-const STATUSES: [&str; 5] = ["draft", "active", "past_due", "suspended", "canceled"];
+const STATUSES: [&str; 6] = [
+    "draft",
+    "trialing",
+    "active",
+    "past_due",
+    "suspended",
+    "canceled",
+];
 
 #[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", operation_id = "subscriptions_list", params(SubscriptionListParams),
     responses((status = 200, body = ListPage<SubscriptionDto>), (status = 422, body = Problem)), security(("bearer" = [])))]

@@ -465,7 +465,7 @@ pub async fn summary(
         .as_ref()
         .and_then(|p| p.meter(&q.meter))
         .ok_or_else(|| ApiError::field("meter", "not a meter of the subscription's plan"))?;
-    let anchor = sub.anchor.ok_or_else(|| {
+    let anchor = sub.usage_anchor().ok_or_else(|| {
         ApiError::field("subscription_id", "the subscription was never activated")
     })?;
     let at = match q.window.as_deref().unwrap_or("current") {
@@ -515,7 +515,7 @@ pub async fn entitlements(
     id: &str,
 ) -> ApiResult<Vec<crate::dto::EntitlementDto>> {
     let sub = anchored(app, tenant, id).await?;
-    let (Some(anchor), Some(plan)) = (sub.anchor, sub.plan.as_ref()) else {
+    let (Some(anchor), Some(plan)) = (sub.usage_anchor(), sub.plan.as_ref()) else {
         return Ok(Vec::new());
     };
     let now = app.dispatcher.clock().now();

@@ -1,5 +1,6 @@
 //! The billing cycle. Activation bills the first period in advance
-//! ([`bill_activation`]). A clock-driven scheduler renews every subscription
+//! ([`bill_activation`]); with a trial, activation comes when the trial ends,
+//! by the clock ([`end_trials_due`]) or on request, and bills nothing before. A clock-driven scheduler renews every subscription
 //! whose period has ended ([`renew_due`]): one `PeriodRenewed` per period, the
 //! rating window. This policy consumes those events and turns each into
 //! exactly one issued invoice ([`bill_renewal`]): the recurring fee for the
@@ -20,7 +21,9 @@ use rust_decimal::Decimal;
 use sqlx::{AnyConnection, Row};
 use tally_aggregates::billing::{renewal_lines, MeterUsage, Renewal};
 use tally_aggregates::invoice::{Invoice, InvoiceCommand, InvoiceStatus};
-use tally_aggregates::subscription::{Subscription, SubscriptionCommand, SubscriptionEvent};
+use tally_aggregates::subscription::{
+    Subscription, SubscriptionCommand, SubscriptionEvent, SubscriptionStatus,
+};
 use tally_aggregates::usage::{checked_usage_window, UsageCommand, UsageRecord, UsageStatus};
 use tally_aggregates::{DomainError, Period};
 use tally_projections::runtime::{ProjectionError, Projector};
@@ -442,6 +445,49 @@ async fn mark_billed(
         Err(e) => return Err(e.into()),
     }
     Ok(billed)
+}
+
+/// Ends every trial whose `trial_end` has passed by the dispatcher's clock:
+/// the subscription becomes active with its first period from `trial_end`
+/// (whose `SubscriptionActivated` this policy then bills), or is canceled
+/// when a cancellation waited for the end of the trial. Decided on the write
+/// side: a trial the read model still shows but that has ended otherwise
+/// changes nothing. Returns how many trials ended.
+pub async fn end_trials_due(d: &Dispatcher) -> Result<usize, CommandError> {
+    let now = d.clock().now();
+    let rows = sqlx::query(
+        "SELECT tenant, id FROM rm_subscriptions WHERE status = 'trialing' \
+         AND trial_end <> '' AND trial_end <= $1 ORDER BY trial_end, tenant, id LIMIT $2",
+    )
+    .bind(time::to_text(now))
+    .bind(SCAN_LIMIT)
+    .fetch_all(&d.db().any)
+    .await
+    .map_err(|e| CommandError::from(tally_projections::DbError::Sqlx(e)))?;
+    let mut ended = 0;
+    for row in rows {
+        let tenant: String = row
+            .try_get("tenant")
+            .map_err(|e| CommandError::Store(e.to_string()))?;
+        let id: String = row
+            .try_get("id")
+            .map_err(|e| CommandError::Store(e.to_string()))?;
+        let meta = scheduler_meta(&tenant, ACTOR);
+        let out = d
+            .execute::<Subscription, _>(&meta, &id, None, |s| match (s.status, s.trial_end) {
+                (Some(SubscriptionStatus::Trialing), Some(end)) if end <= now => {
+                    s.decide(SubscriptionCommand::EndTrial { at: now })
+                }
+                _ => Ok(vec![]),
+            })
+            .await;
+        match out {
+            Ok(o) if o.appended > 0 => ended += 1,
+            Ok(_) | Err(CommandError::Domain(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ended)
 }
 
 /// Renews every subscription whose period ended by the dispatcher's clock,

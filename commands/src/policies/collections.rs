@@ -269,9 +269,12 @@ pub async fn run_scheduler(
     }
 }
 
-/// One scheduler tick: renewals first, then collections. Errors are logged
-/// and the next tick tries again.
+/// One scheduler tick: trials that ended, renewals, then collections.
+/// Errors are logged and the next tick tries again.
 pub async fn tick(d: &Dispatcher, config: &BillingConfig) {
+    if let Err(e) = super::billing::end_trials_due(d).await {
+        tracing::warn!(error = %e, "trial end scan failed");
+    }
     if let Err(e) = super::billing::renew_due(d).await {
         tracing::warn!(error = %e, "billing renewal scan failed");
     }

@@ -194,7 +194,7 @@ fn window_ended(sub: &Subscription, now: DateTime<Utc>) -> bool {
     let SuspendReason::QuotaExceeded { meter } = &s.reason else {
         return false;
     };
-    let (Some(anchor), Some(plan)) = (sub.anchor, sub.plan.as_ref()) else {
+    let (Some(anchor), Some(plan)) = (sub.usage_anchor(), sub.plan.as_ref()) else {
         return false;
     };
     let Some(terms) = plan.meter(meter) else {

@@ -1,0 +1,112 @@
+//! Customer endpoints: `PUT` creates or updates (the client chooses the id),
+//! list (by email) and detail from the `rm_customers` read model.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use tally_aggregates::customer::{Customer, CustomerCommand};
+use tally_projections::state;
+
+use super::{list_state, read_your_writes, resource, CommandCtx, PageParams};
+use crate::auth::{Access, Principal};
+use crate::dto::{CustomerDto, ListPage, PutCustomerRequest};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
+use crate::AppState;
+
+/// The longest customer id a read looks up (longer ones are never stored).
+const MAX_ID_CHARS: usize = tally_aggregates::subscription::MAX_CUSTOMER_ID_CHARS;
+
+#[utoipa::path(put, path = "/v1/customers/{customer_id}", tag = "customers", operation_id = "customers_put",
+    params(("customer_id" = String, Path), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` (the customer's ETag): the update runs only on that version, else 412 `version_mismatch`")),
+    request_body = PutCustomerRequest,
+    responses((status = 201, description = "Created", body = CustomerDto), (status = 200, description = "Updated (or unchanged)", body = CustomerDto), (status = 412, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn put(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    JsonBody(req): JsonBody<PutCustomerRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    let details = req.into_details()?;
+    let at = app.dispatcher.clock().now();
+    let out = app
+        .dispatcher
+        .execute::<Customer, _>(&ctx.meta, &id, if_match(&headers)?, |c| {
+            c.decide(CustomerCommand::Put {
+                customer_id: id.clone(),
+                details: details.clone(),
+                at,
+            })
+        })
+        .await?;
+    // New exactly when this command wrote the stream's first events.
+    let created = out.appended > 0 && out.version == out.appended as i64;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let dto = CustomerDto::from_state(&id, &out.state, out.version)
+        .ok_or_else(|| ApiError::Internal("customer not put".into()))?;
+    Ok(resource(status, &dto, out.version, Some(out.position)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerListParams {
+    /// Exactly this email address.
+    pub email: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/customers", tag = "customers", operation_id = "customers_list", params(CustomerListParams),
+    responses((status = 200, body = ListPage<CustomerDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<CustomerListParams>,
+) -> ApiResult<axum::Json<ListPage<CustomerDto>>> {
+    principal.require(Access::Read)?;
+    let page = PageParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    list_state::<Customer, _>(
+        &app,
+        principal.tenant(),
+        &headers,
+        &[("email", q.email)],
+        page,
+        |v| CustomerDto::from_state(&v.id, &v.state, v.version),
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/customers/{customer_id}", tag = "customers", operation_id = "customers_get", params(("customer_id" = String, Path)),
+    responses((status = 200, body = CustomerDto), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn get(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Response> {
+    principal.require(Access::Read)?;
+    read_your_writes(&app, &headers).await?;
+    if id.is_empty() || id.chars().count() > MAX_ID_CHARS {
+        return Err(ApiError::NotFound);
+    }
+    let v = state::get::<Customer>(&app.db, principal.tenant(), &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let dto = CustomerDto::from_state(&v.id, &v.state, v.version).ok_or(ApiError::NotFound)?;
+    Ok(resource(StatusCode::OK, &dto, v.version, None))
+}
