@@ -180,17 +180,16 @@ enum Written {
 
 /// The whole group's rows in one `INSERT … SELECT FROM UNNEST` (one statement
 /// text whatever the count), snapshots after them, one commit. A row whose
-/// place is already taken by a committed row is filtered out before the
-/// insert: it takes no position, so it leaves no hole for the log readers to
-/// prove (a usage batch's duplicates, a stale writer). `ON CONFLICT` still
-/// catches a row taken by a transaction that commits meanwhile.
+/// place is taken still takes a position (the insert trigger runs before the
+/// conflict is found), which leaves a hole the log readers prove. Filtering
+/// such rows first (`WHERE NOT EXISTS`) was tried: it made PostgreSQL plan an
+/// anti-join at every execution, five times the planning of the plain insert,
+/// and change-seats lost half its throughput (docs/benchmarks.md).
 const INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, event_id, tenant, recorded_at) \
      SELECT t, a, s, et, ev, p::json, m::json, id, tn, r FROM UNNEST($1::text[], $2::text[], \
      $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
      $10::timestamptz[]) AS u(t, a, s, et, ev, p, m, id, tn, r) \
-     WHERE NOT EXISTS (SELECT 1 FROM events e \
-       WHERE e.aggregate_type = u.t AND e.aggregate_id = u.a AND e.sequence = u.s) \
      ON CONFLICT DO NOTHING RETURNING aggregate_type, aggregate_id, sequence, position";
 
 async fn try_write(pool: &PgPool, group: &[Pending]) -> Result<Written, sqlx::Error> {

@@ -224,7 +224,6 @@ pub fn value_rows(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
-
 #[cfg(test)]
 mod tests {
     #[test]

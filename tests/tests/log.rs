@@ -136,46 +136,6 @@ async fn postgres_holes_of_one_read_are_proven_together() {
     }
 }
 
-/// A row whose place a committed row already holds takes no position: a usage
-/// batch's duplicates and a stale writer's conflict leave no hole, so a reader
-/// (the audit feed right after the batch) never waits for a proof. Holes of
-/// rows that lose a race remain possible (the reader handles them).
-#[tokio::test]
-async fn postgres_rows_already_in_the_log_take_no_position() {
-    let tdb = TestDb::new(Backend::Postgres).await;
-    let db = tdb.connect().await;
-    let repo = tally_commands::store::LogRepository::new(db.clone());
-    let stream = |key: &str| store::StreamAppend {
-        aggregate_type: "test",
-        key: key.to_string(),
-        events: vec![event(1)],
-        snapshot: None,
-    };
-    let now = chrono::Utc::now();
-    let first = repo
-        .append_new("t", now, vec![stream("t:a")])
-        .await
-        .unwrap()[0]
-        .unwrap();
-    let batch = repo
-        .append_new("t", now, vec![stream("t:b"), stream("t:a"), stream("t:c")])
-        .await
-        .unwrap();
-    assert_eq!(batch, vec![Some(first + 1), None, Some(first + 2)]);
-    let stale = repo
-        .append("test", "t:a", "t", now, vec![event(1)], None)
-        .await;
-    assert!(
-        matches!(stale, Err(store::StoreError::Conflict)),
-        "{stale:?}"
-    );
-    let next = repo
-        .append_new("t", now, vec![stream("t:d")])
-        .await
-        .unwrap();
-    assert_eq!(next, vec![Some(first + 3)]);
-}
-
 /// A hole proven final once stays final for every reader of the process: a
 /// slower consumer that meets it later steps over it at once, even while a
 /// long transaction elsewhere in the cluster holds `xmin` back (a new proof
