@@ -354,7 +354,7 @@ fn renewal_invoice(lines: Vec<NewLine>, currency: Currency) -> Invoice {
             lines,
             at,
         },
-        InvoiceCommand::Issue { number: 7, at },
+        InvoiceCommand::Issue { number: 7, available_credit: rust_decimal::Decimal::ZERO, at },
     ] {
         for event in invoice.decide(command).expect("the renewal invoice") {
             invoice.evolve(&event);
@@ -412,6 +412,7 @@ fn a_downgrade_credit_larger_than_the_fee_settles_the_invoice_at_once() {
         },
         InvoiceCommand::Issue {
             number: 8,
+            available_credit: rust_decimal::Decimal::ZERO,
             at: may().start,
         },
     ] {

@@ -485,6 +485,7 @@ fn generate(
                 let at = at + chrono::Duration::minutes(5);
                 let issued = state.decide(InvoiceCommand::Issue {
                     number: numbering.next(),
+                    available_credit: rust_decimal::Decimal::ZERO,
                     at,
                 })?;
                 let assigned = numbering.decide(NumberingCommand::Assign {

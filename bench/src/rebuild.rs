@@ -1242,6 +1242,7 @@ fn invoice(
     let at = at + chrono::Duration::seconds(1);
     let issued = state.decide(InvoiceCommand::Issue {
         number: tenant.numbering.next(),
+        available_credit: rust_decimal::Decimal::ZERO,
         at,
     })?;
     let assigned = tenant.numbering.decide(NumberingCommand::Assign {

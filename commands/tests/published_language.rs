@@ -1585,6 +1585,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
         &mut invoice,
         InvoiceCommand::Issue {
             number: 7,
+            available_credit: rust_decimal::Decimal::ZERO,
             at: t("2026-02-01T00:00:00Z"),
         },
     );
@@ -1595,6 +1596,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
             amount: dec("12.50"),
             reference: "ch_1".into(),
             captured_at: t("2026-02-02T00:00:00Z"),
+            excess_to_credit: false,
             at: t("2026-02-02T00:00:01Z"),
         },
     );
