@@ -945,7 +945,8 @@ impl Invoice {
         let total = self.lines_total();
         let before_credit = total.max(zero);
         // Credit never makes the amount due negative.
-        let applied_credit = round_to_minor(available_credit.max(zero).min(before_credit), currency);
+        let applied_credit =
+            round_to_minor(available_credit.max(zero).min(before_credit), currency);
         let amount_due = round_to_minor(before_credit - applied_credit, currency);
         let due_at = at + Duration::days(i64::from(self.due_days));
         let mut events = vec![InvoiceEvent::InvoiceIssued {
@@ -1187,10 +1188,13 @@ pub struct InvoiceNumbering {
     pub credit: std::collections::BTreeMap<String, std::collections::BTreeMap<Currency, Decimal>>,
 }
 
-/// Where customer credit came from.
+/// Why a customer's credit changed: where granted credit came from, or the
+/// invoice that applied it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum CreditSource {
+    /// Applied to an invoice at its issue (the change is negative).
+    AppliedToInvoice { invoice_id: String },
     /// An invoice issued with a negative total.
     NegativeInvoice { invoice_id: String },
     /// A payment beyond an invoice's amount due.
@@ -1212,6 +1216,38 @@ pub enum CreditSource {
         /// Why it was not applied, for people.
         why: String,
     },
+}
+
+impl CreditSource {
+    /// The snake_case kind, as stored and published.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CreditSource::AppliedToInvoice { .. } => "applied_to_invoice",
+            CreditSource::NegativeInvoice { .. } => "negative_invoice",
+            CreditSource::Overpayment { .. } => "overpayment",
+            CreditSource::CreditNote { .. } => "credit_note",
+            CreditSource::UnappliedPayment { .. } => "unapplied_payment",
+        }
+    }
+
+    /// The invoice the change concerns, if any.
+    pub fn invoice_id(&self) -> Option<&str> {
+        match self {
+            CreditSource::AppliedToInvoice { invoice_id }
+            | CreditSource::NegativeInvoice { invoice_id }
+            | CreditSource::Overpayment { invoice_id, .. }
+            | CreditSource::CreditNote { invoice_id, .. } => Some(invoice_id),
+            CreditSource::UnappliedPayment { invoice_id, .. } => invoice_id.as_deref(),
+        }
+    }
+
+    pub const KINDS: [&'static str; 5] = [
+        "applied_to_invoice",
+        "negative_invoice",
+        "overpayment",
+        "credit_note",
+        "unapplied_payment",
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1272,7 +1308,9 @@ pub enum NumberingEvent {
         number: String,
         at: DateTime<Utc>,
     },
-    CustomerCreditGranted {
+    /// A customer's credit in one currency changed by `amount` (negative
+    /// when applied to an invoice) to `balance`.
+    CustomerCreditChanged {
         customer_id: String,
         currency: Currency,
         #[serde(with = "rust_decimal::serde::str")]
@@ -1283,16 +1321,6 @@ pub enum NumberingEvent {
         source: CreditSource,
         at: DateTime<Utc>,
     },
-    CustomerCreditApplied {
-        customer_id: String,
-        currency: Currency,
-        #[serde(with = "rust_decimal::serde::str")]
-        amount: Decimal,
-        #[serde(with = "rust_decimal::serde::str")]
-        balance: Decimal,
-        invoice_id: String,
-        at: DateTime<Utc>,
-    },
 }
 
 impl NumberingEvent {
@@ -1300,8 +1328,7 @@ impl NumberingEvent {
         match self {
             NumberingEvent::InvoiceNumberAssigned { .. } => "InvoiceNumberAssigned",
             NumberingEvent::CreditNoteNumberAssigned { .. } => "CreditNoteNumberAssigned",
-            NumberingEvent::CustomerCreditGranted { .. } => "CustomerCreditGranted",
-            NumberingEvent::CustomerCreditApplied { .. } => "CustomerCreditApplied",
+            NumberingEvent::CustomerCreditChanged { .. } => "CustomerCreditChanged",
         }
     }
 }
@@ -1382,14 +1409,21 @@ impl InvoiceNumbering {
             } => {
                 validate_text("customer_id", &customer_id)?;
                 let amount = Self::check_credit_amount(amount, currency)?;
-                let balance = round_to_minor(self.credit_of(&customer_id, currency) + amount, currency);
+                let balance =
+                    round_to_minor(self.credit_of(&customer_id, currency) + amount, currency);
                 if balance > MAX_AMOUNT {
                     return Err(DomainError::validation(
                         "amount",
                         format!("a customer's credit is at most {MAX_AMOUNT}"),
                     ));
                 }
-                Ok(vec![NumberingEvent::CustomerCreditGranted {
+                if matches!(source, CreditSource::AppliedToInvoice { .. }) {
+                    return Err(DomainError::validation(
+                        "source",
+                        "applying credit is not a grant",
+                    ));
+                }
+                Ok(vec![NumberingEvent::CustomerCreditChanged {
                     customer_id,
                     currency,
                     amount,
@@ -1414,12 +1448,13 @@ impl InvoiceNumbering {
                         format!("the customer has {available} {currency} of credit"),
                     ));
                 }
-                Ok(vec![NumberingEvent::CustomerCreditApplied {
+                validate_id("invoice_id", &invoice_id)?;
+                Ok(vec![NumberingEvent::CustomerCreditChanged {
                     customer_id,
                     currency,
-                    amount,
+                    amount: -amount,
                     balance: round_to_minor(available - amount, currency),
-                    invoice_id,
+                    source: CreditSource::AppliedToInvoice { invoice_id },
                     at,
                 }])
             }
@@ -1456,13 +1491,7 @@ impl InvoiceNumbering {
                 );
                 self.last_credit_note = *sequence;
             }
-            NumberingEvent::CustomerCreditGranted {
-                customer_id,
-                currency,
-                balance,
-                ..
-            }
-            | NumberingEvent::CustomerCreditApplied {
+            NumberingEvent::CustomerCreditChanged {
                 customer_id,
                 currency,
                 balance,

@@ -354,7 +354,11 @@ fn renewal_invoice(lines: Vec<NewLine>, currency: Currency) -> Invoice {
             lines,
             at,
         },
-        InvoiceCommand::Issue { number: 7, available_credit: rust_decimal::Decimal::ZERO, at },
+        InvoiceCommand::Issue {
+            number: 7,
+            available_credit: rust_decimal::Decimal::ZERO,
+            at,
+        },
     ] {
         for event in invoice.decide(command).expect("the renewal invoice") {
             invoice.evolve(&event);

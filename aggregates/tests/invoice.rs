@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use support::{dec, eur, exact_round_product, jpy, kwd, t};
 use tally_aggregates::invoice::{
-    format_number, CreditReason, price_line, DEFAULT_DUE_DAYS, MAX_CAPTURE_AGE_DAYS, MAX_DUE_DAYS, MAX_LINES,
-    MAX_LINE_PLACES, MAX_PAYMENTS, MAX_TEXT_CHARS, NUMBERING_ID,
+    format_number, price_line, CreditReason, DEFAULT_DUE_DAYS, MAX_CAPTURE_AGE_DAYS, MAX_DUE_DAYS,
+    MAX_LINES, MAX_LINE_PLACES, MAX_PAYMENTS, MAX_TEXT_CHARS, NUMBERING_ID,
 };
 use tally_aggregates::money::{round_to_minor, MAX_AMOUNT};
 use tally_aggregates::{
@@ -1379,7 +1379,10 @@ fn numbers_print_with_six_digits_at_least() {
 
 #[test]
 fn assign_rejects_a_bad_invoice_id_and_uses_no_number() {
-    let numbering = InvoiceNumbering { last: 7, ..Default::default() };
+    let numbering = InvoiceNumbering {
+        last: 7,
+        ..Default::default()
+    };
     for invoice_id in ["", "inv 1", &"i".repeat(65)] {
         match numbering.decide(assign(invoice_id)) {
             Err(DomainError::Validation { field, .. }) => assert_eq!(field, "invoice_id"),
@@ -1395,7 +1398,10 @@ fn assign_rejects_a_bad_invoice_id_and_uses_no_number() {
 #[test]
 #[should_panic(expected = "invoice numbers skip")]
 fn a_skipped_number_is_a_bug() {
-    let mut numbering = InvoiceNumbering { last: 2, ..Default::default() };
+    let mut numbering = InvoiceNumbering {
+        last: 2,
+        ..Default::default()
+    };
     numbering.evolve(&assigned("inv_x", 4));
 }
 
@@ -2052,7 +2058,10 @@ fn a_credit_note_on_an_open_invoice_lowers_the_amount_due_and_the_rest_is_credit
     let events = run(&mut invoice, credit_note(2, "40.00", false)).unwrap();
     assert_eq!(names(&events), ["CreditNoteIssued", "InvoicePaid"]);
     let note = credit_note_of(&events);
-    assert_eq!((note.to_amount_due, note.to_credit), (dec("30.00"), dec("10.00")));
+    assert_eq!(
+        (note.to_amount_due, note.to_credit),
+        (dec("30.00"), dec("10.00"))
+    );
     assert_eq!(invoice.status, Some(InvoiceStatus::Paid));
     assert_eq!(invoice.amount_credited, dec("70.00"));
     assert_eq!(invoice.amount_due, dec("0.00"));
@@ -2225,10 +2234,16 @@ fn the_ledger_numbers_credit_notes_gaplessly_and_never_applies_more_credit_than_
         },
     )
     .unwrap();
-    assert!(ledger.credit.is_empty(), "no entry for a customer without credit");
+    assert!(
+        ledger.credit.is_empty(),
+        "no entry for a customer without credit"
+    );
     // The ledger's state survives a snapshot round trip.
     let json = serde_json::to_string(&ledger).unwrap();
-    assert_eq!(serde_json::from_str::<InvoiceNumbering>(&json).unwrap(), ledger);
+    assert_eq!(
+        serde_json::from_str::<InvoiceNumbering>(&json).unwrap(),
+        ledger
+    );
     let old: InvoiceNumbering = serde_json::from_str(r#"{"last": 7}"#).unwrap();
     assert_eq!((old.last, old.last_credit_note), (7, 0));
 }

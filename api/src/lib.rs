@@ -122,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/invoices/{id}/lines", post(invoices::add_line))
         .route("/v1/invoices/{id}/issue", post(invoices::issue))
         .route("/v1/invoices/{id}/payments", post(invoices::pay))
+        .route(
+            "/v1/invoices/{id}/credit-notes",
+            post(invoices::credit_note),
+        )
         .route("/v1/invoices/{id}/void", post(invoices::void))
         .route(
             "/v1/invoices/{id}/mark-uncollectible",

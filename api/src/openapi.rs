@@ -17,7 +17,7 @@ use crate::AppState;
         subscriptions::create, subscriptions::activate, subscriptions::change_plan, subscriptions::change_seats,
         subscriptions::suspend, subscriptions::resume, subscriptions::cancel, subscriptions::list,
         subscriptions::get, subscriptions::entitlements,
-        invoices::create, invoices::add_line, invoices::issue, invoices::pay, invoices::void,
+        invoices::create, invoices::add_line, invoices::issue, invoices::pay, invoices::credit_note, invoices::void,
         invoices::mark_uncollectible, invoices::list, invoices::get, invoices::balance, invoices::journal,
         usage::report, usage::batch, usage::void, usage::list, usage::get, usage::summary,
         tickets::create, tickets::assign, tickets::comment, tickets::attach, tickets::transition, tickets::list, tickets::get,

@@ -140,6 +140,9 @@ pub const INVOICE_PAID: &str = "billing.invoices.v1.invoice-paid";
 pub const INVOICE_VOIDED: &str = "billing.invoices.v1.invoice-voided";
 pub const INVOICE_MARKED_UNCOLLECTIBLE: &str = "billing.invoices.v1.invoice-marked-uncollectible";
 pub const PAYMENT_CAPTURED: &str = "billing.payments.v1.payment-captured";
+pub const PAYMENT_REFUNDED: &str = "billing.payments.v1.payment-refunded";
+pub const CREDIT_NOTE_ISSUED: &str = "billing.invoices.v1.credit-note-issued";
+pub const CUSTOMER_CREDIT_CHANGED: &str = "billing.customers.v1.customer-credit-changed";
 pub const USAGE_RECORDED: &str = "metering.usage.v1.usage-recorded";
 pub const USAGE_VOIDED: &str = "metering.usage.v1.usage-voided";
 pub const QUOTA_EXCEEDED: &str = "metering.quota.v1.quota-exceeded";
@@ -162,6 +165,16 @@ pub const SUSPEND_REASONS: &[&str] = &["manual", "non_payment", "quota_exceeded"
 /// `Priority::as_str` of every priority (a test keeps them equal).
 pub const PRIORITIES: &[&str] = &["low", "normal", "high", "urgent"];
 /// `TicketStatus::as_str` of every status (a test keeps them equal).
+/// Credit note reasons (`tally_aggregates::invoice::CreditReason`).
+pub const CREDIT_REASONS: &[&str] = &[
+    "duplicate",
+    "fraudulent",
+    "order_change",
+    "product_unsatisfactory",
+    "refund",
+];
+/// Why customer credit changed (`tally_aggregates::invoice::CreditSource`).
+pub const CREDIT_SOURCES: &[&str] = &tally_aggregates::invoice::CreditSource::KINDS;
 pub const TICKET_STATUSES: &[&str] = &["new", "open", "pending", "on_hold", "solved", "closed"];
 
 /// Every topic Tally publishes. The document lists exactly these, with the
@@ -405,6 +418,59 @@ pub const TOPICS: &[TopicSpec] = &[
         ],
     },
     TopicSpec {
+        topic: CREDIT_NOTE_ISSUED,
+        aggregate: "invoice",
+        event: "CreditNoteIssued",
+        description: "A credit note on an open or paid invoice: what lowered the amount due, what became customer credit, what was refunded.",
+        data: &[
+            TENANT,
+            req("credit_note_id", Id),
+            req("number", Text),
+            INVOICE,
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("reason", Enum(CREDIT_REASONS)),
+            req("to_amount_due", Dec),
+            req("to_credit", Dec),
+            req("refunded", Dec),
+            req("invoice_amount_due", Dec),
+            req("issued_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: PAYMENT_REFUNDED,
+        aggregate: "invoice",
+        event: "CreditNoteIssued",
+        description: "Money received for an invoice was paid back (a credit note with refund: true); published after credit-note-issued.",
+        data: &[
+            TENANT,
+            req("credit_note_id", Id),
+            INVOICE,
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            opt("reference", Text),
+            req("refunded_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: CUSTOMER_CREDIT_CHANGED,
+        aggregate: "invoice_numbering",
+        event: "CustomerCreditChanged",
+        description: "A customer's credit in one currency changed: granted (an overpayment, an unapplied payment, a credit note, a negative invoice) or applied to an invoice at its issue (a negative amount).",
+        data: &[
+            TENANT,
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("balance", Dec),
+            req("source", Enum(CREDIT_SOURCES)),
+            opt("invoice_id", Id),
+            req("changed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
         topic: USAGE_RECORDED,
         aggregate: "usage_record",
         event: "UsageRecorded",
@@ -540,6 +606,11 @@ pub const NOT_PUBLISHED: &[Unpublished] = &[
         reason: "Bookkeeping of the gapless sequence; the number is in invoice-issued.",
     },
     Unpublished {
+        aggregate: "invoice_numbering",
+        event: "CreditNoteNumberAssigned",
+        reason: "Bookkeeping of the gapless sequence; the number is in credit-note-issued.",
+    },
+    Unpublished {
         aggregate: "usage_record",
         event: "UsageBilled",
         reason: "Billing bookkeeping, one per record; the invoice topics carry the outcome.",
@@ -598,7 +669,28 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
         "subscription" => e.decode().map(|event| subscription(e, event)),
         "invoice" => e.decode().map(|event| invoice(e, event)),
         "invoice_numbering" => e.decode().map(|event| match event {
-            NumberingEvent::InvoiceNumberAssigned { .. } => vec![],
+            NumberingEvent::InvoiceNumberAssigned { .. }
+            | NumberingEvent::CreditNoteNumberAssigned { .. } => vec![],
+            NumberingEvent::CustomerCreditChanged {
+                customer_id,
+                currency,
+                amount,
+                balance,
+                source,
+                at,
+            } => one(
+                CUSTOMER_CREDIT_CHANGED,
+                json!({
+                    "tenant_id": e.tenant,
+                    "customer_id": customer_id,
+                    "currency": currency.code(),
+                    "amount": money(&amount, currency),
+                    "balance": money(&balance, currency),
+                    "source": source.kind(),
+                    "invoice_id": source.invoice_id(),
+                    "changed_at": time(&at),
+                }),
+            ),
         }),
         "usage_record" => e.decode().map(|event| usage(e, event)),
         "ticket" => e.decode().map(|event| ticket(e, event)),
@@ -891,6 +983,7 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
             currency,
             amount_paid,
             amount_due,
+            ..
         } => one(
             PAYMENT_CAPTURED,
             json!({
@@ -938,6 +1031,48 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
                 "voided_at": time(&voided_at),
             }),
         ),
+        InvoiceEvent::CreditNoteIssued {
+            credit_note,
+            customer_id,
+            currency,
+            amount_due,
+            ..
+        } => {
+            let mut out = one(
+                CREDIT_NOTE_ISSUED,
+                json!({
+                    "tenant_id": tenant_id,
+                    "credit_note_id": credit_note.credit_note_id,
+                    "number": credit_note.number,
+                    "invoice_id": invoice_id,
+                    "customer_id": customer_id,
+                    "currency": currency.code(),
+                    "amount": money(&credit_note.amount, currency),
+                    "reason": credit_note.reason.as_str(),
+                    "to_amount_due": money(&credit_note.to_amount_due, currency),
+                    "to_credit": money(&credit_note.to_credit, currency),
+                    "refunded": money(&credit_note.refunded, currency),
+                    "invoice_amount_due": money(&amount_due, currency),
+                    "issued_at": time(&credit_note.issued_at),
+                }),
+            );
+            if !credit_note.refunded.is_zero() {
+                out.extend(one(
+                    PAYMENT_REFUNDED,
+                    json!({
+                        "tenant_id": tenant_id,
+                        "credit_note_id": credit_note.credit_note_id,
+                        "invoice_id": invoice_id,
+                        "customer_id": customer_id,
+                        "currency": currency.code(),
+                        "amount": money(&credit_note.refunded, currency),
+                        "reference": credit_note.reference,
+                        "refunded_at": time(&credit_note.issued_at),
+                    }),
+                ));
+            }
+            out
+        }
         InvoiceEvent::InvoiceMarkedUncollectible {
             customer_id,
             currency,

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
+use tally_aggregates::invoice::{CreditNote, CreditReason, CreditSource};
 use tally_aggregates::{
     usage::UsageWindow, Comment, Currency, InboxEvent, Interval, Invoice, InvoiceCommand,
     InvoiceEvent, LineKind, NewLine, NumberingEvent, Payment, Period, PlanEvent, PlanTerms,
@@ -328,6 +329,56 @@ const EVER_PUBLISHED: &[(&str, &[(&str, &str)])] = &[
                 "enum(new, open, pending, on_hold, solved, closed)",
             ),
             ("changed_by", "id?"),
+            ("changed_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.invoices.v1.credit-note-issued",
+        &[
+            ("tenant_id", "id"),
+            ("credit_note_id", "id"),
+            ("number", "string"),
+            ("invoice_id", "id"),
+            ("customer_id", "id"),
+            ("currency", "currency"),
+            ("amount", "decimal"),
+            (
+                "reason",
+                "enum(duplicate, fraudulent, order_change, product_unsatisfactory, refund)",
+            ),
+            ("to_amount_due", "decimal"),
+            ("to_credit", "decimal"),
+            ("refunded", "decimal"),
+            ("invoice_amount_due", "decimal"),
+            ("issued_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.payments.v1.payment-refunded",
+        &[
+            ("tenant_id", "id"),
+            ("credit_note_id", "id"),
+            ("invoice_id", "id"),
+            ("customer_id", "id"),
+            ("currency", "currency"),
+            ("amount", "decimal"),
+            ("reference", "string?"),
+            ("refunded_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.customers.v1.customer-credit-changed",
+        &[
+            ("tenant_id", "id"),
+            ("customer_id", "id"),
+            ("currency", "currency"),
+            ("amount", "decimal"),
+            ("balance", "decimal"),
+            (
+                "source",
+                "enum(applied_to_invoice, negative_invoice, overpayment, credit_note, unapplied_payment)",
+            ),
+            ("invoice_id", "id?"),
             ("changed_at", "timestamp"),
         ],
     ),
@@ -694,6 +745,8 @@ fn enum_values_are_the_domain_values() {
     assert_eq!(PRIORITIES, priorities.as_slice());
     let intervals = [Interval::Month.as_str(), Interval::Year.as_str()];
     assert_eq!(tally_commands::topics::INTERVALS, intervals.as_slice());
+    let reasons: Vec<&str> = CreditReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(tally_commands::topics::CREDIT_REASONS, reasons.as_slice());
 }
 
 // ---------------------------------------------------------------------------
@@ -1014,6 +1067,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 currency: eur(),
                 subtotal: dec("35.00"),
                 total: dec("35.00"),
+                applied_credit: dec("0.00"),
                 amount_due: dec("35.00"),
                 issued_at: t("2026-02-01T00:00:00Z"),
                 due_at: t("2026-03-03T00:00:00Z"),
@@ -1026,6 +1080,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 payment: Payment {
                     payment_id: "pay_1".into(),
                     amount: dec("10"),
+                    credited: dec("0"),
                     reference: "ch_123".into(),
                     captured_at: t("2026-02-03T00:00:00Z"),
                     recorded_at: t("2026-02-03T00:00:01Z"),
@@ -1034,8 +1089,90 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 currency: eur(),
                 amount_paid: dec("10.00"),
                 amount_due: dec("25.00"),
+                credited: dec("0"),
             }),
             vec![PAYMENT_CAPTURED],
+        ),
+        (
+            "credit note issued",
+            invoice_event(InvoiceEvent::CreditNoteIssued {
+                credit_note: CreditNote {
+                    credit_note_id: "cn_1".into(),
+                    number: "CN-000001".into(),
+                    amount: dec("15.00"),
+                    reason: CreditReason::OrderChange,
+                    refund: false,
+                    to_amount_due: dec("10.00"),
+                    to_credit: dec("5.00"),
+                    refunded: dec("0.00"),
+                    reference: None,
+                    issued_at: t("2026-02-05T00:00:00Z"),
+                },
+                customer_id: "cus_1".into(),
+                currency: eur(),
+                amount_credited: dec("15.00"),
+                amount_refunded: dec("0.00"),
+                amount_due: dec("0.00"),
+            }),
+            vec![CREDIT_NOTE_ISSUED],
+        ),
+        (
+            "refund",
+            invoice_event(InvoiceEvent::CreditNoteIssued {
+                credit_note: CreditNote {
+                    credit_note_id: "cn_2".into(),
+                    number: "CN-000002".into(),
+                    amount: dec("10.00"),
+                    reason: CreditReason::Refund,
+                    refund: true,
+                    to_amount_due: dec("0.00"),
+                    to_credit: dec("0.00"),
+                    refunded: dec("10.00"),
+                    reference: Some("stripe:re_1".into()),
+                    issued_at: t("2026-02-06T00:00:00Z"),
+                },
+                customer_id: "cus_1".into(),
+                currency: eur(),
+                amount_credited: dec("25.00"),
+                amount_refunded: dec("10.00"),
+                amount_due: dec("0.00"),
+            }),
+            vec![CREDIT_NOTE_ISSUED, PAYMENT_REFUNDED],
+        ),
+        (
+            "credit note number assigned",
+            stored(
+                "invoice_numbering",
+                "invoice_numbers",
+                "CreditNoteNumberAssigned",
+                &NumberingEvent::CreditNoteNumberAssigned {
+                    invoice_id: "inv_1".into(),
+                    credit_note_id: "cn_1".into(),
+                    sequence: 1,
+                    number: "CN-000001".into(),
+                    at: t("2026-02-05T00:00:00Z"),
+                },
+            ),
+            vec![],
+        ),
+        (
+            "customer credit applied",
+            stored(
+                "invoice_numbering",
+                "invoice_numbers",
+                "CustomerCreditChanged",
+                &NumberingEvent::CustomerCreditChanged {
+                    customer_id: "cus_1".into(),
+                    currency: eur(),
+                    amount: dec("-5.00"),
+                    balance: dec("0.00"),
+                    source: CreditSource::AppliedToInvoice {
+                        invoice_id: "inv_2".into(),
+                    },
+                    at: t("2026-03-01T00:00:00Z"),
+                },
+            ),
+            vec![CUSTOMER_CREDIT_CHANGED],
         ),
         (
             "invoice paid",
