@@ -1216,6 +1216,9 @@ pub enum CreditSource {
         /// Why it was not applied, for people.
         why: String,
     },
+    /// A provider refunded a payment whose money was credit (the change is
+    /// negative).
+    RefundedPayment { reference: String },
 }
 
 impl CreditSource {
@@ -1227,6 +1230,7 @@ impl CreditSource {
             CreditSource::Overpayment { .. } => "overpayment",
             CreditSource::CreditNote { .. } => "credit_note",
             CreditSource::UnappliedPayment { .. } => "unapplied_payment",
+            CreditSource::RefundedPayment { .. } => "refunded_payment",
         }
     }
 
@@ -1238,15 +1242,17 @@ impl CreditSource {
             | CreditSource::Overpayment { invoice_id, .. }
             | CreditSource::CreditNote { invoice_id, .. } => Some(invoice_id),
             CreditSource::UnappliedPayment { invoice_id, .. } => invoice_id.as_deref(),
+            CreditSource::RefundedPayment { .. } => None,
         }
     }
 
-    pub const KINDS: [&'static str; 5] = [
+    pub const KINDS: [&'static str; 6] = [
         "applied_to_invoice",
         "negative_invoice",
         "overpayment",
         "credit_note",
         "unapplied_payment",
+        "refunded_payment",
     ];
 }
 
@@ -1271,6 +1277,15 @@ pub enum NumberingCommand {
         source: CreditSource,
         at: DateTime<Utc>,
     },
+    /// Pays credit back to the customer (a provider refunded a payment that
+    /// had become credit); at most the credit the customer has.
+    RefundCredit {
+        customer_id: String,
+        currency: Currency,
+        amount: Decimal,
+        reference: String,
+        at: DateTime<Utc>,
+    },
     /// Takes from a customer's credit for an invoice being issued; at most
     /// the credit the customer has.
     ApplyCredit {
@@ -1289,6 +1304,7 @@ impl NumberingCommand {
             NumberingCommand::AssignCreditNote { .. } => "assign_credit_note",
             NumberingCommand::GrantCredit { .. } => "grant_credit",
             NumberingCommand::ApplyCredit { .. } => "apply_credit",
+            NumberingCommand::RefundCredit { .. } => "refund_credit",
         }
     }
 }
@@ -1417,10 +1433,13 @@ impl InvoiceNumbering {
                         format!("a customer's credit is at most {MAX_AMOUNT}"),
                     ));
                 }
-                if matches!(source, CreditSource::AppliedToInvoice { .. }) {
+                if matches!(
+                    source,
+                    CreditSource::AppliedToInvoice { .. } | CreditSource::RefundedPayment { .. }
+                ) {
                     return Err(DomainError::validation(
                         "source",
-                        "applying credit is not a grant",
+                        "applying or refunding credit is not a grant",
                     ));
                 }
                 Ok(vec![NumberingEvent::CustomerCreditChanged {
@@ -1429,6 +1448,31 @@ impl InvoiceNumbering {
                     amount,
                     balance,
                     source,
+                    at,
+                }])
+            }
+            NumberingCommand::RefundCredit {
+                customer_id,
+                currency,
+                amount,
+                reference,
+                at,
+            } => {
+                validate_text("customer_id", &customer_id)?;
+                let amount = Self::check_credit_amount(amount, currency)?;
+                let available = self.credit_of(&customer_id, currency);
+                if amount > available {
+                    return Err(DomainError::validation(
+                        "amount",
+                        format!("the customer has {available} {currency} of credit"),
+                    ));
+                }
+                Ok(vec![NumberingEvent::CustomerCreditChanged {
+                    customer_id,
+                    currency,
+                    amount: -amount,
+                    balance: round_to_minor(available - amount, currency),
+                    source: CreditSource::RefundedPayment { reference },
                     at,
                 }])
             }

@@ -25,6 +25,7 @@ use crate::AppState;
         audit::stream_events, audit::state_at, audit::feed, audit::digest,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::enable,
         webhooks::deliveries, webhooks::delivery, webhooks::retry,
+        payments::configure, payments::list, payments::receive,
         keys::list, keys::revoke,
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,
@@ -82,7 +83,9 @@ impl Modify for Problems {
             )
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let api = path.starts_with("/v1/");
+            // The inbound provider endpoint takes no API key and no
+            // Idempotency-Key; it declares its own answers.
+            let api = path.starts_with("/v1/") && !path.starts_with("/v1/inbound/");
             let names_resource = path.contains('{');
             for (method, op) in [
                 ("get", item.get.as_mut()),

@@ -140,6 +140,7 @@ pub const INVOICE_PAID: &str = "billing.invoices.v1.invoice-paid";
 pub const INVOICE_VOIDED: &str = "billing.invoices.v1.invoice-voided";
 pub const INVOICE_MARKED_UNCOLLECTIBLE: &str = "billing.invoices.v1.invoice-marked-uncollectible";
 pub const PAYMENT_CAPTURED: &str = "billing.payments.v1.payment-captured";
+pub const PAYMENT_RECEIVED: &str = "billing.payments.v1.payment-received";
 pub const PAYMENT_REFUNDED: &str = "billing.payments.v1.payment-refunded";
 pub const CREDIT_NOTE_ISSUED: &str = "billing.invoices.v1.credit-note-issued";
 pub const CUSTOMER_CREDIT_CHANGED: &str = "billing.customers.v1.customer-credit-changed";
@@ -173,6 +174,8 @@ pub const CREDIT_REASONS: &[&str] = &[
     "product_unsatisfactory",
     "refund",
 ];
+/// The payment providers (`tally_commands::payments::Provider`).
+pub const PROVIDERS: &[&str] = &["stripe", "polar", "mercadopago"];
 /// Why customer credit changed (`tally_aggregates::invoice::CreditSource`).
 pub const CREDIT_SOURCES: &[&str] = &tally_aggregates::invoice::CreditSource::KINDS;
 pub const TICKET_STATUSES: &[&str] = &["new", "open", "pending", "on_hold", "solved", "closed"];
@@ -439,18 +442,38 @@ pub const TOPICS: &[TopicSpec] = &[
         ],
     },
     TopicSpec {
-        topic: PAYMENT_REFUNDED,
-        aggregate: "invoice",
-        event: "CreditNoteIssued",
-        description: "Money received for an invoice was paid back (a credit note with refund: true); published after credit-note-issued.",
+        topic: PAYMENT_RECEIVED,
+        aggregate: "provider_payment",
+        event: "ProviderPaymentReceived",
+        description: "A payment provider reported a payment: applied to the invoice it named (any rest became customer credit), or all customer credit when that invoice was unknown, in another currency or no longer open.",
         data: &[
             TENANT,
-            req("credit_note_id", Id),
-            INVOICE,
+            req("provider", Enum(PROVIDERS)),
+            req("payment_id", Id),
+            req("reference", Text),
             req("customer_id", Id),
+            opt("invoice_id", Id),
             req("currency", Currency),
             req("amount", Dec),
-            opt("reference", Text),
+            req("applied", Dec),
+            req("credited", Dec),
+            req("received_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: PAYMENT_REFUNDED,
+        aggregate: "provider_payment",
+        event: "ProviderPaymentRefunded",
+        description: "A payment provider refunded (part of) a payment: a refund credit note on its invoice, or customer credit paid back.",
+        data: &[
+            TENANT,
+            req("payment_id", Id),
+            req("refund_id", Id),
+            req("customer_id", Id),
+            opt("invoice_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("refunded", Dec),
             req("refunded_at", Timestamp),
         ],
     },
@@ -611,6 +634,11 @@ pub const NOT_PUBLISHED: &[Unpublished] = &[
         reason: "Bookkeeping of the gapless sequence; the number is in credit-note-issued.",
     },
     Unpublished {
+        aggregate: "inbound_notice",
+        event: "InboundNoticeRecorded",
+        reason: "A provider's raw notification, kept for audit; payment-received and payment-refunded carry what it meant.",
+    },
+    Unpublished {
         aggregate: "usage_record",
         event: "UsageBilled",
         reason: "Billing bookkeeping, one per record; the invoice topics carry the outcome.",
@@ -693,6 +721,10 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
             ),
         }),
         "usage_record" => e.decode().map(|event| usage(e, event)),
+        "inbound_notice" => e.decode().map(|event| match event {
+            tally_aggregates::InboundNoticeEvent::InboundNoticeRecorded { .. } => vec![],
+        }),
+        "provider_payment" => e.decode().map(|event| provider_payment(e, event)),
         "ticket" => e.decode().map(|event| ticket(e, event)),
         "inbox" => e.decode().map(|event| match event {
             InboxEvent::ItemRead { .. }
@@ -1037,42 +1069,24 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
             currency,
             amount_due,
             ..
-        } => {
-            let mut out = one(
-                CREDIT_NOTE_ISSUED,
-                json!({
-                    "tenant_id": tenant_id,
-                    "credit_note_id": credit_note.credit_note_id,
-                    "number": credit_note.number,
-                    "invoice_id": invoice_id,
-                    "customer_id": customer_id,
-                    "currency": currency.code(),
-                    "amount": money(&credit_note.amount, currency),
-                    "reason": credit_note.reason.as_str(),
-                    "to_amount_due": money(&credit_note.to_amount_due, currency),
-                    "to_credit": money(&credit_note.to_credit, currency),
-                    "refunded": money(&credit_note.refunded, currency),
-                    "invoice_amount_due": money(&amount_due, currency),
-                    "issued_at": time(&credit_note.issued_at),
-                }),
-            );
-            if !credit_note.refunded.is_zero() {
-                out.extend(one(
-                    PAYMENT_REFUNDED,
-                    json!({
-                        "tenant_id": tenant_id,
-                        "credit_note_id": credit_note.credit_note_id,
-                        "invoice_id": invoice_id,
-                        "customer_id": customer_id,
-                        "currency": currency.code(),
-                        "amount": money(&credit_note.refunded, currency),
-                        "reference": credit_note.reference,
-                        "refunded_at": time(&credit_note.issued_at),
-                    }),
-                ));
-            }
-            out
-        }
+        } => one(
+            CREDIT_NOTE_ISSUED,
+            json!({
+                "tenant_id": tenant_id,
+                "credit_note_id": credit_note.credit_note_id,
+                "number": credit_note.number,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+                "currency": currency.code(),
+                "amount": money(&credit_note.amount, currency),
+                "reason": credit_note.reason.as_str(),
+                "to_amount_due": money(&credit_note.to_amount_due, currency),
+                "to_credit": money(&credit_note.to_credit, currency),
+                "refunded": money(&credit_note.refunded, currency),
+                "invoice_amount_due": money(&amount_due, currency),
+                "issued_at": time(&credit_note.issued_at),
+            }),
+        ),
         InvoiceEvent::InvoiceMarkedUncollectible {
             customer_id,
             currency,
@@ -1087,6 +1101,66 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
                 "currency": currency.code(),
                 "amount": money(&amount, currency),
                 "marked_at": time(&at),
+            }),
+        ),
+    }
+}
+
+fn provider_payment(
+    e: &StoredEvent,
+    event: tally_aggregates::ProviderPaymentEvent,
+) -> Vec<Integration> {
+    use tally_aggregates::ProviderPaymentEvent as P;
+    let tenant_id = &e.tenant;
+    match event {
+        P::ProviderPaymentReceived {
+            provider,
+            payment_id,
+            reference,
+            currency,
+            customer_id,
+            invoice_id,
+            amount,
+            applied,
+            credited,
+            received_at,
+        } => one(
+            PAYMENT_RECEIVED,
+            json!({
+                "tenant_id": tenant_id,
+                "provider": provider,
+                "payment_id": payment_id,
+                "reference": reference,
+                "customer_id": customer_id,
+                "invoice_id": invoice_id,
+                "currency": currency.code(),
+                "amount": money(&amount, currency),
+                "applied": money(&applied, currency),
+                "credited": money(&credited, currency),
+                "received_at": time(&received_at),
+            }),
+        ),
+        P::ProviderPaymentRefunded {
+            payment_id,
+            refund_id,
+            currency,
+            customer_id,
+            invoice_id,
+            amount,
+            refunded,
+            refunded_at,
+        } => one(
+            PAYMENT_REFUNDED,
+            json!({
+                "tenant_id": tenant_id,
+                "payment_id": payment_id,
+                "refund_id": refund_id,
+                "customer_id": customer_id,
+                "invoice_id": invoice_id,
+                "currency": currency.code(),
+                "amount": money(&amount, currency),
+                "refunded": money(&refunded, currency),
+                "refunded_at": time(&refunded_at),
             }),
         ),
     }

@@ -12,6 +12,7 @@
 //! | uncollectible, amount due D | bad_debt D | receivable D |
 //! | credit note: D off the amount due, C to credit, R refunded | credit_notes D, C, R | receivable D, customer_credit C, cash R |
 //! | payment not applied to an invoice, A (ledger stream) | cash A | customer_credit A |
+//! | a provider's refund R of a payment that became credit (ledger stream) | customer_credit R | cash R |
 //!
 //! Each movement is two rows (a debit and a credit leg) of the same amount
 //! keyed by the event id and the movement's index, so the journal's debits
@@ -292,6 +293,25 @@ fn ledger_posting(event: &NumberingEvent) -> Option<Posting<'_>> {
                 change: Box::new(move |b| {
                     b.paid += amount;
                     b.credit += amount;
+                }),
+            })
+        }
+        NumberingEvent::CustomerCreditChanged {
+            customer_id,
+            currency,
+            amount,
+            source: CreditSource::RefundedPayment { .. },
+            ..
+        } => {
+            let amount = -*amount;
+            Some(Posting {
+                customer_id,
+                currency: *currency,
+                invoice_id: None,
+                movements: vec![movement(CUSTOMER_CREDIT, CASH, amount)],
+                change: Box::new(move |b| {
+                    b.refunded += amount;
+                    b.credit -= amount;
                 }),
             })
         }

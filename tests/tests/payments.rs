@@ -3,18 +3,33 @@
 //! paid invoices (gapless `CN-` numbers, never above the total, refunds),
 //! the customer balance's `credited`, `refunded` and `credit`, credit carried
 //! to the next renewal invoice, a balanced journal after every movement, and
-//! read models equal to a rebuild.
+//! read models equal to a rebuild; and for each provider (Stripe, Polar by
+//! Standard Webhooks, Mercado Pago against a local fake of its API), signed
+//! the way the provider documents it: a signed success, a forged signature,
+//! a stale timestamp, a replay, 10 concurrent deliveries of one event, a
+//! refund before its payment, an overpayment and an unknown invoice.
 
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tally_commands::webhooks::{AllowList, WebhookConfig};
 use tally_tests::{both_backends, Backend, Resp, TestApp};
 
 both_backends!(
     credit_notes_on_open_and_paid_invoices,
     credit_carries_to_the_next_renewal_invoice,
+    stripe_payments,
+    polar_payments,
+    mercadopago_payments,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -321,4 +336,539 @@ async fn credit_carries_to_the_next_renewal_invoice(backend: Backend) {
     assert_eq!(balance(&app, "cus_1", "EUR").await["credit"], "2.50");
     assert_journal_balanced(&app).await;
     app.assert_read_models_equal_rebuild().await;
+}
+
+// ---------------------------------------------------------------------------
+// Payments from providers
+// ---------------------------------------------------------------------------
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("key");
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// A local stand-in for Mercado Pago's API: `GET /v1/payments/<id>` answers
+/// the payment the test put there (404 otherwise) and checks the token.
+#[derive(Clone, Default)]
+struct FakeMercadoPago {
+    payments: Arc<Mutex<HashMap<String, Value>>>,
+}
+
+impl FakeMercadoPago {
+    async fn start(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let payments = self.payments.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let payments = payments.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let authorized = text
+                        .lines()
+                        .any(|l| l.eq_ignore_ascii_case("authorization: Bearer mp-token"));
+                    let found = path
+                        .strip_prefix("/v1/payments/")
+                        .and_then(|id| payments.lock().unwrap().get(id).cloned());
+                    let (status, body) = match (authorized, found) {
+                        (false, _) => ("401 Unauthorized", "{}".to_string()),
+                        (true, Some(p)) => ("200 OK", p.to_string()),
+                        (true, None) => ("404 Not Found", "{}".to_string()),
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn put(&self, id: &str, payment: Value) {
+        self.payments
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), payment);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Stripe,
+    Polar,
+    MercadoPago,
+}
+
+/// One provider under test: its secret and how it builds and signs its
+/// notifications.
+struct ProviderUnderTest {
+    kind: Kind,
+    secret: String,
+    url: String,
+    mp: FakeMercadoPago,
+}
+
+/// A notification ready to send: body and headers.
+#[derive(Clone)]
+struct Notification {
+    body: String,
+    headers: Vec<(String, String)>,
+}
+
+impl ProviderUnderTest {
+    async fn configure(app: &TestApp, kind: Kind) -> ProviderUnderTest {
+        let mp = FakeMercadoPago::default();
+        let (name, secret, body) = match kind {
+            Kind::Stripe => (
+                "stripe",
+                "whsec_stripe_test_secret".to_string(),
+                json!({"webhook_secret": "whsec_stripe_test_secret"}),
+            ),
+            Kind::Polar => {
+                let secret = format!(
+                    "whsec_{}",
+                    STANDARD.encode(b"polar signing key, 32 bytes long!")
+                );
+                ("polar", secret.clone(), json!({"webhook_secret": secret}))
+            }
+            Kind::MercadoPago => {
+                let base = mp.start().await;
+                (
+                    "mercadopago",
+                    "mp-webhook-secret".to_string(),
+                    json!({"webhook_secret": "mp-webhook-secret", "access_token": "mp-token", "api_base_url": base}),
+                )
+            }
+        };
+        let r = app
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v1/payment-providers/{name}"),
+                Some(&app.admin_key),
+                &[],
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let url = r.body["webhook_url"]
+            .as_str()
+            .expect("webhook_url")
+            .to_string();
+        assert!(url.starts_with(&format!("/v1/inbound/{name}/")), "{url}");
+        assert!(
+            !r.body.to_string().contains(&secret),
+            "a secret is never shown again"
+        );
+        // The list never shows a secret either.
+        let r = app.get(&app.admin_key, "/v1/payment-providers").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(!r.body.to_string().contains(&secret));
+        ProviderUnderTest {
+            kind,
+            secret,
+            url,
+            mp,
+        }
+    }
+
+    fn sign(&self, body: &str, event_id: &str, data_id: &str, at: i64) -> Vec<(String, String)> {
+        match self.kind {
+            Kind::Stripe => {
+                let sig = hex::encode(hmac_sha256(
+                    self.secret.as_bytes(),
+                    format!("{at}.{body}").as_bytes(),
+                ));
+                vec![("Stripe-Signature".into(), format!("t={at},v1={sig}"))]
+            }
+            Kind::Polar => {
+                let key = STANDARD
+                    .decode(self.secret.strip_prefix("whsec_").unwrap())
+                    .unwrap();
+                let sig = STANDARD.encode(hmac_sha256(
+                    &key,
+                    format!("{event_id}.{at}.{body}").as_bytes(),
+                ));
+                vec![
+                    ("webhook-id".into(), event_id.into()),
+                    ("webhook-timestamp".into(), at.to_string()),
+                    ("webhook-signature".into(), format!("v1,{sig}")),
+                ]
+            }
+            Kind::MercadoPago => {
+                let request_id = format!("req-{event_id}");
+                let manifest = format!("id:{data_id};request-id:{request_id};ts:{at};");
+                let sig = hex::encode(hmac_sha256(self.secret.as_bytes(), manifest.as_bytes()));
+                vec![
+                    ("x-signature".into(), format!("ts={at},v1={sig}")),
+                    ("x-request-id".into(), request_id),
+                ]
+            }
+        }
+    }
+
+    /// A succeeded payment of `minor` minor units naming `invoice`.
+    fn payment(
+        &self,
+        event_id: &str,
+        payment_id: &str,
+        invoice: &str,
+        minor: i64,
+        at: i64,
+    ) -> Notification {
+        let body = match self.kind {
+            Kind::Stripe => json!({
+                "id": event_id, "object": "event", "type": "payment_intent.succeeded",
+                "data": {"object": {"id": payment_id, "object": "payment_intent",
+                    "amount_received": minor, "currency": "eur",
+                    "metadata": {"tally_invoice_id": invoice, "tally_customer_id": "cus_pay"}}}
+            }),
+            Kind::Polar => json!({
+                "type": "order.paid", "timestamp": "2026-01-01T00:00:00Z",
+                "data": {"id": payment_id, "total_amount": minor, "currency": "eur",
+                    "customer_id": "polar_c1",
+                    "metadata": {"tally_invoice_id": invoice, "tally_customer_id": "cus_pay"}}
+            }),
+            Kind::MercadoPago => {
+                self.mp.put(
+                    payment_id,
+                    json!({"id": payment_id, "status": "approved", "currency_id": "EUR",
+                        "transaction_amount": minor as f64 / 100.0, "external_reference": invoice,
+                        "metadata": {"tally_customer_id": "cus_pay"}}),
+                );
+                json!({"id": event_id, "type": "payment", "action": "payment.created",
+                    "data": {"id": payment_id}})
+            }
+        }
+        .to_string();
+        let headers = self.sign(&body, event_id, payment_id, at);
+        Notification { body, headers }
+    }
+
+    /// A refund of `minor` minor units of `payment_id` (in all, so far).
+    fn refund(&self, event_id: &str, payment_id: &str, minor: i64, at: i64) -> Notification {
+        let body = match self.kind {
+            Kind::Stripe => json!({
+                "id": event_id, "object": "event", "type": "charge.refunded",
+                "data": {"object": {"id": format!("ch_{payment_id}"), "object": "charge",
+                    "payment_intent": payment_id, "amount_refunded": minor, "currency": "eur",
+                    "refunds": {"data": [{"id": format!("re_{event_id}"), "amount": minor}]}}}
+            }),
+            Kind::Polar => json!({
+                "type": "order.refunded",
+                "data": {"id": payment_id, "total_amount": minor, "refunded_amount": minor,
+                    "currency": "eur"}
+            }),
+            Kind::MercadoPago => {
+                self.mp.put(
+                    payment_id,
+                    json!({"id": payment_id, "status": "refunded", "currency_id": "EUR",
+                        "transaction_amount": minor as f64 / 100.0,
+                        "transaction_amount_refunded": minor as f64 / 100.0}),
+                );
+                json!({"id": event_id, "type": "payment", "action": "payment.updated",
+                    "data": {"id": payment_id}})
+            }
+        }
+        .to_string();
+        let headers = self.sign(&body, event_id, payment_id, at);
+        Notification { body, headers }
+    }
+
+    async fn send(&self, app: &TestApp, n: &Notification) -> Resp {
+        let headers: Vec<(&str, String)> = n
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        app.request(
+            reqwest::Method::POST,
+            &self.url,
+            None,
+            &headers,
+            Some(n.body.clone().into_bytes()),
+        )
+        .await
+    }
+}
+
+/// The invoice from the read model, once it has every event so far.
+async fn invoice(app: &TestApp, id: &str) -> Value {
+    app.settle().await;
+    let r = app.get(&app.admin_key, &format!("/v1/invoices/{id}")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body
+}
+
+/// Events in the log of one aggregate type, for "nothing recorded" checks.
+async fn count_events(app: &TestApp, aggregate_type: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM events WHERE aggregate_type = $1")
+        .bind(aggregate_type)
+        .fetch_one(&app.state().db.any)
+        .await
+        .expect("count")
+}
+
+async fn provider_payments(backend: Backend, kind: Kind) {
+    let now = Utc::now();
+    let mut config = WebhookConfig::default();
+    config.allowed_hosts = AllowList::parse("127.0.0.1").expect("allow list");
+    let app = TestApp::spawn_webhooks(backend, now, config).await;
+    let p = ProviderUnderTest::configure(&app, kind).await;
+    let ts = now.timestamp();
+    let tag = format!("{kind:?}").to_lowercase();
+
+    // A signed success pays the invoice it names.
+    let inv = open_invoice(&app, "cus_pay", "EUR", "100.00").await.id();
+    let paid = p.payment(
+        &format!("evt_{tag}_1"),
+        &format!("pay{tag}1"),
+        &inv,
+        10_000,
+        ts,
+    );
+    let r = p.send(&app, &paid).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["outcome"], "applied");
+    app.settle().await;
+    let body = invoice(&app, &inv).await;
+    assert_eq!(body["status"], "paid", "{body}");
+    assert_eq!(body["payments"][0]["reference"], format!("{tag}:pay{tag}1"));
+
+    // A replay: 200, no second effect.
+    let r = p.send(&app, &paid).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["outcome"], "duplicate");
+    let notices = count_events(&app, "inbound_notice").await;
+    assert_eq!(notices, 1);
+
+    // Forged, stale, missing signatures: 400, nothing recorded.
+    let inv2 = open_invoice(&app, "cus_pay", "EUR", "40.00").await.id();
+    let mut forged = p.payment(
+        &format!("evt_{tag}_2"),
+        &format!("pay{tag}2"),
+        &inv2,
+        4_000,
+        ts,
+    );
+    let other = ProviderUnderTest {
+        kind,
+        secret: match kind {
+            Kind::Polar => format!(
+                "whsec_{}",
+                STANDARD.encode(b"another key entirely, 32 bytes!!")
+            ),
+            _ => "not the secret".into(),
+        },
+        url: p.url.clone(),
+        mp: p.mp.clone(),
+    };
+    forged.headers = other.sign(
+        &forged.body,
+        &format!("evt_{tag}_2"),
+        &format!("pay{tag}2"),
+        ts,
+    );
+    let stale = p.payment(
+        &format!("evt_{tag}_2"),
+        &format!("pay{tag}2"),
+        &inv2,
+        4_000,
+        ts - 301,
+    );
+    let mut tampered = p.payment(
+        &format!("evt_{tag}_2"),
+        &format!("pay{tag}2"),
+        &inv2,
+        4_000,
+        ts,
+    );
+    tampered.body = tampered
+        .body
+        .replace("4000", "4001")
+        .replace("40.0", "40.01");
+    let unsigned = Notification {
+        body: tampered.body.clone(),
+        headers: vec![],
+    };
+    for (what, n) in [
+        ("forged", &forged),
+        ("stale", &stale),
+        ("unsigned", &unsigned),
+    ] {
+        let r = p.send(&app, n).await;
+        assert_eq!(r.status, 400, "{what}: {:?}", r.body);
+        assert_eq!(r.body["code"], "signature_invalid", "{what}");
+    }
+    if kind != Kind::MercadoPago {
+        // Mercado Pago signs the payment id, not the body: the body is read
+        // from its API instead.
+        let r = p.send(&app, &tampered).await;
+        assert_eq!(r.status, 400, "tampered: {:?}", r.body);
+    }
+    assert_eq!(count_events(&app, "inbound_notice").await, notices);
+    assert_eq!(invoice(&app, &inv2).await["status"], "open");
+    // An unknown token is not found.
+    let mut lost = ProviderUnderTest {
+        url: format!("{}x", p.url),
+        ..other
+    };
+    lost.secret = p.secret.clone();
+    assert_eq!(lost.send(&app, &paid).await.status, 404);
+
+    // 10 concurrent deliveries of one event: one effect.
+    let once = p.payment(
+        &format!("evt_{tag}_3"),
+        &format!("pay{tag}3"),
+        &inv2,
+        4_000,
+        ts,
+    );
+    let answers = futures::future::join_all((0..10).map(|_| p.send(&app, &once))).await;
+    let mut outcomes: Vec<String> = answers
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            r.body["outcome"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "applied").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| o == "applied" || o == "duplicate"),
+        "{outcomes:?}"
+    );
+    app.settle().await;
+    let body = invoice(&app, &inv2).await;
+    assert_eq!(body["payments"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["status"], "paid");
+
+    // A refund before its payment: 409 payment_unknown, nothing recorded;
+    // after the payment, the same refund goes through.
+    let inv3 = open_invoice(&app, "cus_pay", "EUR", "30.00").await.id();
+    let early = p.refund(&format!("evt_{tag}_r1"), &format!("pay{tag}4"), 1_000, ts);
+    let r = p.send(&app, &early).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["code"], "payment_unknown");
+    let later = p.payment(
+        &format!("evt_{tag}_4"),
+        &format!("pay{tag}4"),
+        &inv3,
+        3_000,
+        ts,
+    );
+    assert_eq!(p.send(&app, &later).await.body["outcome"], "applied");
+    let early = p.refund(&format!("evt_{tag}_r1"), &format!("pay{tag}4"), 1_000, ts);
+    let r = p.send(&app, &early).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["outcome"], "refunded");
+    app.settle().await;
+    let body = invoice(&app, &inv3).await;
+    assert_eq!(body["amount_refunded"], "10.00", "{body}");
+    assert_eq!(body["credit_notes"][0]["refund"], true, "{body}");
+
+    // An overpayment pays the invoice; the rest is customer credit.
+    let inv4 = open_invoice(&app, "cus_over", "EUR", "50.00").await.id();
+    let over = p.payment(
+        &format!("evt_{tag}_5"),
+        &format!("pay{tag}5"),
+        &inv4,
+        8_000,
+        ts,
+    );
+    assert_eq!(p.send(&app, &over).await.body["outcome"], "applied");
+    let b = balance(&app, "cus_over", "EUR").await;
+    assert_eq!(
+        (&b["paid"], &b["credit"], &b["outstanding"]),
+        (&json!("80.00"), &json!("30.00"), &json!("0.00")),
+        "{b}"
+    );
+    assert_eq!(invoice(&app, &inv4).await["status"], "paid");
+
+    // An unknown invoice: all of it is credit, and the admin is told.
+    let lost_payment = p.payment(
+        &format!("evt_{tag}_6"),
+        &format!("pay{tag}6"),
+        "inv_nosuchinvoice",
+        2_500,
+        ts,
+    );
+    let r = p.send(&app, &lost_payment).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["outcome"], "credited");
+    let b = balance(&app, "cus_pay", "EUR").await;
+    assert_eq!(b["credit"], "25.00", "{b}");
+    let keys = app.list_keys(&app.admin_key, "").await;
+    let admin = keys.body["data"][0]["id"]
+        .as_str()
+        .expect("admin key id")
+        .to_string();
+    let r = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/inbox?recipient=user:{admin}&severity=critical"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let items = r.body["data"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{:?}", r.body);
+    assert!(items[0]["body"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("inv_nosuchinvoice"));
+    // The credit pays the customer's next invoice in EUR.
+    let next = open_invoice(&app, "cus_pay", "EUR", "20.00").await;
+    assert_eq!(next.body["applied_credit"], "20.00", "{:?}", next.body);
+
+    // The raw payload and its signature header are kept for audit.
+    let raw: Vec<(String,)> = sqlx::query_as(
+        "SELECT payload FROM events WHERE aggregate_type = 'inbound_notice' ORDER BY position LIMIT 1",
+    )
+    .fetch_all(&app.state().db.any)
+    .await
+    .unwrap_or_default();
+    if let Some((payload,)) = raw.first() {
+        let v: Value = serde_json::from_str(payload).expect("payload json");
+        let recorded = &v["InboundNoticeRecorded"];
+        assert_eq!(recorded["raw_payload"], paid.body);
+        assert!(!recorded["signature_header"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty());
+    }
+    assert_journal_balanced(&app).await;
+    app.assert_read_models_equal_rebuild().await;
+}
+
+async fn stripe_payments(backend: Backend) {
+    provider_payments(backend, Kind::Stripe).await
+}
+
+async fn polar_payments(backend: Backend) {
+    provider_payments(backend, Kind::Polar).await
+}
+
+async fn mercadopago_payments(backend: Backend) {
+    provider_payments(backend, Kind::MercadoPago).await
 }
