@@ -511,6 +511,7 @@ fn generate(
                         amount: state.amount_due,
                         reference: format!("bank-{:012}", rng.gen_range(0..1_000_000_000_000u64)),
                         captured_at: at,
+                        excess_to_credit: false,
                         at,
                     }),
                     Fate::Void => Some(InvoiceCommand::Void {

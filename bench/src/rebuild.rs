@@ -1326,6 +1326,7 @@ fn collections(c: &mut Customer, sink: &mut Sink, day: u32, at: DateTime<Utc>) -
             amount: inv.state.amount_due,
             reference: format!("bank-{}-{}", c.customer_id, c.payments),
             captured_at: at,
+            excess_to_credit: false,
             at,
         })?;
         let ids = sink.emit(

@@ -628,8 +628,10 @@ async fn count_events(app: &TestApp, aggregate_type: &str) -> i64 {
 
 async fn provider_payments(backend: Backend, kind: Kind) {
     let now = Utc::now();
-    let mut config = WebhookConfig::default();
-    config.allowed_hosts = AllowList::parse("127.0.0.1").expect("allow list");
+    let config = WebhookConfig {
+        allowed_hosts: AllowList::parse("127.0.0.1").expect("allow list"),
+        ..WebhookConfig::default()
+    };
     let app = TestApp::spawn_webhooks(backend, now, config).await;
     let p = ProviderUnderTest::configure(&app, kind).await;
     let ts = now.timestamp();
@@ -841,22 +843,24 @@ async fn provider_payments(backend: Backend, kind: Kind) {
     let next = open_invoice(&app, "cus_pay", "EUR", "20.00").await;
     assert_eq!(next.body["applied_credit"], "20.00", "{:?}", next.body);
 
-    // The raw payload and its signature header are kept for audit.
-    let raw: Vec<(String,)> = sqlx::query_as(
-        "SELECT payload FROM events WHERE aggregate_type = 'inbound_notice' ORDER BY position LIMIT 1",
-    )
-    .fetch_all(&app.state().db.any)
-    .await
-    .unwrap_or_default();
-    if let Some((payload,)) = raw.first() {
-        let v: Value = serde_json::from_str(payload).expect("payload json");
-        let recorded = &v["InboundNoticeRecorded"];
-        assert_eq!(recorded["raw_payload"], paid.body);
-        assert!(!recorded["signature_header"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty());
-    }
+    // The raw payload and its signature header are kept for audit, on the
+    // notice's stream (its id hashes the provider and its event id).
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update(format!("{tag}\0evt_{tag}_1").as_bytes());
+    let notice = format!("ibn_{}", &hex::encode(h.finalize())[..32]);
+    let r = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/audit/streams/inbound_notice/{notice}/events"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let recorded = &r.body["data"][0]["payload"]["InboundNoticeRecorded"];
+    assert_eq!(recorded["raw_payload"], paid.body.as_str(), "{:?}", r.body);
+    assert_eq!(recorded["outcome"], "applied");
+    let header = recorded["signature_header"].as_str().unwrap_or_default();
+    assert!(header.contains(&paid.headers[0].1), "{header}");
     assert_journal_balanced(&app).await;
     app.assert_read_models_equal_rebuild().await;
 }

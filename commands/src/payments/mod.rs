@@ -346,16 +346,13 @@ struct Batch {
 }
 
 impl Batch {
-    fn add<A: cqrs_es::Aggregate + serde::Serialize>(
+    fn add<A: cqrs_es::Aggregate + Clone>(
         &mut self,
         id: &str,
         state: &A,
         version: i64,
         events: Vec<A::Event>,
-    ) -> Result<(), InboundError>
-    where
-        A: Clone,
-    {
+    ) -> Result<(), InboundError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -579,6 +576,15 @@ impl Payments {
         if !adapter.verify(&settings.webhook_secret, inbound, now.timestamp()) {
             return Err(InboundError::SignatureInvalid);
         }
+        if provider == Provider::MercadoPago {
+            // The address was checked when configured; the rule may have
+            // changed since, and the client's resolver does not see an IP
+            // literal, so it is checked again before every read (as webhook
+            // deliveries are).
+            check_url(self.webhooks.allowed_hosts(), &settings.api_base_url)
+                .await
+                .map_err(|e| InboundError::Upstream(format!("api_base_url: {e}")))?;
+        }
         let translated = adapter.translate(inbound, &settings, &self.client).await?;
         let raw = String::from_utf8(inbound.body.to_vec())
             .map_err(|_| InboundError::invalid("body", "must be UTF-8"))?;
@@ -652,8 +658,7 @@ impl Payments {
             let (_, position) = d
                 .log()
                 .stream_head("inbound_notice", &stream_key(tenant, &notice_id))
-                .await
-                .map_err(DbError::from)?;
+                .await?;
             return Ok(Received {
                 outcome: "duplicate".into(),
                 position,
