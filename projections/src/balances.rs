@@ -95,10 +95,21 @@ impl Balance {
         }
     }
 
-    /// Brings a row written before a field existed to the currency's scale.
+    /// Every figure at the currency's scale: a row written before a field
+    /// existed, and sums with a zero (`Decimal` may drop the scale of
+    /// `0.00 + 0`), print as "0.00".
     fn rescaled(mut self) -> Balance {
         let c = self.currency;
-        for v in [&mut self.credited, &mut self.refunded] {
+        for v in [
+            &mut self.invoiced,
+            &mut self.paid,
+            &mut self.voided,
+            &mut self.written_off,
+            &mut self.credited,
+            &mut self.refunded,
+            &mut self.credit,
+            &mut self.outstanding,
+        ] {
             *v = tally_aggregates::money::round_to_minor(*v, c);
         }
         self
@@ -428,6 +439,7 @@ impl Projector for BalanceProjector {
             None => Balance::zero(p.currency),
         };
         (p.change)(&mut balance);
+        let balance = balance.rescaled();
         let body =
             serde_json::to_string(&balance).map_err(|e| ProjectionError::decode(event, e))?;
         sqlx::query(
