@@ -746,6 +746,8 @@ fn the_tables_name_the_aggregates_by_their_stored_type() {
         tally_aggregates::Ticket::TYPE,
         tally_aggregates::Inbox::TYPE,
         tally_aggregates::AccessKey::TYPE,
+        tally_aggregates::InboundNotice::TYPE,
+        tally_aggregates::ProviderPayment::TYPE,
     ]);
     let in_tables: BTreeSet<&str> = TOPICS
         .iter()
