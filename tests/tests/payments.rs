@@ -25,6 +25,7 @@ use tally_commands::webhooks::{AllowList, WebhookConfig};
 use tally_tests::{both_backends, Backend, Resp, TestApp};
 
 both_backends!(
+    signed_nonsense_and_bad_configuration_are_4xx_naming_the_field,
     credit_notes_on_open_and_paid_invoices,
     credit_carries_to_the_next_renewal_invoice,
     stripe_payments,
@@ -839,6 +840,17 @@ async fn provider_payments(backend: Backend, kind: Kind) {
         .as_str()
         .unwrap_or_default()
         .contains("inv_nosuchinvoice"));
+    // A refund of a payment that became credit pays the credit back.
+    let back = p.refund(&format!("evt_{tag}_r6"), &format!("pay{tag}6"), 500, ts);
+    let r = p.send(&app, &back).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["outcome"], "refunded");
+    let b = balance(&app, "cus_pay", "EUR").await;
+    assert_eq!(
+        (&b["credit"], &b["refunded"]),
+        (&json!("20.00"), &json!("15.00")),
+        "{b}"
+    );
     // The credit pays the customer's next invoice in EUR.
     let next = open_invoice(&app, "cus_pay", "EUR", "20.00").await;
     assert_eq!(next.body["applied_credit"], "20.00", "{:?}", next.body);
@@ -875,4 +887,125 @@ async fn polar_payments(backend: Backend) {
 
 async fn mercadopago_payments(backend: Backend) {
     provider_payments(backend, Kind::MercadoPago).await
+}
+
+/// Bad input on either side of the signature is a 4xx naming the field,
+/// never a 500; amounts in minor units follow the currency's exponent.
+async fn signed_nonsense_and_bad_configuration_are_4xx_naming_the_field(backend: Backend) {
+    let now = Utc::now();
+    let app = TestApp::spawn_webhooks(backend, now, WebhookConfig::default()).await;
+    let put = |provider: &'static str, body: Value, key: String| {
+        let app = &app;
+        async move {
+            app.request(
+                reqwest::Method::PUT,
+                &format!("/v1/payment-providers/{provider}"),
+                Some(&key),
+                &[],
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let admin = app.admin_key.clone();
+    for (provider, body, status, field) in [
+        ("paypal", json!({"webhook_secret": "s"}), 404, None),
+        (
+            "polar",
+            json!({"webhook_secret": "not-standard-webhooks!"}),
+            422,
+            Some("webhook_secret"),
+        ),
+        (
+            "mercadopago",
+            json!({"webhook_secret": "s"}),
+            422,
+            Some("access_token"),
+        ),
+        (
+            "mercadopago",
+            json!({"webhook_secret": "s", "access_token": "t", "api_base_url": "http://127.0.0.1:9/"}),
+            422,
+            Some("api_base_url"),
+        ),
+        (
+            "stripe",
+            json!({"webhook_secret": ""}),
+            422,
+            Some("webhook_secret"),
+        ),
+        (
+            "stripe",
+            json!({"webhook_secret": "s", "extra": 1}),
+            422,
+            None,
+        ),
+    ] {
+        let r = put(provider, body.clone(), admin.clone()).await;
+        assert_eq!(r.status, status, "{provider} {body}: {:?}", r.body);
+        if let Some(field) = field {
+            assert_eq!(r.body["errors"][0]["field"], field, "{body}: {:?}", r.body);
+        }
+    }
+    let writer = app.key("default", "writer").await;
+    let r = put("stripe", json!({"webhook_secret": "s"}), writer).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+
+    let p = ProviderUnderTest::configure(&app, Kind::Stripe).await;
+    let ts = now.timestamp();
+    let signed = |body: Value| {
+        let body = body.to_string();
+        let headers = p.sign(&body, "", "", ts);
+        Notification { body, headers }
+    };
+    let pi = |currency: &str, amount: Value| {
+        json!({"id": "evt_bad", "type": "payment_intent.succeeded",
+            "data": {"object": {"id": "pi_bad", "amount_received": amount, "currency": currency,
+                "metadata": {"tally_invoice_id": "inv_x"}}}})
+    };
+    for (body, field) in [
+        (pi("zzz", json!(100)), "data.object.currency"),
+        (pi("eur", json!(-5)), "data.object.amount_received"),
+        (pi("eur", json!("100")), "data.object.amount_received"),
+        (pi("eur", json!(1.5)), "data.object.amount_received"),
+        (json!({"type": "payment_intent.succeeded"}), "id"),
+        (json!([1, 2]), "id"),
+    ] {
+        let r = p.send(&app, &signed(body.clone())).await;
+        assert_eq!(r.status, 422, "{body}: {:?}", r.body);
+        assert_eq!(r.body["errors"][0]["field"], field, "{body}: {:?}", r.body);
+    }
+    let not_json = Notification {
+        body: "not json".into(),
+        headers: p.sign("not json", "", "", ts),
+    };
+    let r = p.send(&app, &not_json).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert_eq!(r.body["errors"][0]["field"], "body");
+    // Nothing of it was recorded.
+    assert_eq!(count_events(&app, "inbound_notice").await, 0);
+
+    // Minor units with the currency's exponent: JPY 0, KWD 3.
+    for (currency, minor, total) in [("JPY", 1250, "1250"), ("KWD", 1250, "1.250")] {
+        let inv = open_invoice(&app, "cus_fx", currency, total).await.id();
+        let mut body = pi(&currency.to_lowercase(), json!(minor));
+        body["id"] = json!(format!("evt_{currency}"));
+        body["data"]["object"]["id"] = json!(format!("pi_{currency}"));
+        body["data"]["object"]["metadata"]["tally_invoice_id"] = json!(inv);
+        let r = p.send(&app, &signed(body)).await;
+        assert_eq!(r.body["outcome"], "applied", "{currency}: {:?}", r.body);
+        let got = invoice(&app, &inv).await;
+        assert_eq!(got["status"], "paid", "{currency}: {got}");
+        assert_eq!(got["amount_paid"], total, "{currency}: {got}");
+    }
+    // A payment in another currency than its invoice's is credit.
+    let inv = open_invoice(&app, "cus_fx", "EUR", "10.00").await.id();
+    let mut body = pi("usd", json!(1000));
+    body["id"] = json!("evt_usd");
+    body["data"]["object"]["id"] = json!("pi_usd");
+    body["data"]["object"]["metadata"]["tally_invoice_id"] = json!(inv);
+    let r = p.send(&app, &signed(body)).await;
+    assert_eq!(r.body["outcome"], "credited", "{:?}", r.body);
+    assert_eq!(balance(&app, "cus_fx", "USD").await["credit"], "10.00");
+    assert_eq!(invoice(&app, &inv).await["status"], "open");
 }
