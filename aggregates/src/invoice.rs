@@ -7,6 +7,12 @@
 //! from the tenant's numbering stream; the command layer appends the
 //! `InvoiceIssued` and the `InvoiceNumberAssigned` events in one transaction,
 //! so a number is used exactly when an invoice is issued with it.
+//!
+//! Credit notes (`CN-` numbers, gapless per tenant) take money back from an
+//! open or paid invoice: they lower the amount due, become customer credit,
+//! or are recorded as refunded. The tenant's numbering stream also holds each
+//! customer's credit per currency (ADR 0010), so issuing applies credit in the
+//! same transaction that takes the number, and no credit is applied twice.
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
@@ -36,6 +42,8 @@ pub const MAX_DUE_DAYS: u32 = 365;
 pub const MAX_CAPTURE_AGE_DAYS: i64 = 366;
 /// The numbering stream's id (one per tenant).
 pub const NUMBERING_ID: &str = "invoice_numbers";
+/// Credit notes per invoice.
+pub const MAX_CREDIT_NOTES: usize = 100;
 
 /// Where an invoice is in its life. Paid, Void and Uncollectible are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -120,11 +128,81 @@ pub struct InvoiceLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     pub payment_id: String,
+    /// What went to the invoice.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+    /// Received beyond the amount due, become customer credit (absent when none).
+    #[serde(
+        default,
+        with = "rust_decimal::serde::str",
+        skip_serializing_if = "Decimal::is_zero"
+    )]
+    pub credited: Decimal,
     pub reference: String,
     pub captured_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
+}
+
+/// Why a credit note was issued (as Stripe's credit note reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditReason {
+    Duplicate,
+    Fraudulent,
+    OrderChange,
+    ProductUnsatisfactory,
+    Refund,
+}
+
+impl CreditReason {
+    pub const ALL: [CreditReason; 5] = [
+        CreditReason::Duplicate,
+        CreditReason::Fraudulent,
+        CreditReason::OrderChange,
+        CreditReason::ProductUnsatisfactory,
+        CreditReason::Refund,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CreditReason::Duplicate => "duplicate",
+            CreditReason::Fraudulent => "fraudulent",
+            CreditReason::OrderChange => "order_change",
+            CreditReason::ProductUnsatisfactory => "product_unsatisfactory",
+            CreditReason::Refund => "refund",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CreditReason> {
+        CreditReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A credit note on an invoice. Its amount splits into what lowered the
+/// amount due, what became customer credit and what was refunded; the three
+/// add up to `amount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditNote {
+    pub credit_note_id: String,
+    /// `CN-000001`, gapless per tenant.
+    pub number: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub reason: CreditReason,
+    pub refund: bool,
+    /// The part that lowered the amount due (an open invoice).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub to_amount_due: Decimal,
+    /// The part that became customer credit.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub to_credit: Decimal,
+    /// The part paid back (`refund: true`).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub refunded: Decimal,
+    /// The source's reference (`stripe:re_…` for a provider's refund), if any.
+    #[serde(default)]
+    pub reference: Option<String>,
+    pub issued_at: DateTime<Utc>,
 }
 
 /// An invoice. `status == None` means it was never created.
@@ -144,11 +222,22 @@ pub struct Invoice {
     pub subtotal: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
+    /// Customer credit applied at issue.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub applied_credit: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount_paid: Decimal,
+    /// The sum of the credit notes (refunds included).
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub amount_credited: Decimal,
+    /// The part of the credit notes paid back.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub amount_refunded: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount_due: Decimal,
     pub payments: Vec<Payment>,
+    #[serde(default)]
+    pub credit_notes: Vec<CreditNote>,
     pub created_at: Option<DateTime<Utc>>,
     pub issued_at: Option<DateTime<Utc>>,
     pub due_at: Option<DateTime<Utc>>,
@@ -179,21 +268,41 @@ pub enum InvoiceCommand {
     },
     /// Draft only.
     AddLine { line: NewLine, at: DateTime<Utc> },
-    /// Draft → Open with `number` (from [`InvoiceNumbering`]) and a copy of
-    /// the customer's details as they are now (`None`: never put); a total
-    /// of zero or less is settled at once (→ Paid).
+    /// Draft → Open with `number` (from [`InvoiceNumbering`]), a copy of
+    /// the customer's details as they are now (`None`: never put), applying
+    /// up to `available_credit` of the customer's credit in the invoice's
+    /// currency; an amount due of zero is settled at once (→ Paid).
     Issue {
         number: u64,
         customer: Option<CustomerDetails>,
+        available_credit: Decimal,
         at: DateTime<Utc>,
     },
-    /// Open only; at most `amount_due`. A repeat of a payment reference with
-    /// the same amount is a no-op (a provider's retried notification).
+    /// Open only; at most `amount_due` unless `excess_to_credit` (a payment
+    /// provider's overpayment: the rest becomes customer credit). A repeat of
+    /// a payment reference with the same amount is a no-op (a provider's
+    /// retried notification).
     RecordPayment {
         payment_id: String,
         amount: Decimal,
         reference: String,
         captured_at: DateTime<Utc>,
+        excess_to_credit: bool,
+        at: DateTime<Utc>,
+    },
+    /// Open or Paid: a credit note numbered `number` (from
+    /// [`InvoiceNumbering`]). On an open invoice it lowers the amount due and
+    /// the rest becomes credit; on a paid one it is credit, or refunded with
+    /// `refund`. A refund pays back money received, so it is at most what
+    /// was paid and not yet refunded, and it leaves the amount due as it is.
+    /// The credit notes never add up to more than the total.
+    IssueCreditNote {
+        credit_note_id: String,
+        number: u64,
+        amount: Decimal,
+        reason: CreditReason,
+        refund: bool,
+        reference: Option<String>,
         at: DateTime<Utc>,
     },
     /// Open with nothing paid → Void.
@@ -211,6 +320,7 @@ impl InvoiceCommand {
             InvoiceCommand::RecordPayment { .. } => "record_payment",
             InvoiceCommand::Void { .. } => "void",
             InvoiceCommand::MarkUncollectible { .. } => "mark_uncollectible",
+            InvoiceCommand::IssueCreditNote { .. } => "issue_credit_note",
         }
     }
 }
@@ -240,6 +350,14 @@ pub enum InvoiceEvent {
         subtotal: Decimal,
         #[serde(with = "rust_decimal::serde::str")]
         total: Decimal,
+        /// Customer credit applied (absent when none, as in events from
+        /// before credit existed).
+        #[serde(
+            default,
+            with = "rust_decimal::serde::str",
+            skip_serializing_if = "Decimal::is_zero"
+        )]
+        applied_credit: Decimal,
         #[serde(with = "rust_decimal::serde::str")]
         amount_due: Decimal,
         issued_at: DateTime<Utc>,
@@ -256,6 +374,25 @@ pub enum InvoiceEvent {
         currency: Currency,
         #[serde(with = "rust_decimal::serde::str")]
         amount_paid: Decimal,
+        #[serde(with = "rust_decimal::serde::str")]
+        amount_due: Decimal,
+        /// Received beyond the amount due, become customer credit (a
+        /// provider's overpayment; absent when none).
+        #[serde(
+            default,
+            with = "rust_decimal::serde::str",
+            skip_serializing_if = "Decimal::is_zero"
+        )]
+        credited: Decimal,
+    },
+    CreditNoteIssued {
+        credit_note: CreditNote,
+        customer_id: String,
+        currency: Currency,
+        #[serde(with = "rust_decimal::serde::str")]
+        amount_credited: Decimal,
+        #[serde(with = "rust_decimal::serde::str")]
+        amount_refunded: Decimal,
         #[serde(with = "rust_decimal::serde::str")]
         amount_due: Decimal,
     },
@@ -293,6 +430,7 @@ impl InvoiceEvent {
             InvoiceEvent::InvoicePaid { .. } => "InvoicePaid",
             InvoiceEvent::InvoiceVoided { .. } => "InvoiceVoided",
             InvoiceEvent::InvoiceMarkedUncollectible { .. } => "InvoiceMarkedUncollectible",
+            InvoiceEvent::CreditNoteIssued { .. } => "CreditNoteIssued",
         }
     }
 }
@@ -300,6 +438,11 @@ impl InvoiceEvent {
 /// The invoice number for a sequence: `INV-000042`.
 pub fn format_number(sequence: u64) -> String {
     format!("INV-{sequence:06}")
+}
+
+/// The credit note number for a sequence: `CN-000042`.
+pub fn format_credit_note_number(sequence: u64) -> String {
+    format!("CN-{sequence:06}")
 }
 
 fn validate_text(field: &str, value: &str) -> Result<(), DomainError> {
@@ -490,7 +633,8 @@ impl Invoice {
                 | C::Issue { .. }
                 | C::RecordPayment { .. }
                 | C::Void { .. }
-                | C::MarkUncollectible { .. },
+                | C::MarkUncollectible { .. }
+                | C::IssueCreditNote { .. },
             ) => Err(DomainError::NotFound("invoice")),
 
             (Some(Draft), C::AddLine { line, .. }) => {
@@ -512,9 +656,10 @@ impl Invoice {
                 C::Issue {
                     number,
                     customer,
+                    available_credit,
                     at,
                 },
-            ) => self.issue(number, customer, at),
+            ) => self.issue(number, customer, available_credit, at),
             (Some(status @ (Open | Paid | Void | Uncollectible)), C::Issue { .. }) => {
                 Err(Self::invalid(status, name))
             }
@@ -526,9 +671,17 @@ impl Invoice {
                     amount,
                     reference,
                     captured_at,
+                    excess_to_credit,
                     at,
                 },
-            ) => self.record_payment(payment_id, amount, reference, captured_at, at),
+            ) => self.record_payment(
+                payment_id,
+                amount,
+                reference,
+                captured_at,
+                excess_to_credit,
+                at,
+            ),
             // A source retrying the notice of the payment that settled the
             // invoice gets the same answer as any other repeat.
             (
@@ -537,9 +690,7 @@ impl Invoice {
                     amount, reference, ..
                 },
             ) => {
-                let repeat = self.payments.iter().any(|p| {
-                    p.reference == reference && p.amount == round_to_minor(amount, self.currency())
-                });
+                let repeat = self.payment_repeats(&reference, amount);
                 if repeat {
                     Ok(vec![])
                 } else {
@@ -556,6 +707,14 @@ impl Invoice {
                     return Err(DomainError::validation(
                         "amount_paid",
                         "an invoice with payments cannot be voided",
+                    ));
+                }
+                // Voiding takes back the total; with credit applied or
+                // credit notes issued, part of it already moved elsewhere.
+                if !self.applied_credit.is_zero() || !self.credit_notes.is_empty() {
+                    return Err(DomainError::validation(
+                        "amount_credited",
+                        "an invoice with applied credit or credit notes cannot be voided; issue a credit note for the amount due",
                     ));
                 }
                 Ok(vec![InvoiceEvent::InvoiceVoided {
@@ -581,7 +740,164 @@ impl Invoice {
             (Some(status @ (Draft | Paid | Void | Uncollectible)), C::MarkUncollectible { .. }) => {
                 Err(Self::invalid(status, name))
             }
+
+            (
+                Some(status @ (Open | Paid)),
+                C::IssueCreditNote {
+                    credit_note_id,
+                    number,
+                    amount,
+                    reason,
+                    refund,
+                    reference,
+                    at,
+                },
+            ) => self.issue_credit_note(
+                status,
+                credit_note_id,
+                number,
+                amount,
+                reason,
+                refund,
+                reference,
+                at,
+            ),
+            (Some(status @ (Draft | Void | Uncollectible)), C::IssueCreditNote { .. }) => {
+                Err(Self::invalid(status, name))
+            }
         }
+    }
+
+    /// Whether a payment with this reference and amount was recorded: a
+    /// source's retried notice. The amount compared is what was received,
+    /// credited excess included.
+    fn payment_repeats(&self, reference: &str, amount: Decimal) -> bool {
+        let amount = round_to_minor(amount, self.currency());
+        self.payments
+            .iter()
+            .any(|p| p.reference == reference && p.amount + p.credited == amount)
+    }
+
+    /// Checks a money amount: positive, at the currency's minor unit, bounded.
+    fn check_amount(&self, field: &str, amount: Decimal) -> Result<Decimal, DomainError> {
+        let currency = self.currency();
+        if amount <= Decimal::ZERO {
+            return Err(DomainError::validation(field, "must be greater than 0"));
+        }
+        if amount > MAX_AMOUNT {
+            return Err(DomainError::validation(
+                field,
+                format!("must be at most {MAX_AMOUNT}"),
+            ));
+        }
+        if amount.normalize().scale() > currency.minor_units() {
+            return Err(DomainError::validation(
+                field,
+                format!(
+                    "{currency} allows at most {} decimal places",
+                    currency.minor_units()
+                ),
+            ));
+        }
+        Ok(round_to_minor(amount, currency))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue_credit_note(
+        &self,
+        status: InvoiceStatus,
+        credit_note_id: String,
+        number: u64,
+        amount: Decimal,
+        reason: CreditReason,
+        refund: bool,
+        reference: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<InvoiceEvent>, DomainError> {
+        validate_id("credit_note_id", &credit_note_id)?;
+        if number == 0 {
+            return Err(DomainError::validation("number", "must be at least 1"));
+        }
+        if let Some(reference) = &reference {
+            validate_text("reference", reference)?;
+            // A source's retried refund notice is recorded once.
+            if let Some(earlier) = self
+                .credit_notes
+                .iter()
+                .find(|n| n.reference.as_deref() == Some(reference))
+            {
+                if earlier.amount == round_to_minor(amount, self.currency()) {
+                    return Ok(vec![]);
+                }
+                return Err(DomainError::validation(
+                    "reference",
+                    format!(
+                        "a credit note with this reference was issued for {}",
+                        earlier.amount
+                    ),
+                ));
+            }
+        }
+        let amount = self.check_amount("amount", amount)?;
+        let currency = self.currency();
+        let creditable = round_to_minor(self.total - self.amount_credited, currency);
+        if amount > creditable {
+            return Err(DomainError::validation(
+                "amount",
+                format!("credit notes must not exceed the total; at most {creditable} is left"),
+            ));
+        }
+        if self.credit_notes.len() >= MAX_CREDIT_NOTES {
+            return Err(DomainError::validation(
+                "credit_notes",
+                format!("an invoice takes at most {MAX_CREDIT_NOTES} credit notes"),
+            ));
+        }
+        let zero = round_to_minor(Decimal::ZERO, currency);
+        let (to_amount_due, to_credit, refunded) = if refund {
+            let refundable = round_to_minor(self.amount_paid - self.amount_refunded, currency);
+            if amount > refundable {
+                return Err(DomainError::validation(
+                    "amount",
+                    format!("a refund pays back money received; at most {refundable} is left"),
+                ));
+            }
+            (zero, zero, amount)
+        } else {
+            let to_due = match status {
+                InvoiceStatus::Open => amount.min(self.amount_due),
+                _ => zero,
+            };
+            (to_due, round_to_minor(amount - to_due, currency), zero)
+        };
+        let amount_due = round_to_minor(self.amount_due - to_amount_due, currency);
+        let mut events = vec![InvoiceEvent::CreditNoteIssued {
+            credit_note: CreditNote {
+                credit_note_id,
+                number: format_credit_note_number(number),
+                amount,
+                reason,
+                refund,
+                to_amount_due,
+                to_credit,
+                refunded,
+                reference,
+                issued_at: at,
+            },
+            customer_id: self.customer_id.clone(),
+            currency,
+            amount_credited: round_to_minor(self.amount_credited + amount, currency),
+            amount_refunded: round_to_minor(self.amount_refunded + refunded, currency),
+            amount_due,
+        }];
+        if status == InvoiceStatus::Open && amount_due.is_zero() {
+            events.push(InvoiceEvent::InvoicePaid {
+                customer_id: self.customer_id.clone(),
+                subscription_id: self.subscription_id.clone(),
+                paid_at: at,
+            });
+        }
+        Ok(events)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -633,13 +949,20 @@ impl Invoice {
         &self,
         number: u64,
         customer: Option<CustomerDetails>,
+        available_credit: Decimal,
         at: DateTime<Utc>,
     ) -> Result<Vec<InvoiceEvent>, DomainError> {
         if number == 0 {
             return Err(DomainError::validation("number", "must be at least 1"));
         }
+        let currency = self.currency();
+        let zero = round_to_minor(Decimal::ZERO, currency);
         let total = self.lines_total();
-        let amount_due = total.max(round_to_minor(Decimal::ZERO, self.currency()));
+        let before_credit = total.max(zero);
+        // Credit never makes the amount due negative.
+        let applied_credit =
+            round_to_minor(available_credit.max(zero).min(before_credit), currency);
+        let amount_due = round_to_minor(before_credit - applied_credit, currency);
         let due_at = at + Duration::days(i64::from(self.due_days));
         let mut events = vec![InvoiceEvent::InvoiceIssued {
             number: format_number(number),
@@ -648,6 +971,7 @@ impl Invoice {
             currency: self.currency(),
             subtotal: total,
             total,
+            applied_credit,
             amount_due,
             issued_at: at,
             due_at,
@@ -670,6 +994,7 @@ impl Invoice {
         amount: Decimal,
         reference: String,
         captured_at: DateTime<Utc>,
+        excess_to_credit: bool,
         at: DateTime<Utc>,
     ) -> Result<Vec<InvoiceEvent>, DomainError> {
         validate_id("payment_id", &payment_id)?;
@@ -682,31 +1007,27 @@ impl Invoice {
             &format!("no more than {MAX_CAPTURE_AGE_DAYS} days before now and not in the future"),
         )?;
         let currency = self.currency();
-        if amount <= Decimal::ZERO {
-            return Err(DomainError::validation("amount", "must be greater than 0"));
-        }
-        if amount.normalize().scale() > currency.minor_units() {
-            return Err(DomainError::validation(
-                "amount",
-                format!(
-                    "{currency} allows at most {} decimal places",
-                    currency.minor_units()
-                ),
-            ));
-        }
-        let amount = round_to_minor(amount, currency);
+        let received = self.check_amount("amount", amount)?;
         if let Some(earlier) = self.payments.iter().find(|p| p.reference == reference) {
-            if earlier.amount == amount {
+            if earlier.amount + earlier.credited == received {
                 return Ok(vec![]);
             }
             return Err(DomainError::validation(
                 "reference",
                 format!(
                     "a payment with this reference was recorded for {}",
-                    earlier.amount
+                    earlier.amount + earlier.credited
                 ),
             ));
         }
+        let (amount, credited) = if excess_to_credit && received > self.amount_due {
+            (
+                self.amount_due,
+                round_to_minor(received - self.amount_due, currency),
+            )
+        } else {
+            (received, round_to_minor(Decimal::ZERO, currency))
+        };
         if amount > self.amount_due {
             return Err(DomainError::validation(
                 "amount",
@@ -725,6 +1046,7 @@ impl Invoice {
             payment: Payment {
                 payment_id,
                 amount,
+                credited,
                 reference,
                 captured_at,
                 recorded_at: at,
@@ -733,6 +1055,7 @@ impl Invoice {
             currency,
             amount_paid,
             amount_due,
+            credited,
         }];
         if amount_due.is_zero() {
             events.push(InvoiceEvent::InvoicePaid {
@@ -778,7 +1101,10 @@ impl Invoice {
                 let zero = round_to_minor(Decimal::ZERO, *currency);
                 self.subtotal = zero;
                 self.total = zero;
+                self.applied_credit = zero;
                 self.amount_paid = zero;
+                self.amount_credited = zero;
+                self.amount_refunded = zero;
                 self.amount_due = zero;
             }
             InvoiceEvent::LineAdded { line } => {
@@ -795,6 +1121,7 @@ impl Invoice {
                 number,
                 subtotal,
                 total,
+                applied_credit,
                 amount_due,
                 issued_at,
                 due_at,
@@ -807,6 +1134,7 @@ impl Invoice {
                 self.number = Some(number.clone());
                 self.subtotal = *subtotal;
                 self.total = *total;
+                self.applied_credit = round_to_minor(*applied_credit, self.currency());
                 self.amount_due = *amount_due;
                 self.issued_at = Some(*issued_at);
                 self.due_at = Some(*due_at);
@@ -820,6 +1148,19 @@ impl Invoice {
                 self.expect_status(&[Open], event);
                 self.payments.push(payment.clone());
                 self.amount_paid = *amount_paid;
+                self.amount_due = *amount_due;
+            }
+            InvoiceEvent::CreditNoteIssued {
+                credit_note,
+                amount_credited,
+                amount_refunded,
+                amount_due,
+                ..
+            } => {
+                self.expect_status(&[Open, Paid], event);
+                self.credit_notes.push(credit_note.clone());
+                self.amount_credited = *amount_credited;
+                self.amount_refunded = *amount_refunded;
                 self.amount_due = *amount_due;
             }
             InvoiceEvent::InvoicePaid { paid_at, .. } => {
@@ -847,13 +1188,90 @@ impl Invoice {
 
 crate::cqrs_adapter!(Invoice, "invoice", InvoiceCommand, InvoiceEvent);
 
-/// The tenant's invoice number counter: one stream per tenant
-/// ([`NUMBERING_ID`]). Its events are appended in the same transaction as the
-/// `InvoiceIssued` that uses the number, so numbers are unique and gapless.
+/// The tenant's billing ledger: the invoice number counter, the credit note
+/// number counter and each customer's credit per currency, one stream per
+/// tenant ([`NUMBERING_ID`]). Its events are appended in the same transaction
+/// as the invoice event that uses the number or moves the credit, so numbers
+/// are unique and gapless and credit is applied once (ADR 0005, ADR 0010).
 #[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct InvoiceNumbering {
     /// The last number handed out (0 before the first).
     pub last: u64,
+    /// The last credit note number handed out (0 before the first).
+    #[serde(default)]
+    pub last_credit_note: u64,
+    /// Each customer's credit (money the customer has with the tenant) per
+    /// currency; a customer without credit has no entry.
+    #[serde(default)]
+    pub credit: std::collections::BTreeMap<String, std::collections::BTreeMap<Currency, Decimal>>,
+}
+
+/// Why a customer's credit changed: where granted credit came from, or the
+/// invoice that applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum CreditSource {
+    /// Applied to an invoice at its issue (the change is negative).
+    AppliedToInvoice { invoice_id: String },
+    /// An invoice issued with a negative total.
+    NegativeInvoice { invoice_id: String },
+    /// A payment beyond an invoice's amount due.
+    Overpayment {
+        invoice_id: String,
+        reference: String,
+    },
+    /// A credit note's part that became credit.
+    CreditNote {
+        invoice_id: String,
+        credit_note_id: String,
+    },
+    /// A payment that could not be applied to the invoice it named (unknown,
+    /// in another currency, or no longer open): all of it is credit.
+    UnappliedPayment {
+        /// The invoice the payment named, if it named one.
+        invoice_id: Option<String>,
+        reference: String,
+        /// Why it was not applied, for people.
+        why: String,
+    },
+    /// A provider refunded a payment whose money was credit (the change is
+    /// negative).
+    RefundedPayment { reference: String },
+}
+
+impl CreditSource {
+    /// The snake_case kind, as stored and published.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CreditSource::AppliedToInvoice { .. } => "applied_to_invoice",
+            CreditSource::NegativeInvoice { .. } => "negative_invoice",
+            CreditSource::Overpayment { .. } => "overpayment",
+            CreditSource::CreditNote { .. } => "credit_note",
+            CreditSource::UnappliedPayment { .. } => "unapplied_payment",
+            CreditSource::RefundedPayment { .. } => "refunded_payment",
+        }
+    }
+
+    /// The invoice the change concerns, if any.
+    pub fn invoice_id(&self) -> Option<&str> {
+        match self {
+            CreditSource::AppliedToInvoice { invoice_id }
+            | CreditSource::NegativeInvoice { invoice_id }
+            | CreditSource::Overpayment { invoice_id, .. }
+            | CreditSource::CreditNote { invoice_id, .. } => Some(invoice_id),
+            CreditSource::UnappliedPayment { invoice_id, .. } => invoice_id.as_deref(),
+            CreditSource::RefundedPayment { .. } => None,
+        }
+    }
+
+    pub const KINDS: [&'static str; 6] = [
+        "applied_to_invoice",
+        "negative_invoice",
+        "overpayment",
+        "credit_note",
+        "unapplied_payment",
+        "refunded_payment",
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -863,12 +1281,48 @@ pub enum NumberingCommand {
         invoice_id: String,
         at: DateTime<Utc>,
     },
+    /// Takes the next credit note number for a credit note on `invoice_id`.
+    AssignCreditNote {
+        invoice_id: String,
+        credit_note_id: String,
+        at: DateTime<Utc>,
+    },
+    /// Adds to a customer's credit.
+    GrantCredit {
+        customer_id: String,
+        currency: Currency,
+        amount: Decimal,
+        source: CreditSource,
+        at: DateTime<Utc>,
+    },
+    /// Pays credit back to the customer (a provider refunded a payment that
+    /// had become credit); at most the credit the customer has.
+    RefundCredit {
+        customer_id: String,
+        currency: Currency,
+        amount: Decimal,
+        reference: String,
+        at: DateTime<Utc>,
+    },
+    /// Takes from a customer's credit for an invoice being issued; at most
+    /// the credit the customer has.
+    ApplyCredit {
+        customer_id: String,
+        currency: Currency,
+        amount: Decimal,
+        invoice_id: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl NumberingCommand {
     pub fn name(&self) -> &'static str {
         match self {
             NumberingCommand::Assign { .. } => "assign",
+            NumberingCommand::AssignCreditNote { .. } => "assign_credit_note",
+            NumberingCommand::GrantCredit { .. } => "grant_credit",
+            NumberingCommand::ApplyCredit { .. } => "apply_credit",
+            NumberingCommand::RefundCredit { .. } => "refund_credit",
         }
     }
 }
@@ -881,12 +1335,34 @@ pub enum NumberingEvent {
         number: String,
         at: DateTime<Utc>,
     },
+    CreditNoteNumberAssigned {
+        invoice_id: String,
+        credit_note_id: String,
+        sequence: u64,
+        number: String,
+        at: DateTime<Utc>,
+    },
+    /// A customer's credit in one currency changed by `amount` (negative
+    /// when applied to an invoice) to `balance`.
+    CustomerCreditChanged {
+        customer_id: String,
+        currency: Currency,
+        #[serde(with = "rust_decimal::serde::str")]
+        amount: Decimal,
+        /// The customer's credit after it.
+        #[serde(with = "rust_decimal::serde::str")]
+        balance: Decimal,
+        source: CreditSource,
+        at: DateTime<Utc>,
+    },
 }
 
 impl NumberingEvent {
     pub fn name(&self) -> &'static str {
         match self {
             NumberingEvent::InvoiceNumberAssigned { .. } => "InvoiceNumberAssigned",
+            NumberingEvent::CreditNoteNumberAssigned { .. } => "CreditNoteNumberAssigned",
+            NumberingEvent::CustomerCreditChanged { .. } => "CustomerCreditChanged",
         }
     }
 }
@@ -895,6 +1371,39 @@ impl InvoiceNumbering {
     /// The number the next assignment takes.
     pub fn next(&self) -> u64 {
         self.last + 1
+    }
+
+    /// The number the next credit note takes.
+    pub fn next_credit_note(&self) -> u64 {
+        self.last_credit_note + 1
+    }
+
+    /// A customer's credit in a currency (zero when none).
+    pub fn credit_of(&self, customer_id: &str, currency: Currency) -> Decimal {
+        self.credit
+            .get(customer_id)
+            .and_then(|c| c.get(&currency))
+            .copied()
+            .unwrap_or_else(|| round_to_minor(Decimal::ZERO, currency))
+    }
+
+    fn check_credit_amount(amount: Decimal, currency: Currency) -> Result<Decimal, DomainError> {
+        if amount <= Decimal::ZERO || amount > MAX_AMOUNT {
+            return Err(DomainError::validation(
+                "amount",
+                format!("must be greater than 0 and at most {MAX_AMOUNT}"),
+            ));
+        }
+        if amount.normalize().scale() > currency.minor_units() {
+            return Err(DomainError::validation(
+                "amount",
+                format!(
+                    "{currency} allows at most {} decimal places",
+                    currency.minor_units()
+                ),
+            ));
+        }
+        Ok(round_to_minor(amount, currency))
     }
 
     pub fn decide(&self, command: NumberingCommand) -> Result<Vec<NumberingEvent>, DomainError> {
@@ -909,6 +1418,124 @@ impl InvoiceNumbering {
                     at,
                 }])
             }
+            NumberingCommand::AssignCreditNote {
+                invoice_id,
+                credit_note_id,
+                at,
+            } => {
+                validate_id("invoice_id", &invoice_id)?;
+                validate_id("credit_note_id", &credit_note_id)?;
+                let sequence = self.next_credit_note();
+                Ok(vec![NumberingEvent::CreditNoteNumberAssigned {
+                    invoice_id,
+                    credit_note_id,
+                    sequence,
+                    number: format_credit_note_number(sequence),
+                    at,
+                }])
+            }
+            NumberingCommand::GrantCredit {
+                customer_id,
+                currency,
+                amount,
+                source,
+                at,
+            } => {
+                validate_text("customer_id", &customer_id)?;
+                let amount = Self::check_credit_amount(amount, currency)?;
+                let balance =
+                    round_to_minor(self.credit_of(&customer_id, currency) + amount, currency);
+                if balance > MAX_AMOUNT {
+                    return Err(DomainError::validation(
+                        "amount",
+                        format!("a customer's credit is at most {MAX_AMOUNT}"),
+                    ));
+                }
+                if matches!(
+                    source,
+                    CreditSource::AppliedToInvoice { .. } | CreditSource::RefundedPayment { .. }
+                ) {
+                    return Err(DomainError::validation(
+                        "source",
+                        "applying or refunding credit is not a grant",
+                    ));
+                }
+                Ok(vec![NumberingEvent::CustomerCreditChanged {
+                    customer_id,
+                    currency,
+                    amount,
+                    balance,
+                    source,
+                    at,
+                }])
+            }
+            NumberingCommand::RefundCredit {
+                customer_id,
+                currency,
+                amount,
+                reference,
+                at,
+            } => {
+                validate_text("customer_id", &customer_id)?;
+                let amount = Self::check_credit_amount(amount, currency)?;
+                let available = self.credit_of(&customer_id, currency);
+                if amount > available {
+                    return Err(DomainError::validation(
+                        "amount",
+                        format!("the customer has {available} {currency} of credit"),
+                    ));
+                }
+                Ok(vec![NumberingEvent::CustomerCreditChanged {
+                    customer_id,
+                    currency,
+                    amount: -amount,
+                    balance: round_to_minor(available - amount, currency),
+                    source: CreditSource::RefundedPayment { reference },
+                    at,
+                }])
+            }
+            NumberingCommand::ApplyCredit {
+                customer_id,
+                currency,
+                amount,
+                invoice_id,
+                at,
+            } => {
+                validate_text("customer_id", &customer_id)?;
+                let amount = Self::check_credit_amount(amount, currency)?;
+                let available = self.credit_of(&customer_id, currency);
+                if amount > available {
+                    return Err(DomainError::validation(
+                        "amount",
+                        format!("the customer has {available} {currency} of credit"),
+                    ));
+                }
+                validate_id("invoice_id", &invoice_id)?;
+                Ok(vec![NumberingEvent::CustomerCreditChanged {
+                    customer_id,
+                    currency,
+                    amount: -amount,
+                    balance: round_to_minor(available - amount, currency),
+                    source: CreditSource::AppliedToInvoice { invoice_id },
+                    at,
+                }])
+            }
+        }
+    }
+
+    fn set_credit(&mut self, customer_id: &str, currency: Currency, balance: Decimal) {
+        if balance.is_zero() {
+            if let Some(by_currency) = self.credit.get_mut(customer_id) {
+                by_currency.remove(&currency);
+                if by_currency.is_empty() {
+                    self.credit.remove(customer_id);
+                }
+            }
+        } else {
+            self.credit
+                .entry(customer_id.to_owned())
+                .or_default()
+                .insert(currency, balance);
         }
     }
 
@@ -917,6 +1544,23 @@ impl InvoiceNumbering {
             NumberingEvent::InvoiceNumberAssigned { sequence, .. } => {
                 assert_eq!(*sequence, self.last + 1, "invoice numbers skip");
                 self.last = *sequence;
+            }
+            NumberingEvent::CreditNoteNumberAssigned { sequence, .. } => {
+                assert_eq!(
+                    *sequence,
+                    self.last_credit_note + 1,
+                    "credit note numbers skip"
+                );
+                self.last_credit_note = *sequence;
+            }
+            NumberingEvent::CustomerCreditChanged {
+                customer_id,
+                currency,
+                balance,
+                ..
+            } => {
+                assert!(*balance >= Decimal::ZERO, "customer credit below zero");
+                self.set_credit(customer_id, *currency, *balance);
             }
         }
     }

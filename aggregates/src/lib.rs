@@ -1,5 +1,6 @@
 //! Tally's domain: the `Plan`, `Subscription`, `Customer`, `UsageRecord`, `Invoice`, `AccessKey`,
-//! `InvoiceNumbering`, `Ticket` and `Inbox` aggregates, their commands and events, and the money and
+//! `InvoiceNumbering`, `Ticket`, `Inbox`, `InboundNotice` and `ProviderPayment` aggregates, their
+//! commands and events, and the money and
 //! billing-period arithmetic they rely on, and the pricing of metered usage.
 //!
 //! Everything here is pure. Commands carry the time and the new ids, so `decide`
@@ -57,6 +58,7 @@ pub mod error;
 pub mod inbox;
 pub mod invoice;
 pub mod money;
+pub mod payment;
 pub mod period;
 pub mod plan;
 pub mod pricing;
@@ -76,6 +78,10 @@ pub use invoice::{
     NewLine, NumberingCommand, NumberingEvent, Payment,
 };
 pub use money::{Currency, Money};
+pub use payment::{
+    InboundNotice, InboundNoticeCommand, InboundNoticeEvent, ProviderPayment,
+    ProviderPaymentCommand, ProviderPaymentEvent,
+};
 pub use period::{Interval, Period};
 pub use plan::{
     MeterTerms, Plan, PlanCommand, PlanEvent, PlanStatus, PlanTerms, ResetCadence, SeatLimits,

@@ -134,6 +134,15 @@ pub fn round_to_minor(amount: Decimal, currency: Currency) -> Decimal {
     rounded
 }
 
+/// An amount given in the currency's minor units (a payment provider's
+/// integer `amount`: 1250 EUR cents → 12.50, 1250 JPY → 1250, 1250 KWD fils
+/// → 1.250), at the minor-unit scale; `None` beyond [`MAX_AMOUNT`].
+pub fn from_minor_units(units: i64, currency: Currency) -> Option<Decimal> {
+    let amount =
+        Decimal::try_from_i128_with_scale(i128::from(units), currency.minor_units()).ok()?;
+    (amount.abs() <= MAX_AMOUNT).then(|| round_to_minor(amount, currency))
+}
+
 /// The number of decimal places an amount really uses ("1.500" uses 1).
 fn significant_places(amount: Decimal) -> u32 {
     amount.normalize().scale()

@@ -356,8 +356,9 @@ fn renewal_invoice(lines: Vec<NewLine>, currency: Currency) -> Invoice {
         },
         InvoiceCommand::Issue {
             number: 7,
-            at,
             customer: None,
+            available_credit: rust_decimal::Decimal::ZERO,
+            at,
         },
     ] {
         for event in invoice.decide(command).expect("the renewal invoice") {
@@ -416,6 +417,7 @@ fn a_downgrade_credit_larger_than_the_fee_settles_the_invoice_at_once() {
         },
         InvoiceCommand::Issue {
             number: 8,
+            available_credit: rust_decimal::Decimal::ZERO,
             at: may().start,
             customer: None,
         },

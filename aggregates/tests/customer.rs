@@ -238,6 +238,7 @@ fn an_invoice_keeps_the_details_it_was_issued_with() {
         .decide(InvoiceCommand::Issue {
             number: 1,
             customer: Some(details()),
+            available_credit: rust_decimal::Decimal::ZERO,
             at: t(LATER),
         })
         .unwrap();
@@ -255,6 +256,7 @@ fn an_invoice_keeps_the_details_it_was_issued_with() {
         .decide(InvoiceCommand::Issue {
             number: 2,
             customer: None,
+            available_credit: rust_decimal::Decimal::ZERO,
             at: t(LATER),
         })
         .unwrap();

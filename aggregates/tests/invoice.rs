@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use support::{dec, eur, exact_round_product, jpy, kwd, t};
 use tally_aggregates::invoice::{
-    format_number, price_line, DEFAULT_DUE_DAYS, MAX_CAPTURE_AGE_DAYS, MAX_DUE_DAYS, MAX_LINES,
-    MAX_LINE_PLACES, MAX_PAYMENTS, MAX_TEXT_CHARS, NUMBERING_ID,
+    format_number, price_line, CreditReason, DEFAULT_DUE_DAYS, MAX_CAPTURE_AGE_DAYS, MAX_DUE_DAYS,
+    MAX_LINES, MAX_LINE_PLACES, MAX_PAYMENTS, MAX_TEXT_CHARS, NUMBERING_ID,
 };
 use tally_aggregates::money::{round_to_minor, MAX_AMOUNT};
 use tally_aggregates::{
@@ -96,6 +96,7 @@ fn add_line(line: NewLine) -> InvoiceCommand {
 fn issue(number: u64) -> InvoiceCommand {
     InvoiceCommand::Issue {
         number,
+        available_credit: rust_decimal::Decimal::ZERO,
         at: t(ISSUED),
         customer: None,
     }
@@ -107,6 +108,35 @@ fn pay(payment_id: &str, amount: &str, reference: &str) -> InvoiceCommand {
         amount: dec(amount),
         reference: reference.to_owned(),
         captured_at: t(CAPTURED),
+        excess_to_credit: false,
+        at: t(LATER),
+    }
+}
+
+/// A provider's payment: what is received beyond the amount due becomes credit.
+fn provider_pay(payment_id: &str, amount: &str, reference: &str) -> InvoiceCommand {
+    InvoiceCommand::RecordPayment {
+        payment_id: payment_id.to_owned(),
+        amount: dec(amount),
+        reference: reference.to_owned(),
+        captured_at: t(CAPTURED),
+        excess_to_credit: true,
+        at: t(LATER),
+    }
+}
+
+fn credit_note(number: u64, amount: &str, refund: bool) -> InvoiceCommand {
+    InvoiceCommand::IssueCreditNote {
+        credit_note_id: format!("cn_{number}"),
+        number,
+        amount: dec(amount),
+        reason: if refund {
+            CreditReason::Refund
+        } else {
+            CreditReason::OrderChange
+        },
+        refund,
+        reference: None,
         at: t(LATER),
     }
 }
@@ -251,13 +281,14 @@ enum Outcome {
 
 /// Every command name; `expected` below fails to compile when a command is
 /// added, and the matrix test fails when a sample for it is missing.
-const COMMAND_NAMES: [&str; 6] = [
+const COMMAND_NAMES: [&str; 7] = [
     "create",
     "add_line",
     "issue",
     "record_payment",
     "void",
     "mark_uncollectible",
+    "issue_credit_note",
 ];
 
 /// The samples' payment references: a partial payment, a full one, and the
@@ -265,6 +296,8 @@ const COMMAND_NAMES: [&str; 6] = [
 const PARTIAL: &str = "ref_2";
 const FULL: &str = "ref_3";
 const REPEAT: &str = "ref_1";
+/// A provider's payment of 150.00, more than any fixture owes.
+const OVERPAY: &str = "ref_4";
 
 /// One valid-looking command of each kind (three payments, see above).
 fn sample_commands() -> Vec<InvoiceCommand> {
@@ -275,8 +308,12 @@ fn sample_commands() -> Vec<InvoiceCommand> {
         pay("pay_2", "10.00", PARTIAL),
         pay("pay_3", "100.00", FULL),
         pay("pay_1", "40.00", REPEAT),
+        provider_pay("pay_4", "150.00", OVERPAY),
         void("duplicate"),
         mark_uncollectible(),
+        credit_note(1, "30.00", false),
+        credit_note(2, "30.00", true),
+        credit_note(3, "120.00", false),
     ]
 }
 
@@ -292,7 +329,8 @@ fn expected(fixture: Fixture, command: &InvoiceCommand) -> Outcome {
             | C::Issue { .. }
             | C::RecordPayment { .. }
             | C::Void { .. }
-            | C::MarkUncollectible { .. } => NotFound,
+            | C::MarkUncollectible { .. }
+            | C::IssueCreditNote { .. } => NotFound,
         };
     };
     let partly_paid = fixture == Fixture::OpenPartlyPaid;
@@ -312,6 +350,8 @@ fn expected(fixture: Fixture, command: &InvoiceCommand) -> Outcome {
                 // 100.00 against the 60.00 still due.
                 (FULL, true) => Rejected("amount"),
                 (FULL, false) => Then(&["PaymentRecorded", "InvoicePaid"], Paid),
+                // The rest of an overpayment becomes credit.
+                (OVERPAY, _) => Then(&["PaymentRecorded", "InvoicePaid"], Paid),
                 _ => Then(&["PaymentRecorded"], Open),
             },
             Draft | Paid | Void | Uncollectible => Invalid,
@@ -324,6 +364,15 @@ fn expected(fixture: Fixture, command: &InvoiceCommand) -> Outcome {
         C::MarkUncollectible { .. } => match status {
             Open => Then(&["InvoiceMarkedUncollectible"], Uncollectible),
             Draft | Paid | Void | Uncollectible => Invalid,
+        },
+        C::IssueCreditNote { amount, refund, .. } => match status {
+            // Credit notes never add up to more than the total (100.00).
+            Open | Paid if *amount > dec("100.00") => Rejected("amount"),
+            // A refund pays back money received: nothing was, yet.
+            Open if *refund && !partly_paid => Rejected("amount"),
+            Open => Then(&["CreditNoteIssued"], Open),
+            Paid => Then(&["CreditNoteIssued"], Paid),
+            Draft | Void | Uncollectible => Invalid,
         },
     }
 }
@@ -384,7 +433,7 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
             }
         }
     }
-    assert_eq!(pairs, 7 * 8);
+    assert_eq!(pairs, 7 * 12);
 }
 
 #[test]
@@ -846,6 +895,7 @@ fn issue_fixes_the_number_the_totals_and_the_due_date() {
             currency: eur(),
             subtotal: dec("100.00"),
             total: dec("100.00"),
+            applied_credit: dec("0.00"),
             amount_due: dec("100.00"),
             issued_at: t(ISSUED),
             due_at: t(ISSUED) + Duration::days(14),
@@ -876,6 +926,7 @@ fn due_at_is_issued_at_plus_the_due_days() {
                 create_with(eur(), due_days, vec![seats_line()]),
                 InvoiceCommand::Issue {
                     number: 1,
+                    available_credit: rust_decimal::Decimal::ZERO,
                     at: t(issued_at),
                     customer: None,
                 },
@@ -904,6 +955,7 @@ fn issuing_a_zero_total_settles_it_at_once() {
                     currency: eur(),
                     subtotal: dec("0.00"),
                     total: dec("0.00"),
+                    applied_credit: dec("0.00"),
                     amount_due: dec("0.00"),
                     issued_at: t(ISSUED),
                     due_at: t(ISSUED) + Duration::days(30),
@@ -984,6 +1036,7 @@ fn partial_payments_lower_the_amount_due_until_it_is_paid() {
             payment: Payment {
                 payment_id: "pay_1".to_owned(),
                 amount: dec("30.00"),
+                credited: dec("0.00"),
                 reference: "ref_1".to_owned(),
                 captured_at: t(CAPTURED),
                 recorded_at: t(LATER),
@@ -992,6 +1045,7 @@ fn partial_payments_lower_the_amount_due_until_it_is_paid() {
             currency: eur(),
             amount_paid: dec("30.00"),
             amount_due: dec("70.00"),
+            credited: dec("0.00"),
         }]
     );
     assert_eq!(invoice.status, Some(InvoiceStatus::Open));
@@ -1051,6 +1105,7 @@ fn payment_capture_time_is_at_most_a_year_old_and_not_in_the_future() {
         amount: dec("1.00"),
         reference: "ref_1".to_owned(),
         captured_at,
+        excess_to_credit: false,
         at,
     };
     for ok in [
@@ -1328,7 +1383,10 @@ fn numbers_print_with_six_digits_at_least() {
 
 #[test]
 fn assign_rejects_a_bad_invoice_id_and_uses_no_number() {
-    let numbering = InvoiceNumbering { last: 7 };
+    let numbering = InvoiceNumbering {
+        last: 7,
+        ..Default::default()
+    };
     for invoice_id in ["", "inv 1", &"i".repeat(65)] {
         match numbering.decide(assign(invoice_id)) {
             Err(DomainError::Validation { field, .. }) => assert_eq!(field, "invoice_id"),
@@ -1344,7 +1402,10 @@ fn assign_rejects_a_bad_invoice_id_and_uses_no_number() {
 #[test]
 #[should_panic(expected = "invoice numbers skip")]
 fn a_skipped_number_is_a_bug() {
-    let mut numbering = InvoiceNumbering { last: 2 };
+    let mut numbering = InvoiceNumbering {
+        last: 2,
+        ..Default::default()
+    };
     numbering.evolve(&assigned("inv_x", 4));
 }
 
@@ -1394,6 +1455,8 @@ fn one_of_each_event() -> Vec<InvoiceEvent> {
             .into_iter()
             .filter(|e| e.name() == "InvoicePaid"),
     );
+    let mut paid = Fixture::Paid.invoice();
+    events.extend(run(&mut paid, credit_note(1, "10.00", false)).unwrap());
     events
 }
 
@@ -1401,7 +1464,7 @@ fn one_of_each_event() -> Vec<InvoiceEvent> {
 fn events_are_externally_tagged_by_their_type_and_round_trip() {
     let events = one_of_each_event();
     let types: BTreeSet<String> = events.iter().map(|e| e.event_type()).collect();
-    assert_eq!(types.len(), 7, "one of each event type: {types:?}");
+    assert_eq!(types.len(), 8, "one of each event type: {types:?}");
     for event in events {
         assert_eq!(event.event_version(), EVENT_VERSION);
         let json = serde_json::to_value(&event).unwrap();
@@ -1501,6 +1564,9 @@ fn the_state_snapshot_round_trips() {
             InvoiceEvent::InvoiceVoided { .. } | InvoiceEvent::InvoicePaid { .. }
         ) {
             invoice = Fixture::Open.invoice();
+        }
+        if matches!(event, InvoiceEvent::CreditNoteIssued { .. }) {
+            invoice = Fixture::Paid.invoice();
         }
         invoice.evolve(&event);
         let json = serde_json::to_string(&invoice).unwrap();
@@ -1719,6 +1785,7 @@ fn invoice_command(
             amount: payment_amount(invoice, *how, *share_percent),
             reference: format!("ref_{reference}"),
             captured_at: at,
+            excess_to_credit: false,
             at,
         },
         Action::Void { blank_reason } => InvoiceCommand::Void {
@@ -1843,8 +1910,10 @@ proptest! {
                     at,
                 });
                 numbered.and_then(|numbered| {
-                    let NumberingEvent::InvoiceNumberAssigned { sequence, .. } = &numbered[0];
-                    let events = invoice.decide(InvoiceCommand::Issue { number: *sequence, at, customer: None })?;
+                    let NumberingEvent::InvoiceNumberAssigned { sequence, .. } = &numbered[0] else {
+                        unreachable!("assign assigns")
+                    };
+                    let events = invoice.decide(InvoiceCommand::Issue { number: *sequence, customer: None, available_credit: rust_decimal::Decimal::ZERO, at })?;
                     for event in &numbered {
                         numbering.evolve(event);
                     }
@@ -1916,7 +1985,9 @@ proptest! {
                     prop_assert_eq!(events.len(), 1);
                     for event in &events {
                         numbering.evolve(event);
-                        let NumberingEvent::InvoiceNumberAssigned { sequence, number, invoice_id: for_id, .. } = event;
+                        let NumberingEvent::InvoiceNumberAssigned { sequence, number, invoice_id: for_id, .. } = event else {
+                            unreachable!("assign assigns")
+                        };
                         prop_assert_eq!(for_id, &invoice_id);
                         prop_assert_eq!(number, &format!("INV-{sequence:06}"));
                         numbers.push(*sequence);
@@ -1963,4 +2034,222 @@ proptest! {
             Err(other) => prop_assert!(false, "{:?}", other),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Credit notes, applied credit and overpayments
+// ---------------------------------------------------------------------------
+
+fn credit_note_of(events: &[InvoiceEvent]) -> tally_aggregates::invoice::CreditNote {
+    match &events[0] {
+        InvoiceEvent::CreditNoteIssued { credit_note, .. } => credit_note.clone(),
+        other => panic!("expected CreditNoteIssued, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_credit_note_on_an_open_invoice_lowers_the_amount_due_and_the_rest_is_credit() {
+    let mut invoice = Fixture::OpenPartlyPaid.invoice();
+    let events = run(&mut invoice, credit_note(1, "30.00", false)).unwrap();
+    let note = credit_note_of(&events);
+    assert_eq!(note.number, "CN-000001");
+    assert_eq!(
+        (note.to_amount_due, note.to_credit, note.refunded),
+        (dec("30.00"), dec("0.00"), dec("0.00"))
+    );
+    assert_eq!(invoice.amount_due, dec("30.00"));
+    // 40.00 credited against the 30.00 still due: paid, 10.00 is credit.
+    let events = run(&mut invoice, credit_note(2, "40.00", false)).unwrap();
+    assert_eq!(names(&events), ["CreditNoteIssued", "InvoicePaid"]);
+    let note = credit_note_of(&events);
+    assert_eq!(
+        (note.to_amount_due, note.to_credit),
+        (dec("30.00"), dec("10.00"))
+    );
+    assert_eq!(invoice.status, Some(InvoiceStatus::Paid));
+    assert_eq!(invoice.amount_credited, dec("70.00"));
+    assert_eq!(invoice.amount_due, dec("0.00"));
+    // 30.00 of the total is left to credit.
+    assert_validation(run(&mut invoice, credit_note(3, "30.01", false)), "amount");
+    let events = run(&mut invoice, credit_note(3, "30.00", false)).unwrap();
+    assert_eq!(credit_note_of(&events).to_credit, dec("30.00"));
+}
+
+#[test]
+fn a_refund_pays_back_money_received_and_leaves_the_amount_due() {
+    let mut invoice = Fixture::OpenPartlyPaid.invoice();
+    assert_validation(run(&mut invoice, credit_note(1, "40.01", true)), "amount");
+    let events = run(&mut invoice, credit_note(1, "40.00", true)).unwrap();
+    assert_eq!(credit_note_of(&events).refunded, dec("40.00"));
+    assert_eq!(invoice.amount_due, dec("60.00"));
+    assert_eq!(invoice.amount_refunded, dec("40.00"));
+    assert_eq!(invoice.status, Some(InvoiceStatus::Open));
+    // Nothing received is left to pay back.
+    assert_validation(run(&mut invoice, credit_note(2, "0.01", true)), "amount");
+
+    let mut paid = Fixture::Paid.invoice();
+    let events = run(&mut paid, credit_note(1, "100.00", true)).unwrap();
+    assert_eq!(names(&events), ["CreditNoteIssued"]);
+    assert_eq!(paid.amount_refunded, dec("100.00"));
+    assert_eq!(paid.status, Some(InvoiceStatus::Paid));
+}
+
+#[test]
+fn a_credit_note_with_a_reference_is_issued_once() {
+    let mut invoice = Fixture::Paid.invoice();
+    let mut with_ref = credit_note(1, "10.00", true);
+    if let InvoiceCommand::IssueCreditNote { reference, .. } = &mut with_ref {
+        *reference = Some("stripe:re_1".to_owned());
+    }
+    assert_eq!(run(&mut invoice, with_ref.clone()).unwrap().len(), 1);
+    assert_eq!(run(&mut invoice, with_ref.clone()).unwrap(), vec![]);
+    if let InvoiceCommand::IssueCreditNote { amount, .. } = &mut with_ref {
+        *amount = dec("11.00");
+    }
+    assert_validation(run(&mut invoice, with_ref), "reference");
+}
+
+#[test]
+fn an_overpayment_from_a_provider_pays_the_invoice_and_credits_the_rest() {
+    let mut invoice = Fixture::OpenPartlyPaid.invoice();
+    let events = run(&mut invoice, provider_pay("pay_4", "75.00", OVERPAY)).unwrap();
+    match &events[0] {
+        InvoiceEvent::PaymentRecorded {
+            payment, credited, ..
+        } => {
+            assert_eq!(payment.amount, dec("60.00"));
+            assert_eq!(*credited, dec("15.00"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(invoice.status, Some(InvoiceStatus::Paid));
+    // The provider retries its notice: the same amount received, no effect.
+    assert_eq!(
+        run(&mut invoice, provider_pay("pay_5", "75.00", OVERPAY)).unwrap(),
+        vec![]
+    );
+    // Through the API an overpayment is refused.
+    let mut open = Fixture::Open.invoice();
+    assert_validation(run(&mut open, pay("pay_6", "100.01", "ref_6")), "amount");
+}
+
+#[test]
+fn issuing_applies_credit_up_to_the_amount_due() {
+    for (available, applied, due, status) in [
+        ("30.00", "30.00", "70.00", InvoiceStatus::Open),
+        ("100.00", "100.00", "0.00", InvoiceStatus::Paid),
+        ("250.00", "100.00", "0.00", InvoiceStatus::Paid),
+        ("0", "0.00", "100.00", InvoiceStatus::Open),
+    ] {
+        let mut invoice = Fixture::Draft.invoice();
+        let events = run(
+            &mut invoice,
+            InvoiceCommand::Issue {
+                number: 1,
+                customer: None,
+                available_credit: dec(available),
+                at: t(ISSUED),
+            },
+        )
+        .unwrap();
+        match &events[0] {
+            InvoiceEvent::InvoiceIssued { applied_credit, .. } => {
+                assert_eq!(*applied_credit, dec(applied), "{available}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(invoice.applied_credit, dec(applied));
+        assert_eq!(invoice.amount_due, dec(due), "{available}");
+        assert_eq!(invoice.status, Some(status), "{available}");
+    }
+    // An invoice with applied credit is not voided: the credit moved.
+    let mut invoice = Fixture::Draft.invoice();
+    run(
+        &mut invoice,
+        InvoiceCommand::Issue {
+            number: 1,
+            customer: None,
+            available_credit: dec("10.00"),
+            at: t(ISSUED),
+        },
+    )
+    .unwrap();
+    assert_validation(run(&mut invoice, void("mistake")), "amount_credited");
+}
+
+#[test]
+fn the_ledger_numbers_credit_notes_gaplessly_and_never_applies_more_credit_than_there_is() {
+    use tally_aggregates::invoice::CreditSource;
+    let mut ledger = InvoiceNumbering::default();
+    let apply = |ledger: &mut InvoiceNumbering, command| {
+        let events = ledger.decide(command)?;
+        for e in &events {
+            ledger.evolve(e);
+        }
+        Ok::<_, DomainError>(events)
+    };
+    for n in 1..=3u64 {
+        let events = apply(
+            &mut ledger,
+            NumberingCommand::AssignCreditNote {
+                invoice_id: "inv_1".into(),
+                credit_note_id: format!("cn_{n}"),
+                at: t(LATER),
+            },
+        )
+        .unwrap();
+        assert!(matches!(&events[0],
+            NumberingEvent::CreditNoteNumberAssigned { number, sequence, .. }
+                if *sequence == n && *number == format!("CN-{n:06}")));
+    }
+    assert_eq!(ledger.next(), 1, "invoice numbers are their own sequence");
+    apply(
+        &mut ledger,
+        NumberingCommand::GrantCredit {
+            customer_id: "cus_1".into(),
+            currency: eur(),
+            amount: dec("25.00"),
+            source: CreditSource::NegativeInvoice {
+                invoice_id: "inv_1".into(),
+            },
+            at: t(LATER),
+        },
+    )
+    .unwrap();
+    assert_eq!(ledger.credit_of("cus_1", eur()), dec("25.00"));
+    assert_eq!(ledger.credit_of("cus_1", jpy()), dec("0"));
+    let too_much = NumberingCommand::ApplyCredit {
+        customer_id: "cus_1".into(),
+        currency: eur(),
+        amount: dec("25.01"),
+        invoice_id: "inv_2".into(),
+        at: t(LATER),
+    };
+    assert!(matches!(
+        apply(&mut ledger, too_much),
+        Err(DomainError::Validation { .. })
+    ));
+    apply(
+        &mut ledger,
+        NumberingCommand::ApplyCredit {
+            customer_id: "cus_1".into(),
+            currency: eur(),
+            amount: dec("25.00"),
+            invoice_id: "inv_2".into(),
+            at: t(LATER),
+        },
+    )
+    .unwrap();
+    assert!(
+        ledger.credit.is_empty(),
+        "no entry for a customer without credit"
+    );
+    // The ledger's state survives a snapshot round trip.
+    let json = serde_json::to_string(&ledger).unwrap();
+    assert_eq!(
+        serde_json::from_str::<InvoiceNumbering>(&json).unwrap(),
+        ledger
+    );
+    let old: InvoiceNumbering = serde_json::from_str(r#"{"last": 7}"#).unwrap();
+    assert_eq!((old.last, old.last_credit_note), (7, 0));
 }

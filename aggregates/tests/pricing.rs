@@ -164,6 +164,7 @@ fn bill_windows(
         },
         InvoiceCommand::Issue {
             number: 1,
+            available_credit: rust_decimal::Decimal::ZERO,
             at: may().start,
             customer: None,
         },

@@ -81,6 +81,12 @@ pub enum ApiError {
     Timeout(u64),
     #[error("the server is already handling {0} requests; retry shortly")]
     Overloaded(usize),
+    #[error(
+        "the signature is missing, does not match the body or is outside the 5-minute tolerance"
+    )]
+    SignatureInvalid,
+    #[error("a refund of a payment Tally has not seen yet; retry after the payment")]
+    PaymentUnknown,
     #[error("internal error")]
     Internal(String),
 }
@@ -152,6 +158,12 @@ impl ApiError {
                 "projection_lagging",
                 "Projection lagging",
             ),
+            SignatureInvalid => (
+                StatusCode::BAD_REQUEST,
+                "signature_invalid",
+                "Signature invalid",
+            ),
+            PaymentUnknown => (StatusCode::CONFLICT, "payment_unknown", "Payment unknown"),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

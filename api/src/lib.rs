@@ -58,6 +58,7 @@ pub struct Shared {
     pub keys: auth::KeyCache,
     pub billing: BillingConfig,
     pub webhooks: Webhooks,
+    pub payments: tally_commands::payments::Payments,
     pub rate: ratelimit::RateLimiter,
     pub limits: limits::Limiter,
 }
@@ -126,6 +127,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/invoices/{id}/lines", post(invoices::add_line))
         .route("/v1/invoices/{id}/issue", post(invoices::issue))
         .route("/v1/invoices/{id}/payments", post(invoices::pay))
+        .route(
+            "/v1/invoices/{id}/credit-notes",
+            post(invoices::credit_note),
+        )
         .route("/v1/invoices/{id}/void", post(invoices::void))
         .route(
             "/v1/invoices/{id}/mark-uncollectible",
@@ -169,6 +174,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/deliveries/{id}", get(webhooks::delivery))
         .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))
+        .route("/v1/payment-providers", get(payments::list))
+        .route(
+            "/v1/payment-providers/{provider}",
+            axum::routing::put(payments::configure),
+        )
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/admin/projections", get(admin::projections))
@@ -195,6 +205,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        // No API key: the token names the configuration, the signature the sender.
+        .route("/v1/inbound/{provider}/{token}", post(payments::receive))
         .merge(openapi::docs())
         .merge(v1)
         .fallback(|| async { ApiError::NotFound })
@@ -309,6 +321,9 @@ pub async fn start_with_webhooks(
     db.announce(head);
     let dispatcher = Dispatcher::new(db.clone(), config.clock.clone());
     let webhooks = Webhooks::new(db.clone(), config.clock.clone(), webhook_config).await?;
+    let payments =
+        tally_commands::payments::Payments::new(db.clone(), dispatcher.clone(), webhooks.clone())
+            .map_err(anyhow::Error::msg)?;
     let mut consumers = tally_projections::all_projectors();
     consumers.push(std::sync::Arc::new(QuotaPolicy::new(dispatcher.clone())));
     consumers.push(std::sync::Arc::new(BillingPolicy::new(
@@ -332,6 +347,7 @@ pub async fn start_with_webhooks(
         keys: auth::KeyCache::default(),
         billing: config.billing.clone(),
         webhooks,
+        payments,
         rate: ratelimit::RateLimiter::new(config.rate_limit),
         limits: limits::Limiter::new(config.limits),
     }));

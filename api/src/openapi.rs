@@ -18,7 +18,7 @@ use crate::AppState;
         subscriptions::suspend, subscriptions::resume, subscriptions::cancel, subscriptions::list,
         subscriptions::get, subscriptions::entitlements,
         customers::put, customers::list, customers::get,
-        invoices::create, invoices::add_line, invoices::issue, invoices::pay, invoices::void,
+        invoices::create, invoices::add_line, invoices::issue, invoices::pay, invoices::credit_note, invoices::void,
         invoices::mark_uncollectible, invoices::list, invoices::get, invoices::balance, invoices::journal,
         usage::report, usage::batch, usage::void, usage::list, usage::get, usage::summary,
         tickets::create, tickets::assign, tickets::comment, tickets::attach, tickets::transition, tickets::list, tickets::get,
@@ -26,6 +26,7 @@ use crate::AppState;
         audit::stream_events, audit::state_at, audit::feed, audit::digest,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::enable,
         webhooks::deliveries, webhooks::delivery, webhooks::retry,
+        payments::configure, payments::list, payments::receive,
         keys::list, keys::revoke,
         admin::projections, admin::rebuild, admin::clock, admin::advance_clock,
         ops::healthz, ops::readyz, ops::metrics,
@@ -83,7 +84,9 @@ impl Modify for Problems {
             )
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let api = path.starts_with("/v1/");
+            // The inbound provider endpoint takes no API key and no
+            // Idempotency-Key; it declares its own answers.
+            let api = path.starts_with("/v1/") && !path.starts_with("/v1/inbound/");
             let names_resource = path.contains('{');
             for (method, op) in [
                 ("get", item.get.as_mut()),

@@ -485,6 +485,7 @@ fn generate(
                 let at = at + chrono::Duration::minutes(5);
                 let issued = state.decide(InvoiceCommand::Issue {
                     number: numbering.next(),
+                    available_credit: rust_decimal::Decimal::ZERO,
                     at,
                     customer: None,
                 })?;
@@ -511,6 +512,7 @@ fn generate(
                         amount: state.amount_due,
                         reference: format!("bank-{:012}", rng.gen_range(0..1_000_000_000_000u64)),
                         captured_at: at,
+                        excess_to_credit: false,
                         at,
                     }),
                     Fate::Void => Some(InvoiceCommand::Void {

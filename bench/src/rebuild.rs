@@ -1244,6 +1244,7 @@ fn invoice(
     let at = at + chrono::Duration::seconds(1);
     let issued = state.decide(InvoiceCommand::Issue {
         number: tenant.numbering.next(),
+        available_credit: rust_decimal::Decimal::ZERO,
         at,
         customer: None,
     })?;
@@ -1328,6 +1329,7 @@ fn collections(c: &mut Customer, sink: &mut Sink, day: u32, at: DateTime<Utc>) -
             amount: inv.state.amount_due,
             reference: format!("bank-{}-{}", c.customer_id, c.payments),
             captured_at: at,
+            excess_to_credit: false,
             at,
         })?;
         let ids = sink.emit(

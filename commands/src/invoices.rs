@@ -1,13 +1,16 @@
 //! The invoice write side beyond a plain command: issuing (the invoice and
 //! the tenant's number in one transaction, with a copy of the customer's
-//! details) and the payment port.
+//! details, applying the customer's credit), credit notes (numbered the same
+//! way) and the payment port.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_aggregates::customer::Customer;
 use tally_aggregates::invoice::{
-    Invoice, InvoiceCommand, InvoiceNumbering, NumberingCommand, NUMBERING_ID,
+    CreditReason, CreditSource, Invoice, InvoiceCommand, InvoiceEvent, InvoiceNumbering,
+    NumberingCommand, NumberingEvent, NUMBERING_ID,
 };
+use tally_aggregates::DomainError;
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
 use crate::ids::new_id;
@@ -44,16 +47,53 @@ pub async fn issue(
                 // Read in the numbering stream's turn, so numbers follow
                 // issue times in this process.
                 let at = d.clock().now();
+                let available_credit = match invoice.currency {
+                    Some(currency) => numbering.credit_of(&invoice.customer_id, currency),
+                    None => rust_decimal::Decimal::ZERO,
+                };
                 let issued = invoice.decide(InvoiceCommand::Issue {
                     number: numbering.next(),
                     customer: customer.clone(),
+                    available_credit,
                     at,
                 })?;
-                let assigned = numbering.decide(NumberingCommand::Assign {
+                let mut ledger = numbering.decide(NumberingCommand::Assign {
                     invoice_id: invoice_id.to_string(),
                     at,
                 })?;
-                Ok((issued, assigned))
+                for event in &issued {
+                    if let InvoiceEvent::InvoiceIssued {
+                        customer_id,
+                        currency,
+                        total,
+                        applied_credit,
+                        ..
+                    } = event
+                    {
+                        if !applied_credit.is_zero() {
+                            ledger.extend(numbering.decide(NumberingCommand::ApplyCredit {
+                                customer_id: customer_id.clone(),
+                                currency: *currency,
+                                amount: *applied_credit,
+                                invoice_id: invoice_id.to_string(),
+                                at,
+                            })?);
+                        }
+                        // A negative total is owed to the customer.
+                        if total.is_sign_negative() && !total.is_zero() {
+                            ledger.extend(numbering.decide(NumberingCommand::GrantCredit {
+                                customer_id: customer_id.clone(),
+                                currency: *currency,
+                                amount: -*total,
+                                source: CreditSource::NegativeInvoice {
+                                    invoice_id: invoice_id.to_string(),
+                                },
+                                at,
+                            })?);
+                        }
+                    }
+                }
+                Ok((issued, ledger))
             },
         )
         .await?;
@@ -74,7 +114,8 @@ pub struct PaymentNotice {
     pub captured_at: Option<DateTime<Utc>>,
 }
 
-/// Records a payment against an open invoice (the payment port).
+/// Records a payment against an open invoice (the payment port): at most
+/// the amount due.
 pub async fn record_payment(
     d: &Dispatcher,
     meta: &CommandMeta,
@@ -89,8 +130,123 @@ pub async fn record_payment(
             amount: notice.amount,
             reference: notice.reference.clone(),
             captured_at: notice.captured_at.unwrap_or(at),
+            excess_to_credit: false,
             at,
         })
     })
     .await
+}
+
+/// The ledger events that follow an invoice's events: what they move into
+/// the customer's credit.
+pub fn credit_movements(
+    numbering: &InvoiceNumbering,
+    invoice_id: &str,
+    events: &[InvoiceEvent],
+    at: DateTime<Utc>,
+) -> Result<Vec<NumberingEvent>, DomainError> {
+    let mut ledger = Vec::new();
+    let mut state = numbering.clone();
+    for event in events {
+        let grant = match event {
+            InvoiceEvent::PaymentRecorded {
+                payment,
+                customer_id,
+                currency,
+                credited,
+                ..
+            } if !credited.is_zero() => Some((
+                customer_id,
+                *currency,
+                *credited,
+                CreditSource::Overpayment {
+                    invoice_id: invoice_id.to_string(),
+                    reference: payment.reference.clone(),
+                },
+            )),
+            InvoiceEvent::CreditNoteIssued {
+                credit_note,
+                customer_id,
+                currency,
+                ..
+            } if !credit_note.to_credit.is_zero() => Some((
+                customer_id,
+                *currency,
+                credit_note.to_credit,
+                CreditSource::CreditNote {
+                    invoice_id: invoice_id.to_string(),
+                    credit_note_id: credit_note.credit_note_id.clone(),
+                },
+            )),
+            _ => None,
+        };
+        if let Some((customer_id, currency, amount, source)) = grant {
+            let granted = state.decide(NumberingCommand::GrantCredit {
+                customer_id: customer_id.clone(),
+                currency,
+                amount,
+                source,
+                at,
+            })?;
+            for e in &granted {
+                state.evolve(e);
+            }
+            ledger.extend(granted);
+        }
+    }
+    Ok(ledger)
+}
+
+/// A credit note as asked for.
+#[derive(Debug, Clone)]
+pub struct CreditNoteRequest {
+    pub invoice_id: String,
+    pub amount: rust_decimal::Decimal,
+    pub reason: CreditReason,
+    pub refund: bool,
+    /// The source's reference (a provider's refund id); a repeat is a no-op.
+    pub reference: Option<String>,
+}
+
+/// Issues a credit note: the invoice's `CreditNoteIssued`, the tenant's next
+/// `CN-` number and the credit it grants, in one transaction.
+pub async fn issue_credit_note(
+    d: &Dispatcher,
+    meta: &CommandMeta,
+    request: CreditNoteRequest,
+    expected_version: Option<i64>,
+) -> Result<Executed<Invoice>, CommandError> {
+    let credit_note_id = new_id("cn");
+    let invoice_id = request.invoice_id.clone();
+    let (invoice, _) = d
+        .execute_pair::<Invoice, InvoiceNumbering, _>(
+            meta,
+            &invoice_id,
+            NUMBERING_ID,
+            expected_version,
+            |invoice, numbering| {
+                let at = d.clock().now();
+                let noted = invoice.decide(InvoiceCommand::IssueCreditNote {
+                    credit_note_id: credit_note_id.clone(),
+                    number: numbering.next_credit_note(),
+                    amount: request.amount,
+                    reason: request.reason,
+                    refund: request.refund,
+                    reference: request.reference.clone(),
+                    at,
+                })?;
+                if noted.is_empty() {
+                    return Ok((noted, vec![]));
+                }
+                let mut ledger = numbering.decide(NumberingCommand::AssignCreditNote {
+                    invoice_id: invoice_id.clone(),
+                    credit_note_id: credit_note_id.clone(),
+                    at,
+                })?;
+                ledger.extend(credit_movements(numbering, &invoice_id, &noted, at)?);
+                Ok((noted, ledger))
+            },
+        )
+        .await?;
+    Ok(invoice)
 }

@@ -144,6 +144,10 @@ pub const INVOICE_PAID: &str = "billing.invoices.v1.invoice-paid";
 pub const INVOICE_VOIDED: &str = "billing.invoices.v1.invoice-voided";
 pub const INVOICE_MARKED_UNCOLLECTIBLE: &str = "billing.invoices.v1.invoice-marked-uncollectible";
 pub const PAYMENT_CAPTURED: &str = "billing.payments.v1.payment-captured";
+pub const PAYMENT_RECEIVED: &str = "billing.payments.v1.payment-received";
+pub const PAYMENT_REFUNDED: &str = "billing.payments.v1.payment-refunded";
+pub const CREDIT_NOTE_ISSUED: &str = "billing.invoices.v1.credit-note-issued";
+pub const CUSTOMER_CREDIT_CHANGED: &str = "billing.customers.v1.customer-credit-changed";
 pub const USAGE_RECORDED: &str = "metering.usage.v1.usage-recorded";
 pub const USAGE_VOIDED: &str = "metering.usage.v1.usage-voided";
 pub const QUOTA_EXCEEDED: &str = "metering.quota.v1.quota-exceeded";
@@ -167,6 +171,18 @@ pub const SUSPEND_REASONS: &[&str] = &["manual", "non_payment", "quota_exceeded"
 /// `Priority::as_str` of every priority (a test keeps them equal).
 pub const PRIORITIES: &[&str] = &["low", "normal", "high", "urgent"];
 /// `TicketStatus::as_str` of every status (a test keeps them equal).
+/// Credit note reasons (`tally_aggregates::invoice::CreditReason`).
+pub const CREDIT_REASONS: &[&str] = &[
+    "duplicate",
+    "fraudulent",
+    "order_change",
+    "product_unsatisfactory",
+    "refund",
+];
+/// The payment providers (`tally_commands::payments::Provider`).
+pub const PROVIDERS: &[&str] = &["stripe", "polar", "mercadopago"];
+/// Why customer credit changed (`tally_aggregates::invoice::CreditSource`).
+pub const CREDIT_SOURCES: &[&str] = &tally_aggregates::invoice::CreditSource::KINDS;
 pub const TICKET_STATUSES: &[&str] = &["new", "open", "pending", "on_hold", "solved", "closed"];
 
 /// Every topic Tally publishes. The document lists exactly these, with the
@@ -459,6 +475,79 @@ pub const TOPICS: &[TopicSpec] = &[
         ],
     },
     TopicSpec {
+        topic: CREDIT_NOTE_ISSUED,
+        aggregate: "invoice",
+        event: "CreditNoteIssued",
+        description: "A credit note on an open or paid invoice: what lowered the amount due, what became customer credit, what was refunded.",
+        data: &[
+            TENANT,
+            req("credit_note_id", Id),
+            req("number", Text),
+            INVOICE,
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("reason", Enum(CREDIT_REASONS)),
+            req("to_amount_due", Dec),
+            req("to_credit", Dec),
+            req("refunded", Dec),
+            req("invoice_amount_due", Dec),
+            req("issued_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: PAYMENT_RECEIVED,
+        aggregate: "provider_payment",
+        event: "ProviderPaymentReceived",
+        description: "A payment provider reported a payment: applied to the invoice it named (any rest became customer credit), or all customer credit when that invoice was unknown, in another currency or no longer open.",
+        data: &[
+            TENANT,
+            req("provider", Enum(PROVIDERS)),
+            req("payment_id", Id),
+            req("reference", Text),
+            req("customer_id", Id),
+            opt("invoice_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("applied", Dec),
+            req("credited", Dec),
+            req("received_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: PAYMENT_REFUNDED,
+        aggregate: "provider_payment",
+        event: "ProviderPaymentRefunded",
+        description: "A payment provider refunded (part of) a payment: a refund credit note on its invoice, or customer credit paid back.",
+        data: &[
+            TENANT,
+            req("payment_id", Id),
+            req("refund_id", Id),
+            req("customer_id", Id),
+            opt("invoice_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("refunded", Dec),
+            req("refunded_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: CUSTOMER_CREDIT_CHANGED,
+        aggregate: "invoice_numbering",
+        event: "CustomerCreditChanged",
+        description: "A customer's credit in one currency changed: granted (an overpayment, an unapplied payment, a credit note, a negative invoice) or applied to an invoice at its issue (a negative amount).",
+        data: &[
+            TENANT,
+            req("customer_id", Id),
+            req("currency", Currency),
+            req("amount", Dec),
+            req("balance", Dec),
+            req("source", Enum(CREDIT_SOURCES)),
+            opt("invoice_id", Id),
+            req("changed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
         topic: USAGE_RECORDED,
         aggregate: "usage_record",
         event: "UsageRecorded",
@@ -594,6 +683,16 @@ pub const NOT_PUBLISHED: &[Unpublished] = &[
         reason: "Bookkeeping of the gapless sequence; the number is in invoice-issued.",
     },
     Unpublished {
+        aggregate: "invoice_numbering",
+        event: "CreditNoteNumberAssigned",
+        reason: "Bookkeeping of the gapless sequence; the number is in credit-note-issued.",
+    },
+    Unpublished {
+        aggregate: "inbound_notice",
+        event: "InboundNoticeRecorded",
+        reason: "A provider's raw notification, kept for audit; payment-received and payment-refunded carry what it meant.",
+    },
+    Unpublished {
         aggregate: "usage_record",
         event: "UsageBilled",
         reason: "Billing bookkeeping, one per record; the invoice topics carry the outcome.",
@@ -653,9 +752,34 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
         "customer" => e.decode().map(|event| customer(e, event)),
         "invoice" => e.decode().map(|event| invoice(e, event)),
         "invoice_numbering" => e.decode().map(|event| match event {
-            NumberingEvent::InvoiceNumberAssigned { .. } => vec![],
+            NumberingEvent::InvoiceNumberAssigned { .. }
+            | NumberingEvent::CreditNoteNumberAssigned { .. } => vec![],
+            NumberingEvent::CustomerCreditChanged {
+                customer_id,
+                currency,
+                amount,
+                balance,
+                source,
+                at,
+            } => one(
+                CUSTOMER_CREDIT_CHANGED,
+                json!({
+                    "tenant_id": e.tenant,
+                    "customer_id": customer_id,
+                    "currency": currency.code(),
+                    "amount": money(&amount, currency),
+                    "balance": money(&balance, currency),
+                    "source": source.kind(),
+                    "invoice_id": source.invoice_id(),
+                    "changed_at": time(&at),
+                }),
+            ),
         }),
         "usage_record" => e.decode().map(|event| usage(e, event)),
+        "inbound_notice" => e.decode().map(|event| match event {
+            tally_aggregates::InboundNoticeEvent::InboundNoticeRecorded { .. } => vec![],
+        }),
+        "provider_payment" => e.decode().map(|event| provider_payment(e, event)),
         "ticket" => e.decode().map(|event| ticket(e, event)),
         "inbox" => e.decode().map(|event| match event {
             InboxEvent::ItemRead { .. }
@@ -991,6 +1115,7 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
             currency,
             amount_paid,
             amount_due,
+            ..
         } => one(
             PAYMENT_CAPTURED,
             json!({
@@ -1038,6 +1163,30 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
                 "voided_at": time(&voided_at),
             }),
         ),
+        InvoiceEvent::CreditNoteIssued {
+            credit_note,
+            customer_id,
+            currency,
+            amount_due,
+            ..
+        } => one(
+            CREDIT_NOTE_ISSUED,
+            json!({
+                "tenant_id": tenant_id,
+                "credit_note_id": credit_note.credit_note_id,
+                "number": credit_note.number,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+                "currency": currency.code(),
+                "amount": money(&credit_note.amount, currency),
+                "reason": credit_note.reason.as_str(),
+                "to_amount_due": money(&credit_note.to_amount_due, currency),
+                "to_credit": money(&credit_note.to_credit, currency),
+                "refunded": money(&credit_note.refunded, currency),
+                "invoice_amount_due": money(&amount_due, currency),
+                "issued_at": time(&credit_note.issued_at),
+            }),
+        ),
         InvoiceEvent::InvoiceMarkedUncollectible {
             customer_id,
             currency,
@@ -1052,6 +1201,66 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
                 "currency": currency.code(),
                 "amount": money(&amount, currency),
                 "marked_at": time(&at),
+            }),
+        ),
+    }
+}
+
+fn provider_payment(
+    e: &StoredEvent,
+    event: tally_aggregates::ProviderPaymentEvent,
+) -> Vec<Integration> {
+    use tally_aggregates::ProviderPaymentEvent as P;
+    let tenant_id = &e.tenant;
+    match event {
+        P::ProviderPaymentReceived {
+            provider,
+            payment_id,
+            reference,
+            currency,
+            customer_id,
+            invoice_id,
+            amount,
+            applied,
+            credited,
+            received_at,
+        } => one(
+            PAYMENT_RECEIVED,
+            json!({
+                "tenant_id": tenant_id,
+                "provider": provider,
+                "payment_id": payment_id,
+                "reference": reference,
+                "customer_id": customer_id,
+                "invoice_id": invoice_id,
+                "currency": currency.code(),
+                "amount": money(&amount, currency),
+                "applied": money(&applied, currency),
+                "credited": money(&credited, currency),
+                "received_at": time(&received_at),
+            }),
+        ),
+        P::ProviderPaymentRefunded {
+            payment_id,
+            refund_id,
+            currency,
+            customer_id,
+            invoice_id,
+            amount,
+            refunded,
+            refunded_at,
+        } => one(
+            PAYMENT_REFUNDED,
+            json!({
+                "tenant_id": tenant_id,
+                "payment_id": payment_id,
+                "refund_id": refund_id,
+                "customer_id": customer_id,
+                "invoice_id": invoice_id,
+                "currency": currency.code(),
+                "amount": money(&amount, currency),
+                "refunded": money(&refunded, currency),
+                "refunded_at": time(&refunded_at),
             }),
         ),
     }

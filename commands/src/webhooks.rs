@@ -412,6 +412,26 @@ pub async fn check_url(allowed: &AllowList, raw: &str) -> Result<Url, UrlRefused
     Ok(url)
 }
 
+/// An HTTP client for outbound calls to addresses a tenant chose (webhook
+/// endpoints, a payment provider's API): no redirects, no proxy, and a
+/// resolver that applies the SSRF rule again at connect time.
+pub fn guarded_client(
+    allowed: &AllowList,
+    timeout: Duration,
+    user_agent: &str,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(user_agent)
+        .dns_resolver(Arc::new(GuardedResolver {
+            allowed: allowed.clone(),
+        }))
+        .build()
+}
+
 /// The HTTP client's resolver: the same rule at connect time.
 struct GuardedResolver {
     allowed: AllowList,
@@ -806,16 +826,7 @@ impl Webhooks {
         config: WebhookConfig,
     ) -> Result<Webhooks, WebhookError> {
         let keys = SigningKeys::load(&db, config.secret_key.as_ref()).await?;
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent("Tally-Webhooks/1")
-            .dns_resolver(Arc::new(GuardedResolver {
-                allowed: config.allowed_hosts.clone(),
-            }))
-            .build()
+        let client = guarded_client(&config.allowed_hosts, config.timeout, "Tally-Webhooks/1")
             .map_err(|e| WebhookError::Config(format!("HTTP client: {e}")))?;
         Ok(Webhooks {
             inner: Arc::new(Inner {
@@ -829,6 +840,35 @@ impl Webhooks {
                 worker: Mutex::new(None),
             }),
         })
+    }
+
+    /// Seals a secret a tenant handed over (see `crate::secrets`) under the
+    /// current server key: (key id, sealed value).
+    pub fn seal_secret(
+        &self,
+        context: &str,
+        plaintext: &str,
+    ) -> Result<(String, String), WebhookError> {
+        let key_id = self.inner.keys.current.clone();
+        let key = self
+            .inner
+            .keys
+            .keys
+            .get(&key_id)
+            .ok_or_else(|| WebhookError::Config("the signing key is not loaded".into()))?;
+        Ok((key_id, crate::secrets::seal(key, context, plaintext)))
+    }
+
+    /// Opens a secret [`Webhooks::seal_secret`] sealed.
+    pub fn open_secret(&self, key_id: &str, context: &str, sealed: &str) -> Option<String> {
+        let key = self.inner.keys.keys.get(key_id)?;
+        crate::secrets::open(key, context, sealed)
+    }
+
+    /// The hosts that may be internal (`TALLY_WEBHOOK_ALLOWED_HOSTS`): the SSRF
+    /// rule of every outbound call.
+    pub fn allowed_hosts(&self) -> &AllowList {
+        &self.inner.config.allowed_hosts
     }
 
     /// The fan-out consumer, for the runtime.

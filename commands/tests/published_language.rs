@@ -14,12 +14,14 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
+use tally_aggregates::invoice::{CreditNote, CreditReason, CreditSource};
 use tally_aggregates::{
     usage::UsageWindow, Address, Comment, Currency, CustomerDetails, CustomerEvent, InboxEvent,
     Interval, Invoice, InvoiceCommand, InvoiceEvent, LineKind, NewLine, NumberingEvent, Payment,
     Period, PlanEvent, PlanTerms, Priority, ProrationFigures, SeatLimits, SubscriptionEvent,
     SuspendReason, Ticket, TicketCommand, TicketEvent, TicketStatus, UsageEvent,
 };
+use tally_aggregates::{InboundNoticeEvent, ProviderPaymentEvent};
 use tally_commands::topics::{
     envelope, integration_event, integration_events, spec, Field, FieldType, TopicSpec,
     NOT_PUBLISHED, PRIORITIES, TICKET_STATUSES, TOPICS,
@@ -372,6 +374,73 @@ const EVER_PUBLISHED: &[(&str, &[(&str, &str)])] = &[
             ("changed_at", "timestamp"),
         ],
     ),
+    (
+        "billing.invoices.v1.credit-note-issued",
+        &[
+            ("tenant_id", "id"),
+            ("credit_note_id", "id"),
+            ("number", "string"),
+            ("invoice_id", "id"),
+            ("customer_id", "id"),
+            ("currency", "currency"),
+            ("amount", "decimal"),
+            (
+                "reason",
+                "enum(duplicate, fraudulent, order_change, product_unsatisfactory, refund)",
+            ),
+            ("to_amount_due", "decimal"),
+            ("to_credit", "decimal"),
+            ("refunded", "decimal"),
+            ("invoice_amount_due", "decimal"),
+            ("issued_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.payments.v1.payment-received",
+        &[
+            ("tenant_id", "id"),
+            ("provider", "enum(stripe, polar, mercadopago)"),
+            ("payment_id", "id"),
+            ("reference", "string"),
+            ("customer_id", "id"),
+            ("invoice_id", "id?"),
+            ("currency", "currency"),
+            ("amount", "decimal"),
+            ("applied", "decimal"),
+            ("credited", "decimal"),
+            ("received_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.payments.v1.payment-refunded",
+        &[
+            ("tenant_id", "id"),
+            ("payment_id", "id"),
+            ("refund_id", "id"),
+            ("customer_id", "id"),
+            ("invoice_id", "id?"),
+            ("currency", "currency"),
+            ("amount", "decimal"),
+            ("refunded", "decimal"),
+            ("refunded_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.customers.v1.customer-credit-changed",
+        &[
+            ("tenant_id", "id"),
+            ("customer_id", "id"),
+            ("currency", "currency"),
+            ("amount", "decimal"),
+            ("balance", "decimal"),
+            (
+                "source",
+                "enum(applied_to_invoice, negative_invoice, overpayment, credit_note, unapplied_payment, refunded_payment)",
+            ),
+            ("invoice_id", "id?"),
+            ("changed_at", "timestamp"),
+        ],
+    ),
 ];
 
 /// Topics from [`EVER_PUBLISHED`] that were retired on purpose (announced,
@@ -719,6 +788,8 @@ fn the_tables_name_the_aggregates_by_their_stored_type() {
         tally_aggregates::Ticket::TYPE,
         tally_aggregates::Inbox::TYPE,
         tally_aggregates::AccessKey::TYPE,
+        tally_aggregates::InboundNotice::TYPE,
+        tally_aggregates::ProviderPayment::TYPE,
     ]);
     let in_tables: BTreeSet<&str> = TOPICS
         .iter()
@@ -736,6 +807,8 @@ fn enum_values_are_the_domain_values() {
     assert_eq!(PRIORITIES, priorities.as_slice());
     let intervals = [Interval::Month.as_str(), Interval::Year.as_str()];
     assert_eq!(tally_commands::topics::INTERVALS, intervals.as_slice());
+    let reasons: Vec<&str> = CreditReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(tally_commands::topics::CREDIT_REASONS, reasons.as_slice());
 }
 
 // ---------------------------------------------------------------------------
@@ -1122,6 +1195,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 currency: eur(),
                 subtotal: dec("35.00"),
                 total: dec("35.00"),
+                applied_credit: dec("0.00"),
                 amount_due: dec("35.00"),
                 issued_at: t("2026-02-01T00:00:00Z"),
                 due_at: t("2026-03-03T00:00:00Z"),
@@ -1135,6 +1209,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 payment: Payment {
                     payment_id: "pay_1".into(),
                     amount: dec("10"),
+                    credited: dec("0"),
                     reference: "ch_123".into(),
                     captured_at: t("2026-02-03T00:00:00Z"),
                     recorded_at: t("2026-02-03T00:00:01Z"),
@@ -1143,8 +1218,149 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 currency: eur(),
                 amount_paid: dec("10.00"),
                 amount_due: dec("25.00"),
+                credited: dec("0"),
             }),
             vec![PAYMENT_CAPTURED],
+        ),
+        (
+            "credit note issued",
+            invoice_event(InvoiceEvent::CreditNoteIssued {
+                credit_note: CreditNote {
+                    credit_note_id: "cn_1".into(),
+                    number: "CN-000001".into(),
+                    amount: dec("15.00"),
+                    reason: CreditReason::OrderChange,
+                    refund: false,
+                    to_amount_due: dec("10.00"),
+                    to_credit: dec("5.00"),
+                    refunded: dec("0.00"),
+                    reference: None,
+                    issued_at: t("2026-02-05T00:00:00Z"),
+                },
+                customer_id: "cus_1".into(),
+                currency: eur(),
+                amount_credited: dec("15.00"),
+                amount_refunded: dec("0.00"),
+                amount_due: dec("0.00"),
+            }),
+            vec![CREDIT_NOTE_ISSUED],
+        ),
+        (
+            "refund",
+            invoice_event(InvoiceEvent::CreditNoteIssued {
+                credit_note: CreditNote {
+                    credit_note_id: "cn_2".into(),
+                    number: "CN-000002".into(),
+                    amount: dec("10.00"),
+                    reason: CreditReason::Refund,
+                    refund: true,
+                    to_amount_due: dec("0.00"),
+                    to_credit: dec("0.00"),
+                    refunded: dec("10.00"),
+                    reference: Some("stripe:re_1".into()),
+                    issued_at: t("2026-02-06T00:00:00Z"),
+                },
+                customer_id: "cus_1".into(),
+                currency: eur(),
+                amount_credited: dec("25.00"),
+                amount_refunded: dec("10.00"),
+                amount_due: dec("0.00"),
+            }),
+            vec![CREDIT_NOTE_ISSUED],
+        ),
+        (
+            "provider payment received",
+            stored(
+                "provider_payment",
+                "ppy_1",
+                "ProviderPaymentReceived",
+                &ProviderPaymentEvent::ProviderPaymentReceived {
+                    provider: "stripe".into(),
+                    payment_id: "pi_1".into(),
+                    reference: "stripe:pi_1".into(),
+                    currency: eur(),
+                    customer_id: "cus_1".into(),
+                    invoice_id: Some("inv_1".into()),
+                    amount: dec("30.00"),
+                    applied: dec("25.00"),
+                    credited: dec("5.00"),
+                    received_at: t("2026-02-06T00:00:00Z"),
+                },
+            ),
+            vec![PAYMENT_RECEIVED],
+        ),
+        (
+            "provider payment refunded",
+            stored(
+                "provider_payment",
+                "ppy_1",
+                "ProviderPaymentRefunded",
+                &ProviderPaymentEvent::ProviderPaymentRefunded {
+                    payment_id: "pi_1".into(),
+                    refund_id: "re_1".into(),
+                    currency: eur(),
+                    customer_id: "cus_1".into(),
+                    invoice_id: Some("inv_1".into()),
+                    amount: dec("10.00"),
+                    refunded: dec("10.00"),
+                    refunded_at: t("2026-02-07T00:00:00Z"),
+                },
+            ),
+            vec![PAYMENT_REFUNDED],
+        ),
+        (
+            "inbound notice recorded",
+            stored(
+                "inbound_notice",
+                "ibn_1",
+                "InboundNoticeRecorded",
+                &InboundNoticeEvent::InboundNoticeRecorded {
+                    provider: "stripe".into(),
+                    provider_event_id: "evt_1".into(),
+                    event_type: "payment_intent.succeeded".into(),
+                    outcome: "applied".into(),
+                    payment_reference: Some("stripe:pi_1".into()),
+                    raw_payload: "{}".into(),
+                    signature_header: "t=1,v1=00".into(),
+                    received_at: t("2026-02-06T00:00:00Z"),
+                },
+            ),
+            vec![],
+        ),
+        (
+            "credit note number assigned",
+            stored(
+                "invoice_numbering",
+                "invoice_numbers",
+                "CreditNoteNumberAssigned",
+                &NumberingEvent::CreditNoteNumberAssigned {
+                    invoice_id: "inv_1".into(),
+                    credit_note_id: "cn_1".into(),
+                    sequence: 1,
+                    number: "CN-000001".into(),
+                    at: t("2026-02-05T00:00:00Z"),
+                },
+            ),
+            vec![],
+        ),
+        (
+            "customer credit applied",
+            stored(
+                "invoice_numbering",
+                "invoice_numbers",
+                "CustomerCreditChanged",
+                &NumberingEvent::CustomerCreditChanged {
+                    customer_id: "cus_1".into(),
+                    currency: eur(),
+                    amount: dec("-5.00"),
+                    balance: dec("0.00"),
+                    source: CreditSource::AppliedToInvoice {
+                        invoice_id: "inv_2".into(),
+                    },
+                    at: t("2026-03-01T00:00:00Z"),
+                },
+            ),
+            vec![CUSTOMER_CREDIT_CHANGED],
         ),
         (
             "invoice paid",
@@ -1694,6 +1910,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
         &mut invoice,
         InvoiceCommand::Issue {
             number: 7,
+            available_credit: rust_decimal::Decimal::ZERO,
             at: t("2026-02-01T00:00:00Z"),
             customer: None,
         },
@@ -1705,6 +1922,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
             amount: dec("12.50"),
             reference: "ch_1".into(),
             captured_at: t("2026-02-02T00:00:00Z"),
+            excess_to_credit: false,
             at: t("2026-02-02T00:00:01Z"),
         },
     );

@@ -1,18 +1,25 @@
 //! Customer balances: an accounts-receivable journal in double entry
 //! (`rm_journal`) and the balance per customer and currency folded from it
-//! (`rm_balances`).
+//! (`rm_balances`), keyed by customer id.
 //!
-//! | invoice event | debit | credit |
+//! | event | debit | credit |
 //! |---|---|---|
 //! | issued, total T > 0 | receivable T | revenue T |
 //! | issued, total T < 0 (a credit) | revenue −T | customer_credit −T |
-//! | payment A | cash A | receivable A |
+//! | issued with applied credit C | customer_credit C | receivable C |
+//! | payment A (of which X beyond the amount due) | cash A − X, cash X | receivable A − X, customer_credit X |
 //! | voided (nothing paid), total T | revenue T | receivable T |
 //! | uncollectible, amount due D | bad_debt D | receivable D |
+//! | credit note: D off the amount due, C to credit, R refunded | credit_notes D, C, R | receivable D, customer_credit C, cash R |
+//! | payment not applied to an invoice, A (ledger stream) | cash A | customer_credit A |
+//! | a provider's refund R of a payment that became credit (ledger stream) | customer_credit R | cash R |
 //!
-//! Each entry is two rows of the same amount keyed by the event id, so the
-//! journal's debits equal its credits after every event, and a replayed event
-//! writes nothing twice.
+//! Each movement is two rows (a debit and a credit leg) of the same amount
+//! keyed by the event id and the movement's index, so the journal's debits
+//! equal its credits after every event, and a replayed event writes nothing
+//! twice. Credit applied and granted through the ledger stream
+//! (`invoice_numbering`) is journaled from the invoice event it goes with;
+//! only a payment that reached no invoice is journaled from the ledger.
 
 use std::str::FromStr;
 
@@ -20,7 +27,7 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
-use tally_aggregates::invoice::InvoiceEvent;
+use tally_aggregates::invoice::{CreditSource, InvoiceEvent, NumberingEvent};
 use tally_aggregates::Currency;
 
 use crate::db::{Db, DbError};
@@ -38,6 +45,8 @@ pub mod account {
     pub const CASH: &str = "cash";
     pub const BAD_DEBT: &str = "bad_debt";
     pub const CUSTOMER_CREDIT: &str = "customer_credit";
+    /// Revenue taken back by credit notes (a contra-revenue account).
+    pub const CREDIT_NOTES: &str = "credit_notes";
 }
 
 /// A customer's balance in one currency.
@@ -47,6 +56,7 @@ pub struct Balance {
     /// Totals of issued invoices (positive totals).
     #[serde(with = "rust_decimal::serde::str")]
     pub invoiced: Decimal,
+    /// Money received from the customer, whether or not it reached an invoice.
     #[serde(with = "rust_decimal::serde::str")]
     pub paid: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
@@ -54,10 +64,17 @@ pub struct Balance {
     /// Amounts due written off as uncollectible.
     #[serde(with = "rust_decimal::serde::str")]
     pub written_off: Decimal,
-    /// Credits from invoices with a negative total (owed to the customer).
+    /// The sum of credit notes (refunds included).
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub credited: Decimal,
+    /// The part of credit notes paid back.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub refunded: Decimal,
+    /// Money the customer has with us (negative invoices, unapplied
+    /// payments, credit notes to balance), less what later invoices applied.
     #[serde(with = "rust_decimal::serde::str")]
     pub credit: Decimal,
-    /// The receivable: invoiced − paid − voided − written off.
+    /// The receivable: what issued invoices still ask for.
     #[serde(with = "rust_decimal::serde::str")]
     pub outstanding: Decimal,
 }
@@ -71,9 +88,31 @@ impl Balance {
             paid: z,
             voided: z,
             written_off: z,
+            credited: z,
+            refunded: z,
             credit: z,
             outstanding: z,
         }
+    }
+
+    /// Every figure at the currency's scale: a row written before a field
+    /// existed, and sums with a zero (`Decimal` may drop the scale of
+    /// `0.00 + 0`), print as "0.00".
+    fn rescaled(mut self) -> Balance {
+        let c = self.currency;
+        for v in [
+            &mut self.invoiced,
+            &mut self.paid,
+            &mut self.voided,
+            &mut self.written_off,
+            &mut self.credited,
+            &mut self.refunded,
+            &mut self.credit,
+            &mut self.outstanding,
+        ] {
+            *v = tally_aggregates::money::round_to_minor(*v, c);
+        }
+        self
     }
 }
 
@@ -90,102 +129,208 @@ pub struct JournalEntry {
     pub recorded_at: String,
 }
 
-/// The money movement of one invoice event.
-struct Posting<'a> {
-    customer_id: &'a str,
-    currency: Currency,
+/// One movement: a debit and a credit of one amount.
+struct Movement {
     debit_account: &'static str,
     credit_account: &'static str,
     amount: Decimal,
-    change: fn(&mut Balance, Decimal),
 }
 
-fn posting(event: &InvoiceEvent) -> Option<Posting<'_>> {
+/// The money movements of one event, and what they change in the balance.
+struct Posting<'a> {
+    customer_id: &'a str,
+    currency: Currency,
+    /// The invoice the movements belong to (`None`: the event's stream).
+    invoice_id: Option<&'a str>,
+    movements: Vec<Movement>,
+    change: Box<dyn Fn(&mut Balance) + Send + Sync + 'a>,
+}
+
+fn movement(
+    debit_account: &'static str,
+    credit_account: &'static str,
+    amount: Decimal,
+) -> Movement {
+    Movement {
+        debit_account,
+        credit_account,
+        amount,
+    }
+}
+
+fn invoice_posting(event: &InvoiceEvent) -> Option<Posting<'_>> {
     use account::*;
     let p = match event {
         InvoiceEvent::InvoiceIssued {
             customer_id,
             currency,
             total,
+            applied_credit,
             ..
-        } if *total > Decimal::ZERO => Posting {
-            customer_id,
-            currency: *currency,
-            debit_account: RECEIVABLE,
-            credit_account: REVENUE,
-            amount: *total,
-            change: |b, a| {
-                b.invoiced += a;
-                b.outstanding += a;
-            },
-        },
-        InvoiceEvent::InvoiceIssued {
-            customer_id,
-            currency,
-            total,
-            ..
-        } if *total < Decimal::ZERO => Posting {
-            customer_id,
-            currency: *currency,
-            debit_account: REVENUE,
-            credit_account: CUSTOMER_CREDIT,
-            amount: -*total,
-            change: |b, a| b.credit += a,
-        },
+        } => {
+            let (total, applied) = (*total, *applied_credit);
+            let mut movements = Vec::new();
+            if total > Decimal::ZERO {
+                movements.push(movement(RECEIVABLE, REVENUE, total));
+            } else if total < Decimal::ZERO {
+                movements.push(movement(REVENUE, CUSTOMER_CREDIT, -total));
+            }
+            if !applied.is_zero() {
+                movements.push(movement(CUSTOMER_CREDIT, RECEIVABLE, applied));
+            }
+            Posting {
+                customer_id,
+                currency: *currency,
+                invoice_id: None,
+                movements,
+                change: Box::new(move |b| {
+                    if total > Decimal::ZERO {
+                        b.invoiced += total;
+                        b.outstanding += total;
+                    } else {
+                        b.credit -= total;
+                    }
+                    b.credit -= applied;
+                    b.outstanding -= applied;
+                }),
+            }
+        }
         InvoiceEvent::PaymentRecorded {
             payment,
             customer_id,
             currency,
+            credited,
             ..
-        } => Posting {
-            customer_id,
-            currency: *currency,
-            debit_account: CASH,
-            credit_account: RECEIVABLE,
-            amount: payment.amount,
-            change: |b, a| {
-                b.paid += a;
-                b.outstanding -= a;
-            },
-        },
+        } => {
+            let (applied, credited) = (payment.amount, *credited);
+            Posting {
+                customer_id,
+                currency: *currency,
+                invoice_id: None,
+                movements: vec![
+                    movement(CASH, RECEIVABLE, applied),
+                    movement(CASH, CUSTOMER_CREDIT, credited),
+                ],
+                change: Box::new(move |b| {
+                    b.paid += applied + credited;
+                    b.outstanding -= applied;
+                    b.credit += credited;
+                }),
+            }
+        }
         InvoiceEvent::InvoiceVoided {
             customer_id,
             currency,
             amount,
             ..
-        } => Posting {
-            customer_id,
-            currency: *currency,
-            debit_account: REVENUE,
-            credit_account: RECEIVABLE,
-            amount: *amount,
-            change: |b, a| {
-                b.voided += a;
-                b.outstanding -= a;
-            },
-        },
+        } => {
+            let amount = *amount;
+            Posting {
+                customer_id,
+                currency: *currency,
+                invoice_id: None,
+                movements: vec![movement(REVENUE, RECEIVABLE, amount)],
+                change: Box::new(move |b| {
+                    b.voided += amount;
+                    b.outstanding -= amount;
+                }),
+            }
+        }
         InvoiceEvent::InvoiceMarkedUncollectible {
             customer_id,
             currency,
             amount,
             ..
-        } => Posting {
+        } => {
+            let amount = *amount;
+            Posting {
+                customer_id,
+                currency: *currency,
+                invoice_id: None,
+                movements: vec![movement(BAD_DEBT, RECEIVABLE, amount)],
+                change: Box::new(move |b| {
+                    b.written_off += amount;
+                    b.outstanding -= amount;
+                }),
+            }
+        }
+        InvoiceEvent::CreditNoteIssued {
+            credit_note,
             customer_id,
-            currency: *currency,
-            debit_account: BAD_DEBT,
-            credit_account: RECEIVABLE,
-            amount: *amount,
-            change: |b, a| {
-                b.written_off += a;
-                b.outstanding -= a;
-            },
-        },
-        InvoiceEvent::InvoiceIssued { .. }
-        | InvoiceEvent::InvoiceCreated { .. }
+            currency,
+            ..
+        } => {
+            let note = credit_note.clone();
+            Posting {
+                customer_id,
+                currency: *currency,
+                invoice_id: None,
+                movements: vec![
+                    movement(CREDIT_NOTES, RECEIVABLE, note.to_amount_due),
+                    movement(CREDIT_NOTES, CUSTOMER_CREDIT, note.to_credit),
+                    movement(CREDIT_NOTES, CASH, note.refunded),
+                ],
+                change: Box::new(move |b| {
+                    b.credited += note.amount;
+                    b.refunded += note.refunded;
+                    b.outstanding -= note.to_amount_due;
+                    b.credit += note.to_credit;
+                }),
+            }
+        }
+        InvoiceEvent::InvoiceCreated { .. }
         | InvoiceEvent::LineAdded { .. }
         | InvoiceEvent::InvoicePaid { .. } => return None,
     };
-    (!p.amount.is_zero()).then_some(p)
+    Some(p)
+}
+
+fn ledger_posting(event: &NumberingEvent) -> Option<Posting<'_>> {
+    use account::*;
+    match event {
+        NumberingEvent::CustomerCreditChanged {
+            customer_id,
+            currency,
+            amount,
+            source: CreditSource::UnappliedPayment { invoice_id, .. },
+            ..
+        } => {
+            let amount = *amount;
+            Some(Posting {
+                customer_id,
+                currency: *currency,
+                invoice_id: invoice_id.as_deref(),
+                movements: vec![movement(CASH, CUSTOMER_CREDIT, amount)],
+                change: Box::new(move |b| {
+                    b.paid += amount;
+                    b.credit += amount;
+                }),
+            })
+        }
+        NumberingEvent::CustomerCreditChanged {
+            customer_id,
+            currency,
+            amount,
+            source: CreditSource::RefundedPayment { .. },
+            ..
+        } => {
+            let amount = -*amount;
+            Some(Posting {
+                customer_id,
+                currency: *currency,
+                invoice_id: None,
+                movements: vec![movement(CUSTOMER_CREDIT, CASH, amount)],
+                change: Box::new(move |b| {
+                    b.refunded += amount;
+                    b.credit -= amount;
+                }),
+            })
+        }
+        // Journaled from the invoice event appended with it.
+        NumberingEvent::CustomerCreditChanged { .. }
+        | NumberingEvent::InvoiceNumberAssigned { .. }
+        | NumberingEvent::CreditNoteNumberAssigned { .. } => None,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -202,7 +347,7 @@ impl Projector for BalanceProjector {
     }
 
     fn handles(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == "invoice"
+        event.aggregate_type == "invoice" || event.aggregate_type == "invoice_numbering"
     }
 
     async fn apply(
@@ -211,40 +356,66 @@ impl Projector for BalanceProjector {
         t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
-        if event.aggregate_type != "invoice" {
-            return Ok(());
-        }
-        let decoded: InvoiceEvent = event
-            .decode()
-            .map_err(|e| ProjectionError::decode(event, e))?;
-        let Some(p) = posting(&decoded) else {
+        let invoice_event: InvoiceEvent;
+        let ledger_event: NumberingEvent;
+        let posting = match event.aggregate_type.as_str() {
+            "invoice" => {
+                invoice_event = event
+                    .decode()
+                    .map_err(|e| ProjectionError::decode(event, e))?;
+                invoice_posting(&invoice_event)
+            }
+            "invoice_numbering" => {
+                ledger_event = event
+                    .decode()
+                    .map_err(|e| ProjectionError::decode(event, e))?;
+                ledger_posting(&ledger_event)
+            }
+            _ => None,
+        };
+        let Some(p) = posting else {
             return Ok(());
         };
-        let amount = p.amount.to_string();
+        if p.movements.iter().all(|m| m.amount.is_zero()) {
+            return Ok(());
+        }
+        let invoice_id = p.invoice_id.unwrap_or_else(|| event.resource_id());
         let mut inserted = 0;
-        for (leg, account, debit, credit) in [
-            ("debit", p.debit_account, amount.as_str(), "0"),
-            ("credit", p.credit_account, "0", amount.as_str()),
-        ] {
-            inserted += sqlx::query(
-                &t.sql("INSERT INTO rm_journal (tenant, event_id, leg, position, customer_id, currency, invoice_id, \
-                 account, debit, credit, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (tenant, event_id, leg) DO NOTHING"),
-            )
-            .bind(&event.tenant)
-            .bind(&event.event_id)
-            .bind(leg)
-            .bind(event.position)
-            .bind(p.customer_id)
-            .bind(p.currency.code())
-            .bind(event.resource_id())
-            .bind(account)
-            .bind(debit)
-            .bind(credit)
-            .bind(&event.recorded_at)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+        for (index, m) in p.movements.iter().enumerate() {
+            if m.amount.is_zero() {
+                continue;
+            }
+            let amount = m.amount.to_string();
+            // The first movement keeps the legs' original names.
+            let suffix = if index == 0 {
+                String::new()
+            } else {
+                format!(":{index}")
+            };
+            for (leg, account, debit, credit) in [
+                ("debit", m.debit_account, amount.as_str(), "0"),
+                ("credit", m.credit_account, "0", amount.as_str()),
+            ] {
+                inserted += sqlx::query(
+                    &t.sql("INSERT INTO rm_journal (tenant, event_id, leg, position, customer_id, currency, invoice_id, \
+                     account, debit, credit, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (tenant, event_id, leg) DO NOTHING"),
+                )
+                .bind(&event.tenant)
+                .bind(&event.event_id)
+                .bind(format!("{leg}{suffix}"))
+                .bind(event.position)
+                .bind(p.customer_id)
+                .bind(p.currency.code())
+                .bind(invoice_id)
+                .bind(account)
+                .bind(debit)
+                .bind(credit)
+                .bind(&event.recorded_at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            }
         }
         if inserted == 0 {
             // Applied before: the balance already has it.
@@ -263,10 +434,12 @@ impl Projector for BalanceProjector {
                 let body: String = row.try_get("body")?;
                 serde_json::from_str::<Balance>(&body)
                     .map_err(|e| ProjectionError::decode(event, e))?
+                    .rescaled()
             }
             None => Balance::zero(p.currency),
         };
-        (p.change)(&mut balance, p.amount);
+        (p.change)(&mut balance);
+        let balance = balance.rescaled();
         let body =
             serde_json::to_string(&balance).map_err(|e| ProjectionError::decode(event, e))?;
         sqlx::query(

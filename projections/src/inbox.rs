@@ -255,7 +255,8 @@ async fn invoice(
         | InvoiceEvent::LineAdded { .. }
         | InvoiceEvent::PaymentRecorded { .. }
         | InvoiceEvent::InvoiceVoided { .. }
-        | InvoiceEvent::InvoiceMarkedUncollectible { .. } => return Ok(()),
+        | InvoiceEvent::InvoiceMarkedUncollectible { .. }
+        | InvoiceEvent::CreditNoteIssued { .. } => return Ok(()),
     };
     deliver(
         conn,

@@ -17,7 +17,7 @@ use tally_aggregates::{
 use tally_projections::{Db, EventLog, StoredEvent};
 
 /// The stream types `audit` reads.
-const TYPES: [&str; 9] = [
+const TYPES: [&str; 11] = [
     "plan",
     "subscription",
     "customer",
@@ -27,11 +27,14 @@ const TYPES: [&str; 9] = [
     "inbox",
     "invoice_numbering",
     "api_key",
+    "inbound_notice",
+    "provider_payment",
 ];
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// plan, subscription, customer, invoice, usage_record, ticket, inbox, invoice_numbering or api_key
+    /// plan, subscription, customer, invoice, usage_record, ticket, inbox, invoice_numbering,
+    /// api_key, inbound_notice or provider_payment
     #[arg(value_name = "TYPE")]
     kind: String,
     /// The resource id (e.g. sub_…); for an inbox, the recipient.
@@ -93,6 +96,8 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
         "ticket" => timeline::<Ticket>(events)?,
         "inbox" => timeline::<Inbox>(events)?,
         "api_key" => timeline::<AccessKey>(events)?,
+        "inbound_notice" => timeline::<tally_aggregates::InboundNotice>(events)?,
+        "provider_payment" => timeline::<tally_aggregates::ProviderPayment>(events)?,
         _ => timeline::<InvoiceNumbering>(events)?,
     };
     if args.json {

@@ -14,8 +14,11 @@
 //! totals; invoice numbers 1..N per tenant with no gap or duplicate, every
 //! issued invoice numbered; one billing invoice per activation and renewal;
 //! at most one non-payment suspension per past-due crossing; one effect
-//! per Idempotency-Key (and its replay answers the first response); every
-//! read model equal to a fresh rebuild.
+//! per Idempotency-Key (and its replay answers the first response); no
+//! provider payment recorded twice however often (and however
+//! concurrently) its signed notification was delivered around the kills,
+//! and every delivered one recorded; every read model equal to a fresh
+//! rebuild.
 //!
 //! Time: the manual clock lives in the process, so a restart passes
 //! `--clock-start` = the latest time the test asked the clock to reach;
@@ -108,8 +111,20 @@ struct Pending {
     in_flight: bool,
 }
 
+/// A provider notification the test sent (tenant `default`, Stripe).
+#[derive(Debug, Clone)]
+struct ProviderSend {
+    event_id: String,
+    payment_id: String,
+    invoice_id: String,
+    amount_minor: i64,
+    /// Answered 200 at least once.
+    delivered: bool,
+}
+
 #[derive(Default)]
 struct Ledger {
+    provider: Vec<ProviderSend>,
     acks: Vec<Ack>,
     keyed: Vec<Keyed>,
     /// Answers that must never happen (500, an unknown 5xx, read-your-writes
@@ -132,6 +147,8 @@ struct Shared {
     /// The clock as the server last answered it.
     clock_now: Mutex<DateTime<Utc>>,
     keys: AtomicU64,
+    /// Tenant `default`'s Stripe webhook path and secret.
+    stripe: (String, String),
 }
 
 enum Sent {
@@ -427,6 +444,7 @@ impl Client {
             65..=74 => self.manual_invoice(tenant, key).await,
             75..=80 => self.ticket(tenant, key).await,
             81..=85 => self.read_inbox(tenant, key).await,
+            86..=89 => self.provider_payment().await,
             _ => self.queries(tenant).await,
         }
     }
@@ -579,6 +597,44 @@ impl Client {
             sh.command(tenant, &format!("/v1/invoices/{id}/payments"), body, key)
                 .await;
         }
+    }
+
+    /// A signed Stripe payment for one of this client's invoices of tenant
+    /// `default` (in any status: an invoice not open makes it credit),
+    /// delivered once, twice in a row or twice at once.
+    async fn provider_payment(&mut self) {
+        let mine: Vec<String> = self
+            .invoices
+            .iter()
+            .filter(|(t, _)| *t == 0)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let invoice_id = if mine.is_empty() {
+            "inv_unknown".to_string()
+        } else {
+            mine[self.rng.gen_range(0..mine.len())].clone()
+        };
+        let send = ProviderSend {
+            event_id: format!("evt-{}-{}", self.me, self.n),
+            payment_id: format!("pi-{}-{}", self.me, self.n),
+            invoice_id,
+            amount_minor: self.rng.gen_range(100..5_000),
+            delivered: false,
+        };
+        let sh = self.sh.clone();
+        let delivered = match self.rng.gen_range(0..3) {
+            0 => deliver(&sh, &send).await,
+            1 => deliver(&sh, &send).await | deliver(&sh, &send).await,
+            _ => {
+                let (a, b) = tokio::join!(deliver(&sh, &send), deliver(&sh, &send));
+                a | b
+            }
+        };
+        sh.ledger
+            .lock()
+            .expect("ledger")
+            .provider
+            .push(ProviderSend { delivered, ..send });
     }
 
     /// A manual invoice drafted, or one drafted before given a line,
@@ -760,6 +816,99 @@ async fn clock_task(sh: Arc<Shared>) {
     }
 }
 
+/// Sends a provider notification signed as Stripe signs, at the server's
+/// clock; true when it was answered 200. A kill (no answer, 503), a clock
+/// step past the tolerance (400) or a lost race (409) leaves it undelivered,
+/// to be sent again.
+async fn deliver(sh: &Shared, send: &ProviderSend) -> bool {
+    use hmac::{Hmac, Mac};
+    let body = json!({"id": send.event_id, "type": "payment_intent.succeeded",
+        "data": {"object": {"id": send.payment_id, "amount_received": send.amount_minor,
+            "currency": "eur", "metadata": {"tally_invoice_id": send.invoice_id}}}})
+    .to_string();
+    let at = sh.clock_now.lock().expect("clock").timestamp();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(sh.stripe.1.as_bytes()).expect("key");
+    mac.update(format!("{at}.{body}").as_bytes());
+    let signature = format!("t={at},v1={}", hex::encode(mac.finalize().into_bytes()));
+    let answer = sh
+        .client
+        .post(format!("{}{}", sh.base, sh.stripe.0))
+        .header("content-type", "application/json")
+        .header("Stripe-Signature", signature)
+        .body(body)
+        .send()
+        .await;
+    let Ok(r) = answer else {
+        sh.count("provider lost");
+        return false;
+    };
+    let status = r.status().as_u16();
+    sh.count(&format!("provider {status}"));
+    match status {
+        200 => true,
+        400 | 409 | 503 => false,
+        other => {
+            let text = r.text().await.unwrap_or_default();
+            sh.fail(format!("provider notification: {other} {text}"));
+            false
+        }
+    }
+}
+
+/// No provider payment recorded twice, every delivered one recorded once:
+/// one `ProviderPaymentReceived` per payment, one invoice payment per
+/// reference, one `InboundNoticeRecorded` per provider event.
+fn provider_payments_once(events: &[StoredEvent], sends: &[ProviderSend]) {
+    let mut received: BTreeMap<String, usize> = BTreeMap::new();
+    let mut notices: BTreeMap<String, usize> = BTreeMap::new();
+    let mut references: BTreeMap<String, usize> = BTreeMap::new();
+    for e in events {
+        match (e.aggregate_type.as_str(), e.event_type.as_str()) {
+            ("provider_payment", "ProviderPaymentReceived") => {
+                let id = e.payload["ProviderPaymentReceived"]["payment_id"]
+                    .as_str()
+                    .unwrap_or_default();
+                *received.entry(id.to_string()).or_default() += 1;
+            }
+            ("inbound_notice", "InboundNoticeRecorded") => {
+                let id = e.payload["InboundNoticeRecorded"]["provider_event_id"]
+                    .as_str()
+                    .unwrap_or_default();
+                *notices.entry(id.to_string()).or_default() += 1;
+            }
+            ("invoice", "PaymentRecorded") => {
+                let r = e.payload["PaymentRecorded"]["payment"]["reference"]
+                    .as_str()
+                    .unwrap_or_default();
+                if r.starts_with("stripe:") {
+                    *references.entry(r.to_string()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    for (what, counts) in [
+        ("payment", &received),
+        ("notice", &notices),
+        ("invoice payment", &references),
+    ] {
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{what} recorded more than once: {twice:?}"
+        );
+    }
+    for s in sends.iter().filter(|s| s.delivered) {
+        assert_eq!(received.get(&s.payment_id), Some(&1), "{s:?}");
+        assert_eq!(notices.get(&s.event_id), Some(&1), "{s:?}");
+    }
+    println!(
+        "{} provider payments delivered, {} recorded",
+        sends.iter().filter(|s| s.delivered).count(),
+        received.len()
+    );
+}
+
 fn serve_options(db: &TestDb, clock_start: DateTime<Utc>) -> ServeOptions {
     let mut o = ServeOptions::new(tally_bin!(), &db.url);
     o.clock_start = Some(clock_start);
@@ -834,7 +983,20 @@ async fn crash_rounds(backend: Backend) {
                 .push(v["id"].as_str().expect("plan id").to_string());
         }
     }
+    // Tenant `default` takes Stripe payments.
+    let stripe_secret = "whsec_crash_test".to_string();
+    let r = client
+        .put(format!("{}/v1/payment-providers/stripe", server.base))
+        .bearer_auth(&tenants[0].key)
+        .json(&json!({"webhook_secret": stripe_secret}))
+        .send()
+        .await
+        .expect("configure stripe");
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.expect("provider");
+    let stripe_hook = v["webhook_url"].as_str().expect("webhook_url").to_string();
     let sh = Arc::new(Shared {
+        stripe: (stripe_hook, stripe_secret),
         base: server.base.clone(),
         client,
         tenants,
@@ -876,6 +1038,20 @@ async fn crash_rounds(backend: Backend) {
         task.await.expect("client task");
     }
     let orphans = drain(&sh).await;
+    // Provider notifications the kills hid are delivered again (providers
+    // retry until they get a 200); each has one effect in all.
+    let sends = std::mem::take(&mut sh.ledger.lock().expect("ledger").provider);
+    let mut redelivered = Vec::new();
+    for mut send in sends {
+        for _ in 0..20 {
+            if send.delivered {
+                break;
+            }
+            send.delivered = deliver(&sh, &send).await;
+        }
+        assert!(send.delivered, "never delivered: {send:?}");
+        redelivered.push(send);
+    }
     replays_answer_the_first_response(&sh).await;
     settle(&sh).await;
     server.kill();
@@ -904,6 +1080,7 @@ async fn crash_rounds(backend: Backend) {
     one_invoice_per_billing_event(&events);
     one_suspension_per_crossing(&events);
     one_effect_per_key(&events, &ledger.keyed);
+    provider_payments_once(&events, &redelivered);
     let conn = db.connect().await;
     assert_read_models_equal_rebuild(&conn).await;
     conn.close().await;

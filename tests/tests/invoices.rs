@@ -1599,6 +1599,7 @@ async fn openapi_lists_invoice_paths(backend: Backend) {
         ("/v1/invoices/{id}/lines", "post"),
         ("/v1/invoices/{id}/issue", "post"),
         ("/v1/invoices/{id}/payments", "post"),
+        ("/v1/invoices/{id}/credit-notes", "post"),
         ("/v1/invoices/{id}/void", "post"),
         ("/v1/invoices/{id}/mark-uncollectible", "post"),
         ("/v1/customers/{customer_id}/balance", "get"),
@@ -1616,6 +1617,7 @@ async fn openapi_lists_invoice_paths(backend: Backend) {
         "InvoiceDto",
         "CreateInvoiceRequest",
         "PaymentRequest",
+        "CreditNoteRequest",
         "CustomerBalanceDto",
     ] {
         assert!(schemas.contains_key(s), "OpenAPI lacks schema {s}");

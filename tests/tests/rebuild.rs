@@ -30,7 +30,8 @@ fn ok(r: &tally_tests::Resp, status: u16) -> Value {
 /// invoices copy their details), subscriptions through renewals, one in its
 /// trial, plan and seat changes, usage with overage (below the hard cap: a quota suspension would be resumed by a
 /// timer, after the workload has settled) and a void, invoices paid, partly paid, voided and written off, a past-due
-/// suspension, tickets with comments and moves, and inbox read state.
+/// suspension, credit notes (credit carried to a renewal, a refund), tickets
+/// with comments and moves, and inbox read state.
 async fn mixed_workload(app: &TestApp) {
     let key = &app.admin_key;
     let basic = app.standard_plan().await;
@@ -201,6 +202,27 @@ async fn mixed_workload(app: &TestApp) {
             .await,
             200,
         );
+    }
+    // Credit notes on one paid subscription invoice: 2.00 to the customer's
+    // credit (applied to its renewal), 1.00 refunded.
+    app.settle().await;
+    let paid = ok(
+        &app.get(key, "/v1/invoices?status=paid&customer_id=cus_1&limit=1")
+            .await,
+        200,
+    );
+    if let Some(inv) = paid["data"].as_array().unwrap().first() {
+        let id = inv["id"].as_str().unwrap();
+        for body in [
+            json!({"amount": "2.00", "reason": "order_change"}),
+            json!({"amount": "1.00", "reason": "refund", "refund": true}),
+        ] {
+            ok(
+                &app.post(key, &format!("/v1/invoices/{id}/credit-notes"), body)
+                    .await,
+                200,
+            );
+        }
     }
     for to in ["2026-02-16T09:00:00Z", "2026-03-01T09:00:00Z"] {
         ok(&app.advance_clock(key, json!({"to": to})).await, 200);

@@ -12,7 +12,7 @@ use crate::AppState;
 
 /// The stream types of API.md § Audit and their id prefixes (none for
 /// customers: their ids are the client's own).
-pub const STREAM_TYPES: [(&str, &str); 8] = [
+pub const STREAM_TYPES: [(&str, &str); 11] = [
     ("plan", "plan"),
     ("subscription", "sub"),
     ("customer", ""),
@@ -21,6 +21,13 @@ pub const STREAM_TYPES: [(&str, &str); 8] = [
     ("ticket", "tkt"),
     ("inbox", "inbox"),
     ("api_key", "key"),
+    // The tenant's billing ledger (`invoice_numbers`): invoice and credit
+    // note numbers, customer credit.
+    ("invoice_numbering", "invoice_numbers"),
+    // What payment providers said (raw payload and signature header kept)
+    // and the payments and refunds they reported.
+    ("inbound_notice", "ibn"),
+    ("provider_payment", "ppy"),
 ];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -245,6 +252,11 @@ pub async fn state_at(
         ))?,
         "inbox" => to_value(Some(fold::<Inbox>(&events)?))?,
         "api_key" => to_value(Some(fold::<tally_aggregates::AccessKey>(&events)?))?,
+        "invoice_numbering" => {
+            to_value(Some(fold::<tally_aggregates::InvoiceNumbering>(&events)?))?
+        }
+        "inbound_notice" => to_value(Some(fold::<tally_aggregates::InboundNotice>(&events)?))?,
+        "provider_payment" => to_value(Some(fold::<tally_aggregates::ProviderPayment>(&events)?))?,
         _ => return Err(ApiError::NotFound),
     };
     Ok(axum::Json(StateAtDto {

@@ -1,5 +1,5 @@
 //! Invoice endpoints: create a draft, add lines, issue, record payments,
-//! void, mark uncollectible, list and detail; and the customer balance and
+//! credit notes, void, mark uncollectible, list and detail; and the customer balance and
 //! journal (the accounts-receivable read model).
 
 use axum::extract::State;
@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_aggregates::invoice::{
-    Invoice, InvoiceCommand, InvoiceStatus, LineKind, NewLine, MAX_LINES,
+    CreditReason, Invoice, InvoiceCommand, InvoiceStatus, LineKind, NewLine, MAX_LINES,
 };
 use tally_aggregates::Currency;
-use tally_commands::invoices::{self, PaymentNotice};
+use tally_commands::invoices::{self, CreditNoteRequest as CreditNoteOrder, PaymentNotice};
 use tally_commands::{ids, Executed};
 use tally_projections::balances;
 use utoipa::ToSchema;
@@ -90,6 +90,20 @@ pub struct PaymentRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct CreditNoteRequest {
+    /// Decimal string, more than 0; with the invoice's other credit notes at
+    /// most its total; with `refund`, at most what was paid and not refunded.
+    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
+    pub amount: String,
+    /// duplicate | fraudulent | order_change | product_unsatisfactory | refund
+    #[schema(pattern = "^(duplicate|fraudulent|order_change|product_unsatisfactory|refund)$")]
+    pub reason: String,
+    /// Pays the amount back instead of crediting it (default false).
+    pub refund: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VoidRequest {
     pub reason: String,
 }
@@ -115,6 +129,26 @@ pub struct PaymentDto {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct CreditNoteDto {
+    pub id: String,
+    /// `CN-000001`, gapless per tenant.
+    pub number: String,
+    pub amount: String,
+    /// duplicate | fraudulent | order_change | product_unsatisfactory | refund
+    pub reason: String,
+    pub refund: bool,
+    /// The part that lowered the amount due.
+    pub to_amount_due: String,
+    /// The part that became customer credit.
+    pub to_credit: String,
+    /// The part paid back.
+    pub refunded: String,
+    /// The source's reference (a payment provider's refund), if any.
+    pub reference: Option<String>,
+    pub issued_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InvoiceDto {
     pub id: String,
     /// `INV-000042` once issued.
@@ -129,9 +163,16 @@ pub struct InvoiceDto {
     pub lines: Vec<LineDto>,
     pub subtotal: String,
     pub total: String,
+    /// Customer credit applied when it was issued.
+    pub applied_credit: String,
     pub amount_paid: String,
+    /// The sum of its credit notes (refunds included).
+    pub amount_credited: String,
+    /// The part of its credit notes paid back.
+    pub amount_refunded: String,
     pub amount_due: String,
     pub payments: Vec<PaymentDto>,
+    pub credit_notes: Vec<CreditNoteDto>,
     pub due_days: u32,
     pub created_at: Option<DateTime<Utc>>,
     pub issued_at: Option<DateTime<Utc>>,
@@ -183,7 +224,10 @@ impl InvoiceDto {
                 .collect(),
             subtotal: s.subtotal.to_string(),
             total: s.total.to_string(),
+            applied_credit: s.applied_credit.to_string(),
             amount_paid: s.amount_paid.to_string(),
+            amount_credited: s.amount_credited.to_string(),
+            amount_refunded: s.amount_refunded.to_string(),
             amount_due: s.amount_due.to_string(),
             payments: s
                 .payments
@@ -194,6 +238,22 @@ impl InvoiceDto {
                     reference: p.reference.clone(),
                     captured_at: p.captured_at,
                     recorded_at: p.recorded_at,
+                })
+                .collect(),
+            credit_notes: s
+                .credit_notes
+                .iter()
+                .map(|n| CreditNoteDto {
+                    id: n.credit_note_id.clone(),
+                    number: n.number.clone(),
+                    amount: n.amount.to_string(),
+                    reason: n.reason.as_str().to_string(),
+                    refund: n.refund,
+                    to_amount_due: n.to_amount_due.to_string(),
+                    to_credit: n.to_credit.to_string(),
+                    refunded: n.refunded.to_string(),
+                    reference: n.reference.clone(),
+                    issued_at: n.issued_at,
                 })
                 .collect(),
             due_days: s.due_days,
@@ -358,6 +418,40 @@ pub async fn pay(
     respond(out, StatusCode::OK)
 }
 
+/// A credit note on an open or paid invoice (`CN-` numbers, gapless per tenant).
+#[utoipa::path(post, path = "/v1/invoices/{id}/credit-notes", tag = "invoices", operation_id = "invoices_credit_note", params(("id" = String, Path)),
+    request_body = CreditNoteRequest, responses((status = 200, body = InvoiceDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn credit_note(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    JsonBody(req): JsonBody<CreditNoteRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "inv")?;
+    let amount: Decimal = req
+        .amount
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::field("amount", "must be a decimal string, e.g. \"12.50\""))?;
+    let reason = CreditReason::parse(&req.reason).ok_or_else(|| {
+        let all: Vec<&str> = CreditReason::ALL.iter().map(|r| r.as_str()).collect();
+        ApiError::field("reason", format!("must be one of {}", all.join(", ")))
+    })?;
+    let order = CreditNoteOrder {
+        invoice_id: id,
+        amount,
+        reason,
+        refund: req.refund.unwrap_or(false),
+        reference: None,
+    };
+    let out =
+        invoices::issue_credit_note(&app.dispatcher, &ctx.meta, order, if_match(&headers)?).await?;
+    respond(out, StatusCode::OK)
+}
+
 #[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", operation_id = "invoices_void", params(("id" = String, Path)),
     request_body = VoidRequest, responses((status = 200, body = InvoiceDto), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn void(
@@ -474,9 +568,15 @@ pub struct BalanceDto {
     pub voided: String,
     /// Amounts due written off as uncollectible.
     pub written_off: String,
-    /// Credit owed to the customer (invoices with a negative total).
+    /// The sum of credit notes (refunds included).
+    pub credited: String,
+    /// The part of credit notes paid back.
+    pub refunded: String,
+    /// Money the customer has with us (unapplied payments, overpayments,
+    /// credit notes to balance, negative invoices), applied to their next
+    /// invoices in this currency when those are issued.
     pub credit: String,
-    /// invoiced − paid − voided − written off.
+    /// What issued invoices still ask for.
     pub outstanding: String,
 }
 
@@ -514,6 +614,8 @@ pub async fn balance(
             paid: b.paid.to_string(),
             voided: b.voided.to_string(),
             written_off: b.written_off.to_string(),
+            credited: b.credited.to_string(),
+            refunded: b.refunded.to_string(),
             credit: b.credit.to_string(),
             outstanding: b.outstanding.to_string(),
         })
@@ -527,7 +629,7 @@ pub struct JournalEntryDto {
     pub position: i64,
     pub invoice_id: String,
     pub currency: String,
-    /// receivable | revenue | cash | bad_debt | customer_credit
+    /// receivable | revenue | cash | bad_debt | customer_credit | credit_notes
     pub account: String,
     pub debit: String,
     pub credit: String,

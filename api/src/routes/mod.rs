@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod invoices;
 pub mod keys;
 pub mod ops;
+pub mod payments;
 pub mod plans;
 pub mod subscriptions;
 pub mod tickets;
