@@ -257,6 +257,9 @@ pub async fn run(
     Ok(outcomes.remove(0))
 }
 
+/// How often a rebuild stopped in front of an unproven hole reads again.
+const HOLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Rebuilds several projections blue/green in one pass over the log: each
 /// batch is read once and applied to every shadow that has not seen it yet
 /// (each in its own guarded transaction), then each is swapped in.
@@ -301,8 +304,26 @@ pub async fn run_all(
     }
     on_progress(&progress);
     let mut next_analyze = ANALYZE_FIRST;
+    // The rebuild reaches at least the head it started with. A read that
+    // comes back empty below it stopped in front of a hole not yet proven
+    // (a transaction still in flight, or one rolled back a moment ago): the
+    // rebuild waits for the proof instead of swapping in tables that stop
+    // short of it.
+    let head_at_start = progress.target;
+    let mut read_from = from;
     let mut batch = runtime.log().read_after(from, runtime.batch_size()).await?;
-    while let Some(last) = batch.last().map(|e| e.position) {
+    loop {
+        let Some(last) = batch.last().map(|e| e.position) else {
+            if read_from >= head_at_start {
+                break;
+            }
+            tokio::time::sleep(HOLE_POLL).await;
+            batch = runtime
+                .log()
+                .read_after(read_from, runtime.batch_size())
+                .await?;
+            continue;
+        };
         // Every projection applies the batch at once, each in its own
         // transaction on its own connection, while the next batch is read.
         let apply = futures::future::try_join_all(parts.iter().map(|(p, consumer, _)| {
@@ -331,6 +352,7 @@ pub async fn run_all(
         // A projection whose batch lost its checkpoint guard (another
         // rebuild moved it) reads again from where it really is.
         let reached = lowest().await?;
+        read_from = reached;
         batch = if reached == last {
             ahead
         } else {

@@ -136,6 +136,54 @@ async fn postgres_holes_of_one_read_are_proven_together() {
     }
 }
 
+/// A rebuild does not stop in front of a hole it has not proven yet: with a
+/// lower position held by an open transaction below a committed row, it waits
+/// (here: it has not finished after 500 ms) instead of swapping in tables that
+/// stop short of the head it started with; once the transaction commits it
+/// reaches past both. (A clean-clone CI run's crash test found every rebuilt
+/// table behind the live ones: the rebuild had ended on an empty read.)
+#[tokio::test]
+async fn postgres_rebuild_waits_for_a_hole_below_its_head() {
+    use tally_projections::rebuild;
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let db = tdb.connect().await;
+    let mut a = sqlx::PgConnection::connect(&tdb.url).await.unwrap();
+    let mut b = sqlx::PgConnection::connect(&tdb.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut a).await.unwrap();
+    let held = insert_in_tx(&mut a, "held").await;
+    let committed = insert_in_tx(&mut b, "committed").await;
+    assert!(held < committed);
+    let projectors = all_projectors();
+    let runtime = Runtime::new(db.clone(), projectors.clone(), RuntimeConfig::default());
+    let rebuildable: Vec<&dyn Projector> = projectors
+        .iter()
+        .filter(|p| p.rebuildable())
+        .map(|p| p.as_ref())
+        .collect();
+    let early = tokio::time::timeout(
+        Duration::from_millis(500),
+        rebuild::run_all(&runtime, &rebuildable, &mut |_| {}),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "the rebuild finished with a hole below its head unproven: {:?}",
+        early.map(|r| r.map(|o| o.len()))
+    );
+    sqlx::query("COMMIT").execute(&mut a).await.unwrap();
+    rebuild::run_all(&runtime, &rebuildable, &mut |_| {})
+        .await
+        .unwrap();
+    for p in &rebuildable {
+        let at = runtime.cursor_position(p.name()).await.unwrap();
+        assert!(
+            at >= committed,
+            "{} rebuilt to {at}, the head was {committed}",
+            p.name()
+        );
+    }
+}
+
 /// A hole proven final once stays final for every reader of the process: a
 /// slower consumer that meets it later steps over it at once, even while a
 /// long transaction elsewhere in the cluster holds `xmin` back (a new proof
