@@ -176,8 +176,11 @@ impl Monitor {
             let mut peak: BTreeMap<String, i64> = BTreeMap::new();
             while !stopped.load(Ordering::Relaxed) {
                 let rows = sqlx::query(
+                    // Client backends only: an autovacuum worker on the
+                    // test database has no application name.
                     "SELECT application_name, count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() GROUP BY 1",
+                     WHERE datname = current_database() AND backend_type = 'client backend' \
+                     GROUP BY 1",
                 )
                 .fetch_all(&mut conn)
                 .await
