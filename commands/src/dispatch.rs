@@ -344,23 +344,7 @@ impl Dispatcher {
         ids: &[String],
     ) -> Result<HashMap<String, Arc<A>>, CommandError> {
         let keys: Vec<String> = ids.iter().map(|id| stream_key(tenant, id)).collect();
-        let mut heads = HashMap::new();
-        for chunk in keys.chunks(500) {
-            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-            let sql = format!(
-                "SELECT aggregate_id, MAX(sequence) FROM events WHERE aggregate_type = $1 \
-                 AND aggregate_id IN ({}) GROUP BY aggregate_id",
-                params.join(", ")
-            );
-            // Planned with its keys, so that it walks the primary key.
-            let mut q = sqlx::query_as::<_, (String, i64)>(&sql)
-                .persistent(false)
-                .bind(A::TYPE);
-            for k in chunk {
-                q = q.bind(k);
-            }
-            heads.extend(q.fetch_all(&self.db().any).await.map_err(DbError::from)?);
-        }
+        let heads = self.log.stream_heads(A::TYPE, &keys).await?;
         let mut out = HashMap::new();
         let mut missing = Vec::new();
         for (id, key) in ids.iter().zip(&keys) {

@@ -282,30 +282,13 @@ async fn existing_records(
     tenant: &str,
     ids: &[String],
 ) -> Result<HashSet<String>, tally_projections::DbError> {
-    let mut found = HashSet::new();
-    for chunk in ids.chunks(500) {
-        if chunk.is_empty() {
-            continue;
-        }
-        let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
-        let sql = format!(
-            "SELECT aggregate_id FROM events WHERE aggregate_type = 'usage_record' AND sequence = 1 AND aggregate_id IN ({})",
-            params.join(", ")
-        );
-        // Not a named prepared statement: after five runs PostgreSQL would
-        // plan it once for any 500 ids, and that generic plan scanned the
-        // whole log, comparing each row with every id (seconds per batch
-        // once the log held a few hundred thousand records). Unnamed, it is
-        // planned with the ids at hand and walks the primary key.
-        let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(false);
-        for id in chunk {
-            q = q.bind(stream_key(tenant, id));
-        }
-        for key in q.fetch_all(&d.db().any).await? {
-            if let Some((_, id)) = tally_projections::split_stream_key(&key) {
-                found.insert(id.to_string());
-            }
-        }
-    }
+    let keys: Vec<String> = ids.iter().map(|id| stream_key(tenant, id)).collect();
+    let heads = d.log().stream_heads("usage_record", &keys).await?;
+    let found = ids
+        .iter()
+        .zip(&keys)
+        .filter(|(_, key)| heads.contains_key(*key))
+        .map(|(id, _)| id.clone())
+        .collect();
     Ok(found)
 }

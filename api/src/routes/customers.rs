@@ -6,17 +6,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use tally_aggregates::customer::{Customer, CustomerCommand};
-use tally_projections::state;
 
-use super::{list_state, read_your_writes, resource, CommandCtx, PageParams};
+use super::{get_state, list_state, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{CustomerDto, ListPage, PutCustomerRequest};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
-
-/// The longest customer id a read looks up (longer ones are never stored).
-const MAX_ID_CHARS: usize = tally_aggregates::subscription::MAX_CUSTOMER_ID_CHARS;
 
 #[utoipa::path(put, path = "/v1/customers/{customer_id}", tag = "customers", operation_id = "customers_put",
     params(("customer_id" = String, Path), ("If-Match" = Option<String>, Header, description = "`\"<version>\"` (the customer's ETag): the update runs only on that version, else 412 `version_mismatch`")),
@@ -100,13 +96,8 @@ pub async fn get(
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
     principal.require(Access::Read)?;
-    read_your_writes(&app, &headers).await?;
-    if id.is_empty() || id.chars().count() > MAX_ID_CHARS {
-        return Err(ApiError::NotFound);
-    }
-    let v = state::get::<Customer>(&app.db, principal.tenant(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let dto = CustomerDto::from_state(&v.id, &v.state, v.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(StatusCode::OK, &dto, v.version, None))
+    get_state::<Customer, _>(&app, principal.tenant(), &headers, &id, "", |v| {
+        CustomerDto::from_state(&v.id, &v.state, v.version)
+    })
+    .await
 }

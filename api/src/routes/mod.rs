@@ -136,9 +136,16 @@ impl PageParams {
 }
 
 /// Ids are checked for shape before they touch the store; a malformed id is
-/// simply not found.
+/// simply not found. An empty `prefix` stands for an id the client chose (a
+/// customer's): any text of 1 to `MAX_CUSTOMER_ID_CHARS` characters.
 pub fn check_id(id: &str, prefix: &str) -> Result<(), ApiError> {
-    if tally_commands::ids::has_prefix(id, prefix) {
+    let well_formed = if prefix.is_empty() {
+        !id.is_empty()
+            && id.chars().count() <= tally_aggregates::subscription::MAX_CUSTOMER_ID_CHARS
+    } else {
+        tally_commands::ids::has_prefix(id, prefix)
+    };
+    if well_formed {
         Ok(())
     } else {
         Err(ApiError::NotFound)
