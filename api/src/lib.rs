@@ -191,6 +191,10 @@ pub fn router(state: AppState) -> Router {
     let v1 = v1
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            middleware::admit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             middleware::idempotency,
         ))
         .layer(axum::middleware::from_fn_with_state(

@@ -84,6 +84,17 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
 /// Headers a replayed response repeats.
 const REPLAYED_HEADERS: [&str; 4] = ["content-type", "etag", "x-log-position", "location"];
 
+/// Admission of commands: a request that may change something waits (at
+/// most a second) while this process's consumers are far behind the log head
+/// (`Runtime::admit`, ADR 0012), so the read models stay close to the
+/// commands answered. Reads never wait here.
+pub async fn admit(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if !req.method().is_safe() {
+        app.runtime.admit().await;
+    }
+    next.run(req).await
+}
+
 /// `Idempotency-Key` on POST: the first request with a key runs and its
 /// response is stored; a repeat with the same body gets that response, a
 /// repeat with another body 422 `idempotency_key_reused`.

@@ -126,7 +126,7 @@ impl NatsPublisher {
         }
     }
 
-    fn outbound(&self, batch: &[StoredEvent]) -> Result<Vec<Outbound>, ProjectionError> {
+    fn outbound(&self, batch: &[&StoredEvent]) -> Result<Vec<Outbound>, ProjectionError> {
         let subjects = self.config.stream_subjects();
         let mut out = Vec::new();
         for event in batch {
@@ -299,7 +299,7 @@ impl Projector for NatsPublisher {
         Ok(())
     }
 
-    async fn effects(&self, batch: &[StoredEvent]) -> Result<(), ProjectionError> {
+    async fn effects(&self, batch: &[&StoredEvent]) -> Result<(), ProjectionError> {
         let messages = self.outbound(batch)?;
         if messages.is_empty() {
             return Ok(());

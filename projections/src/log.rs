@@ -119,6 +119,24 @@ pub struct EventLog {
     tail_read: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Events read after a position, in log order: slices of consecutive
+/// batches of the shared tail.
+#[derive(Debug, Default, Clone)]
+pub struct SharedBatch {
+    /// A batch and the range of it that belongs here.
+    segments: Vec<(Arc<Vec<StoredEvent>>, usize, usize)>,
+}
+
+impl SharedBatch {
+    /// The events, in log order.
+    pub fn events(&self) -> Vec<&StoredEvent> {
+        self.segments
+            .iter()
+            .flat_map(|(events, start, end)| events[*start..*end].iter())
+            .collect()
+    }
+}
+
 /// Consecutive stretches of the log as [`EventLog::read_after`] returned
 /// them: each segment holds every event after its `after` up to its last,
 /// and each begins where the one before it ends.
@@ -132,15 +150,30 @@ struct Tail {
 const TAIL_EVENTS: usize = 4_000;
 
 impl Tail {
-    /// The stored events after `position`, when a segment covers it.
-    fn find(&self, position: i64) -> Option<(Arc<Vec<StoredEvent>>, usize)> {
-        self.segments.iter().find_map(|(after, events)| {
-            let last = events.last()?.position;
-            (*after <= position && position < last).then(|| {
-                let start = events.partition_point(|e| e.position <= position);
-                (events.clone(), start)
-            })
-        })
+    /// The stored events after `position`, up to `limit` of them, when a
+    /// segment covers it: from that segment and the ones that follow it.
+    fn find(&self, position: i64, limit: usize) -> Option<SharedBatch> {
+        let first = self.segments.iter().position(|(after, events)| {
+            events
+                .last()
+                .is_some_and(|last| *after <= position && position < last.position)
+        })?;
+        let mut batch = SharedBatch::default();
+        let mut taken = 0;
+        for (i, (_, events)) in self.segments.iter().enumerate().skip(first) {
+            if taken >= limit {
+                break;
+            }
+            let start = if i == first {
+                events.partition_point(|e| e.position <= position)
+            } else {
+                0
+            };
+            let end = events.len().min(start + (limit - taken));
+            taken += end - start;
+            batch.segments.push((events.clone(), start, end));
+        }
+        Some(batch)
     }
 
     /// Keeps `events`, read after `after`, when they continue the tail.
@@ -238,19 +271,17 @@ impl EventLog {
     }
 
     /// Like [`EventLog::read_after`], shared: the events after `position`
-    /// are the slice `events[start..]` of a batch that every consumer of this
-    /// process at that point of the log takes from memory. Only the first of
-    /// them to ask reads the log.
-    pub async fn read_shared(
-        &self,
-        position: i64,
-        limit: i64,
-    ) -> Result<(Arc<Vec<StoredEvent>>, usize), DbError> {
-        if let Some(found) = self.tail.lock().expect("tail").find(position) {
+    /// come from batches that every consumer of this process at that point
+    /// of the log takes from memory, joined up to `limit` events (a consumer
+    /// behind the others takes in one step what they read in several). Only
+    /// the first of them to ask reads the log.
+    pub async fn read_shared(&self, position: i64, limit: i64) -> Result<SharedBatch, DbError> {
+        let max = usize::try_from(limit).unwrap_or(0).max(1);
+        if let Some(found) = self.tail.lock().expect("tail").find(position, max) {
             return Ok(found);
         }
         let _reading = self.tail_read.lock().await;
-        if let Some(found) = self.tail.lock().expect("tail").find(position) {
+        if let Some(found) = self.tail.lock().expect("tail").find(position, max) {
             return Ok(found);
         }
         let events = Arc::new(self.read_after(position, limit).await?);
@@ -260,7 +291,10 @@ impl EventLog {
                 .expect("tail")
                 .push(position, events.clone());
         }
-        Ok((events, 0))
+        let end = events.len();
+        Ok(SharedBatch {
+            segments: vec![(events, 0, end)],
+        })
     }
 
     /// True while a hole is waiting to be proven final: readers should look
@@ -426,4 +460,55 @@ pub(crate) fn decode_row(row: &sqlx::any::AnyRow) -> Result<StoredEvent, DbError
         metadata: serde_json::from_str(&metadata).map_err(decode_err)?,
         recorded_at: row.try_get("recorded_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(positions: std::ops::RangeInclusive<i64>) -> Arc<Vec<StoredEvent>> {
+        Arc::new(
+            positions
+                .map(|position| StoredEvent {
+                    position,
+                    event_id: format!("e{position}"),
+                    tenant: "t".into(),
+                    aggregate_type: "test".into(),
+                    aggregate_id: "t:s".into(),
+                    sequence: position,
+                    event_type: "TestEvent".into(),
+                    event_version: "1.0".into(),
+                    payload: Value::Null,
+                    metadata: HashMap::new(),
+                    recorded_at: String::new(),
+                })
+                .collect(),
+        )
+    }
+
+    fn positions(batch: &SharedBatch) -> Vec<i64> {
+        batch.events().iter().map(|e| e.position).collect()
+    }
+
+    /// A consumer behind the one that reads the log takes, in one batch, what
+    /// the other read in several small ones, up to its limit.
+    #[test]
+    fn tail_joins_consecutive_reads_up_to_the_limit() {
+        let mut tail = Tail::default();
+        tail.push(0, events(1..=2));
+        tail.push(2, events(3..=3));
+        tail.push(3, events(4..=7));
+        assert_eq!(
+            positions(&tail.find(0, 100).unwrap()),
+            (1..=7).collect::<Vec<_>>()
+        );
+        assert_eq!(positions(&tail.find(1, 4).unwrap()), vec![2, 3, 4, 5]);
+        assert_eq!(positions(&tail.find(3, 2).unwrap()), vec![4, 5]);
+        assert_eq!(positions(&tail.find(6, 100).unwrap()), vec![7]);
+        // At the end of the tail, or before it: the log must be read.
+        assert!(tail.find(7, 100).is_none());
+        let mut later = Tail::default();
+        later.push(10, events(11..=12));
+        assert!(later.find(5, 100).is_none());
+    }
 }

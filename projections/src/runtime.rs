@@ -104,7 +104,7 @@ pub trait Projector: Send + Sync + 'static {
     /// Side effects of a batch, run before its transaction opens (policies
     /// issue commands here). They must be idempotent: a batch whose
     /// transaction then fails runs them again (at-least-once).
-    async fn effects(&self, _batch: &[StoredEvent]) -> Result<(), ProjectionError> {
+    async fn effects(&self, _batch: &[&StoredEvent]) -> Result<(), ProjectionError> {
         Ok(())
     }
 
@@ -166,6 +166,10 @@ pub const LAZY_CHECKPOINT: Duration = Duration::from_millis(100);
 /// After a wake-up, consumers wait this long so that one batch takes in the
 /// events appended meanwhile.
 const COALESCE: Duration = Duration::from_millis(2);
+/// The least time between the starts of a consumer's batches while it keeps
+/// finding new events, so that under load a batch holds the appends of this
+/// long instead of a few events each.
+const BATCH_GATHER: Duration = Duration::from_millis(15);
 /// How often an idle owner checks that its lock connection is alive.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -190,9 +194,20 @@ pub struct Runtime {
     /// Blue/green rebuilds running in this process: name → shadow position.
     rebuilds: Arc<watch::Sender<HashMap<&'static str, i64>>>,
     locks: LockSession,
+    /// Signalled whenever a consumer here moves or changes status.
+    progress: Arc<tokio::sync::Notify>,
 }
 
+/// A client's command waits while some consumer running here is more than
+/// this many events behind the log head (see [`Runtime::admit`]).
+pub const ADMIT_BACKLOG_EVENTS: i64 = 500;
+/// The longest a command waits for consumers before it runs anyway.
+pub const ADMIT_WAIT: Duration = Duration::from_secs(1);
+
 const CHANNEL: &str = "tally_events";
+/// How a consumer's batch transaction begins on PostgreSQL: its commit does
+/// not wait for the WAL flush.
+const ASYNC_COMMIT_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 /// How soon a consumer stopped at a pending hole reads again.
 const HOLE_RETRY: Duration = Duration::from_millis(5);
 
@@ -213,6 +228,7 @@ impl Runtime {
             shutdown,
             rebuilds: Arc::new(watch::channel(HashMap::new()).0),
             locks: LockSession::default(),
+            progress: Arc::default(),
         }
     }
 
@@ -278,8 +294,54 @@ impl Runtime {
     fn set_state(&self, name: &'static str, status: &str, last_error: Option<String>) {
         let mut states = self.states.lock().expect("runtime states");
         let s = states.entry(name).or_default();
-        s.status = status.to_string();
+        if s.status != status {
+            s.status = status.to_string();
+            self.progress.notify_waiters();
+        }
         s.last_error = last_error;
+    }
+
+    /// Admission of a client's command (ADR 0012): waits, at most
+    /// [`ADMIT_WAIT`], while a consumer running here is more than
+    /// [`ADMIT_BACKLOG_EVENTS`] behind the head. Under a load the consumers
+    /// cannot keep up with, new commands queue in front of the log rather than
+    /// events behind it, so read models stay within a bounded distance of the
+    /// commands answered. A consumer that is failing, waiting for another
+    /// process, or rebuilding holds nobody up, and neither does a consumer of
+    /// another process: this is scheduling, not a guarantee.
+    pub async fn admit(&self) {
+        let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+        loop {
+            let moved = self.progress.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.backlog() <= ADMIT_BACKLOG_EVENTS {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// How far the furthest-behind consumer running here is from the head.
+    fn backlog(&self) -> i64 {
+        let head = *self.db.head.borrow();
+        let running: Vec<&'static str> = {
+            let states = self.states.lock().expect("runtime states");
+            self.projectors
+                .iter()
+                .map(|p| p.name())
+                .filter(|n| states.get(n).is_some_and(|s| s.status == "running"))
+                .collect()
+        };
+        let cursors = self.cursors.lock().expect("cursors");
+        running
+            .iter()
+            .filter_map(|n| cursors.get(*n))
+            .map(|c| head - c.reached)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Status of every consumer, with positions read from the database.
@@ -322,10 +384,19 @@ impl Runtime {
     /// The smallest checkpoint over all projectors: every read model has seen
     /// the log at least this far.
     pub async fn min_position(&self) -> Result<i64, DbError> {
+        self.min_position_of(|_| true).await
+    }
+
+    /// The smallest position over the consumers `which` selects.
+    async fn min_position_of(
+        &self,
+        which: impl Fn(&dyn Projector) -> bool,
+    ) -> Result<i64, DbError> {
         let stored = checkpoints(&self.db).await?;
         let min = self
             .projectors
             .iter()
+            .filter(|p| which(p.as_ref()))
             .map(|p| self.position_of(p.name(), &stored))
             .min();
         Ok(min.unwrap_or(0))
@@ -343,22 +414,48 @@ impl Runtime {
         }
     }
 
-    /// Waits until every projector has reached `position`, up to `timeout`.
+    /// Waits until every consumer (read models, policies, publishers) has
+    /// reached `position`, up to `timeout`.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> Result<bool, DbError> {
+        self.wait_until(position, timeout, |_| true).await
+    }
+
+    /// Waits until every read model (the rebuildable projections, which the
+    /// queries read) has reached `position`, up to `timeout`: what
+    /// `X-Min-Position` promises. Policies and outbound channels are not
+    /// waited for.
+    pub async fn wait_for_read_models(
+        &self,
+        position: i64,
+        timeout: Duration,
+    ) -> Result<bool, DbError> {
+        self.wait_until(position, timeout, |p| p.rebuildable())
+            .await
+    }
+
+    async fn wait_until(
+        &self,
+        position: i64,
+        timeout: Duration,
+        which: impl Fn(&dyn Projector) -> bool,
+    ) -> Result<bool, DbError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.db.head.subscribe();
         loop {
-            if self.min_position().await? >= position {
+            // Registered before the check, so a move in between is not missed.
+            let moved = self.progress.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.min_position_of(&which).await? >= position {
                 return Ok(true);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(false);
             }
-            // Checkpoints move after the head does; re-check on each head
-            // change and at a short interval in between.
+            // Consumers here signal each move; those of another process are
+            // seen at a short interval.
             let step = (deadline - now).min(Duration::from_millis(20));
-            let _ = tokio::time::timeout(step, rx.changed()).await;
+            let _ = tokio::time::timeout(step, moved).await;
         }
     }
 
@@ -498,9 +595,16 @@ impl Runtime {
                 if *shutdown.borrow() {
                     return;
                 }
+                let started = tokio::time::Instant::now();
                 match self.step_guarded(p.as_ref()).await {
-                    Ok(StepOutcome::Applied(_)) => {
+                    Ok(StepOutcome::Applied(n)) => {
                         backoff = Duration::from_millis(50);
+                        // Caught up under a steady stream of appends: let the
+                        // next batch gather for a moment rather than commit a
+                        // transaction for every few events.
+                        if (n as i64) < self.config.batch_size {
+                            tokio::time::sleep_until(started + BATCH_GATHER).await;
+                        }
                         let current = self
                             .states
                             .lock()
@@ -614,14 +718,15 @@ impl Runtime {
         tables: Tables,
     ) -> Result<StepOutcome, ProjectionError> {
         let cursor = self.cursor(consumer).await?;
-        let (batch, start) = self
+        let batch = self
             .log
             .read_shared(cursor.reached, self.config.batch_size)
             .await?;
-        if batch.len() <= start {
+        let events = batch.events();
+        if events.is_empty() {
             return Ok(StepOutcome::Idle);
         }
-        self.consume(p, consumer, tables, &batch[start..]).await
+        self.consume_events(p, consumer, tables, &events).await
     }
 
     /// Applies `batch` (events read after this consumer's cursor, in log
@@ -634,6 +739,18 @@ impl Runtime {
         consumer: &str,
         tables: Tables,
         batch: &[StoredEvent],
+    ) -> Result<StepOutcome, ProjectionError> {
+        let events: Vec<&StoredEvent> = batch.iter().collect();
+        self.consume_events(p, consumer, tables, &events).await
+    }
+
+    /// [`Runtime::consume`] of events held by reference.
+    pub async fn consume_events(
+        &self,
+        p: &dyn Projector,
+        consumer: &str,
+        tables: Tables,
+        batch: &[&StoredEvent],
     ) -> Result<StepOutcome, ProjectionError> {
         let cursor = self.cursor(consumer).await?;
         let start = batch.partition_point(|e| e.position <= cursor.reached);
@@ -650,7 +767,13 @@ impl Runtime {
             return Ok(StepOutcome::Applied(batch.len()));
         }
         p.effects(batch).await?;
-        let mut tx = self.db.any.begin().await?;
+        let mut tx = match self.db.backend {
+            // A batch's rows and checkpoint commit together or not at all;
+            // losing the last batches in a database crash only means applying
+            // them again, so they need not wait for their WAL flush (ADR 0015).
+            Backend::Postgres => self.db.any.begin_with(ASYNC_COMMIT_BEGIN).await?,
+            Backend::Sqlite => self.db.any.begin().await?,
+        };
         let moved = sqlx::query(
             "UPDATE consumer_checkpoints SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4",
         )
@@ -668,7 +791,7 @@ impl Runtime {
             self.db.rows.clear(p.tables());
             return Ok(StepOutcome::Applied(0));
         }
-        let mine: Vec<&StoredEvent> = batch.iter().filter(|e| p.handles(e)).collect();
+        let mine: Vec<&StoredEvent> = batch.iter().copied().filter(|e| p.handles(e)).collect();
         p.apply_batch(&mut tx, tables, &mine).await?;
         tx.commit().await?;
         self.advance(consumer, to, true);
@@ -697,14 +820,17 @@ impl Runtime {
     }
 
     fn advance(&self, name: &str, to: i64, committed: bool) {
-        let mut cursors = self.cursors.lock().expect("cursors");
-        if let Some(c) = cursors.get_mut(name) {
-            c.reached = to;
-            if committed {
-                c.committed = to;
-                c.committed_at = std::time::Instant::now();
+        {
+            let mut cursors = self.cursors.lock().expect("cursors");
+            if let Some(c) = cursors.get_mut(name) {
+                c.reached = to;
+                if committed {
+                    c.committed = to;
+                    c.committed_at = std::time::Instant::now();
+                }
             }
         }
+        self.progress.notify_waiters();
     }
 
     /// Writes progress held in memory (over irrelevant events) to the

@@ -440,6 +440,7 @@ async fn twenty_four_months(backend: tally_tests::Backend) {
         app.state().dispatcher.clone(),
         app.state().billing.clone(),
     );
+    let renewals: Vec<&_> = renewals.iter().collect();
     policy.effects(&renewals).await.expect("second run");
     assert_eq!(
         app.state().dispatcher.log().head().await.expect("head"),

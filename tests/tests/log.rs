@@ -761,7 +761,230 @@ async fn postgres_consumer_fails_over_to_another_process() {
     b.stop().await;
 }
 
+/// Appends `n` test events (streams of 100) and announces the head.
+async fn append_test_events(db: &Db, n: i64) -> i64 {
+    for stream in 0..(n + 99) / 100 {
+        let count = (n - stream * 100).min(100);
+        let events: Vec<NewEvent> = (1..=count).map(event).collect();
+        store::append(
+            db,
+            "test",
+            &format!("t:load_{stream}"),
+            "t",
+            chrono::Utc::now(),
+            &events,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let head = EventLog::new(db.clone()).head().await.unwrap();
+    db.announce(head);
+    head
+}
+
+/// The status of the runtime's only consumer once it reads `status`.
+async fn wait_status(runtime: &Runtime, status: &str) -> tally_projections::ConsumerStatus {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let s = runtime.status().await.unwrap().remove(0);
+            if s.status == status {
+                return s;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the consumer never became {status}"))
+}
+
+/// A consumer of every event whose batches wait for the test to open `gate`,
+/// or that fails every batch while `fails` is set.
+struct Gated {
+    name: &'static str,
+    gate: Arc<tokio::sync::Semaphore>,
+    fails: bool,
+}
+
+#[async_trait]
+impl Projector for Gated {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn handles(&self, _event: &StoredEvent) -> bool {
+        true
+    }
+    async fn apply(
+        &self,
+        _conn: &mut AnyConnection,
+        _tables: tally_projections::Tables,
+        _event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+    async fn effects(&self, _batch: &[&StoredEvent]) -> Result<(), ProjectionError> {
+        if self.fails {
+            return Err(ProjectionError::Effect("injected failure".into()));
+        }
+        self.gate.acquire().await.expect("gate").forget();
+        Ok(())
+    }
+    fn rebuildable(&self) -> bool {
+        false
+    }
+}
+
+/// Commands are admitted only while the consumers running here are within
+/// `ADMIT_BACKLOG_EVENTS` of the head: one held back keeps `admit` waiting
+/// until it moves; a failing consumer holds nobody up.
+async fn commands_wait_for_consumers_far_behind(backend: Backend) {
+    use tally_projections::runtime::ADMIT_BACKLOG_EVENTS;
+    let tdb = TestDb::new(backend).await;
+    let db = tdb.connect().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::new(Gated {
+        name: "held",
+        gate: gate.clone(),
+        fails: false,
+    });
+    let runtime = Runtime::new(db.clone(), vec![held], RuntimeConfig::default());
+    runtime.start();
+    wait_status(&runtime, "running").await;
+    // Nothing behind: admitted at once.
+    tokio::time::timeout(Duration::from_secs(5), runtime.admit())
+        .await
+        .expect("admitted with nothing to do");
+    let head = append_test_events(&db, ADMIT_BACKLOG_EVENTS + 100).await;
+    // The consumer is held in its first batch: far behind, so a command waits.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), runtime.admit())
+            .await
+            .is_err(),
+        "a command was admitted while the consumer was {} events behind",
+        head
+    );
+    gate.add_permits(1_000_000);
+    tokio::time::timeout(Duration::from_secs(10), runtime.admit())
+        .await
+        .expect("admitted once the consumer moved");
+    assert!(runtime
+        .wait_for(head, Duration::from_secs(20))
+        .await
+        .unwrap());
+    runtime.stop().await;
+
+    // A consumer that fails every batch is not waited for.
+    let failing = Arc::new(Gated {
+        name: "failing",
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        fails: true,
+    });
+    let runtime = Runtime::new(db.clone(), vec![failing], RuntimeConfig::default());
+    runtime.start();
+    let status = wait_status(&runtime, "failing").await;
+    assert!(status.lag_events > ADMIT_BACKLOG_EVENTS);
+    tokio::time::timeout(Duration::from_millis(500), runtime.admit())
+        .await
+        .expect("a failing consumer held a command up");
+    runtime.stop().await;
+}
+
+/// `X-Min-Position` waits for the read models only: a policy that cannot
+/// move does not make a read of a current read model wait.
+async fn read_models_do_not_wait_for_policies(backend: Backend) {
+    let Seeded {
+        tdb: _tdb,
+        db,
+        dispatcher,
+        meta,
+        plan_id,
+    } = Seeded::new(backend).await;
+    for i in 0..3 {
+        seed_subscription(&dispatcher, &meta, &plan_id, &format!("sub_{i}")).await;
+    }
+    let head = EventLog::new(db.clone()).head().await.unwrap();
+    let subs = all_projectors()
+        .into_iter()
+        .find(|p| p.name() == "subscriptions")
+        .unwrap();
+    let stuck = Arc::new(Gated {
+        name: "stuck_policy",
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        fails: true,
+    });
+    let runtime = Runtime::new(db.clone(), vec![subs, stuck], RuntimeConfig::default());
+    runtime.start();
+    assert!(runtime
+        .wait_for_read_models(head, Duration::from_secs(20))
+        .await
+        .unwrap());
+    assert!(
+        !runtime
+            .wait_for(head, Duration::from_millis(200))
+            .await
+            .unwrap(),
+        "the stuck policy reached the head"
+    );
+    runtime.stop().await;
+}
+
+/// A consumer's batch transaction on PostgreSQL does not wait for its WAL
+/// flush (rows and checkpoint still commit together).
+#[tokio::test]
+async fn postgres_consumer_batches_commit_asynchronously() {
+    struct Records(Arc<std::sync::Mutex<Vec<String>>>);
+    #[async_trait]
+    impl Projector for Records {
+        fn name(&self) -> &'static str {
+            "records_setting"
+        }
+        fn tables(&self) -> &'static [&'static str] {
+            &[]
+        }
+        async fn apply(
+            &self,
+            conn: &mut AnyConnection,
+            _tables: tally_projections::Tables,
+            _event: &StoredEvent,
+        ) -> Result<(), ProjectionError> {
+            let v: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+                .fetch_one(&mut *conn)
+                .await?;
+            self.0.lock().unwrap().push(v);
+            Ok(())
+        }
+    }
+    let tdb = TestDb::new(Backend::Postgres).await;
+    let db = tdb.connect().await;
+    let head = append_test_events(&db, 3).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let runtime = Runtime::new(
+        db.clone(),
+        vec![Arc::new(Records(seen.clone()))],
+        RuntimeConfig::default(),
+    );
+    runtime.start();
+    assert!(runtime
+        .wait_for(head, Duration::from_secs(20))
+        .await
+        .unwrap());
+    runtime.stop().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, vec!["off"; 3]);
+    // Only the batch's own transaction: the session default is untouched.
+    let default: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&db.any)
+        .await
+        .unwrap();
+    assert_eq!(default, "on");
+}
+
 both_backends!(
+    commands_wait_for_consumers_far_behind,
+    read_models_do_not_wait_for_policies,
     failing_batches_are_retried_not_skipped,
     no_skip_under_concurrent_writers,
     consumer_killed_mid_batch,

@@ -225,7 +225,7 @@ impl Projector for DiesMidBatch {
     ) -> Result<(), ProjectionError> {
         self.inner.apply(conn, tables, event).await
     }
-    async fn effects(&self, batch: &[StoredEvent]) -> Result<(), ProjectionError> {
+    async fn effects(&self, batch: &[&StoredEvent]) -> Result<(), ProjectionError> {
         let keep = batch.len().min(self.keep);
         self.inner.effects(&batch[..keep]).await?;
         self.reached.notify_one();

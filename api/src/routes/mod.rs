@@ -107,7 +107,11 @@ pub async fn read_your_writes(app: &AppState, headers: &HeaderMap) -> Result<(),
         .and_then(|s| s.trim().parse().ok())
         .filter(|p| *p >= 0)
         .ok_or_else(|| ApiError::field("X-Min-Position", "must be a non-negative integer"))?;
-    if app.runtime.wait_for(p, MIN_POSITION_WAIT).await? {
+    if app
+        .runtime
+        .wait_for_read_models(p, MIN_POSITION_WAIT)
+        .await?
+    {
         Ok(())
     } else {
         Err(ApiError::ProjectionLagging(p))

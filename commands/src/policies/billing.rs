@@ -127,7 +127,7 @@ impl Projector for BillingPolicy {
         Ok(())
     }
 
-    async fn effects(&self, batch: &[StoredEvent]) -> Result<(), ProjectionError> {
+    async fn effects(&self, batch: &[&StoredEvent]) -> Result<(), ProjectionError> {
         for event in batch.iter().filter(|e| self.handles(e)) {
             let decoded: SubscriptionEvent = event
                 .decode()

@@ -68,7 +68,7 @@ impl Projector for QuotaPolicy {
         Ok(())
     }
 
-    async fn effects(&self, batch: &[StoredEvent]) -> Result<(), ProjectionError> {
+    async fn effects(&self, batch: &[&StoredEvent]) -> Result<(), ProjectionError> {
         // The newest usage event per (tenant, subscription, meter, window).
         let mut touched: BTreeMap<
             (String, String, String, DateTime<Utc>),
