@@ -89,6 +89,9 @@ pub enum LineKind {
     Proration,
     #[default]
     Manual,
+    /// A coupon's discount: negative, one per invoice, never more than the
+    /// recurring, usage and proration lines it covers.
+    Discount,
 }
 
 /// A line as asked for: the amount is computed.
@@ -218,8 +221,13 @@ pub struct Invoice {
     pub status: Option<InvoiceStatus>,
     pub lines: Vec<InvoiceLine>,
     pub number: Option<String>,
+    /// The lines before discount (and before exclusive tax).
     #[serde(with = "rust_decimal::serde::str")]
     pub subtotal: Decimal,
+    /// What the discount line takes off, as a positive amount.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub discount: Decimal,
+    /// `subtotal − discount`.
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
     /// Customer credit applied at issue.
@@ -348,6 +356,14 @@ pub enum InvoiceEvent {
         currency: Currency,
         #[serde(with = "rust_decimal::serde::str")]
         subtotal: Decimal,
+        /// The discount line's amount, positive (absent when none, as in
+        /// events from before coupons existed).
+        #[serde(
+            default,
+            with = "rust_decimal::serde::str",
+            skip_serializing_if = "Decimal::is_zero"
+        )]
+        discount: Decimal,
         #[serde(with = "rust_decimal::serde::str")]
         total: Decimal,
         /// Customer credit applied (absent when none, as in events from
@@ -572,6 +588,52 @@ fn line_amount(quantity: Decimal, unit_price: Decimal, currency: Currency) -> Op
     Some(round_to_minor(amount, currency))
 }
 
+/// The discount rule for `line` joining `lines`: a discount line is at most
+/// one per invoice, never positive, and never more than the recurring, usage
+/// and proration lines it covers; a line after the discount must leave it
+/// covered. `field` names the line's kind in errors.
+fn check_discount(
+    lines: &[InvoiceLine],
+    line: &InvoiceLine,
+    field: &str,
+) -> Result<(), DomainError> {
+    let existing = lines.iter().find(|l| l.kind == LineKind::Discount);
+    let discount = match (existing, line.kind) {
+        (Some(_), LineKind::Discount) => {
+            return Err(DomainError::validation(
+                field,
+                "an invoice has at most one discount line",
+            ))
+        }
+        (None, LineKind::Discount) => {
+            if line.amount > Decimal::ZERO {
+                return Err(DomainError::validation(
+                    field,
+                    "a discount line must not be positive",
+                ));
+            }
+            line.amount
+        }
+        (Some(d), _) => d.amount,
+        (None, _) => return Ok(()),
+    };
+    let covered: Decimal = lines
+        .iter()
+        .chain(std::iter::once(line))
+        .filter(|l| crate::coupon::discounts(l.kind))
+        .map(|l| l.amount)
+        .sum();
+    if -discount > covered {
+        return Err(DomainError::validation(
+            field,
+            format!(
+                "a discount must not exceed the recurring, usage and proration lines it covers ({covered})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Invoice {
     fn invalid(status: InvoiceStatus, command: &'static str) -> DomainError {
         DomainError::InvalidTransition {
@@ -593,6 +655,19 @@ impl Invoice {
     pub fn lines_total(&self) -> Decimal {
         let sum: Decimal = self.lines.iter().map(|l| l.amount).sum();
         round_to_minor(sum, self.currency())
+    }
+
+    /// The subtotal (every line but the discount) and the discount (the
+    /// discount line's amount, as a positive number) of `lines`.
+    pub fn subtotal_and_discount(lines: &[InvoiceLine], currency: Currency) -> (Decimal, Decimal) {
+        let (discount, other): (Vec<_>, Vec<_>) =
+            lines.iter().partition(|l| l.kind == LineKind::Discount);
+        let subtotal: Decimal = other.iter().map(|l| l.amount).sum();
+        let discount: Decimal = discount.iter().map(|l| -l.amount).sum();
+        (
+            round_to_minor(subtotal, currency),
+            round_to_minor(discount, currency),
+        )
     }
 
     /// Decides which events `command` causes, or why it is refused. Every
@@ -645,6 +720,7 @@ impl Invoice {
                     ));
                 }
                 let line = price_line(&line, self.currency(), self.lines.len() as u32 + 1, None)?;
+                check_discount(&self.lines, &line, "kind")?;
                 Ok(vec![InvoiceEvent::LineAdded { line }])
             }
             (Some(status @ (Open | Paid | Void | Uncollectible)), C::AddLine { .. }) => {
@@ -938,8 +1014,11 @@ impl Invoice {
             due_days,
             created_at: at,
         }];
+        let mut priced: Vec<InvoiceLine> = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
             let line = price_line(line, currency, i as u32 + 1, Some(i))?;
+            check_discount(&priced, &line, &format!("lines[{i}].kind"))?;
+            priced.push(line.clone());
             events.push(InvoiceEvent::LineAdded { line });
         }
         Ok(events)
@@ -958,6 +1037,7 @@ impl Invoice {
         let currency = self.currency();
         let zero = round_to_minor(Decimal::ZERO, currency);
         let total = self.lines_total();
+        let (subtotal, discount) = Self::subtotal_and_discount(&self.lines, currency);
         let before_credit = total.max(zero);
         // Credit never makes the amount due negative.
         let applied_credit =
@@ -969,7 +1049,8 @@ impl Invoice {
             sequence: number,
             customer_id: self.customer_id.clone(),
             currency: self.currency(),
-            subtotal: total,
+            subtotal,
+            discount,
             total,
             applied_credit,
             amount_due,
@@ -1100,6 +1181,7 @@ impl Invoice {
                 self.created_at = Some(*created_at);
                 let zero = round_to_minor(Decimal::ZERO, *currency);
                 self.subtotal = zero;
+                self.discount = zero;
                 self.total = zero;
                 self.applied_credit = zero;
                 self.amount_paid = zero;
@@ -1111,8 +1193,9 @@ impl Invoice {
                 self.expect_status(&[Draft], event);
                 self.lines.push(line.clone());
                 // A draft shows its running total; issuing fixes it.
-                self.subtotal = self.lines_total();
-                self.total = self.subtotal;
+                (self.subtotal, self.discount) =
+                    Self::subtotal_and_discount(&self.lines, self.currency());
+                self.total = self.lines_total();
                 self.amount_due = self
                     .total
                     .max(round_to_minor(Decimal::ZERO, self.currency()));
@@ -1120,6 +1203,7 @@ impl Invoice {
             InvoiceEvent::InvoiceIssued {
                 number,
                 subtotal,
+                discount,
                 total,
                 applied_credit,
                 amount_due,
@@ -1133,6 +1217,7 @@ impl Invoice {
                 self.customer_details = customer_details.as_deref().cloned();
                 self.number = Some(number.clone());
                 self.subtotal = *subtotal;
+                self.discount = round_to_minor(*discount, self.currency());
                 self.total = *total;
                 self.applied_credit = round_to_minor(*applied_credit, self.currency());
                 self.amount_due = *amount_due;

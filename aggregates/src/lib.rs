@@ -1,4 +1,4 @@
-//! Tally's domain: the `Plan`, `Subscription`, `Customer`, `UsageRecord`, `Invoice`, `AccessKey`,
+//! Tally's domain: the `Plan`, `Subscription`, `Customer`, `Coupon`, `UsageRecord`, `Invoice`, `AccessKey`,
 //! `InvoiceNumbering`, `Ticket`, `Inbox`, `InboundNotice` and `ProviderPayment` aggregates, their
 //! commands and events, and the money and
 //! billing-period arithmetic they rely on, and the pricing of metered usage.
@@ -53,6 +53,7 @@ macro_rules! cqrs_adapter {
 
 pub mod access_key;
 pub mod billing;
+pub mod coupon;
 pub mod customer;
 pub mod error;
 pub mod inbox;
@@ -68,6 +69,10 @@ pub mod time;
 pub mod usage;
 
 pub use access_key::{AccessKey, AccessKeyCommand, AccessKeyEvent};
+pub use coupon::{
+    AppliedDiscount, Coupon, CouponCommand, CouponDuration, CouponEvent, CouponOff, CouponRef,
+    CouponStatus, CouponTerms,
+};
 pub use customer::{
     Address, Customer, CustomerCommand, CustomerDetails, CustomerEvent, CustomerStatus,
 };

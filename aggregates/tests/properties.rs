@@ -354,7 +354,9 @@ fn check_billing(
             | SubscriptionEvent::SubscriptionSuspended { .. }
             | SubscriptionEvent::SubscriptionResumed { .. }
             | SubscriptionEvent::SubscriptionPastDue { .. }
-            | SubscriptionEvent::CancellationScheduled { .. } => {}
+            | SubscriptionEvent::CancellationScheduled { .. }
+            | SubscriptionEvent::DiscountApplied { .. }
+            | SubscriptionEvent::DiscountRemoved { .. } => {}
         }
     }
     Ok(())

@@ -454,6 +454,27 @@ pub struct CreateSubscriptionRequest {
     /// positive; without it (or 0) the plan's trial applies.
     #[schema(maximum = 730)]
     pub trial_days: Option<u32>,
+    /// A coupon to redeem with the subscription (its `discount`).
+    #[schema(max_length = 64)]
+    pub coupon_code: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyDiscountRequest {
+    /// The code of an active coupon that applies to the subscription's plan.
+    #[schema(max_length = 64)]
+    pub coupon_code: String,
+}
+
+/// A redeemed coupon on a subscription.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiscountDto {
+    pub coupon_id: String,
+    pub code: String,
+    pub start: DateTime<Utc>,
+    /// Invoiced periods it still discounts; null: for ever.
+    pub periods_left: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema, Default)]
@@ -535,6 +556,8 @@ pub struct SubscriptionDto {
     pub current_period: Option<PeriodDto>,
     pub suspension: Option<SuspensionDto>,
     pub cancel_at_period_end: bool,
+    /// The coupon its next invoices take; null when none.
+    pub discount: Option<DiscountDto>,
     pub created_at: Option<DateTime<Utc>>,
     pub activated_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
@@ -573,6 +596,12 @@ impl SubscriptionDto {
                 }
             }),
             cancel_at_period_end: s.cancel_at_period_end,
+            discount: s.discount.as_ref().map(|d| DiscountDto {
+                coupon_id: d.coupon_id.clone(),
+                code: d.code.clone(),
+                start: d.start,
+                periods_left: d.periods_left,
+            }),
             created_at: s.created_at,
             activated_at: s.activated_at,
             canceled_at: s.canceled_at,

@@ -22,8 +22,8 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tally_aggregates::money::{round_to_minor, scale_unit_price};
 use tally_aggregates::{
-    CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent, SubscriptionEvent,
-    SuspendReason, TicketEvent, UsageEvent,
+    CouponEvent, CouponOff, CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent,
+    SubscriptionEvent, SuspendReason, TicketEvent, UsageEvent,
 };
 use tally_projections::StoredEvent;
 
@@ -137,6 +137,11 @@ pub const SUBSCRIPTION_CANCELLATION_SCHEDULED: &str =
     "billing.subscriptions.v1.subscription-cancellation-scheduled";
 pub const SUBSCRIPTION_CANCELED: &str = "billing.subscriptions.v1.subscription-canceled";
 pub const RATING_WINDOW_CLOSED: &str = "billing.subscriptions.v1.rating-window-closed";
+pub const DISCOUNT_APPLIED: &str = "billing.subscriptions.v1.discount-applied";
+pub const DISCOUNT_REMOVED: &str = "billing.subscriptions.v1.discount-removed";
+pub const COUPON_CREATED: &str = "billing.coupons.v1.coupon-created";
+pub const COUPON_REDEEMED: &str = "billing.coupons.v1.coupon-redeemed";
+pub const COUPON_ARCHIVED: &str = "billing.coupons.v1.coupon-archived";
 pub const CUSTOMER_CREATED: &str = "billing.customers.v1.customer-created";
 pub const CUSTOMER_UPDATED: &str = "billing.customers.v1.customer-updated";
 pub const INVOICE_ISSUED: &str = "billing.invoices.v1.invoice-issued";
@@ -163,6 +168,10 @@ const SUBSCRIPTION: Field = req("subscription_id", Id);
 const INVOICE: Field = req("invoice_id", Id);
 const TICKET: Field = req("ticket_id", Id);
 const CUSTOMER: Field = req("customer_id", Id);
+const COUPON: Field = req("coupon_id", Id);
+
+/// `CouponDuration::as_str` of every duration (a test keeps them equal).
+pub const COUPON_DURATIONS: &[&str] = &["once", "repeating", "forever"];
 
 /// `Interval::as_str` of every interval (a test keeps them equal).
 pub const INTERVALS: &[&str] = &["month", "year"];
@@ -367,6 +376,66 @@ pub const TOPICS: &[TopicSpec] = &[
         ],
     },
     TopicSpec {
+        topic: DISCOUNT_APPLIED,
+        aggregate: "subscription",
+        event: "DiscountApplied",
+        description: "A coupon was redeemed for the subscription: its next invoices take the discount.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            COUPON,
+            req("code", Text),
+            opt("periods_left", Integer),
+            req("applied_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: DISCOUNT_REMOVED,
+        aggregate: "subscription",
+        event: "DiscountRemoved",
+        description: "The subscription's discount was removed; invoices from now on take none.",
+        data: &[TENANT, SUBSCRIPTION, COUPON, req("removed_at", Timestamp)],
+    },
+    TopicSpec {
+        topic: COUPON_CREATED,
+        aggregate: "coupon",
+        event: "CouponCreated",
+        description: "A coupon was created: percent or amount off, for how long, how often.",
+        data: &[
+            TENANT,
+            COUPON,
+            req("code", Text),
+            opt("percent_off", Dec),
+            opt("amount_off", Dec),
+            opt("currency", Currency),
+            req("duration", Enum(COUPON_DURATIONS)),
+            opt("duration_in_periods", Integer),
+            opt("max_redemptions", Integer),
+            opt("redeem_by", Timestamp),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: COUPON_REDEEMED,
+        aggregate: "coupon",
+        event: "CouponRedeemed",
+        description: "A subscription redeemed the coupon; times_redeemed counts this one.",
+        data: &[
+            TENANT,
+            COUPON,
+            SUBSCRIPTION,
+            req("times_redeemed", Integer),
+            req("redeemed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: COUPON_ARCHIVED,
+        aggregate: "coupon",
+        event: "CouponArchived",
+        description: "The coupon can no longer be redeemed; discounts already applied run on.",
+        data: &[TENANT, COUPON, req("archived_at", Timestamp)],
+    },
+    TopicSpec {
         topic: CUSTOMER_CREATED,
         aggregate: "customer",
         event: "CustomerCreated",
@@ -408,6 +477,7 @@ pub const TOPICS: &[TopicSpec] = &[
             req("customer_id", Id),
             req("currency", Currency),
             req("subtotal", Dec),
+            req("discount", Dec),
             req("total", Dec),
             req("amount_due", Dec),
             req("issued_at", Timestamp),
@@ -750,6 +820,7 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
         "plan" => e.decode().map(|event| plan(e, event)),
         "subscription" => e.decode().map(|event| subscription(e, event)),
         "customer" => e.decode().map(|event| customer(e, event)),
+        "coupon" => e.decode().map(|event| coupon(e, event)),
         "invoice" => e.decode().map(|event| invoice(e, event)),
         "invoice_numbering" => e.decode().map(|event| match event {
             NumberingEvent::InvoiceNumberAssigned { .. }
@@ -1077,6 +1148,90 @@ fn subscription(e: &StoredEvent, event: SubscriptionEvent) -> Vec<Integration> {
                 "closed_at": time(&renewed_at),
             }),
         ),
+        SubscriptionEvent::DiscountApplied { discount } => one(
+            DISCOUNT_APPLIED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "coupon_id": discount.coupon_id,
+                "code": discount.code,
+                "periods_left": discount.periods_left,
+                "applied_at": time(&discount.start),
+            }),
+        ),
+        SubscriptionEvent::DiscountRemoved {
+            coupon_id,
+            removed_at,
+        } => one(
+            DISCOUNT_REMOVED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "coupon_id": coupon_id,
+                "removed_at": time(&removed_at),
+            }),
+        ),
+    }
+}
+
+fn coupon(e: &StoredEvent, event: CouponEvent) -> Vec<Integration> {
+    let (tenant_id, coupon_id) = (&e.tenant, e.resource_id());
+    match event {
+        CouponEvent::CouponCreated {
+            terms, created_at, ..
+        } => {
+            let (percent_off, amount_off, currency) = match &terms.off {
+                CouponOff::Percent { percent_off } => {
+                    (Some(decimal(&percent_off.normalize())), None, None)
+                }
+                CouponOff::Amount {
+                    amount_off,
+                    currency,
+                } => (
+                    None,
+                    Some(money(amount_off, *currency)),
+                    Some(currency.code()),
+                ),
+            };
+            one(
+                COUPON_CREATED,
+                json!({
+                    "tenant_id": tenant_id,
+                    "coupon_id": coupon_id,
+                    "code": terms.code,
+                    "percent_off": percent_off,
+                    "amount_off": amount_off,
+                    "currency": currency,
+                    "duration": terms.duration.as_str(),
+                    "duration_in_periods": terms.duration_in_periods,
+                    "max_redemptions": terms.max_redemptions,
+                    "redeem_by": terms.redeem_by.as_ref().map(time),
+                    "created_at": time(&created_at),
+                }),
+            )
+        }
+        CouponEvent::CouponRedeemed {
+            subscription_id,
+            times_redeemed,
+            redeemed_at,
+        } => one(
+            COUPON_REDEEMED,
+            json!({
+                "tenant_id": tenant_id,
+                "coupon_id": coupon_id,
+                "subscription_id": subscription_id,
+                "times_redeemed": times_redeemed,
+                "redeemed_at": time(&redeemed_at),
+            }),
+        ),
+        CouponEvent::CouponArchived { archived_at } => one(
+            COUPON_ARCHIVED,
+            json!({
+                "tenant_id": tenant_id,
+                "coupon_id": coupon_id,
+                "archived_at": time(&archived_at),
+            }),
+        ),
     }
 }
 
@@ -1089,6 +1244,7 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
             customer_id,
             currency,
             subtotal,
+            discount,
             total,
             amount_due,
             issued_at,
@@ -1103,6 +1259,7 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
                 "customer_id": customer_id,
                 "currency": currency.code(),
                 "subtotal": money(&subtotal, currency),
+                "discount": money(&discount, currency),
                 "total": money(&total, currency),
                 "amount_due": money(&amount_due, currency),
                 "issued_at": time(&issued_at),

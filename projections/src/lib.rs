@@ -3,6 +3,7 @@
 //! queries. It knows nothing of HTTP and nothing of how commands are decided.
 
 pub mod balances;
+pub mod coupons;
 pub mod customers;
 pub mod db;
 pub mod inbox;
@@ -60,5 +61,6 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(state::StateProjector::<tally_aggregates::ticket::Ticket>::default()),
         Arc::new(inbox::InboxProjector),
         Arc::new(state::StateProjector::<tally_aggregates::customer::Customer>::default()),
+        Arc::new(state::StateProjector::<tally_aggregates::coupon::Coupon>::default()),
     ]
 }

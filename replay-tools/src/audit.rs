@@ -17,10 +17,11 @@ use tally_aggregates::{
 use tally_projections::{Db, EventLog, StoredEvent};
 
 /// The stream types `audit` reads.
-const TYPES: [&str; 11] = [
+const TYPES: [&str; 12] = [
     "plan",
     "subscription",
     "customer",
+    "coupon",
     "invoice",
     "usage_record",
     "ticket",
@@ -33,7 +34,7 @@ const TYPES: [&str; 11] = [
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// plan, subscription, customer, invoice, usage_record, ticket, inbox, invoice_numbering,
+    /// plan, subscription, customer, coupon, invoice, usage_record, ticket, inbox, invoice_numbering,
     /// api_key, inbound_notice or provider_payment
     #[arg(value_name = "TYPE")]
     kind: String,
@@ -91,6 +92,7 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
         "plan" => timeline::<Plan>(events)?,
         "subscription" => timeline::<Subscription>(events)?,
         "customer" => timeline::<tally_aggregates::customer::Customer>(events)?,
+        "coupon" => timeline::<tally_aggregates::Coupon>(events)?,
         "invoice" => timeline::<Invoice>(events)?,
         "usage_record" => timeline::<UsageRecord>(events)?,
         "ticket" => timeline::<Ticket>(events)?,

@@ -108,7 +108,7 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
     assert_eq!(
         out.matches(&format!("swapped in at position {head}"))
             .count(),
-        8,
+        9,
         "{out}"
     );
     assert_eq!(dump_read_models(&db).await, before);
@@ -121,6 +121,7 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
         "tickets",
         "inbox",
         "customers",
+        "coupons",
     ] {
         assert_eq!(checkpoint(&db, name).await, Some(head), "{name}");
         assert_eq!(checkpoint(&db, &format!("{name}__next")).await, None);
@@ -274,6 +275,7 @@ async fn audit_timeline_export_and_status(backend: Backend) {
         "tickets",
         "inbox",
         "customers",
+        "coupons",
     ] {
         let line = status
             .lines()

@@ -30,8 +30,9 @@ fn ok(r: &tally_tests::Resp, status: u16) -> Value {
 /// invoices copy their details), subscriptions through renewals, one in its
 /// trial, plan and seat changes, usage with overage (below the hard cap: a quota suspension would be resumed by a
 /// timer, after the workload has settled) and a void, invoices paid, partly paid, voided and written off, a past-due
-/// suspension, credit notes (credit carried to a renewal, a refund), tickets
-/// with comments and moves, and inbox read state.
+/// suspension, credit notes (credit carried to a renewal, a refund), coupons
+/// (redeemed into discount lines of renewals, one archived), tickets with
+/// comments and moves, and inbox read state.
 async fn mixed_workload(app: &TestApp) {
     let key = &app.admin_key;
     let basic = app.standard_plan().await;
@@ -81,6 +82,46 @@ async fn mixed_workload(app: &TestApp) {
         ok(&app.activate(key, &trial, json!({})).await, 200)["status"],
         "trialing"
     );
+    ok(
+        &app.post(
+            key,
+            "/v1/coupons",
+            json!({"code": "THIRD", "percent_off": "33.3333",
+            "duration": "repeating", "duration_in_periods": 2, "max_redemptions": 5}),
+        )
+        .await,
+        201,
+    );
+    let old = ok(
+        &app.post(
+            key,
+            "/v1/coupons",
+            json!({"code": "FIVE", "amount_off": "5.00",
+            "currency": "EUR", "duration": "forever"}),
+        )
+        .await,
+        201,
+    );
+    ok(
+        &app.post(
+            key,
+            &format!("/v1/subscriptions/{}/discount", subs[2]),
+            json!({"coupon_code": "THIRD"}),
+        )
+        .await,
+        200,
+    );
+    ok(
+        &app.post(
+            key,
+            &format!("/v1/subscriptions/{}/discount", subs[3]),
+            json!({"coupon_code": "FIVE"}),
+        )
+        .await,
+        200,
+    );
+    let archive = format!("/v1/coupons/{}/archive", old["id"].as_str().unwrap());
+    ok(&app.post(key, &archive, json!({})).await, 200);
     ok(
         &app.change_plan(
             key,

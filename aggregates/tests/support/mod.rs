@@ -138,6 +138,7 @@ pub fn activated_at(at: &str) -> SubscriptionEvent {
         activated_at: anchor,
         plan: Some(basic().terms),
         seats: Some(1),
+        discount: None,
     }
 }
 

@@ -37,8 +37,10 @@ pub struct LineRequest {
     /// Decimal string; negative for a credit or discount line.
     #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
     pub unit_price: String,
-    /// recurring | usage | proration | manual (default).
-    #[schema(value_type = Option<String>, pattern = "^(recurring|usage|proration|manual)$")]
+    /// recurring | usage | proration | discount | manual (default). A
+    /// discount line is negative, one per invoice, at most the recurring,
+    /// usage and proration lines before it.
+    #[schema(value_type = Option<String>, pattern = "^(recurring|usage|proration|discount|manual)$")]
     pub kind: Option<LineKind>,
 }
 
@@ -161,7 +163,11 @@ pub struct InvoiceDto {
     /// For a renewal invoice: the closed period it rates.
     pub billing_period: Option<PeriodDto>,
     pub lines: Vec<LineDto>,
+    /// Every line but the discount.
     pub subtotal: String,
+    /// What the discount line takes off, positive.
+    pub discount: String,
+    /// `subtotal − discount`.
     pub total: String,
     /// Customer credit applied when it was issued.
     pub applied_credit: String,
@@ -223,6 +229,7 @@ impl InvoiceDto {
                 })
                 .collect(),
             subtotal: s.subtotal.to_string(),
+            discount: tally_aggregates::money::round_to_minor(s.discount, currency).to_string(),
             total: s.total.to_string(),
             applied_credit: s.applied_credit.to_string(),
             amount_paid: s.amount_paid.to_string(),

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod coupons;
 pub mod customers;
 pub mod inbox;
 pub mod invoices;
