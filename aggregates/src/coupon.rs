@@ -541,5 +541,6 @@ pub fn discount_line(
         unit_price: amount,
         kind: LineKind::Discount,
         period: None,
+        tax_rate_ids: vec![],
     })
 }

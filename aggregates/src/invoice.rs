@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::customer::CustomerDetails;
 use crate::money::{round_to_minor, MAX_AMOUNT};
 use crate::plan::validate_id;
+use crate::tax::{validate_rate_ids, TaxAmount, TaxSources};
 use crate::{Currency, DomainError, Period};
 
 /// The longest customer id, description, reference or reason, in characters.
@@ -107,6 +108,10 @@ pub struct NewLine {
     /// The service period the line covers, for recurring, usage and proration lines.
     #[serde(default)]
     pub period: Option<Period>,
+    /// The line's own tax rates, first in the precedence line →
+    /// subscription → plan → customer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tax_rate_ids: Vec<String>,
 }
 
 /// A line on an invoice.
@@ -125,6 +130,20 @@ pub struct InvoiceLine {
     /// `round(quantity × unit_price)` to the minor unit.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+    /// The line's own tax rates (absent in lines from before taxes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tax_rate_ids: Vec<String>,
+    /// The tax of each rate that applied, fixed at issue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tax_amounts: Vec<TaxAmount>,
+}
+
+/// The tax amounts of one line, as issuing fixed them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineTaxes {
+    /// The line's number.
+    pub line: u32,
+    pub tax_amounts: Vec<TaxAmount>,
 }
 
 /// A payment received against an open invoice.
@@ -227,7 +246,10 @@ pub struct Invoice {
     /// What the discount line takes off, as a positive amount.
     #[serde(default, with = "rust_decimal::serde::str")]
     pub discount: Decimal,
-    /// `subtotal − discount`.
+    /// Every line's tax, inclusive and exclusive, fixed at issue.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    /// `subtotal − discount + exclusive tax`.
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
     /// Customer credit applied at issue.
@@ -284,6 +306,9 @@ pub enum InvoiceCommand {
         number: u64,
         customer: Option<CustomerDetails>,
         available_credit: Decimal,
+        /// The tax rates the lines may take (none: no tax). Boxed: the
+        /// other commands are small.
+        taxes: Box<TaxSources>,
         at: DateTime<Utc>,
     },
     /// Open only; at most `amount_due` unless `excess_to_credit` (a payment
@@ -364,6 +389,17 @@ pub enum InvoiceEvent {
             skip_serializing_if = "Decimal::is_zero"
         )]
         discount: Decimal,
+        /// Every line's tax, inclusive and exclusive (absent when none, as
+        /// in events from before taxes existed).
+        #[serde(
+            default,
+            with = "rust_decimal::serde::str",
+            skip_serializing_if = "Decimal::is_zero"
+        )]
+        tax: Decimal,
+        /// The tax amounts per line (absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        line_taxes: Vec<LineTaxes>,
         #[serde(with = "rust_decimal::serde::str")]
         total: Decimal,
         /// Customer credit applied (absent when none, as in events from
@@ -506,6 +542,7 @@ pub fn price_line(
         None => name.to_owned(),
     };
     validate_text(&field("description"), &line.description)?;
+    validate_rate_ids(&field("tax_rate_ids"), &line.tax_rate_ids)?;
     if line.quantity.is_sign_negative() && !line.quantity.is_zero() {
         return Err(DomainError::validation(
             field("quantity"),
@@ -535,6 +572,8 @@ pub fn price_line(
         kind: line.kind,
         period: line.period,
         amount,
+        tax_rate_ids: line.tax_rate_ids.clone(),
+        tax_amounts: Vec::new(),
     })
 }
 
@@ -733,9 +772,10 @@ impl Invoice {
                     number,
                     customer,
                     available_credit,
+                    taxes,
                     at,
                 },
-            ) => self.issue(number, customer, available_credit, at),
+            ) => self.issue(number, customer, available_credit, &taxes, at),
             (Some(status @ (Open | Paid | Void | Uncollectible)), C::Issue { .. }) => {
                 Err(Self::invalid(status, name))
             }
@@ -1029,6 +1069,7 @@ impl Invoice {
         number: u64,
         customer: Option<CustomerDetails>,
         available_credit: Decimal,
+        taxes: &TaxSources,
         at: DateTime<Utc>,
     ) -> Result<Vec<InvoiceEvent>, DomainError> {
         if number == 0 {
@@ -1036,8 +1077,21 @@ impl Invoice {
         }
         let currency = self.currency();
         let zero = round_to_minor(Decimal::ZERO, currency);
-        let total = self.lines_total();
         let (subtotal, discount) = Self::subtotal_and_discount(&self.lines, currency);
+        // Rounded per line and rate; the totals are sums of those.
+        let line_taxes: Vec<LineTaxes> = self
+            .lines
+            .iter()
+            .map(|l| LineTaxes {
+                line: l.number,
+                tax_amounts: taxes.line_taxes(&l.tax_rate_ids, l.amount, currency),
+            })
+            .filter(|t| !t.tax_amounts.is_empty())
+            .collect();
+        let all = line_taxes.iter().flat_map(|t| &t.tax_amounts);
+        let tax = round_to_minor(all.clone().map(|t| t.amount).sum(), currency);
+        let exclusive: Decimal = all.filter(|t| !t.inclusive).map(|t| t.amount).sum();
+        let total = round_to_minor(subtotal - discount + exclusive, currency);
         let before_credit = total.max(zero);
         // Credit never makes the amount due negative.
         let applied_credit =
@@ -1051,6 +1105,8 @@ impl Invoice {
             currency: self.currency(),
             subtotal,
             discount,
+            tax,
+            line_taxes,
             total,
             applied_credit,
             amount_due,
@@ -1182,6 +1238,7 @@ impl Invoice {
                 let zero = round_to_minor(Decimal::ZERO, *currency);
                 self.subtotal = zero;
                 self.discount = zero;
+                self.tax = zero;
                 self.total = zero;
                 self.applied_credit = zero;
                 self.amount_paid = zero;
@@ -1204,6 +1261,8 @@ impl Invoice {
                 number,
                 subtotal,
                 discount,
+                tax,
+                line_taxes,
                 total,
                 applied_credit,
                 amount_due,
@@ -1218,6 +1277,12 @@ impl Invoice {
                 self.number = Some(number.clone());
                 self.subtotal = *subtotal;
                 self.discount = round_to_minor(*discount, self.currency());
+                self.tax = round_to_minor(*tax, self.currency());
+                for taxed in line_taxes {
+                    if let Some(line) = self.lines.iter_mut().find(|l| l.number == taxed.line) {
+                        line.tax_amounts = taxed.tax_amounts.clone();
+                    }
+                }
                 self.total = *total;
                 self.applied_credit = round_to_minor(*applied_credit, self.currency());
                 self.amount_due = *amount_due;

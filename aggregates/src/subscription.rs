@@ -244,6 +244,9 @@ pub struct Subscription {
     /// The redeemed coupon its next invoices take, if any.
     #[serde(default)]
     pub discount: Option<Discount>,
+    /// Its own tax rates, before the plan's and the customer's.
+    #[serde(default)]
+    pub tax_rate_ids: Vec<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub activated_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
@@ -264,6 +267,8 @@ pub enum SubscriptionCommand {
         seats: Option<u32>,
         /// Days of trial, replacing the plan's when positive.
         trial_days: Option<u32>,
+        /// The subscription's own tax rates, before the plan's and the customer's.
+        tax_rate_ids: Vec<String>,
         at: DateTime<Utc>,
     },
     /// Draft → Active, or Draft → Trialing when the subscription (or else
@@ -366,6 +371,9 @@ pub enum SubscriptionEvent {
         /// Absent in events stored before trials existed, and when not asked for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trial_days: Option<u32>,
+        /// Absent in events stored before taxes existed, and when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tax_rate_ids: Vec<String>,
     },
     /// Draft → Trialing: activated with a trial, nothing billed until `trial_end`.
     TrialStarted {
@@ -579,9 +587,18 @@ impl Subscription {
                     plan,
                     seats,
                     trial_days,
+                    tax_rate_ids,
                     at,
                 },
-            ) => Self::create(subscription_id, customer_id, plan, seats, trial_days, at),
+            ) => Self::create(
+                subscription_id,
+                customer_id,
+                plan,
+                seats,
+                trial_days,
+                tax_rate_ids,
+                at,
+            ),
             (
                 Some(Draft | Trialing | Active | PastDue | Suspended | Canceled),
                 C::Create { .. },
@@ -828,15 +845,18 @@ impl Subscription {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create(
         subscription_id: String,
         customer_id: String,
         plan: PlanRef,
         seats: Option<u32>,
         trial_days: Option<u32>,
+        tax_rate_ids: Vec<String>,
         at: DateTime<Utc>,
     ) -> Result<Vec<SubscriptionEvent>, DomainError> {
         validate_id("subscription_id", &subscription_id)?;
+        crate::tax::validate_rate_ids("tax_rate_ids", &tax_rate_ids)?;
         validate_customer_id(&customer_id)?;
         check_target_plan(&plan)?;
         if let Some(days) = trial_days {
@@ -852,6 +872,7 @@ impl Subscription {
             seats,
             created_at: at,
             trial_days,
+            tax_rate_ids,
         }])
     }
 
@@ -1107,9 +1128,11 @@ impl Subscription {
                 seats,
                 created_at,
                 trial_days,
+                tax_rate_ids,
             } => {
                 assert!(self.status.is_none(), "SubscriptionCreated twice");
                 self.trial_days = *trial_days;
+                self.tax_rate_ids = tax_rate_ids.clone();
                 self.id = Some(subscription_id.clone());
                 self.customer_id = customer_id.clone();
                 self.plan_id = plan_id.clone();

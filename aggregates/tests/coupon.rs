@@ -576,6 +576,7 @@ fn line(kind: LineKind, quantity: &str, unit_price: &str) -> NewLine {
         unit_price: dec(unit_price),
         kind,
         period: None,
+        tax_rate_ids: vec![],
     }
 }
 
@@ -706,6 +707,7 @@ fn an_invoice_refuses_a_discount_above_its_lines_or_a_second_one() {
             customer: None,
             available_credit: dec("0"),
             at: t(DURING),
+            taxes: Default::default(),
         })
         .unwrap();
     for e in &events {

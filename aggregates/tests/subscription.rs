@@ -62,6 +62,7 @@ fn sample_commands() -> Vec<SubscriptionCommand> {
             seats: None,
             trial_days: None,
             at: t(CREATED),
+            tax_rate_ids: vec![],
         },
         SubscriptionCommand::Activate {
             at: t(DURING),
@@ -304,6 +305,7 @@ fn create(
         seats,
         trial_days: None,
         at: t(CREATED),
+        tax_rate_ids: vec![],
     }
 }
 
@@ -405,6 +407,7 @@ fn create_rejects_bad_subscription_ids() {
                 seats: None,
                 trial_days: None,
                 at: t(CREATED),
+                tax_rate_ids: vec![],
             })
             .unwrap_err();
         assert!(
@@ -1837,6 +1840,7 @@ fn draft_with_trial(plan: tally_aggregates::PlanRef, trial_days: Option<u32>) ->
             seats: None,
             trial_days,
             at: t(CREATED),
+            tax_rate_ids: vec![],
         },
     )
     .unwrap();
@@ -1913,6 +1917,7 @@ fn trial_days_beyond_two_years_are_refused_naming_the_field() {
             seats: None,
             trial_days: Some(731),
             at: t(CREATED),
+            tax_rate_ids: vec![],
         })
         .unwrap_err();
     assert!(

@@ -94,6 +94,9 @@ pub struct CreatePlanRequest {
     /// (0 to 730; default 0, none).
     #[schema(maximum = 730)]
     pub trial_days: Option<u32>,
+    /// Tax rates (`txr_…`, active) for the plan's invoices, after a line's
+    /// and a subscription's own and before the customer's.
+    pub tax_rate_ids: Option<Vec<String>>,
     #[serde(default)]
     pub meters: Vec<MeterRequest>,
 }
@@ -356,6 +359,7 @@ impl CreatePlanRequest {
                 .unwrap_or_default(),
             meters,
             trial_days: self.trial_days.unwrap_or(0),
+            tax_rate_ids: self.tax_rate_ids.unwrap_or_default(),
         };
         terms.validate()?;
         Ok(terms)
@@ -389,6 +393,7 @@ pub struct PlanDto {
     pub meters: Vec<MeterDto>,
     /// Days of trial a subscription on the plan starts with; 0: none.
     pub trial_days: u32,
+    pub tax_rate_ids: Vec<String>,
     /// active | archived
     pub status: String,
     pub created_at: Option<DateTime<Utc>>,
@@ -434,6 +439,7 @@ impl PlanDto {
                 })
                 .collect(),
             trial_days: terms.trial_days,
+            tax_rate_ids: terms.tax_rate_ids.clone(),
             status: p.status.as_ref().map(enum_str).unwrap_or_default(),
             created_at: p.created_at,
             archived_at: p.archived_at,
@@ -457,6 +463,9 @@ pub struct CreateSubscriptionRequest {
     /// A coupon to redeem with the subscription (its `discount`).
     #[schema(max_length = 64)]
     pub coupon_code: Option<String>,
+    /// The subscription's own tax rates (`txr_…`, active), before the
+    /// plan's and the customer's.
+    pub tax_rate_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -558,6 +567,8 @@ pub struct SubscriptionDto {
     pub cancel_at_period_end: bool,
     /// The coupon its next invoices take; null when none.
     pub discount: Option<DiscountDto>,
+    /// Its own tax rates.
+    pub tax_rate_ids: Vec<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub activated_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
@@ -602,6 +613,7 @@ impl SubscriptionDto {
                 start: d.start,
                 periods_left: d.periods_left,
             }),
+            tax_rate_ids: s.tax_rate_ids.clone(),
             created_at: s.created_at,
             activated_at: s.activated_at,
             canceled_at: s.canceled_at,

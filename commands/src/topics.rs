@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tally_aggregates::money::{round_to_minor, scale_unit_price};
 use tally_aggregates::{
     CouponEvent, CouponOff, CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent,
-    SubscriptionEvent, SuspendReason, TicketEvent, UsageEvent,
+    SubscriptionEvent, SuspendReason, TaxRateEvent, TicketEvent, UsageEvent,
 };
 use tally_projections::StoredEvent;
 
@@ -51,6 +51,8 @@ pub enum FieldType {
     Timestamp,
     /// A non-negative JSON integer.
     Integer,
+    /// A JSON `true` or `false`.
+    Boolean,
 }
 
 /// One field of a topic's `data`.
@@ -74,6 +76,7 @@ impl Field {
             FieldType::Currency => "currency".to_owned(),
             FieldType::Timestamp => "timestamp".to_owned(),
             FieldType::Integer => "integer".to_owned(),
+            FieldType::Boolean => "boolean".to_owned(),
         };
         if self.nullable {
             base + "?"
@@ -142,6 +145,8 @@ pub const DISCOUNT_REMOVED: &str = "billing.subscriptions.v1.discount-removed";
 pub const COUPON_CREATED: &str = "billing.coupons.v1.coupon-created";
 pub const COUPON_REDEEMED: &str = "billing.coupons.v1.coupon-redeemed";
 pub const COUPON_ARCHIVED: &str = "billing.coupons.v1.coupon-archived";
+pub const TAX_RATE_CREATED: &str = "billing.tax-rates.v1.tax-rate-created";
+pub const TAX_RATE_ARCHIVED: &str = "billing.tax-rates.v1.tax-rate-archived";
 pub const CUSTOMER_CREATED: &str = "billing.customers.v1.customer-created";
 pub const CUSTOMER_UPDATED: &str = "billing.customers.v1.customer-updated";
 pub const INVOICE_ISSUED: &str = "billing.invoices.v1.invoice-issued";
@@ -161,7 +166,7 @@ pub const TICKET_ASSIGNED: &str = "support.tickets.v1.ticket-assigned";
 pub const TICKET_COMMENTED: &str = "support.tickets.v1.ticket-commented";
 pub const TICKET_STATUS_CHANGED: &str = "support.tickets.v1.ticket-status-changed";
 
-use FieldType::{Currency, Decimal as Dec, Enum, Id, Integer, Text, Timestamp};
+use FieldType::{Boolean, Currency, Decimal as Dec, Enum, Id, Integer, Text, Timestamp};
 
 const TENANT: Field = req("tenant_id", Id);
 const SUBSCRIPTION: Field = req("subscription_id", Id);
@@ -169,6 +174,7 @@ const INVOICE: Field = req("invoice_id", Id);
 const TICKET: Field = req("ticket_id", Id);
 const CUSTOMER: Field = req("customer_id", Id);
 const COUPON: Field = req("coupon_id", Id);
+const TAX_RATE: Field = req("tax_rate_id", Id);
 
 /// `CouponDuration::as_str` of every duration (a test keeps them equal).
 pub const COUPON_DURATIONS: &[&str] = &["once", "repeating", "forever"];
@@ -436,6 +442,28 @@ pub const TOPICS: &[TopicSpec] = &[
         data: &[TENANT, COUPON, req("archived_at", Timestamp)],
     },
     TopicSpec {
+        topic: TAX_RATE_CREATED,
+        aggregate: "tax_rate",
+        event: "TaxRateCreated",
+        description: "A tax rate was created: a percentage, inclusive or exclusive.",
+        data: &[
+            TENANT,
+            TAX_RATE,
+            req("name", Text),
+            req("percentage", Dec),
+            req("inclusive", Boolean),
+            opt("country", Text),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: TAX_RATE_ARCHIVED,
+        aggregate: "tax_rate",
+        event: "TaxRateArchived",
+        description: "The tax rate can no longer be attached; where it is attached it keeps applying.",
+        data: &[TENANT, TAX_RATE, req("archived_at", Timestamp)],
+    },
+    TopicSpec {
         topic: CUSTOMER_CREATED,
         aggregate: "customer",
         event: "CustomerCreated",
@@ -478,6 +506,7 @@ pub const TOPICS: &[TopicSpec] = &[
             req("currency", Currency),
             req("subtotal", Dec),
             req("discount", Dec),
+            req("tax", Dec),
             req("total", Dec),
             req("amount_due", Dec),
             req("issued_at", Timestamp),
@@ -821,6 +850,7 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
         "subscription" => e.decode().map(|event| subscription(e, event)),
         "customer" => e.decode().map(|event| customer(e, event)),
         "coupon" => e.decode().map(|event| coupon(e, event)),
+        "tax_rate" => e.decode().map(|event| tax_rate(e, event)),
         "invoice" => e.decode().map(|event| invoice(e, event)),
         "invoice_numbering" => e.decode().map(|event| match event {
             NumberingEvent::InvoiceNumberAssigned { .. }
@@ -1174,6 +1204,34 @@ fn subscription(e: &StoredEvent, event: SubscriptionEvent) -> Vec<Integration> {
     }
 }
 
+fn tax_rate(e: &StoredEvent, event: TaxRateEvent) -> Vec<Integration> {
+    let (tenant_id, tax_rate_id) = (&e.tenant, e.resource_id());
+    match event {
+        TaxRateEvent::TaxRateCreated {
+            terms, created_at, ..
+        } => one(
+            TAX_RATE_CREATED,
+            json!({
+                "tenant_id": tenant_id,
+                "tax_rate_id": tax_rate_id,
+                "name": terms.name,
+                "percentage": decimal(&terms.percentage.normalize()),
+                "inclusive": terms.inclusive,
+                "country": terms.country,
+                "created_at": time(&created_at),
+            }),
+        ),
+        TaxRateEvent::TaxRateArchived { archived_at } => one(
+            TAX_RATE_ARCHIVED,
+            json!({
+                "tenant_id": tenant_id,
+                "tax_rate_id": tax_rate_id,
+                "archived_at": time(&archived_at),
+            }),
+        ),
+    }
+}
+
 fn coupon(e: &StoredEvent, event: CouponEvent) -> Vec<Integration> {
     let (tenant_id, coupon_id) = (&e.tenant, e.resource_id());
     match event {
@@ -1245,6 +1303,7 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
             currency,
             subtotal,
             discount,
+            tax,
             total,
             amount_due,
             issued_at,
@@ -1260,6 +1319,7 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
                 "currency": currency.code(),
                 "subtotal": money(&subtotal, currency),
                 "discount": money(&discount, currency),
+                "tax": money(&tax, currency),
                 "total": money(&total, currency),
                 "amount_due": money(&amount_due, currency),
                 "issued_at": time(&issued_at),

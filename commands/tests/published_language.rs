@@ -24,7 +24,7 @@ use tally_aggregates::{
 };
 use tally_aggregates::{
     AppliedDiscount, CouponDuration, CouponEvent, CouponOff, CouponTerms, InboundNoticeEvent,
-    ProviderPaymentEvent,
+    ProviderPaymentEvent, TaxRateEvent, TaxRateTerms,
 };
 use tally_commands::topics::{
     envelope, integration_event, integration_events, spec, Field, FieldType, TopicSpec,
@@ -499,6 +499,26 @@ const EVER_PUBLISHED: &[(&str, &[(&str, &str)])] = &[
             ("archived_at", "timestamp"),
         ],
     ),
+    (
+        "billing.tax-rates.v1.tax-rate-created",
+        &[
+            ("tenant_id", "id"),
+            ("tax_rate_id", "id"),
+            ("name", "string"),
+            ("percentage", "decimal"),
+            ("inclusive", "boolean"),
+            ("country", "string?"),
+            ("created_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.tax-rates.v1.tax-rate-archived",
+        &[
+            ("tenant_id", "id"),
+            ("tax_rate_id", "id"),
+            ("archived_at", "timestamp"),
+        ],
+    ),
 ];
 
 /// Topics from [`EVER_PUBLISHED`] that were retired on purpose (announced,
@@ -841,6 +861,7 @@ fn the_tables_name_the_aggregates_by_their_stored_type() {
         tally_aggregates::Subscription::TYPE,
         tally_aggregates::Customer::TYPE,
         tally_aggregates::Coupon::TYPE,
+        tally_aggregates::TaxRate::TYPE,
         tally_aggregates::Invoice::TYPE,
         tally_aggregates::InvoiceNumbering::TYPE,
         tally_aggregates::UsageRecord::TYPE,
@@ -906,6 +927,7 @@ fn terms() -> PlanTerms {
         seats: SeatLimits { min: 1, max: 50 },
         meters: vec![],
         trial_days: 0,
+        tax_rate_ids: vec![],
     }
 }
 
@@ -1043,6 +1065,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 seats: 3,
                 created_at: t("2026-01-01T00:00:00Z"),
                 trial_days: None,
+                tax_rate_ids: vec![],
             }),
             vec![SUBSCRIPTION_CREATED],
         ),
@@ -1318,6 +1341,37 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
             vec![COUPON_REDEEMED],
         ),
         (
+            "tax rate created",
+            stored(
+                "tax_rate",
+                "txr_1",
+                "TaxRateCreated",
+                &TaxRateEvent::TaxRateCreated {
+                    tax_rate_id: "txr_1".into(),
+                    terms: TaxRateTerms {
+                        name: "VAT".into(),
+                        percentage: dec("19"),
+                        inclusive: false,
+                        country: Some("DE".into()),
+                    },
+                    created_at: t("2026-01-01T00:00:00Z"),
+                },
+            ),
+            vec![TAX_RATE_CREATED],
+        ),
+        (
+            "tax rate archived",
+            stored(
+                "tax_rate",
+                "txr_1",
+                "TaxRateArchived",
+                &TaxRateEvent::TaxRateArchived {
+                    archived_at: t("2026-01-04T00:00:00Z"),
+                },
+            ),
+            vec![TAX_RATE_ARCHIVED],
+        ),
+        (
             "coupon archived",
             stored(
                 "coupon",
@@ -1353,6 +1407,8 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                     kind: LineKind::Recurring,
                     period: None,
                     amount: dec("20.00"),
+                    tax_rate_ids: vec![],
+                    tax_amounts: vec![],
                 },
             }),
             vec![],
@@ -1372,6 +1428,8 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 issued_at: t("2026-02-01T00:00:00Z"),
                 due_at: t("2026-03-03T00:00:00Z"),
                 customer_details: None,
+                tax: dec("0.00"),
+                line_taxes: vec![],
             }),
             vec![INVOICE_ISSUED],
         ),
@@ -1788,6 +1846,7 @@ fn type_error(field: &Field, value: &Value) -> Option<String> {
     let Some(text) = value.as_str() else {
         return match field.ty {
             FieldType::Integer if value.is_u64() => None,
+            FieldType::Boolean if value.is_boolean() => None,
             _ => Some(format!("{value} is not a {}", field.type_name())),
         };
     };
@@ -1798,7 +1857,7 @@ fn type_error(field: &Field, value: &Value) -> Option<String> {
         FieldType::Decimal => Decimal::from_str_exact(text).is_ok(),
         FieldType::Currency => Currency::parse(text).is_ok(),
         FieldType::Timestamp => DateTime::parse_from_rfc3339(text).is_ok() && text.ends_with('Z'),
-        FieldType::Integer => false,
+        FieldType::Integer | FieldType::Boolean => false,
     };
     (!ok).then(|| format!("{value} is not a {}", field.type_name()))
 }
@@ -2074,6 +2133,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
                 unit_price: dec("0.0125"),
                 kind: LineKind::Usage,
                 period: None,
+                tax_rate_ids: vec![],
             }],
             at: t("2026-02-01T00:00:00Z"),
         },
@@ -2085,6 +2145,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
             available_credit: rust_decimal::Decimal::ZERO,
             at: t("2026-02-01T00:00:00Z"),
             customer: None,
+            taxes: Default::default(),
         },
     );
     run(

@@ -16,6 +16,7 @@ pub mod seal;
 pub mod state;
 pub mod subscriptions;
 pub mod tables;
+pub mod tax_rates;
 pub mod tickets;
 pub mod time;
 pub mod usage;
@@ -62,5 +63,6 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(inbox::InboxProjector),
         Arc::new(state::StateProjector::<tally_aggregates::customer::Customer>::default()),
         Arc::new(state::StateProjector::<tally_aggregates::coupon::Coupon>::default()),
+        Arc::new(state::StateProjector::<tally_aggregates::tax::TaxRate>::default()),
     ]
 }

@@ -31,7 +31,8 @@ fn ok(r: &tally_tests::Resp, status: u16) -> Value {
 /// trial, plan and seat changes, usage with overage (below the hard cap: a quota suspension would be resumed by a
 /// timer, after the workload has settled) and a void, invoices paid, partly paid, voided and written off, a past-due
 /// suspension, credit notes (credit carried to a renewal, a refund), coupons
-/// (redeemed into discount lines of renewals, one archived), tickets with
+/// (redeemed into discount lines of renewals, one archived), tax rates (one
+/// on the manual invoices' lines, one archived), tickets with
 /// comments and moves, and inbox read state.
 async fn mixed_workload(app: &TestApp) {
     let key = &app.admin_key;
@@ -160,11 +161,35 @@ async fn mixed_workload(app: &TestApp) {
         .await,
         200,
     );
+    // Tax rates: one exclusive on the manual invoices' lines, one archived.
+    let vat = ok(
+        &app.post(
+            key,
+            "/v1/tax-rates",
+            json!({"name": "VAT", "percentage": "19", "inclusive": false}),
+        )
+        .await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gone = ok(
+        &app.post(
+            key,
+            "/v1/tax-rates",
+            json!({"name": "Old", "percentage": "16", "inclusive": true}),
+        )
+        .await,
+        201,
+    );
+    let archive = format!("/v1/tax-rates/{}/archive", gone["id"].as_str().unwrap());
+    ok(&app.post(key, &archive, json!({})).await, 200);
     // A manual invoice: paid in two parts; another voided, another written off.
     for (n, end) in ["paid", "void", "uncollectible"].iter().enumerate() {
         let inv = ok(
             &app.post(key, "/v1/invoices", json!({"customer_id": "cus_9", "currency": "EUR",
-                "lines": [{"description": "Setup", "quantity": "1", "unit_price": format!("{}.50", 10 + n)}]}))
+                "lines": [{"description": "Setup", "quantity": "1", "unit_price": format!("{}.50", 10 + n), "tax_rate_ids": [vat]}]}))
                 .await,
             201,
         );

@@ -12,11 +12,12 @@ use crate::AppState;
 
 /// The stream types of API.md § Audit and their id prefixes (none for
 /// customers: their ids are the client's own).
-pub const STREAM_TYPES: [(&str, &str); 12] = [
+pub const STREAM_TYPES: [(&str, &str); 13] = [
     ("plan", "plan"),
     ("subscription", "sub"),
     ("customer", ""),
     ("coupon", "cpn"),
+    ("tax_rate", "txr"),
     ("invoice", "inv"),
     ("usage_record", "use"),
     ("ticket", "tkt"),
@@ -245,6 +246,11 @@ pub async fn state_at(
                 then,
             ))?
         }
+        "tax_rate" => to_value(super::tax_rates::TaxRateDto::from_state(
+            &id,
+            &fold::<tally_aggregates::TaxRate>(&events)?,
+            sequence,
+        ))?,
         "invoice" => to_value(super::invoices::InvoiceDto::from_state(
             &id,
             &fold::<Invoice>(&events)?,

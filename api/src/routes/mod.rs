@@ -13,6 +13,7 @@ pub mod ops;
 pub mod payments;
 pub mod plans;
 pub mod subscriptions;
+pub mod tax_rates;
 pub mod tickets;
 pub mod usage;
 pub mod webhooks;

@@ -87,6 +87,9 @@ pub async fn create(
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
     let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
+    let tax_rate_ids = req.tax_rate_ids.clone().unwrap_or_default();
+    super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &tax_rate_ids)
+        .await?;
     let id = ids::new_id("sub");
     let at = app.dispatcher.clock().now();
     let create = || SubscriptionCommand::Create {
@@ -95,6 +98,7 @@ pub async fn create(
         plan: plan.clone(),
         seats: req.seats,
         trial_days: req.trial_days,
+        tax_rate_ids: tax_rate_ids.clone(),
         at,
     };
     let Some(code) = &req.coupon_code else {
