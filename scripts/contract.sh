@@ -5,8 +5,9 @@
 # warning the generator prints), and run scripts/contract_flow.py through that
 # client only: create a plan, put and read a customer, create and activate a
 # subscription, list a customer's subscriptions over two cursor pages, read
-# the invoice the activation issued (with the customer's details), read a 404
-# as a parsed problem.
+# the invoice the activation issued (with the customer's details), create a
+# tax rate and a coupon and read the discounted, taxed invoice of a
+# subscription that took both, read a 404 as a parsed problem.
 #
 # Both backends: a fresh SQLite file, then, when TALLY_TEST_POSTGRES_URL is
 # set (scripts/test.sh sets it), a fresh PostgreSQL database on that server.

@@ -15,9 +15,11 @@ import time
 import uuid
 
 from tally_client import AuthenticatedClient
+from tally_client.api.coupons import coupons_create
 from tally_client.api.customers import customers_get, customers_put
 from tally_client.api.invoices import invoices_get, invoices_list
 from tally_client.api.plans import plans_create
+from tally_client.api.tax_rates import tax_rates_create
 from tally_client.api.subscriptions import (
     subscriptions_activate,
     subscriptions_create,
@@ -26,7 +28,10 @@ from tally_client.api.subscriptions import (
 )
 from tally_client.models import (
     ActivateRequest,
+    CouponDto,
+    CreateCouponRequest,
     CreatePlanRequest,
+    CreateTaxRateRequest,
     CreateSubscriptionRequest,
     CustomerDto,
     InvoiceDto,
@@ -36,6 +41,7 @@ from tally_client.models import (
     Problem,
     PutCustomerRequest,
     SubscriptionDto,
+    TaxRateDto,
 )
 from tally_client.types import UNSET
 
@@ -180,6 +186,54 @@ def main():
         f"the invoice copied the customer's details: {invoice.customer_details}",
     )
     step(f"invoices_get {invoice.id} ({invoice.status}, total {invoice.total})")
+
+    # A tax rate and a coupon, taken by a subscription at creation: its
+    # first invoice has a discount line and the tax of each line.
+    r = tax_rates_create.sync_detailed(
+        client=client, body=CreateTaxRateRequest(name="VAT", percentage="19", inclusive=False, country="DE")
+    )
+    check(r.status_code == 201 and isinstance(r.parsed, TaxRateDto), f"tax_rates_create: {r.status_code} {r.content!r}")
+    vat = r.parsed.id
+    r = coupons_create.sync_detailed(
+        client=client,
+        body=CreateCouponRequest(code=f"TEN-{run}", percent_off="10", duration="forever", max_redemptions=5),
+    )
+    check(
+        r.status_code == 201 and isinstance(r.parsed, CouponDto) and r.parsed.times_redeemed == 0,
+        f"coupons_create: {r.status_code} {r.content!r}",
+    )
+    r = subscriptions_create.sync_detailed(
+        client=client,
+        body=CreateSubscriptionRequest(
+            customer_id=customer, plan_id=plan.id, coupon_code=f"TEN-{run}", tax_rate_ids=[vat]
+        ),
+    )
+    check(
+        r.status_code == 201 and r.parsed.discount is not None and r.parsed.discount.code == f"TEN-{run}",
+        f"subscriptions_create with a coupon: {r.status_code} {r.content!r}",
+    )
+    taxed = r.parsed.id
+    r = subscriptions_activate.sync_detailed(taxed, client=client, body=ActivateRequest())
+    check(r.status_code == 200, f"subscriptions_activate: {r.status_code} {r.content!r}")
+    head = max(head, position(r))
+    deadline = time.monotonic() + INVOICE_DEADLINE_SECS
+    while True:
+        r = invoices_list.sync_detailed(client=client, subscription_id=taxed, x_min_position=head)
+        check(r.status_code == 200, f"invoices_list: {r.status_code} {r.content!r}")
+        if r.parsed.data:
+            invoice = r.parsed.data[0]
+            break
+        check(time.monotonic() < deadline, f"no invoice for {taxed} within {INVOICE_DEADLINE_SECS} s")
+        time.sleep(0.2)
+    kinds = [(line.kind, line.amount, [t.amount for t in line.tax_amounts]) for line in invoice.lines]
+    # 10.00 − 10 % = −1.00; 19 % of each: 1.90 and −0.19.
+    check(
+        kinds == [("recurring", "10.00", ["1.90"]), ("discount", "-1.00", ["-0.19"])],
+        f"the invoice's lines: {kinds}",
+    )
+    totals = (invoice.subtotal, invoice.discount, invoice.tax, invoice.total)
+    check(totals == ("10.00", "1.00", "1.71", "10.71"), f"subtotal, discount, tax, total: {totals}")
+    step(f"tax_rates_create, coupons_create, a discounted and taxed invoice (total {invoice.total})")
 
     r = invoices_get.sync_detailed(f"inv_missing_{run}", client=client)
     check(r.status_code == 404 and isinstance(r.parsed, Problem), f"invoices_get of a missing id: {r.status_code} {r.content!r}")

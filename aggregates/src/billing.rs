@@ -76,6 +76,7 @@ fn usage_lines(meter: &MeterTerms, usage: &[MeterUsage], closed: Period) -> Vec<
             unit_price,
             kind: LineKind::Usage,
             period: Some(closed),
+            tax_rate_ids: vec![],
         })
         .collect()
 }
@@ -123,6 +124,7 @@ pub fn renewal_lines(renewal: &Renewal<'_>, usage: &[MeterUsage]) -> Vec<NewLine
         unit_price: plan.base_price,
         kind: LineKind::Recurring,
         period: Some(renewal.new_period),
+        tax_rate_ids: vec![],
     }];
     if !plan.seat_price.is_zero() && renewal.seats > 0 {
         lines.push(NewLine {
@@ -131,6 +133,7 @@ pub fn renewal_lines(renewal: &Renewal<'_>, usage: &[MeterUsage]) -> Vec<NewLine
             unit_price: plan.seat_price,
             kind: LineKind::Recurring,
             period: Some(renewal.new_period),
+            tax_rate_ids: vec![],
         });
     }
     for meter in &plan.meters {
@@ -148,6 +151,7 @@ pub fn renewal_lines(renewal: &Renewal<'_>, usage: &[MeterUsage]) -> Vec<NewLine
                 unit_price: p.credit,
                 kind: LineKind::Proration,
                 period,
+                tax_rate_ids: vec![],
             });
         }
         if !p.charge.is_zero() {
@@ -157,6 +161,7 @@ pub fn renewal_lines(renewal: &Renewal<'_>, usage: &[MeterUsage]) -> Vec<NewLine
                 unit_price: p.charge,
                 kind: LineKind::Proration,
                 period,
+                tax_rate_ids: vec![],
             });
         }
     }

@@ -25,6 +25,15 @@ pub enum DomainError {
     /// A command on an aggregate that was never created.
     #[error("{0} does not exist")]
     NotFound(&'static str),
+    /// A coupon code that cannot be redeemed: unknown, archived or expired.
+    #[error("{0}")]
+    CouponInvalid(String),
+    /// A coupon that exists but not for this plan or currency.
+    #[error("{0}")]
+    CouponNotApplicable(String),
+    /// A coupon redeemed `max_redemptions` times already.
+    #[error("{0}")]
+    CouponExhausted(String),
 }
 
 impl DomainError {

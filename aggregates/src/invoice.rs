@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::customer::CustomerDetails;
 use crate::money::{round_to_minor, MAX_AMOUNT};
 use crate::plan::validate_id;
+use crate::tax::{validate_rate_ids, TaxAmount, TaxSources};
 use crate::{Currency, DomainError, Period};
 
 /// The longest customer id, description, reference or reason, in characters.
@@ -89,6 +90,9 @@ pub enum LineKind {
     Proration,
     #[default]
     Manual,
+    /// A coupon's discount: negative, one per invoice, never more than the
+    /// recurring, usage and proration lines it covers.
+    Discount,
 }
 
 /// A line as asked for: the amount is computed.
@@ -104,6 +108,10 @@ pub struct NewLine {
     /// The service period the line covers, for recurring, usage and proration lines.
     #[serde(default)]
     pub period: Option<Period>,
+    /// The line's own tax rates, first in the precedence line →
+    /// subscription → plan → customer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tax_rate_ids: Vec<String>,
 }
 
 /// A line on an invoice.
@@ -122,6 +130,20 @@ pub struct InvoiceLine {
     /// `round(quantity × unit_price)` to the minor unit.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+    /// The line's own tax rates (absent in lines from before taxes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tax_rate_ids: Vec<String>,
+    /// The tax of each rate that applied, fixed at issue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tax_amounts: Vec<TaxAmount>,
+}
+
+/// The tax amounts of one line, as issuing fixed them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineTaxes {
+    /// The line's number.
+    pub line: u32,
+    pub tax_amounts: Vec<TaxAmount>,
 }
 
 /// A payment received against an open invoice.
@@ -218,8 +240,16 @@ pub struct Invoice {
     pub status: Option<InvoiceStatus>,
     pub lines: Vec<InvoiceLine>,
     pub number: Option<String>,
+    /// The lines before discount (and before exclusive tax).
     #[serde(with = "rust_decimal::serde::str")]
     pub subtotal: Decimal,
+    /// What the discount line takes off, as a positive amount.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub discount: Decimal,
+    /// Every line's tax, inclusive and exclusive, fixed at issue.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    /// `subtotal − discount + exclusive tax`.
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
     /// Customer credit applied at issue.
@@ -276,6 +306,9 @@ pub enum InvoiceCommand {
         number: u64,
         customer: Option<CustomerDetails>,
         available_credit: Decimal,
+        /// The tax rates the lines may take (none: no tax). Boxed: the
+        /// other commands are small.
+        taxes: Box<TaxSources>,
         at: DateTime<Utc>,
     },
     /// Open only; at most `amount_due` unless `excess_to_credit` (a payment
@@ -348,6 +381,25 @@ pub enum InvoiceEvent {
         currency: Currency,
         #[serde(with = "rust_decimal::serde::str")]
         subtotal: Decimal,
+        /// The discount line's amount, positive (absent when none, as in
+        /// events from before coupons existed).
+        #[serde(
+            default,
+            with = "rust_decimal::serde::str",
+            skip_serializing_if = "Decimal::is_zero"
+        )]
+        discount: Decimal,
+        /// Every line's tax, inclusive and exclusive (absent when none, as
+        /// in events from before taxes existed).
+        #[serde(
+            default,
+            with = "rust_decimal::serde::str",
+            skip_serializing_if = "Decimal::is_zero"
+        )]
+        tax: Decimal,
+        /// The tax amounts per line (absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        line_taxes: Vec<LineTaxes>,
         #[serde(with = "rust_decimal::serde::str")]
         total: Decimal,
         /// Customer credit applied (absent when none, as in events from
@@ -490,6 +542,7 @@ pub fn price_line(
         None => name.to_owned(),
     };
     validate_text(&field("description"), &line.description)?;
+    validate_rate_ids(&field("tax_rate_ids"), &line.tax_rate_ids)?;
     if line.quantity.is_sign_negative() && !line.quantity.is_zero() {
         return Err(DomainError::validation(
             field("quantity"),
@@ -519,6 +572,8 @@ pub fn price_line(
         kind: line.kind,
         period: line.period,
         amount,
+        tax_rate_ids: line.tax_rate_ids.clone(),
+        tax_amounts: Vec::new(),
     })
 }
 
@@ -572,6 +627,52 @@ fn line_amount(quantity: Decimal, unit_price: Decimal, currency: Currency) -> Op
     Some(round_to_minor(amount, currency))
 }
 
+/// The discount rule for `line` joining `lines`: a discount line is at most
+/// one per invoice, never positive, and never more than the recurring, usage
+/// and proration lines it covers; a line after the discount must leave it
+/// covered. `field` names the line's kind in errors.
+fn check_discount(
+    lines: &[InvoiceLine],
+    line: &InvoiceLine,
+    field: &str,
+) -> Result<(), DomainError> {
+    let existing = lines.iter().find(|l| l.kind == LineKind::Discount);
+    let discount = match (existing, line.kind) {
+        (Some(_), LineKind::Discount) => {
+            return Err(DomainError::validation(
+                field,
+                "an invoice has at most one discount line",
+            ))
+        }
+        (None, LineKind::Discount) => {
+            if line.amount > Decimal::ZERO {
+                return Err(DomainError::validation(
+                    field,
+                    "a discount line must not be positive",
+                ));
+            }
+            line.amount
+        }
+        (Some(d), _) => d.amount,
+        (None, _) => return Ok(()),
+    };
+    let covered: Decimal = lines
+        .iter()
+        .chain(std::iter::once(line))
+        .filter(|l| crate::coupon::discounts(l.kind))
+        .map(|l| l.amount)
+        .sum();
+    if -discount > covered {
+        return Err(DomainError::validation(
+            field,
+            format!(
+                "a discount must not exceed the recurring, usage and proration lines it covers ({covered})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Invoice {
     fn invalid(status: InvoiceStatus, command: &'static str) -> DomainError {
         DomainError::InvalidTransition {
@@ -593,6 +694,19 @@ impl Invoice {
     pub fn lines_total(&self) -> Decimal {
         let sum: Decimal = self.lines.iter().map(|l| l.amount).sum();
         round_to_minor(sum, self.currency())
+    }
+
+    /// The subtotal (every line but the discount) and the discount (the
+    /// discount line's amount, as a positive number) of `lines`.
+    pub fn subtotal_and_discount(lines: &[InvoiceLine], currency: Currency) -> (Decimal, Decimal) {
+        let (discount, other): (Vec<_>, Vec<_>) =
+            lines.iter().partition(|l| l.kind == LineKind::Discount);
+        let subtotal: Decimal = other.iter().map(|l| l.amount).sum();
+        let discount: Decimal = discount.iter().map(|l| -l.amount).sum();
+        (
+            round_to_minor(subtotal, currency),
+            round_to_minor(discount, currency),
+        )
     }
 
     /// Decides which events `command` causes, or why it is refused. Every
@@ -645,6 +759,7 @@ impl Invoice {
                     ));
                 }
                 let line = price_line(&line, self.currency(), self.lines.len() as u32 + 1, None)?;
+                check_discount(&self.lines, &line, "kind")?;
                 Ok(vec![InvoiceEvent::LineAdded { line }])
             }
             (Some(status @ (Open | Paid | Void | Uncollectible)), C::AddLine { .. }) => {
@@ -657,9 +772,10 @@ impl Invoice {
                     number,
                     customer,
                     available_credit,
+                    taxes,
                     at,
                 },
-            ) => self.issue(number, customer, available_credit, at),
+            ) => self.issue(number, customer, available_credit, &taxes, at),
             (Some(status @ (Open | Paid | Void | Uncollectible)), C::Issue { .. }) => {
                 Err(Self::invalid(status, name))
             }
@@ -938,8 +1054,11 @@ impl Invoice {
             due_days,
             created_at: at,
         }];
+        let mut priced: Vec<InvoiceLine> = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
             let line = price_line(line, currency, i as u32 + 1, Some(i))?;
+            check_discount(&priced, &line, &format!("lines[{i}].kind"))?;
+            priced.push(line.clone());
             events.push(InvoiceEvent::LineAdded { line });
         }
         Ok(events)
@@ -950,6 +1069,7 @@ impl Invoice {
         number: u64,
         customer: Option<CustomerDetails>,
         available_credit: Decimal,
+        taxes: &TaxSources,
         at: DateTime<Utc>,
     ) -> Result<Vec<InvoiceEvent>, DomainError> {
         if number == 0 {
@@ -957,7 +1077,21 @@ impl Invoice {
         }
         let currency = self.currency();
         let zero = round_to_minor(Decimal::ZERO, currency);
-        let total = self.lines_total();
+        let (subtotal, discount) = Self::subtotal_and_discount(&self.lines, currency);
+        // Rounded per line and rate; the totals are sums of those.
+        let line_taxes: Vec<LineTaxes> = self
+            .lines
+            .iter()
+            .map(|l| LineTaxes {
+                line: l.number,
+                tax_amounts: taxes.line_taxes(&l.tax_rate_ids, l.amount, currency),
+            })
+            .filter(|t| !t.tax_amounts.is_empty())
+            .collect();
+        let all = line_taxes.iter().flat_map(|t| &t.tax_amounts);
+        let tax = round_to_minor(all.clone().map(|t| t.amount).sum(), currency);
+        let exclusive: Decimal = all.filter(|t| !t.inclusive).map(|t| t.amount).sum();
+        let total = round_to_minor(subtotal - discount + exclusive, currency);
         let before_credit = total.max(zero);
         // Credit never makes the amount due negative.
         let applied_credit =
@@ -969,7 +1103,10 @@ impl Invoice {
             sequence: number,
             customer_id: self.customer_id.clone(),
             currency: self.currency(),
-            subtotal: total,
+            subtotal,
+            discount,
+            tax,
+            line_taxes,
             total,
             applied_credit,
             amount_due,
@@ -1100,6 +1237,8 @@ impl Invoice {
                 self.created_at = Some(*created_at);
                 let zero = round_to_minor(Decimal::ZERO, *currency);
                 self.subtotal = zero;
+                self.discount = zero;
+                self.tax = zero;
                 self.total = zero;
                 self.applied_credit = zero;
                 self.amount_paid = zero;
@@ -1111,8 +1250,9 @@ impl Invoice {
                 self.expect_status(&[Draft], event);
                 self.lines.push(line.clone());
                 // A draft shows its running total; issuing fixes it.
-                self.subtotal = self.lines_total();
-                self.total = self.subtotal;
+                (self.subtotal, self.discount) =
+                    Self::subtotal_and_discount(&self.lines, self.currency());
+                self.total = self.lines_total();
                 self.amount_due = self
                     .total
                     .max(round_to_minor(Decimal::ZERO, self.currency()));
@@ -1120,6 +1260,9 @@ impl Invoice {
             InvoiceEvent::InvoiceIssued {
                 number,
                 subtotal,
+                discount,
+                tax,
+                line_taxes,
                 total,
                 applied_credit,
                 amount_due,
@@ -1133,6 +1276,13 @@ impl Invoice {
                 self.customer_details = customer_details.as_deref().cloned();
                 self.number = Some(number.clone());
                 self.subtotal = *subtotal;
+                self.discount = round_to_minor(*discount, self.currency());
+                self.tax = round_to_minor(*tax, self.currency());
+                for taxed in line_taxes {
+                    if let Some(line) = self.lines.iter_mut().find(|l| l.number == taxed.line) {
+                        line.tax_amounts = taxed.tax_amounts.clone();
+                    }
+                }
                 self.total = *total;
                 self.applied_credit = round_to_minor(*applied_credit, self.currency());
                 self.amount_due = *amount_due;

@@ -1,4 +1,4 @@
-//! Tally's domain: the `Plan`, `Subscription`, `Customer`, `UsageRecord`, `Invoice`, `AccessKey`,
+//! Tally's domain: the `Plan`, `Subscription`, `Customer`, `Coupon`, `TaxRate`, `UsageRecord`, `Invoice`, `AccessKey`,
 //! `InvoiceNumbering`, `Ticket`, `Inbox`, `InboundNotice` and `ProviderPayment` aggregates, their
 //! commands and events, and the money and
 //! billing-period arithmetic they rely on, and the pricing of metered usage.
@@ -53,6 +53,7 @@ macro_rules! cqrs_adapter {
 
 pub mod access_key;
 pub mod billing;
+pub mod coupon;
 pub mod customer;
 pub mod error;
 pub mod inbox;
@@ -63,11 +64,16 @@ pub mod period;
 pub mod plan;
 pub mod pricing;
 pub mod subscription;
+pub mod tax;
 pub mod ticket;
 pub mod time;
 pub mod usage;
 
 pub use access_key::{AccessKey, AccessKeyCommand, AccessKeyEvent};
+pub use coupon::{
+    AppliedDiscount, Coupon, CouponCommand, CouponDuration, CouponEvent, CouponOff, CouponRef,
+    CouponStatus, CouponTerms,
+};
 pub use customer::{
     Address, Customer, CustomerCommand, CustomerDetails, CustomerEvent, CustomerStatus,
 };
@@ -90,6 +96,10 @@ pub use pricing::{MeterPricing, PriceTier};
 pub use subscription::{
     CancelWhen, PlanRef, ProrationFigures, ProrationMode, Subscription, SubscriptionCommand,
     SubscriptionEvent, SubscriptionStatus, SuspendReason, Suspension,
+};
+pub use tax::{
+    AppliedRate, TaxAmount, TaxRate, TaxRateCommand, TaxRateEvent, TaxRateStatus, TaxRateTerms,
+    TaxSources,
 };
 pub use ticket::{
     can_transition, Attachment, Comment, Priority, Ticket, TicketCommand, TicketEvent,

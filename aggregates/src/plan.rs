@@ -246,6 +246,10 @@ pub struct PlanTerms {
     /// existed, and left out when zero so those terms keep their shape.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub trial_days: u32,
+    /// The plan's tax rates (`txr_…`), third in the precedence line →
+    /// subscription → plan → customer; absent in plans from before taxes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tax_rate_ids: Vec<String>,
 }
 
 fn is_zero(days: &u32) -> bool {
@@ -285,6 +289,7 @@ fn validate_text(field: &str, value: &str, max_chars: usize) -> Result<(), Domai
 impl PlanTerms {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), DomainError> {
+        crate::tax::validate_rate_ids("tax_rate_ids", &self.tax_rate_ids)?;
         validate_text("code", &self.code, MAX_CODE_CHARS)?;
         if self.code.trim() != self.code {
             return Err(DomainError::validation(

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
+use crate::coupon::{AppliedDiscount, CouponOff, CouponRef};
 use crate::money::round_to_minor;
 use crate::period::{checked_period_at, checked_period_containing};
 use crate::plan::{is_valid_meter_key, validate_id, validate_trial_days};
@@ -185,6 +186,29 @@ impl ProrationFigures {
     }
 }
 
+/// A redeemed coupon on a subscription: what it takes off and for how many
+/// more invoiced periods (`None`: for ever). Each activation or renewal
+/// that carries it counts one period; at zero it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discount {
+    pub coupon_id: String,
+    pub code: String,
+    pub off: CouponOff,
+    pub start: DateTime<Utc>,
+    pub periods_left: Option<u32>,
+}
+
+impl Discount {
+    /// What one billing event's invoice takes.
+    pub fn applied(&self) -> AppliedDiscount {
+        AppliedDiscount {
+            coupon_id: self.coupon_id.clone(),
+            code: self.code.clone(),
+            off: self.off.clone(),
+        }
+    }
+}
+
 /// A customer's subscription. `status == None` means it was never created.
 #[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Subscription {
@@ -217,6 +241,12 @@ pub struct Subscription {
     /// The unpaid invoice that made the subscription past due.
     #[serde(default)]
     pub past_due_invoice: Option<String>,
+    /// The redeemed coupon its next invoices take, if any.
+    #[serde(default)]
+    pub discount: Option<Discount>,
+    /// Its own tax rates, before the plan's and the customer's.
+    #[serde(default)]
+    pub tax_rate_ids: Vec<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub activated_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
@@ -237,6 +267,8 @@ pub enum SubscriptionCommand {
         seats: Option<u32>,
         /// Days of trial, replacing the plan's when positive.
         trial_days: Option<u32>,
+        /// The subscription's own tax rates, before the plan's and the customer's.
+        tax_rate_ids: Vec<String>,
         at: DateTime<Utc>,
     },
     /// Draft → Active, or Draft → Trialing when the subscription (or else
@@ -292,6 +324,16 @@ pub enum SubscriptionCommand {
     /// `at`, or at `trial_end` when `at` is later: the scheduler sends the
     /// clock's time once the trial is over, a client ends it early.
     EndTrial { at: DateTime<Utc> },
+    /// Any status but Canceled: the redeemed `coupon` discounts the next
+    /// invoices, replacing a discount there was. The command layer appends
+    /// it with the coupon's `CouponRedeemed`, which checks the coupon.
+    ApplyDiscount {
+        coupon: CouponRef,
+        at: DateTime<Utc>,
+    },
+    /// Any status but Canceled: future invoices take no discount; a no-op
+    /// without one.
+    RemoveDiscount { at: DateTime<Utc> },
 }
 
 impl SubscriptionCommand {
@@ -309,6 +351,8 @@ impl SubscriptionCommand {
             SubscriptionCommand::Cancel { .. } => "cancel",
             SubscriptionCommand::Renew { .. } => "renew",
             SubscriptionCommand::EndTrial { .. } => "end_trial",
+            SubscriptionCommand::ApplyDiscount { .. } => "apply_discount",
+            SubscriptionCommand::RemoveDiscount { .. } => "remove_discount",
         }
     }
 }
@@ -327,6 +371,9 @@ pub enum SubscriptionEvent {
         /// Absent in events stored before trials existed, and when not asked for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trial_days: Option<u32>,
+        /// Absent in events stored before taxes existed, and when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tax_rate_ids: Vec<String>,
     },
     /// Draft → Trialing: activated with a trial, nothing billed until `trial_end`.
     TrialStarted {
@@ -349,6 +396,10 @@ pub enum SubscriptionEvent {
         plan: Option<PlanTerms>,
         #[serde(default)]
         seats: Option<u32>,
+        /// The discount the first invoice takes (absent when none, as in
+        /// events from before coupons existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        discount: Option<AppliedDiscount>,
     },
     PlanChanged {
         from_plan_id: String,
@@ -405,6 +456,18 @@ pub enum SubscriptionEvent {
         seats: Option<u32>,
         #[serde(default)]
         prorations: Vec<ProrationFigures>,
+        /// The discount this renewal's invoice takes (absent when none, as
+        /// in events from before coupons existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        discount: Option<AppliedDiscount>,
+    },
+    /// A coupon was redeemed for the subscription's next invoices.
+    DiscountApplied {
+        discount: Discount,
+    },
+    DiscountRemoved {
+        coupon_id: String,
+        removed_at: DateTime<Utc>,
     },
 }
 
@@ -425,6 +488,8 @@ impl SubscriptionEvent {
             SubscriptionEvent::CancellationScheduled { .. } => "CancellationScheduled",
             SubscriptionEvent::SubscriptionCanceled { .. } => "SubscriptionCanceled",
             SubscriptionEvent::PeriodRenewed { .. } => "PeriodRenewed",
+            SubscriptionEvent::DiscountApplied { .. } => "DiscountApplied",
+            SubscriptionEvent::DiscountRemoved { .. } => "DiscountRemoved",
         }
     }
 }
@@ -522,9 +587,18 @@ impl Subscription {
                     plan,
                     seats,
                     trial_days,
+                    tax_rate_ids,
                     at,
                 },
-            ) => Self::create(subscription_id, customer_id, plan, seats, trial_days, at),
+            ) => Self::create(
+                subscription_id,
+                customer_id,
+                plan,
+                seats,
+                trial_days,
+                tax_rate_ids,
+                at,
+            ),
             (
                 Some(Draft | Trialing | Active | PastDue | Suspended | Canceled),
                 C::Create { .. },
@@ -540,7 +614,9 @@ impl Subscription {
                 | C::ClearPastDue { .. }
                 | C::Cancel { .. }
                 | C::Renew { .. }
-                | C::EndTrial { .. },
+                | C::EndTrial { .. }
+                | C::ApplyDiscount { .. }
+                | C::RemoveDiscount { .. },
             ) => Err(DomainError::NotFound("subscription")),
 
             (Some(Draft), C::Activate { at, now }) => self.activate(at, now),
@@ -687,18 +763,100 @@ impl Subscription {
                 Some(status @ (Draft | Active | PastDue | Suspended | Canceled)),
                 C::EndTrial { .. },
             ) => Err(Self::invalid(status, name)),
+
+            // A discount waits for the invoices to come: before activation,
+            // during a trial, or while collections hold the subscription.
+            (
+                Some(Draft | Trialing | Active | PastDue | Suspended),
+                C::ApplyDiscount { coupon, at },
+            ) => self.apply_discount(coupon, at),
+            (Some(status @ Canceled), C::ApplyDiscount { .. }) => Err(Self::invalid(status, name)),
+
+            (Some(Draft | Trialing | Active | PastDue | Suspended), C::RemoveDiscount { at }) => {
+                Ok(match &self.discount {
+                    Some(d) => vec![SubscriptionEvent::DiscountRemoved {
+                        coupon_id: d.coupon_id.clone(),
+                        removed_at: at,
+                    }],
+                    None => vec![],
+                })
+            }
+            (Some(status @ Canceled), C::RemoveDiscount { .. }) => Err(Self::invalid(status, name)),
         }
     }
 
+    fn apply_discount(
+        &self,
+        coupon: CouponRef,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SubscriptionEvent>, DomainError> {
+        validate_id("coupon_id", &coupon.coupon_id)?;
+        // The coupon checks plan and currency too; checked here as well so
+        // that a subscription never holds a discount it cannot take.
+        let terms = &coupon.terms;
+        if !terms.plan_ids.is_empty() && !terms.plan_ids.contains(&self.plan_id) {
+            return Err(DomainError::CouponNotApplicable(format!(
+                "the coupon does not apply to plan {}",
+                self.plan_id
+            )));
+        }
+        if let CouponOff::Amount { currency, .. } = &terms.off {
+            if Some(*currency) != self.currency() {
+                return Err(DomainError::CouponNotApplicable(format!(
+                    "the coupon takes {currency} off, the subscription is billed in {}",
+                    self.terms().currency
+                )));
+            }
+        }
+        Ok(vec![SubscriptionEvent::DiscountApplied {
+            discount: Discount {
+                coupon_id: coupon.coupon_id,
+                code: terms.code.clone(),
+                off: terms.off.clone(),
+                start: at,
+                periods_left: terms.periods(),
+            },
+        }])
+    }
+
+    /// The discount the invoice of a period opening now takes.
+    fn billed_discount(&self) -> Option<AppliedDiscount> {
+        self.discount
+            .as_ref()
+            .filter(|d| d.periods_left != Some(0))
+            .map(Discount::applied)
+    }
+
+    /// Counts one invoiced period of the discount, when the billing event
+    /// carried it.
+    fn count_discounted_period(&mut self, carried: &Option<AppliedDiscount>) {
+        let Some(carried) = carried else { return };
+        let Some(discount) = &mut self.discount else {
+            return;
+        };
+        if discount.coupon_id != carried.coupon_id {
+            return;
+        }
+        if let Some(left) = &mut discount.periods_left {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.discount = None;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn create(
         subscription_id: String,
         customer_id: String,
         plan: PlanRef,
         seats: Option<u32>,
         trial_days: Option<u32>,
+        tax_rate_ids: Vec<String>,
         at: DateTime<Utc>,
     ) -> Result<Vec<SubscriptionEvent>, DomainError> {
         validate_id("subscription_id", &subscription_id)?;
+        crate::tax::validate_rate_ids("tax_rate_ids", &tax_rate_ids)?;
         validate_customer_id(&customer_id)?;
         check_target_plan(&plan)?;
         if let Some(days) = trial_days {
@@ -714,6 +872,7 @@ impl Subscription {
             seats,
             created_at: at,
             trial_days,
+            tax_rate_ids,
         }])
     }
 
@@ -765,6 +924,7 @@ impl Subscription {
             activated_at: anchor,
             plan: Some(self.terms().clone()),
             seats: Some(self.seats),
+            discount: self.billed_discount(),
         })
     }
 
@@ -943,6 +1103,7 @@ impl Subscription {
             plan: Some(self.terms().clone()),
             seats: Some(self.seats),
             prorations: self.pending_prorations.clone(),
+            discount: self.billed_discount(),
         }])
     }
 
@@ -967,9 +1128,11 @@ impl Subscription {
                 seats,
                 created_at,
                 trial_days,
+                tax_rate_ids,
             } => {
                 assert!(self.status.is_none(), "SubscriptionCreated twice");
                 self.trial_days = *trial_days;
+                self.tax_rate_ids = tax_rate_ids.clone();
                 self.id = Some(subscription_id.clone());
                 self.customer_id = customer_id.clone();
                 self.plan_id = plan_id.clone();
@@ -996,6 +1159,7 @@ impl Subscription {
                 anchor,
                 period,
                 activated_at,
+                discount,
                 ..
             } => {
                 self.expect_status(&[Draft, Trialing], event);
@@ -1003,6 +1167,7 @@ impl Subscription {
                 self.anchor = Some(*anchor);
                 self.current_period = Some(*period);
                 self.activated_at = Some(*activated_at);
+                self.count_discounted_period(discount);
             }
             SubscriptionEvent::PlanChanged {
                 to_plan_id,
@@ -1069,10 +1234,23 @@ impl Subscription {
                 self.suspension = None;
                 self.past_due_invoice = None;
             }
-            SubscriptionEvent::PeriodRenewed { new_period, .. } => {
+            SubscriptionEvent::PeriodRenewed {
+                new_period,
+                discount,
+                ..
+            } => {
                 self.expect_status(&[Active, PastDue, Suspended], event);
                 self.current_period = Some(*new_period);
                 self.pending_prorations.clear();
+                self.count_discounted_period(discount);
+            }
+            SubscriptionEvent::DiscountApplied { discount } => {
+                self.expect_status(&[Draft, Trialing, Active, PastDue, Suspended], event);
+                self.discount = Some(discount.clone());
+            }
+            SubscriptionEvent::DiscountRemoved { .. } => {
+                self.expect_status(&[Draft, Trialing, Active, PastDue, Suspended], event);
+                self.discount = None;
             }
         }
     }

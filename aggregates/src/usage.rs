@@ -653,6 +653,7 @@ mod tests {
                 meter("projects", ResetCadence::Lifetime),
             ],
             trial_days: 0,
+            tax_rate_ids: vec![],
         }
     }
 

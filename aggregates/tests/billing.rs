@@ -94,6 +94,7 @@ fn the_base_price_and_the_seats_are_billed_for_the_new_period() {
                 unit_price: dec("10.00"),
                 kind: LineKind::Recurring,
                 period: Some(may()),
+                tax_rate_ids: vec![],
             },
             NewLine {
                 description: "team plan seats".to_owned(),
@@ -101,6 +102,7 @@ fn the_base_price_and_the_seats_are_billed_for_the_new_period() {
                 unit_price: dec("5.00"),
                 kind: LineKind::Recurring,
                 period: Some(may()),
+                tax_rate_ids: vec![],
             },
         ]
     );
@@ -145,6 +147,7 @@ fn usage_above_included_is_billed_in_arrears_for_the_closed_period() {
             unit_price: dec("0.0015"),
             kind: LineKind::Usage,
             period: Some(april()),
+            tax_rate_ids: vec![],
         }
     );
     assert_eq!(amounts(&lines, eur())[2], dec("0.75"));
@@ -280,6 +283,7 @@ fn a_prorated_change_is_a_credit_line_and_a_charge_line() {
                 unit_price: dec("-6.67"),
                 kind: LineKind::Proration,
                 period: rest_of_april,
+                tax_rate_ids: vec![],
             },
             NewLine {
                 description: "Remaining time from 2025-04-11".to_owned(),
@@ -287,6 +291,7 @@ fn a_prorated_change_is_a_credit_line_and_a_charge_line() {
                 unit_price: dec("13.33"),
                 kind: LineKind::Proration,
                 period: rest_of_april,
+                tax_rate_ids: vec![],
             },
         ]
     );
@@ -359,6 +364,7 @@ fn renewal_invoice(lines: Vec<NewLine>, currency: Currency) -> Invoice {
             customer: None,
             available_credit: rust_decimal::Decimal::ZERO,
             at,
+            taxes: Default::default(),
         },
     ] {
         for event in invoice.decide(command).expect("the renewal invoice") {
@@ -420,6 +426,7 @@ fn a_downgrade_credit_larger_than_the_fee_settles_the_invoice_at_once() {
             available_credit: rust_decimal::Decimal::ZERO,
             at: may().start,
             customer: None,
+            taxes: Default::default(),
         },
     ] {
         let decided = invoice.decide(command).unwrap();

@@ -221,6 +221,7 @@ fn draft() -> Invoice {
                 unit_price: dec("50.00"),
                 kind: LineKind::Manual,
                 period: None,
+                tax_rate_ids: vec![],
             }],
             at: t(PUT_AT),
         })
@@ -240,6 +241,7 @@ fn an_invoice_keeps_the_details_it_was_issued_with() {
             customer: Some(details()),
             available_credit: rust_decimal::Decimal::ZERO,
             at: t(LATER),
+            taxes: Default::default(),
         })
         .unwrap();
     assert!(matches!(
@@ -258,6 +260,7 @@ fn an_invoice_keeps_the_details_it_was_issued_with() {
             customer: None,
             available_credit: rust_decimal::Decimal::ZERO,
             at: t(LATER),
+            taxes: Default::default(),
         })
         .unwrap();
     let text = serde_json::to_string(&events[0]).unwrap();

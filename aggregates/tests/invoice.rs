@@ -54,6 +54,7 @@ fn line(description: &str, quantity: &str, unit_price: &str) -> NewLine {
         unit_price: dec(unit_price),
         kind: LineKind::Manual,
         period: None,
+        tax_rate_ids: vec![],
     }
 }
 
@@ -65,6 +66,7 @@ fn seats_line() -> NewLine {
         unit_price: dec("25.00"),
         kind: LineKind::Recurring,
         period: Some(may()),
+        tax_rate_ids: vec![],
     }
 }
 
@@ -99,6 +101,7 @@ fn issue(number: u64) -> InvoiceCommand {
         available_credit: rust_decimal::Decimal::ZERO,
         at: t(ISSUED),
         customer: None,
+        taxes: Default::default(),
     }
 }
 
@@ -493,6 +496,8 @@ fn create_opens_a_draft_and_prices_its_lines() {
                     kind: LineKind::Recurring,
                     period: Some(may()),
                     amount: dec("100.00"),
+                    tax_rate_ids: vec![],
+                    tax_amounts: vec![],
                 },
             },
         ]
@@ -638,6 +643,7 @@ fn add_line_numbers_lines_after_the_created_ones_and_keeps_kind_and_period() {
         unit_price: dec("0.0015"),
         kind: LineKind::Usage,
         period: Some(may()),
+        tax_rate_ids: vec![],
     };
     let events = run(&mut invoice, add_line(usage)).unwrap();
     assert_eq!(
@@ -652,6 +658,8 @@ fn add_line_numbers_lines_after_the_created_ones_and_keeps_kind_and_period() {
                 period: Some(may()),
                 // 1.9995 → 2.00
                 amount: dec("2.00"),
+                tax_rate_ids: vec![],
+                tax_amounts: vec![],
             },
         }]
     );
@@ -894,12 +902,15 @@ fn issue_fixes_the_number_the_totals_and_the_due_date() {
             customer_id: "cus_1".to_owned(),
             currency: eur(),
             subtotal: dec("100.00"),
+            discount: dec("0.00"),
             total: dec("100.00"),
             applied_credit: dec("0.00"),
             amount_due: dec("100.00"),
             issued_at: t(ISSUED),
             due_at: t(ISSUED) + Duration::days(14),
             customer_details: None,
+            tax: dec("0.00"),
+            line_taxes: vec![],
         }]
     );
     assert_eq!(invoice.status, Some(InvoiceStatus::Open));
@@ -929,6 +940,7 @@ fn due_at_is_issued_at_plus_the_due_days() {
                     available_credit: rust_decimal::Decimal::ZERO,
                     at: t(issued_at),
                     customer: None,
+                    taxes: Default::default(),
                 },
             ],
         );
@@ -954,12 +966,15 @@ fn issuing_a_zero_total_settles_it_at_once() {
                     customer_id: "cus_1".to_owned(),
                     currency: eur(),
                     subtotal: dec("0.00"),
+                    discount: dec("0.00"),
                     total: dec("0.00"),
                     applied_credit: dec("0.00"),
                     amount_due: dec("0.00"),
                     issued_at: t(ISSUED),
                     due_at: t(ISSUED) + Duration::days(30),
                     customer_details: None,
+                    tax: dec("0.00"),
+                    line_taxes: vec![],
                 },
                 InvoiceEvent::InvoicePaid {
                     customer_id: "cus_1".to_owned(),
@@ -1540,6 +1555,7 @@ fn a_new_line_reads_from_json_with_string_decimals_and_defaults() {
             unit_price: dec("0.0015"),
             kind: LineKind::Usage,
             period: None,
+            tax_rate_ids: vec![],
         }
     );
     assert_eq!(LineKind::default(), LineKind::Manual);
@@ -1648,6 +1664,7 @@ fn new_line() -> impl Strategy<Value = NewLine> {
                 unit_price: decimal(p * p_sign, p_scale),
                 kind: LineKind::Manual,
                 period: None,
+                tax_rate_ids: vec![],
             },
         )
 }
@@ -1667,6 +1684,7 @@ fn good_line() -> impl Strategy<Value = NewLine> {
             unit_price: decimal(p, p_scale),
             kind: LineKind::Manual,
             period: None,
+            tax_rate_ids: vec![],
         })
 }
 
@@ -1913,7 +1931,7 @@ proptest! {
                     let NumberingEvent::InvoiceNumberAssigned { sequence, .. } = &numbered[0] else {
                         unreachable!("assign assigns")
                     };
-                    let events = invoice.decide(InvoiceCommand::Issue { number: *sequence, customer: None, available_credit: rust_decimal::Decimal::ZERO, at })?;
+                    let events = invoice.decide(InvoiceCommand::Issue { number: *sequence, customer: None, taxes: Default::default(), available_credit: rust_decimal::Decimal::ZERO, at })?;
                     for event in &numbered {
                         numbering.evolve(event);
                     }
@@ -2149,6 +2167,7 @@ fn issuing_applies_credit_up_to_the_amount_due() {
                 customer: None,
                 available_credit: dec(available),
                 at: t(ISSUED),
+                taxes: Default::default(),
             },
         )
         .unwrap();
@@ -2171,6 +2190,7 @@ fn issuing_applies_credit_up_to_the_amount_due() {
             customer: None,
             available_credit: dec("10.00"),
             at: t(ISSUED),
+            taxes: Default::default(),
         },
     )
     .unwrap();

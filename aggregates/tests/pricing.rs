@@ -167,6 +167,7 @@ fn bill_windows(
             available_credit: rust_decimal::Decimal::ZERO,
             at: may().start,
             customer: None,
+            taxes: Default::default(),
         },
     ] {
         for event in invoice.decide(command).expect("invoice command") {

@@ -97,6 +97,7 @@ fn command(
             seats: (step.seats % 5 != 4).then_some(step.seats),
             // Now and then a trial of its own (zero: the plan's, none).
             trial_days: step.seats.is_multiple_of(3).then_some(step.seats % 20),
+            tax_rate_ids: vec![],
             at,
         },
         1 => SubscriptionCommand::Activate { at, now: at },
@@ -354,7 +355,9 @@ fn check_billing(
             | SubscriptionEvent::SubscriptionSuspended { .. }
             | SubscriptionEvent::SubscriptionResumed { .. }
             | SubscriptionEvent::SubscriptionPastDue { .. }
-            | SubscriptionEvent::CancellationScheduled { .. } => {}
+            | SubscriptionEvent::CancellationScheduled { .. }
+            | SubscriptionEvent::DiscountApplied { .. }
+            | SubscriptionEvent::DiscountRemoved { .. } => {}
         }
     }
     Ok(())

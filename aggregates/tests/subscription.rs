@@ -36,7 +36,7 @@ enum Outcome {
 
 /// Every command name; `expected` below fails to compile when a command is
 /// added, and the matrix test fails when a sample for it is missing.
-const COMMAND_NAMES: [&str; 11] = [
+const COMMAND_NAMES: [&str; 13] = [
     "create",
     "activate",
     "change_plan",
@@ -48,6 +48,8 @@ const COMMAND_NAMES: [&str; 11] = [
     "cancel",
     "renew",
     "end_trial",
+    "apply_discount",
+    "remove_discount",
 ];
 
 /// One valid-looking command of each kind (two for cancel: now and period end).
@@ -60,6 +62,7 @@ fn sample_commands() -> Vec<SubscriptionCommand> {
             seats: None,
             trial_days: None,
             at: t(CREATED),
+            tax_rate_ids: vec![],
         },
         SubscriptionCommand::Activate {
             at: t(DURING),
@@ -105,6 +108,26 @@ fn sample_commands() -> Vec<SubscriptionCommand> {
             at: t("2025-03-01T00:00:00Z"),
         },
         SubscriptionCommand::EndTrial { at: t(DURING) },
+        SubscriptionCommand::ApplyDiscount {
+            coupon: tally_aggregates::CouponRef {
+                coupon_id: "cpn_1".to_owned(),
+                terms: tally_aggregates::CouponTerms {
+                    code: "TEN".to_owned(),
+                    name: None,
+                    off: tally_aggregates::CouponOff::Percent {
+                        percent_off: dec("10"),
+                    },
+                    duration: tally_aggregates::CouponDuration::Forever,
+                    duration_in_periods: None,
+                    max_redemptions: None,
+                    redeem_by: None,
+                    plan_ids: vec![],
+                },
+            },
+            at: t(DURING),
+        },
+        // The fixtures have no discount: removing none changes nothing.
+        SubscriptionCommand::RemoveDiscount { at: t(DURING) },
     ]
 }
 
@@ -125,7 +148,9 @@ fn expected(status: Option<SubscriptionStatus>, command: &SubscriptionCommand) -
             | C::ClearPastDue { .. }
             | C::Cancel { .. }
             | C::Renew { .. }
-            | C::EndTrial { .. } => NotFound,
+            | C::EndTrial { .. }
+            | C::ApplyDiscount { .. }
+            | C::RemoveDiscount { .. } => NotFound,
         };
     };
     match command {
@@ -190,6 +215,15 @@ fn expected(status: Option<SubscriptionStatus>, command: &SubscriptionCommand) -
             Trialing => Then(&["TrialEnded", "SubscriptionActivated"], Active),
             Draft | Active | PastDue | Suspended | Canceled => Invalid,
         },
+        // A discount waits for the invoices to come, in any status but the last.
+        C::ApplyDiscount { .. } => match status {
+            Draft | Trialing | Active | PastDue | Suspended => Then(&["DiscountApplied"], status),
+            Canceled => Invalid,
+        },
+        C::RemoveDiscount { .. } => match status {
+            Draft | Trialing | Active | PastDue | Suspended => NoOp,
+            Canceled => Invalid,
+        },
     }
 }
 
@@ -237,7 +271,7 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
             }
         }
     }
-    assert_eq!(pairs, 7 * 12);
+    assert_eq!(pairs, 7 * 14);
 }
 
 #[test]
@@ -271,6 +305,7 @@ fn create(
         seats,
         trial_days: None,
         at: t(CREATED),
+        tax_rate_ids: vec![],
     }
 }
 
@@ -372,6 +407,7 @@ fn create_rejects_bad_subscription_ids() {
                 seats: None,
                 trial_days: None,
                 at: t(CREATED),
+                tax_rate_ids: vec![],
             })
             .unwrap_err();
         assert!(
@@ -408,6 +444,7 @@ fn activate_anchors_billing_and_opens_the_first_period() {
             activated_at: t(ACTIVATED),
             plan: Some(subscription.terms().clone()),
             seats: Some(subscription.seats),
+            discount: None,
         }]
     );
     assert_eq!(subscription.status, Some(SubscriptionStatus::Active));
@@ -1079,6 +1116,7 @@ fn renewed_on_basic(closed: Period, new: Period, at: DateTime<Utc>) -> Subscript
         plan: Some(basic().terms),
         seats: Some(1),
         prorations: vec![],
+        discount: None,
     }
 }
 
@@ -1108,6 +1146,7 @@ fn renew_exactly_at_the_period_end_closes_the_rating_window() {
             plan: Some(basic().terms),
             seats: Some(1),
             prorations: vec![],
+            discount: None,
         }]
     );
     assert_eq!(subscription.current_period, Some(next));
@@ -1282,6 +1321,7 @@ fn prorated_changes_wait_for_the_renewal_and_are_billed_once() {
             plan: Some(big_team.terms.clone()),
             seats: Some(5),
             prorations: vec![seat_figures, plan_figures],
+            discount: None,
         }]
     );
     // …and clears them, so the next renewal bills none of them again.
@@ -1603,6 +1643,7 @@ fn one_of_each_event() -> Vec<SubscriptionEvent> {
             plan: Some(metered),
             seats: Some(2),
             prorations: vec![figures.clone(), figures],
+            discount: None,
         },
         SubscriptionEvent::SubscriptionCanceled {
             reason: Some("done".to_owned()),
@@ -1689,6 +1730,7 @@ fn a_period_renewed_stored_before_the_billing_fields_still_reads() {
             plan: None,
             seats: None,
             prorations: vec![],
+            discount: None,
         }
     );
     // A subscription folded from such an event is the same as before.
@@ -1798,6 +1840,7 @@ fn draft_with_trial(plan: tally_aggregates::PlanRef, trial_days: Option<u32>) ->
             seats: None,
             trial_days,
             at: t(CREATED),
+            tax_rate_ids: vec![],
         },
     )
     .unwrap();
@@ -1874,6 +1917,7 @@ fn trial_days_beyond_two_years_are_refused_naming_the_field() {
             seats: None,
             trial_days: Some(731),
             at: t(CREATED),
+            tax_rate_ids: vec![],
         })
         .unwrap_err();
     assert!(
@@ -1912,6 +1956,7 @@ fn a_trial_ended_by_the_clock_anchors_billing_at_trial_end() {
                 activated_at: anchor,
                 plan: Some(basic().terms),
                 seats: Some(1),
+                discount: None,
             },
         ]
     );

@@ -94,6 +94,9 @@ pub struct CreatePlanRequest {
     /// (0 to 730; default 0, none).
     #[schema(maximum = 730)]
     pub trial_days: Option<u32>,
+    /// Tax rates (`txr_…`, active) for the plan's invoices, after a line's
+    /// and a subscription's own and before the customer's.
+    pub tax_rate_ids: Option<Vec<String>>,
     #[serde(default)]
     pub meters: Vec<MeterRequest>,
 }
@@ -356,6 +359,7 @@ impl CreatePlanRequest {
                 .unwrap_or_default(),
             meters,
             trial_days: self.trial_days.unwrap_or(0),
+            tax_rate_ids: self.tax_rate_ids.unwrap_or_default(),
         };
         terms.validate()?;
         Ok(terms)
@@ -389,6 +393,7 @@ pub struct PlanDto {
     pub meters: Vec<MeterDto>,
     /// Days of trial a subscription on the plan starts with; 0: none.
     pub trial_days: u32,
+    pub tax_rate_ids: Vec<String>,
     /// active | archived
     pub status: String,
     pub created_at: Option<DateTime<Utc>>,
@@ -434,6 +439,7 @@ impl PlanDto {
                 })
                 .collect(),
             trial_days: terms.trial_days,
+            tax_rate_ids: terms.tax_rate_ids.clone(),
             status: p.status.as_ref().map(enum_str).unwrap_or_default(),
             created_at: p.created_at,
             archived_at: p.archived_at,
@@ -454,6 +460,30 @@ pub struct CreateSubscriptionRequest {
     /// positive; without it (or 0) the plan's trial applies.
     #[schema(maximum = 730)]
     pub trial_days: Option<u32>,
+    /// A coupon to redeem with the subscription (its `discount`).
+    #[schema(max_length = 64)]
+    pub coupon_code: Option<String>,
+    /// The subscription's own tax rates (`txr_…`, active), before the
+    /// plan's and the customer's.
+    pub tax_rate_ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyDiscountRequest {
+    /// The code of an active coupon that applies to the subscription's plan.
+    #[schema(max_length = 64)]
+    pub coupon_code: String,
+}
+
+/// A redeemed coupon on a subscription.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiscountDto {
+    pub coupon_id: String,
+    pub code: String,
+    pub start: DateTime<Utc>,
+    /// Invoiced periods it still discounts; null: for ever.
+    pub periods_left: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema, Default)]
@@ -535,6 +565,10 @@ pub struct SubscriptionDto {
     pub current_period: Option<PeriodDto>,
     pub suspension: Option<SuspensionDto>,
     pub cancel_at_period_end: bool,
+    /// The coupon its next invoices take; null when none.
+    pub discount: Option<DiscountDto>,
+    /// Its own tax rates.
+    pub tax_rate_ids: Vec<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub activated_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
@@ -573,6 +607,13 @@ impl SubscriptionDto {
                 }
             }),
             cancel_at_period_end: s.cancel_at_period_end,
+            discount: s.discount.as_ref().map(|d| DiscountDto {
+                coupon_id: d.coupon_id.clone(),
+                code: d.code.clone(),
+                start: d.start,
+                periods_left: d.periods_left,
+            }),
+            tax_rate_ids: s.tax_rate_ids.clone(),
             created_at: s.created_at,
             activated_at: s.activated_at,
             canceled_at: s.canceled_at,

@@ -87,6 +87,15 @@ pub enum ApiError {
     SignatureInvalid,
     #[error("a refund of a payment Tally has not seen yet; retry after the payment")]
     PaymentUnknown,
+    /// A coupon code that cannot be redeemed (unknown, archived, expired).
+    #[error("{0}")]
+    CouponInvalid(String),
+    /// A coupon not for this plan or currency.
+    #[error("{0}")]
+    CouponNotApplicable(String),
+    /// A coupon redeemed as often as it may be.
+    #[error("{0}")]
+    CouponExhausted(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -164,6 +173,17 @@ impl ApiError {
                 "Signature invalid",
             ),
             PaymentUnknown => (StatusCode::CONFLICT, "payment_unknown", "Payment unknown"),
+            CouponInvalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "coupon_invalid",
+                "Coupon invalid",
+            ),
+            CouponNotApplicable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "coupon_not_applicable",
+                "Coupon not applicable",
+            ),
+            CouponExhausted(_) => (StatusCode::CONFLICT, "coupon_exhausted", "Coupon exhausted"),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -204,6 +224,9 @@ impl IntoResponse for ApiError {
         let errors = match &self {
             ApiError::Validation { errors, .. } => errors.clone(),
             ApiError::SeatLimit(m) => vec![FieldError::new("seats", m.clone())],
+            ApiError::CouponInvalid(m) | ApiError::CouponNotApplicable(m) => {
+                vec![FieldError::new("coupon_code", m.clone())]
+            }
             _ => Vec::new(),
         };
         let problem = Problem {
@@ -245,6 +268,9 @@ impl From<DomainError> for ApiError {
             DomainError::SeatLimit { .. } => ApiError::SeatLimit(e.to_string()),
             DomainError::AlreadyExists(_) => ApiError::AlreadyExists(e.to_string()),
             DomainError::NotFound(_) => ApiError::NotFound,
+            DomainError::CouponInvalid(m) => ApiError::CouponInvalid(m),
+            DomainError::CouponNotApplicable(m) => ApiError::CouponNotApplicable(m),
+            DomainError::CouponExhausted(m) => ApiError::CouponExhausted(m),
         }
     }
 }

@@ -136,6 +136,19 @@ pub fn router(state: AppState) -> Router {
             "/v1/invoices/{id}/mark-uncollectible",
             post(invoices::mark_uncollectible),
         )
+        .route(
+            "/v1/tax-rates",
+            get(tax_rates::list).post(tax_rates::create),
+        )
+        .route("/v1/tax-rates/{id}", get(tax_rates::get))
+        .route("/v1/tax-rates/{id}/archive", post(tax_rates::archive))
+        .route("/v1/coupons", get(coupons::list).post(coupons::create))
+        .route("/v1/coupons/{id}", get(coupons::get))
+        .route("/v1/coupons/{id}/archive", post(coupons::archive))
+        .route(
+            "/v1/subscriptions/{id}/discount",
+            post(subscriptions::apply_discount).delete(subscriptions::remove_discount),
+        )
         .route("/v1/customers", get(customers::list))
         .route(
             "/v1/customers/{customer_id}",

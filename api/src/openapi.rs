@@ -11,13 +11,16 @@ use crate::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tally", description = "Event-sourced ledger for SaaS billing: plans, subscriptions, customers, usage, invoices and balances, tickets, inbox, audit."),
+    info(title = "Tally", description = "Event-sourced ledger for SaaS billing: plans, subscriptions, customers, coupons, tax rates, usage, invoices and balances, tickets, inbox, audit."),
     paths(
         plans::create, plans::archive, plans::list, plans::get,
         subscriptions::create, subscriptions::activate, subscriptions::end_trial, subscriptions::change_plan, subscriptions::change_seats,
         subscriptions::suspend, subscriptions::resume, subscriptions::cancel, subscriptions::list,
         subscriptions::get, subscriptions::entitlements,
+        subscriptions::apply_discount, subscriptions::remove_discount,
         customers::put, customers::list, customers::get,
+        coupons::create, coupons::archive, coupons::list, coupons::get,
+        tax_rates::create, tax_rates::archive, tax_rates::list, tax_rates::get,
         invoices::create, invoices::add_line, invoices::issue, invoices::pay, invoices::credit_note, invoices::void,
         invoices::mark_uncollectible, invoices::list, invoices::get, invoices::balance, invoices::journal,
         usage::report, usage::batch, usage::void, usage::list, usage::get, usage::summary,

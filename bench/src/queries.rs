@@ -465,6 +465,7 @@ fn generate(
                         LineKind::Manual
                     },
                     period: None,
+                    tax_rate_ids: vec![],
                 })
                 .collect();
             let meta = Meta::client();
@@ -488,6 +489,7 @@ fn generate(
                     available_credit: rust_decimal::Decimal::ZERO,
                     at,
                     customer: None,
+                    taxes: Default::default(),
                 })?;
                 let assigned = numbering.decide(NumberingCommand::Assign {
                     invoice_id: invoice_id.clone(),

@@ -889,6 +889,7 @@ fn plan_terms(code: &str, currency: Currency, base: i64, seat: i64, included: i6
             },
         ],
         trial_days: 0,
+        tax_rate_ids: vec![],
     }
 }
 
@@ -1052,6 +1053,7 @@ fn join(
         plan,
         seats: Some(rng.gen_range(1..=20)),
         trial_days: None,
+        tax_rate_ids: vec![],
         at: t0,
     })?;
     sink.emit(
@@ -1247,6 +1249,7 @@ fn invoice(
         available_credit: rust_decimal::Decimal::ZERO,
         at,
         customer: None,
+        taxes: Default::default(),
     })?;
     let assigned = tenant.numbering.decide(NumberingCommand::Assign {
         invoice_id: invoice_id.clone(),

@@ -3,6 +3,8 @@
 //! details, applying the customer's credit), credit notes (numbered the same
 //! way) and the payment port.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_aggregates::customer::Customer;
@@ -10,6 +12,8 @@ use tally_aggregates::invoice::{
     CreditReason, CreditSource, Invoice, InvoiceCommand, InvoiceEvent, InvoiceNumbering,
     NumberingCommand, NumberingEvent, NUMBERING_ID,
 };
+use tally_aggregates::subscription::Subscription;
+use tally_aggregates::tax::{TaxRate, TaxSources};
 use tally_aggregates::DomainError;
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
@@ -37,6 +41,7 @@ pub async fn issue(
             .0
             .details
     };
+    let taxes = tax_sources(d, &meta.tenant, &draft, customer.as_ref()).await?;
     let (invoice, _) = d
         .execute_pair::<Invoice, InvoiceNumbering, _>(
             meta,
@@ -55,6 +60,7 @@ pub async fn issue(
                     number: numbering.next(),
                     customer: customer.clone(),
                     available_credit,
+                    taxes: Box::new(taxes.clone()),
                     at,
                 })?;
                 let mut ledger = numbering.decide(NumberingCommand::Assign {
@@ -98,6 +104,46 @@ pub async fn issue(
         )
         .await?;
     Ok(invoice)
+}
+
+/// What the tax of `draft` is decided from: the tax rates of its
+/// subscription, of the plan that subscription is on, and of the customer,
+/// and every rate those and the lines name, loaded from their streams.
+async fn tax_sources(
+    d: &Dispatcher,
+    tenant: &str,
+    draft: &Invoice,
+    customer: Option<&tally_aggregates::CustomerDetails>,
+) -> Result<TaxSources, CommandError> {
+    let mut sources = TaxSources {
+        customer: customer.map(|c| c.tax_rate_ids.clone()).unwrap_or_default(),
+        ..TaxSources::default()
+    };
+    if let Some(sub_id) = &draft.subscription_id {
+        let (sub, _) = d.load::<Subscription>(tenant, sub_id).await?;
+        sources.subscription = sub.tax_rate_ids.clone();
+        sources.plan = sub
+            .plan
+            .as_ref()
+            .map(|p| p.tax_rate_ids.clone())
+            .unwrap_or_default();
+    }
+    let named: BTreeSet<&String> = draft
+        .lines
+        .iter()
+        .flat_map(|l| &l.tax_rate_ids)
+        .chain(&sources.subscription)
+        .chain(&sources.plan)
+        .chain(&sources.customer)
+        .collect();
+    let mut rates = BTreeMap::new();
+    for id in named {
+        if let Some(rate) = d.load::<TaxRate>(tenant, id).await?.0.applied() {
+            rates.insert(id.clone(), rate);
+        }
+    }
+    sources.rates = rates;
+    Ok(sources)
 }
 
 /// A payment received for an invoice: what any payment source reports. The

@@ -3,6 +3,7 @@
 //! event metadata, idempotency keys, API keys and the injectable clock.
 
 pub mod clock;
+pub mod coupons;
 pub mod dispatch;
 mod group_commit;
 pub mod idempotency;

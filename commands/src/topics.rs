@@ -22,8 +22,8 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tally_aggregates::money::{round_to_minor, scale_unit_price};
 use tally_aggregates::{
-    CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent, SubscriptionEvent,
-    SuspendReason, TicketEvent, UsageEvent,
+    CouponEvent, CouponOff, CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent,
+    SubscriptionEvent, SuspendReason, TaxRateEvent, TicketEvent, UsageEvent,
 };
 use tally_projections::StoredEvent;
 
@@ -51,6 +51,8 @@ pub enum FieldType {
     Timestamp,
     /// A non-negative JSON integer.
     Integer,
+    /// A JSON `true` or `false`.
+    Boolean,
 }
 
 /// One field of a topic's `data`.
@@ -74,6 +76,7 @@ impl Field {
             FieldType::Currency => "currency".to_owned(),
             FieldType::Timestamp => "timestamp".to_owned(),
             FieldType::Integer => "integer".to_owned(),
+            FieldType::Boolean => "boolean".to_owned(),
         };
         if self.nullable {
             base + "?"
@@ -137,6 +140,13 @@ pub const SUBSCRIPTION_CANCELLATION_SCHEDULED: &str =
     "billing.subscriptions.v1.subscription-cancellation-scheduled";
 pub const SUBSCRIPTION_CANCELED: &str = "billing.subscriptions.v1.subscription-canceled";
 pub const RATING_WINDOW_CLOSED: &str = "billing.subscriptions.v1.rating-window-closed";
+pub const DISCOUNT_APPLIED: &str = "billing.subscriptions.v1.discount-applied";
+pub const DISCOUNT_REMOVED: &str = "billing.subscriptions.v1.discount-removed";
+pub const COUPON_CREATED: &str = "billing.coupons.v1.coupon-created";
+pub const COUPON_REDEEMED: &str = "billing.coupons.v1.coupon-redeemed";
+pub const COUPON_ARCHIVED: &str = "billing.coupons.v1.coupon-archived";
+pub const TAX_RATE_CREATED: &str = "billing.tax-rates.v1.tax-rate-created";
+pub const TAX_RATE_ARCHIVED: &str = "billing.tax-rates.v1.tax-rate-archived";
 pub const CUSTOMER_CREATED: &str = "billing.customers.v1.customer-created";
 pub const CUSTOMER_UPDATED: &str = "billing.customers.v1.customer-updated";
 pub const INVOICE_ISSUED: &str = "billing.invoices.v1.invoice-issued";
@@ -156,13 +166,18 @@ pub const TICKET_ASSIGNED: &str = "support.tickets.v1.ticket-assigned";
 pub const TICKET_COMMENTED: &str = "support.tickets.v1.ticket-commented";
 pub const TICKET_STATUS_CHANGED: &str = "support.tickets.v1.ticket-status-changed";
 
-use FieldType::{Currency, Decimal as Dec, Enum, Id, Integer, Text, Timestamp};
+use FieldType::{Boolean, Currency, Decimal as Dec, Enum, Id, Integer, Text, Timestamp};
 
 const TENANT: Field = req("tenant_id", Id);
 const SUBSCRIPTION: Field = req("subscription_id", Id);
 const INVOICE: Field = req("invoice_id", Id);
 const TICKET: Field = req("ticket_id", Id);
 const CUSTOMER: Field = req("customer_id", Id);
+const COUPON: Field = req("coupon_id", Id);
+const TAX_RATE: Field = req("tax_rate_id", Id);
+
+/// `CouponDuration::as_str` of every duration (a test keeps them equal).
+pub const COUPON_DURATIONS: &[&str] = &["once", "repeating", "forever"];
 
 /// `Interval::as_str` of every interval (a test keeps them equal).
 pub const INTERVALS: &[&str] = &["month", "year"];
@@ -367,6 +382,88 @@ pub const TOPICS: &[TopicSpec] = &[
         ],
     },
     TopicSpec {
+        topic: DISCOUNT_APPLIED,
+        aggregate: "subscription",
+        event: "DiscountApplied",
+        description: "A coupon was redeemed for the subscription: its next invoices take the discount.",
+        data: &[
+            TENANT,
+            SUBSCRIPTION,
+            COUPON,
+            req("code", Text),
+            opt("periods_left", Integer),
+            req("applied_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: DISCOUNT_REMOVED,
+        aggregate: "subscription",
+        event: "DiscountRemoved",
+        description: "The subscription's discount was removed; invoices from now on take none.",
+        data: &[TENANT, SUBSCRIPTION, COUPON, req("removed_at", Timestamp)],
+    },
+    TopicSpec {
+        topic: COUPON_CREATED,
+        aggregate: "coupon",
+        event: "CouponCreated",
+        description: "A coupon was created: percent or amount off, for how long, how often.",
+        data: &[
+            TENANT,
+            COUPON,
+            req("code", Text),
+            opt("percent_off", Dec),
+            opt("amount_off", Dec),
+            opt("currency", Currency),
+            req("duration", Enum(COUPON_DURATIONS)),
+            opt("duration_in_periods", Integer),
+            opt("max_redemptions", Integer),
+            opt("redeem_by", Timestamp),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: COUPON_REDEEMED,
+        aggregate: "coupon",
+        event: "CouponRedeemed",
+        description: "A subscription redeemed the coupon; times_redeemed counts this one.",
+        data: &[
+            TENANT,
+            COUPON,
+            SUBSCRIPTION,
+            req("times_redeemed", Integer),
+            req("redeemed_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: COUPON_ARCHIVED,
+        aggregate: "coupon",
+        event: "CouponArchived",
+        description: "The coupon can no longer be redeemed; discounts already applied run on.",
+        data: &[TENANT, COUPON, req("archived_at", Timestamp)],
+    },
+    TopicSpec {
+        topic: TAX_RATE_CREATED,
+        aggregate: "tax_rate",
+        event: "TaxRateCreated",
+        description: "A tax rate was created: a percentage, inclusive or exclusive.",
+        data: &[
+            TENANT,
+            TAX_RATE,
+            req("name", Text),
+            req("percentage", Dec),
+            req("inclusive", Boolean),
+            opt("country", Text),
+            req("created_at", Timestamp),
+        ],
+    },
+    TopicSpec {
+        topic: TAX_RATE_ARCHIVED,
+        aggregate: "tax_rate",
+        event: "TaxRateArchived",
+        description: "The tax rate can no longer be attached; where it is attached it keeps applying.",
+        data: &[TENANT, TAX_RATE, req("archived_at", Timestamp)],
+    },
+    TopicSpec {
         topic: CUSTOMER_CREATED,
         aggregate: "customer",
         event: "CustomerCreated",
@@ -408,6 +505,8 @@ pub const TOPICS: &[TopicSpec] = &[
             req("customer_id", Id),
             req("currency", Currency),
             req("subtotal", Dec),
+            req("discount", Dec),
+            req("tax", Dec),
             req("total", Dec),
             req("amount_due", Dec),
             req("issued_at", Timestamp),
@@ -750,6 +849,8 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
         "plan" => e.decode().map(|event| plan(e, event)),
         "subscription" => e.decode().map(|event| subscription(e, event)),
         "customer" => e.decode().map(|event| customer(e, event)),
+        "coupon" => e.decode().map(|event| coupon(e, event)),
+        "tax_rate" => e.decode().map(|event| tax_rate(e, event)),
         "invoice" => e.decode().map(|event| invoice(e, event)),
         "invoice_numbering" => e.decode().map(|event| match event {
             NumberingEvent::InvoiceNumberAssigned { .. }
@@ -1077,6 +1178,118 @@ fn subscription(e: &StoredEvent, event: SubscriptionEvent) -> Vec<Integration> {
                 "closed_at": time(&renewed_at),
             }),
         ),
+        SubscriptionEvent::DiscountApplied { discount } => one(
+            DISCOUNT_APPLIED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "coupon_id": discount.coupon_id,
+                "code": discount.code,
+                "periods_left": discount.periods_left,
+                "applied_at": time(&discount.start),
+            }),
+        ),
+        SubscriptionEvent::DiscountRemoved {
+            coupon_id,
+            removed_at,
+        } => one(
+            DISCOUNT_REMOVED,
+            json!({
+                "tenant_id": tenant_id,
+                "subscription_id": subscription_id,
+                "coupon_id": coupon_id,
+                "removed_at": time(&removed_at),
+            }),
+        ),
+    }
+}
+
+fn tax_rate(e: &StoredEvent, event: TaxRateEvent) -> Vec<Integration> {
+    let (tenant_id, tax_rate_id) = (&e.tenant, e.resource_id());
+    match event {
+        TaxRateEvent::TaxRateCreated {
+            terms, created_at, ..
+        } => one(
+            TAX_RATE_CREATED,
+            json!({
+                "tenant_id": tenant_id,
+                "tax_rate_id": tax_rate_id,
+                "name": terms.name,
+                "percentage": decimal(&terms.percentage.normalize()),
+                "inclusive": terms.inclusive,
+                "country": terms.country,
+                "created_at": time(&created_at),
+            }),
+        ),
+        TaxRateEvent::TaxRateArchived { archived_at } => one(
+            TAX_RATE_ARCHIVED,
+            json!({
+                "tenant_id": tenant_id,
+                "tax_rate_id": tax_rate_id,
+                "archived_at": time(&archived_at),
+            }),
+        ),
+    }
+}
+
+fn coupon(e: &StoredEvent, event: CouponEvent) -> Vec<Integration> {
+    let (tenant_id, coupon_id) = (&e.tenant, e.resource_id());
+    match event {
+        CouponEvent::CouponCreated {
+            terms, created_at, ..
+        } => {
+            let (percent_off, amount_off, currency) = match &terms.off {
+                CouponOff::Percent { percent_off } => {
+                    (Some(decimal(&percent_off.normalize())), None, None)
+                }
+                CouponOff::Amount {
+                    amount_off,
+                    currency,
+                } => (
+                    None,
+                    Some(money(amount_off, *currency)),
+                    Some(currency.code()),
+                ),
+            };
+            one(
+                COUPON_CREATED,
+                json!({
+                    "tenant_id": tenant_id,
+                    "coupon_id": coupon_id,
+                    "code": terms.code,
+                    "percent_off": percent_off,
+                    "amount_off": amount_off,
+                    "currency": currency,
+                    "duration": terms.duration.as_str(),
+                    "duration_in_periods": terms.duration_in_periods,
+                    "max_redemptions": terms.max_redemptions,
+                    "redeem_by": terms.redeem_by.as_ref().map(time),
+                    "created_at": time(&created_at),
+                }),
+            )
+        }
+        CouponEvent::CouponRedeemed {
+            subscription_id,
+            times_redeemed,
+            redeemed_at,
+        } => one(
+            COUPON_REDEEMED,
+            json!({
+                "tenant_id": tenant_id,
+                "coupon_id": coupon_id,
+                "subscription_id": subscription_id,
+                "times_redeemed": times_redeemed,
+                "redeemed_at": time(&redeemed_at),
+            }),
+        ),
+        CouponEvent::CouponArchived { archived_at } => one(
+            COUPON_ARCHIVED,
+            json!({
+                "tenant_id": tenant_id,
+                "coupon_id": coupon_id,
+                "archived_at": time(&archived_at),
+            }),
+        ),
     }
 }
 
@@ -1089,6 +1302,8 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
             customer_id,
             currency,
             subtotal,
+            discount,
+            tax,
             total,
             amount_due,
             issued_at,
@@ -1103,6 +1318,8 @@ fn invoice(e: &StoredEvent, event: InvoiceEvent) -> Vec<Integration> {
                 "customer_id": customer_id,
                 "currency": currency.code(),
                 "subtotal": money(&subtotal, currency),
+                "discount": money(&discount, currency),
+                "tax": money(&tax, currency),
                 "total": money(&total, currency),
                 "amount_due": money(&amount_due, currency),
                 "issued_at": time(&issued_at),

@@ -15,13 +15,17 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 use tally_aggregates::invoice::{CreditNote, CreditReason, CreditSource};
+use tally_aggregates::subscription::Discount;
 use tally_aggregates::{
     usage::UsageWindow, Address, Comment, Currency, CustomerDetails, CustomerEvent, InboxEvent,
     Interval, Invoice, InvoiceCommand, InvoiceEvent, LineKind, NewLine, NumberingEvent, Payment,
     Period, PlanEvent, PlanTerms, Priority, ProrationFigures, SeatLimits, SubscriptionEvent,
     SuspendReason, Ticket, TicketCommand, TicketEvent, TicketStatus, UsageEvent,
 };
-use tally_aggregates::{InboundNoticeEvent, ProviderPaymentEvent};
+use tally_aggregates::{
+    AppliedDiscount, CouponDuration, CouponEvent, CouponOff, CouponTerms, InboundNoticeEvent,
+    ProviderPaymentEvent, TaxRateEvent, TaxRateTerms,
+};
 use tally_commands::topics::{
     envelope, integration_event, integration_events, spec, Field, FieldType, TopicSpec,
     NOT_PUBLISHED, PRIORITIES, TICKET_STATUSES, TOPICS,
@@ -441,6 +445,80 @@ const EVER_PUBLISHED: &[(&str, &[(&str, &str)])] = &[
             ("changed_at", "timestamp"),
         ],
     ),
+    (
+        "billing.subscriptions.v1.discount-applied",
+        &[
+            ("tenant_id", "id"),
+            ("subscription_id", "id"),
+            ("coupon_id", "id"),
+            ("code", "string"),
+            ("periods_left", "integer?"),
+            ("applied_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.subscriptions.v1.discount-removed",
+        &[
+            ("tenant_id", "id"),
+            ("subscription_id", "id"),
+            ("coupon_id", "id"),
+            ("removed_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.coupons.v1.coupon-created",
+        &[
+            ("tenant_id", "id"),
+            ("coupon_id", "id"),
+            ("code", "string"),
+            ("percent_off", "decimal?"),
+            ("amount_off", "decimal?"),
+            ("currency", "currency?"),
+            ("duration", "enum(once, repeating, forever)"),
+            ("duration_in_periods", "integer?"),
+            ("max_redemptions", "integer?"),
+            ("redeem_by", "timestamp?"),
+            ("created_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.coupons.v1.coupon-redeemed",
+        &[
+            ("tenant_id", "id"),
+            ("coupon_id", "id"),
+            ("subscription_id", "id"),
+            ("times_redeemed", "integer"),
+            ("redeemed_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.coupons.v1.coupon-archived",
+        &[
+            ("tenant_id", "id"),
+            ("coupon_id", "id"),
+            ("archived_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.tax-rates.v1.tax-rate-created",
+        &[
+            ("tenant_id", "id"),
+            ("tax_rate_id", "id"),
+            ("name", "string"),
+            ("percentage", "decimal"),
+            ("inclusive", "boolean"),
+            ("country", "string?"),
+            ("created_at", "timestamp"),
+        ],
+    ),
+    (
+        "billing.tax-rates.v1.tax-rate-archived",
+        &[
+            ("tenant_id", "id"),
+            ("tax_rate_id", "id"),
+            ("archived_at", "timestamp"),
+        ],
+    ),
 ];
 
 /// Topics from [`EVER_PUBLISHED`] that were retired on purpose (announced,
@@ -782,6 +860,8 @@ fn the_tables_name_the_aggregates_by_their_stored_type() {
         tally_aggregates::Plan::TYPE,
         tally_aggregates::Subscription::TYPE,
         tally_aggregates::Customer::TYPE,
+        tally_aggregates::Coupon::TYPE,
+        tally_aggregates::TaxRate::TYPE,
         tally_aggregates::Invoice::TYPE,
         tally_aggregates::InvoiceNumbering::TYPE,
         tally_aggregates::UsageRecord::TYPE,
@@ -809,6 +889,14 @@ fn enum_values_are_the_domain_values() {
     assert_eq!(tally_commands::topics::INTERVALS, intervals.as_slice());
     let reasons: Vec<&str> = CreditReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(tally_commands::topics::CREDIT_REASONS, reasons.as_slice());
+    let durations: Vec<&str> = tally_aggregates::CouponDuration::ALL
+        .iter()
+        .map(|d| d.as_str())
+        .collect();
+    assert_eq!(
+        tally_commands::topics::COUPON_DURATIONS,
+        durations.as_slice()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -839,6 +927,7 @@ fn terms() -> PlanTerms {
         seats: SeatLimits { min: 1, max: 50 },
         meters: vec![],
         trial_days: 0,
+        tax_rate_ids: vec![],
     }
 }
 
@@ -863,6 +952,19 @@ fn period(start: &str, end: &str) -> Period {
     Period {
         start: t(start),
         end: t(end),
+    }
+}
+
+fn coupon_terms(off: CouponOff) -> CouponTerms {
+    CouponTerms {
+        code: "TEN".into(),
+        name: None,
+        off,
+        duration: CouponDuration::Repeating,
+        duration_in_periods: Some(3),
+        max_redemptions: Some(100),
+        redeem_by: Some(t("2026-06-01T00:00:00Z")),
+        plan_ids: vec![],
     }
 }
 
@@ -963,6 +1065,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 seats: 3,
                 created_at: t("2026-01-01T00:00:00Z"),
                 trial_days: None,
+                tax_rate_ids: vec![],
             }),
             vec![SUBSCRIPTION_CREATED],
         ),
@@ -1021,6 +1124,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 activated_at: t("2026-01-01T00:00:00Z"),
                 plan: Some(terms()),
                 seats: Some(3),
+                discount: None,
             }),
             vec![SUBSCRIPTION_ACTIVATED],
         ),
@@ -1032,6 +1136,7 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 activated_at: t("2026-01-01T00:00:00Z"),
                 plan: None,
                 seats: None,
+                discount: None,
             }),
             vec![SUBSCRIPTION_ACTIVATED],
         ),
@@ -1155,8 +1260,128 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 plan: Some(terms()),
                 seats: Some(3),
                 prorations: vec![proration()],
+                discount: Some(AppliedDiscount {
+                    coupon_id: "cpn_1".into(),
+                    code: "TEN".into(),
+                    off: CouponOff::Percent {
+                        percent_off: dec("10"),
+                    },
+                }),
             }),
             vec![RATING_WINDOW_CLOSED],
+        ),
+        (
+            "discount applied",
+            sub_event(SubscriptionEvent::DiscountApplied {
+                discount: Discount {
+                    coupon_id: "cpn_1".into(),
+                    code: "TEN".into(),
+                    off: CouponOff::Percent {
+                        percent_off: dec("10"),
+                    },
+                    start: t("2026-01-02T00:00:00Z"),
+                    periods_left: Some(3),
+                },
+            }),
+            vec![DISCOUNT_APPLIED],
+        ),
+        (
+            "discount removed",
+            sub_event(SubscriptionEvent::DiscountRemoved {
+                coupon_id: "cpn_1".into(),
+                removed_at: t("2026-01-03T00:00:00Z"),
+            }),
+            vec![DISCOUNT_REMOVED],
+        ),
+        (
+            "coupon created, percent off",
+            stored(
+                "coupon",
+                "cpn_1",
+                "CouponCreated",
+                &CouponEvent::CouponCreated {
+                    coupon_id: "cpn_1".into(),
+                    terms: coupon_terms(CouponOff::Percent {
+                        percent_off: dec("12.5"),
+                    }),
+                    created_at: t("2026-01-01T00:00:00Z"),
+                },
+            ),
+            vec![COUPON_CREATED],
+        ),
+        (
+            "coupon created, amount off",
+            stored(
+                "coupon",
+                "cpn_1",
+                "CouponCreated",
+                &CouponEvent::CouponCreated {
+                    coupon_id: "cpn_1".into(),
+                    terms: coupon_terms(CouponOff::Amount {
+                        amount_off: dec("5"),
+                        currency: eur(),
+                    }),
+                    created_at: t("2026-01-01T00:00:00Z"),
+                },
+            ),
+            vec![COUPON_CREATED],
+        ),
+        (
+            "coupon redeemed",
+            stored(
+                "coupon",
+                "cpn_1",
+                "CouponRedeemed",
+                &CouponEvent::CouponRedeemed {
+                    subscription_id: "sub_1".into(),
+                    times_redeemed: 1,
+                    redeemed_at: t("2026-01-02T00:00:00Z"),
+                },
+            ),
+            vec![COUPON_REDEEMED],
+        ),
+        (
+            "tax rate created",
+            stored(
+                "tax_rate",
+                "txr_1",
+                "TaxRateCreated",
+                &TaxRateEvent::TaxRateCreated {
+                    tax_rate_id: "txr_1".into(),
+                    terms: TaxRateTerms {
+                        name: "VAT".into(),
+                        percentage: dec("19"),
+                        inclusive: false,
+                        country: Some("DE".into()),
+                    },
+                    created_at: t("2026-01-01T00:00:00Z"),
+                },
+            ),
+            vec![TAX_RATE_CREATED],
+        ),
+        (
+            "tax rate archived",
+            stored(
+                "tax_rate",
+                "txr_1",
+                "TaxRateArchived",
+                &TaxRateEvent::TaxRateArchived {
+                    archived_at: t("2026-01-04T00:00:00Z"),
+                },
+            ),
+            vec![TAX_RATE_ARCHIVED],
+        ),
+        (
+            "coupon archived",
+            stored(
+                "coupon",
+                "cpn_1",
+                "CouponArchived",
+                &CouponEvent::CouponArchived {
+                    archived_at: t("2026-01-04T00:00:00Z"),
+                },
+            ),
+            vec![COUPON_ARCHIVED],
         ),
         (
             "invoice created",
@@ -1182,6 +1407,8 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                     kind: LineKind::Recurring,
                     period: None,
                     amount: dec("20.00"),
+                    tax_rate_ids: vec![],
+                    tax_amounts: vec![],
                 },
             }),
             vec![],
@@ -1194,12 +1421,15 @@ fn samples() -> Vec<(&'static str, StoredEvent, Vec<&'static str>)> {
                 customer_id: "cus_1".into(),
                 currency: eur(),
                 subtotal: dec("35.00"),
+                discount: dec("0.00"),
                 total: dec("35.00"),
                 applied_credit: dec("0.00"),
                 amount_due: dec("35.00"),
                 issued_at: t("2026-02-01T00:00:00Z"),
                 due_at: t("2026-03-03T00:00:00Z"),
                 customer_details: None,
+                tax: dec("0.00"),
+                line_taxes: vec![],
             }),
             vec![INVOICE_ISSUED],
         ),
@@ -1616,6 +1846,7 @@ fn type_error(field: &Field, value: &Value) -> Option<String> {
     let Some(text) = value.as_str() else {
         return match field.ty {
             FieldType::Integer if value.is_u64() => None,
+            FieldType::Boolean if value.is_boolean() => None,
             _ => Some(format!("{value} is not a {}", field.type_name())),
         };
     };
@@ -1626,7 +1857,7 @@ fn type_error(field: &Field, value: &Value) -> Option<String> {
         FieldType::Decimal => Decimal::from_str_exact(text).is_ok(),
         FieldType::Currency => Currency::parse(text).is_ok(),
         FieldType::Timestamp => DateTime::parse_from_rfc3339(text).is_ok() && text.ends_with('Z'),
-        FieldType::Integer => false,
+        FieldType::Integer | FieldType::Boolean => false,
     };
     (!ok).then(|| format!("{value} is not a {}", field.type_name()))
 }
@@ -1902,6 +2133,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
                 unit_price: dec("0.0125"),
                 kind: LineKind::Usage,
                 period: None,
+                tax_rate_ids: vec![],
             }],
             at: t("2026-02-01T00:00:00Z"),
         },
@@ -1913,6 +2145,7 @@ fn a_paid_invoice_publishes_issue_payment_and_paid() {
             available_credit: rust_decimal::Decimal::ZERO,
             at: t("2026-02-01T00:00:00Z"),
             customer: None,
+            taxes: Default::default(),
         },
     );
     run(

@@ -192,7 +192,9 @@ async fn subscription(
         | SubscriptionEvent::SeatsChanged { .. }
         | SubscriptionEvent::PastDueCleared { .. }
         | SubscriptionEvent::CancellationScheduled { .. }
-        | SubscriptionEvent::PeriodRenewed { .. } => return Ok(()),
+        | SubscriptionEvent::PeriodRenewed { .. }
+        | SubscriptionEvent::DiscountApplied { .. }
+        | SubscriptionEvent::DiscountRemoved { .. } => return Ok(()),
     };
     let customer: Option<String> = sqlx::query_scalar(&t.sql(
         "SELECT customer_id FROM rm_inbox_customers WHERE tenant = $1 AND subscription_id = $2",

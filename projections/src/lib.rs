@@ -3,6 +3,7 @@
 //! queries. It knows nothing of HTTP and nothing of how commands are decided.
 
 pub mod balances;
+pub mod coupons;
 pub mod customers;
 pub mod db;
 pub mod inbox;
@@ -15,6 +16,7 @@ pub mod seal;
 pub mod state;
 pub mod subscriptions;
 pub mod tables;
+pub mod tax_rates;
 pub mod tickets;
 pub mod time;
 pub mod usage;
@@ -60,5 +62,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(state::StateProjector::<tally_aggregates::ticket::Ticket>::default()),
         Arc::new(inbox::InboxProjector),
         Arc::new(state::StateProjector::<tally_aggregates::customer::Customer>::default()),
+        Arc::new(state::StateProjector::<tally_aggregates::coupon::Coupon>::default()),
+        Arc::new(state::StateProjector::<tally_aggregates::tax::TaxRate>::default()),
     ]
 }

@@ -17,10 +17,12 @@ use tally_aggregates::{
 use tally_projections::{Db, EventLog, StoredEvent};
 
 /// The stream types `audit` reads.
-const TYPES: [&str; 11] = [
+const TYPES: [&str; 13] = [
     "plan",
     "subscription",
     "customer",
+    "coupon",
+    "tax_rate",
     "invoice",
     "usage_record",
     "ticket",
@@ -33,7 +35,7 @@ const TYPES: [&str; 11] = [
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// plan, subscription, customer, invoice, usage_record, ticket, inbox, invoice_numbering,
+    /// plan, subscription, customer, coupon, tax_rate, invoice, usage_record, ticket, inbox, invoice_numbering,
     /// api_key, inbound_notice or provider_payment
     #[arg(value_name = "TYPE")]
     kind: String,
@@ -91,6 +93,8 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
         "plan" => timeline::<Plan>(events)?,
         "subscription" => timeline::<Subscription>(events)?,
         "customer" => timeline::<tally_aggregates::customer::Customer>(events)?,
+        "coupon" => timeline::<tally_aggregates::Coupon>(events)?,
+        "tax_rate" => timeline::<tally_aggregates::TaxRate>(events)?,
         "invoice" => timeline::<Invoice>(events)?,
         "usage_record" => timeline::<UsageRecord>(events)?,
         "ticket" => timeline::<Ticket>(events)?,

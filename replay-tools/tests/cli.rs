@@ -108,7 +108,7 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
     assert_eq!(
         out.matches(&format!("swapped in at position {head}"))
             .count(),
-        8,
+        10,
         "{out}"
     );
     assert_eq!(dump_read_models(&db).await, before);
@@ -121,6 +121,8 @@ async fn a_killed_rebuild_resumes_and_ends_equal(backend: Backend) {
         "tickets",
         "inbox",
         "customers",
+        "coupons",
+        "tax_rates",
     ] {
         assert_eq!(checkpoint(&db, name).await, Some(head), "{name}");
         assert_eq!(checkpoint(&db, &format!("{name}__next")).await, None);
@@ -274,6 +276,8 @@ async fn audit_timeline_export_and_status(backend: Backend) {
         "tickets",
         "inbox",
         "customers",
+        "coupons",
+        "tax_rates",
     ] {
         let line = status
             .lines()

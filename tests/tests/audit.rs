@@ -137,6 +137,53 @@ async fn state_as_of_matches_what_the_api_returned(backend: Backend) {
         200,
     )
     .await;
+    // A tax rate, then archived.
+    let rate = s
+        .step(
+            "tax_rate",
+            "/v1/tax-rates",
+            json!({"name": "VAT", "percentage": "19", "inclusive": false, "country": "DE"}),
+            201,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.step(
+        "tax_rate",
+        &format!("/v1/tax-rates/{rate}/archive"),
+        json!({}),
+        200,
+    )
+    .await;
+    // A coupon, redeemed by the subscription, then archived.
+    let coupon = s
+        .step(
+            "coupon",
+            "/v1/coupons",
+            json!({"code": "AUDIT10", "percent_off": "10", "duration": "repeating",
+                   "duration_in_periods": 3, "max_redemptions": 5,
+                   "redeem_by": "2026-12-31T00:00:00Z"}),
+            201,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.step(
+        "subscription",
+        &format!("/v1/subscriptions/{sub}/discount"),
+        json!({"coupon_code": "AUDIT10"}),
+        200,
+    )
+    .await;
+    s.step(
+        "coupon",
+        &format!("/v1/coupons/{coupon}/archive"),
+        json!({}),
+        200,
+    )
+    .await;
     s.step(
         "subscription",
         &format!("/v1/subscriptions/{sub}/change-seats"),
@@ -242,7 +289,7 @@ async fn state_as_of_matches_what_the_api_returned(backend: Backend) {
 
     let key = &app.admin_key;
     let kinds: std::collections::BTreeSet<_> = s.seen.iter().map(|x| x.kind).collect();
-    assert_eq!(kinds.len(), 6, "every resource type with a GET shape");
+    assert_eq!(kinds.len(), 8, "every resource type with a GET shape");
     for seen in &s.seen {
         let version = seen.body["version"].as_i64().expect("version");
         let by_seq = app

@@ -428,6 +428,7 @@ async fn seed_plan(dispatcher: &Dispatcher, meta: &CommandMeta) -> String {
         seats: SeatLimits { min: 1, max: 500 },
         meters: vec![],
         trial_days: 0,
+        tax_rate_ids: vec![],
     };
     let id = "plan_seed".to_string();
     let at = chrono::Utc::now();
@@ -466,6 +467,7 @@ async fn seed_subscription(dispatcher: &Dispatcher, meta: &CommandMeta, plan_id:
                 seats: Some(1),
                 trial_days: None,
                 at,
+                tax_rate_ids: vec![],
             })
         })
         .await

@@ -30,8 +30,10 @@ fn ok(r: &tally_tests::Resp, status: u16) -> Value {
 /// invoices copy their details), subscriptions through renewals, one in its
 /// trial, plan and seat changes, usage with overage (below the hard cap: a quota suspension would be resumed by a
 /// timer, after the workload has settled) and a void, invoices paid, partly paid, voided and written off, a past-due
-/// suspension, credit notes (credit carried to a renewal, a refund), tickets
-/// with comments and moves, and inbox read state.
+/// suspension, credit notes (credit carried to a renewal, a refund), coupons
+/// (redeemed into discount lines of renewals, one archived), tax rates (one
+/// on the manual invoices' lines, one archived), tickets with
+/// comments and moves, and inbox read state.
 async fn mixed_workload(app: &TestApp) {
     let key = &app.admin_key;
     let basic = app.standard_plan().await;
@@ -82,6 +84,46 @@ async fn mixed_workload(app: &TestApp) {
         "trialing"
     );
     ok(
+        &app.post(
+            key,
+            "/v1/coupons",
+            json!({"code": "THIRD", "percent_off": "33.3333",
+            "duration": "repeating", "duration_in_periods": 2, "max_redemptions": 5}),
+        )
+        .await,
+        201,
+    );
+    let old = ok(
+        &app.post(
+            key,
+            "/v1/coupons",
+            json!({"code": "FIVE", "amount_off": "5.00",
+            "currency": "EUR", "duration": "forever"}),
+        )
+        .await,
+        201,
+    );
+    ok(
+        &app.post(
+            key,
+            &format!("/v1/subscriptions/{}/discount", subs[2]),
+            json!({"coupon_code": "THIRD"}),
+        )
+        .await,
+        200,
+    );
+    ok(
+        &app.post(
+            key,
+            &format!("/v1/subscriptions/{}/discount", subs[3]),
+            json!({"coupon_code": "FIVE"}),
+        )
+        .await,
+        200,
+    );
+    let archive = format!("/v1/coupons/{}/archive", old["id"].as_str().unwrap());
+    ok(&app.post(key, &archive, json!({})).await, 200);
+    ok(
         &app.change_plan(
             key,
             &subs[0],
@@ -119,11 +161,35 @@ async fn mixed_workload(app: &TestApp) {
         .await,
         200,
     );
+    // Tax rates: one exclusive on the manual invoices' lines, one archived.
+    let vat = ok(
+        &app.post(
+            key,
+            "/v1/tax-rates",
+            json!({"name": "VAT", "percentage": "19", "inclusive": false}),
+        )
+        .await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gone = ok(
+        &app.post(
+            key,
+            "/v1/tax-rates",
+            json!({"name": "Old", "percentage": "16", "inclusive": true}),
+        )
+        .await,
+        201,
+    );
+    let archive = format!("/v1/tax-rates/{}/archive", gone["id"].as_str().unwrap());
+    ok(&app.post(key, &archive, json!({})).await, 200);
     // A manual invoice: paid in two parts; another voided, another written off.
     for (n, end) in ["paid", "void", "uncollectible"].iter().enumerate() {
         let inv = ok(
             &app.post(key, "/v1/invoices", json!({"customer_id": "cus_9", "currency": "EUR",
-                "lines": [{"description": "Setup", "quantity": "1", "unit_price": format!("{}.50", 10 + n)}]}))
+                "lines": [{"description": "Setup", "quantity": "1", "unit_price": format!("{}.50", 10 + n), "tax_rate_ids": [vat]}]}))
                 .await,
             201,
         );

@@ -74,6 +74,7 @@ pub fn terms(code: &str, base: &str, seat: &str, min: u32, max: u32) -> PlanTerm
         seats: SeatLimits { min, max },
         meters: vec![],
         trial_days: 0,
+        tax_rate_ids: vec![],
     }
 }
 
@@ -123,6 +124,7 @@ pub fn created_on(plan: PlanRef, seats: u32) -> SubscriptionEvent {
         seats,
         created_at: t(CREATED),
         trial_days: None,
+        tax_rate_ids: vec![],
     }
 }
 
@@ -138,6 +140,7 @@ pub fn activated_at(at: &str) -> SubscriptionEvent {
         activated_at: anchor,
         plan: Some(basic().terms),
         seats: Some(1),
+        discount: None,
     }
 }
 

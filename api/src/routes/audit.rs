@@ -12,10 +12,12 @@ use crate::AppState;
 
 /// The stream types of API.md § Audit and their id prefixes (none for
 /// customers: their ids are the client's own).
-pub const STREAM_TYPES: [(&str, &str); 11] = [
+pub const STREAM_TYPES: [(&str, &str); 13] = [
     ("plan", "plan"),
     ("subscription", "sub"),
     ("customer", ""),
+    ("coupon", "cpn"),
+    ("tax_rate", "txr"),
     ("invoice", "inv"),
     ("usage_record", "use"),
     ("ticket", "tkt"),
@@ -231,6 +233,22 @@ pub async fn state_at(
         "customer" => to_value(crate::dto::CustomerDto::from_state(
             &id,
             &fold::<Customer>(&events)?,
+            sequence,
+        ))?,
+        "coupon" => {
+            // Redeemable as it was then.
+            let then = tally_projections::time::from_text(&recorded_at)
+                .ok_or_else(|| ApiError::Internal(format!("recorded_at {recorded_at}")))?;
+            to_value(super::coupons::CouponDto::from_state(
+                &id,
+                &fold::<tally_aggregates::Coupon>(&events)?,
+                sequence,
+                then,
+            ))?
+        }
+        "tax_rate" => to_value(super::tax_rates::TaxRateDto::from_state(
+            &id,
+            &fold::<tally_aggregates::TaxRate>(&events)?,
             sequence,
         ))?,
         "invoice" => to_value(super::invoices::InvoiceDto::from_state(

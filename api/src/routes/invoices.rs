@@ -37,9 +37,14 @@ pub struct LineRequest {
     /// Decimal string; negative for a credit or discount line.
     #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
     pub unit_price: String,
-    /// recurring | usage | proration | manual (default).
-    #[schema(value_type = Option<String>, pattern = "^(recurring|usage|proration|manual)$")]
+    /// recurring | usage | proration | discount | manual (default). A
+    /// discount line is negative, one per invoice, at most the recurring,
+    /// usage and proration lines before it.
+    #[schema(value_type = Option<String>, pattern = "^(recurring|usage|proration|discount|manual)$")]
     pub kind: Option<LineKind>,
+    /// The line's own tax rates (`txr_…`, active), before the
+    /// subscription's, the plan's and the customer's.
+    pub tax_rate_ids: Option<Vec<String>>,
 }
 
 impl LineRequest {
@@ -57,6 +62,7 @@ impl LineRequest {
             unit_price,
             kind: self.kind.unwrap_or_default(),
             period: None,
+            tax_rate_ids: self.tax_rate_ids.unwrap_or_default(),
         })
     }
 }
@@ -117,6 +123,18 @@ pub struct LineDto {
     pub kind: String,
     pub period: Option<PeriodDto>,
     pub amount: String,
+    /// The line's own tax rates.
+    pub tax_rate_ids: Vec<String>,
+    /// Each rate's tax on the line, fixed at issue (empty before).
+    pub tax_amounts: Vec<TaxAmountDto>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaxAmountDto {
+    pub tax_rate_id: String,
+    pub percentage: String,
+    pub inclusive: bool,
+    pub amount: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -161,7 +179,13 @@ pub struct InvoiceDto {
     /// For a renewal invoice: the closed period it rates.
     pub billing_period: Option<PeriodDto>,
     pub lines: Vec<LineDto>,
+    /// Every line but the discount.
     pub subtotal: String,
+    /// What the discount line takes off, positive.
+    pub discount: String,
+    /// Every line's tax, inclusive and exclusive.
+    pub tax: String,
+    /// `subtotal − discount + exclusive tax`.
     pub total: String,
     /// Customer credit applied when it was issued.
     pub applied_credit: String,
@@ -220,9 +244,22 @@ impl InvoiceDto {
                         .unwrap_or_default(),
                     period: l.period.as_ref().map(period_dto),
                     amount: l.amount.to_string(),
+                    tax_rate_ids: l.tax_rate_ids.clone(),
+                    tax_amounts: l
+                        .tax_amounts
+                        .iter()
+                        .map(|t| TaxAmountDto {
+                            tax_rate_id: t.tax_rate_id.clone(),
+                            percentage: t.percentage.normalize().to_string(),
+                            inclusive: t.inclusive,
+                            amount: t.amount.to_string(),
+                        })
+                        .collect(),
                 })
                 .collect(),
             subtotal: s.subtotal.to_string(),
+            discount: tally_aggregates::money::round_to_minor(s.discount, currency).to_string(),
+            tax: tally_aggregates::money::round_to_minor(s.tax, currency).to_string(),
             total: s.total.to_string(),
             applied_credit: s.applied_credit.to_string(),
             amount_paid: s.amount_paid.to_string(),
@@ -320,6 +357,11 @@ pub async fn create(
         .enumerate()
         .map(|(i, l)| l.into_line(&format!("lines[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, line) in lines.iter().enumerate() {
+        let field = format!("lines[{i}].tax_rate_ids");
+        super::tax_rates::check_attachable(&app, &ctx.meta.tenant, &field, &line.tax_rate_ids)
+            .await?;
+    }
     if let Some(sub) = &req.subscription_id {
         let s = tenant_subscription(&app, &ctx.meta.tenant, "subscription_id", sub).await?;
         if s.customer_id != req.customer_id {
@@ -359,6 +401,8 @@ pub async fn add_line(
     principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let line = req.into_line("")?;
+    super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &line.tax_rate_ids)
+        .await?;
     let at = app.dispatcher.clock().now();
     run(&app, &ctx, &id, &headers, StatusCode::OK, || {
         InvoiceCommand::AddLine {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod coupons;
 pub mod customers;
 pub mod inbox;
 pub mod invoices;
@@ -12,6 +13,7 @@ pub mod ops;
 pub mod payments;
 pub mod plans;
 pub mod subscriptions;
+pub mod tax_rates;
 pub mod tickets;
 pub mod usage;
 pub mod webhooks;

@@ -24,6 +24,8 @@ pub async fn create(
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
     let terms = req.into_terms()?;
+    super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &terms.tax_rate_ids)
+        .await?;
     let id = ids::new_id("plan");
     let at = app.dispatcher.clock().now();
     let out = app

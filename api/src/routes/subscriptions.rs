@@ -7,14 +7,14 @@ use serde::Deserialize;
 use tally_aggregates::plan::{Plan, PlanStatus};
 use tally_aggregates::subscription::{PlanRef, Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::ProrationMode;
-use tally_commands::{ids, CommandMeta};
+use tally_commands::{coupons, ids, CommandMeta};
 
 use super::{check_id, get_state, list_state, read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
 use crate::dto::{
-    parse_time, ActivateRequest, CancelRequest, ChangePlanRequest, ChangeSeatsRequest,
-    ClientSuspendReason, CreateSubscriptionRequest, EmptyRequest, EntitlementsDto, ListPage,
-    SubscriptionDto, SuspendRequest,
+    parse_time, ActivateRequest, ApplyDiscountRequest, CancelRequest, ChangePlanRequest,
+    ChangeSeatsRequest, ClientSuspendReason, CreateSubscriptionRequest, EmptyRequest,
+    EntitlementsDto, ListPage, SubscriptionDto, SuspendRequest,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
@@ -87,17 +87,95 @@ pub async fn create(
 ) -> ApiResult<Response> {
     principal.require(Access::Write)?;
     let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
+    let tax_rate_ids = req.tax_rate_ids.clone().unwrap_or_default();
+    super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &tax_rate_ids)
+        .await?;
     let id = ids::new_id("sub");
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::CREATED, || {
-        SubscriptionCommand::Create {
-            subscription_id: id.clone(),
-            customer_id: req.customer_id.clone(),
-            plan: plan.clone(),
-            seats: req.seats,
-            trial_days: req.trial_days,
-            at,
-        }
+    let create = || SubscriptionCommand::Create {
+        subscription_id: id.clone(),
+        customer_id: req.customer_id.clone(),
+        plan: plan.clone(),
+        seats: req.seats,
+        trial_days: req.trial_days,
+        tax_rate_ids: tax_rate_ids.clone(),
+        at,
+    };
+    let Some(code) = &req.coupon_code else {
+        return run(&app, &ctx, &id, &headers, StatusCode::CREATED, create).await;
+    };
+    // Created and redeemed in one append: no subscription without its coupon.
+    let (out, _) = coupons::redeem(
+        &app.dispatcher,
+        &ctx.meta,
+        &id,
+        if_match(&headers)?,
+        code,
+        Some(create()),
+    )
+    .await?;
+    let dto =
+        SubscriptionDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
+    Ok(resource(
+        StatusCode::CREATED,
+        &dto,
+        out.version,
+        Some(out.position),
+    ))
+}
+
+/// Redeems a coupon for the subscription's next invoices, replacing the
+/// discount it had.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/discount", tag = "subscriptions", operation_id = "subscriptions_apply_discount", params(("id" = String, Path)),
+    request_body = ApplyDiscountRequest,
+    responses((status = 200, body = SubscriptionDto), (status = 404, body = Problem),
+        (status = 409, description = "`coupon_exhausted` (redeemed `max_redemptions` times), or `invalid_transition` (canceled)", body = Problem),
+        (status = 422, description = "`coupon_invalid` (unknown, archived or expired code), `coupon_not_applicable` (another plan or currency)", body = Problem)),
+    security(("bearer" = [])))]
+pub async fn apply_discount(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    JsonBody(req): JsonBody<ApplyDiscountRequest>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    let (out, _) = coupons::redeem(
+        &app.dispatcher,
+        &ctx.meta,
+        &id,
+        if_match(&headers)?,
+        &req.coupon_code,
+        None,
+    )
+    .await?;
+    let dto =
+        SubscriptionDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
+    Ok(resource(
+        StatusCode::OK,
+        &dto,
+        out.version,
+        Some(out.position),
+    ))
+}
+
+/// Removes the subscription's discount: invoices from now on take none.
+#[utoipa::path(delete, path = "/v1/subscriptions/{id}/discount", tag = "subscriptions", operation_id = "subscriptions_remove_discount", params(("id" = String, Path)),
+    responses((status = 200, body = SubscriptionDto), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn remove_discount(
+    State(app): State<AppState>,
+    ctx: CommandCtx,
+    principal: Principal,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Response> {
+    principal.require(Access::Write)?;
+    check_id(&id, "sub")?;
+    let at = app.dispatcher.clock().now();
+    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
+        SubscriptionCommand::RemoveDiscount { at }
     })
     .await
 }

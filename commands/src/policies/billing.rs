@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{AnyConnection, Row};
 use tally_aggregates::billing::{renewal_lines, MeterUsage, Renewal};
+use tally_aggregates::coupon::{discount_line, AppliedDiscount};
 use tally_aggregates::invoice::{Invoice, InvoiceCommand, InvoiceStatus};
 use tally_aggregates::subscription::{
     Subscription, SubscriptionCommand, SubscriptionEvent, SubscriptionStatus,
@@ -136,10 +137,17 @@ impl Projector for BillingPolicy {
                 period,
                 plan: Some(plan),
                 seats: Some(seats),
+                discount,
                 ..
             } = &decoded
             {
-                bill_activation(&self.dispatcher, &self.config, event, *period, plan, *seats)
+                let first = Activation {
+                    period: *period,
+                    plan,
+                    seats: *seats,
+                    discount: discount.as_ref(),
+                };
+                bill_activation(&self.dispatcher, &self.config, event, &first)
                     .await
                     .map_err(|e| ProjectionError::Effect(e.to_string()))?;
                 continue;
@@ -150,6 +158,7 @@ impl Projector for BillingPolicy {
                 plan: Some(plan),
                 seats: Some(seats),
                 prorations,
+                discount,
                 ..
             } = decoded
             else {
@@ -170,12 +179,27 @@ impl Projector for BillingPolicy {
                 seats,
                 prorations: &prorations,
             };
-            bill_renewal(&self.dispatcher, &self.config, event, &renewal)
-                .await
-                .map_err(|e| ProjectionError::Effect(e.to_string()))?;
+            bill_renewal(
+                &self.dispatcher,
+                &self.config,
+                event,
+                &renewal,
+                discount.as_ref(),
+            )
+            .await
+            .map_err(|e| ProjectionError::Effect(e.to_string()))?;
         }
         Ok(())
     }
+}
+
+/// What an activation bills: the first period, in advance, at these terms,
+/// with the discount the activation carried.
+pub struct Activation<'a> {
+    pub period: Period,
+    pub plan: &'a tally_aggregates::PlanTerms,
+    pub seats: u32,
+    pub discount: Option<&'a AppliedDiscount>,
 }
 
 /// Drafts and issues the first invoice of an activated subscription: the
@@ -184,10 +208,14 @@ pub async fn bill_activation(
     d: &Dispatcher,
     config: &BillingConfig,
     event: &StoredEvent,
-    period: Period,
-    plan: &tally_aggregates::PlanTerms,
-    seats: u32,
+    activation: &Activation<'_>,
 ) -> Result<Executed<Invoice>, CommandError> {
+    let Activation {
+        period,
+        plan,
+        seats,
+        discount,
+    } = *activation;
     let sub_id = event.resource_id();
     let invoice_id = activation_invoice_id(sub_id, &period);
     // The fee of the new period and nothing to rate: an empty closed period.
@@ -201,7 +229,7 @@ pub async fn bill_activation(
         seats,
         prorations: &[],
     };
-    invoice_once(d, config, event, &invoice_id, None, &first, false).await
+    invoice_once(d, config, event, &invoice_id, None, &first, false, discount).await
 }
 
 /// Drafts, fills and issues the invoice of one renewal; idempotent.
@@ -210,14 +238,27 @@ pub async fn bill_renewal(
     config: &BillingConfig,
     event: &StoredEvent,
     renewal: &Renewal<'_>,
+    discount: Option<&AppliedDiscount>,
 ) -> Result<Executed<Invoice>, CommandError> {
     let invoice_id = renewal_invoice_id(event.resource_id(), &renewal.closed_period);
     let closed = Some(renewal.closed_period);
-    invoice_once(d, config, event, &invoice_id, closed, renewal, true).await
+    invoice_once(
+        d,
+        config,
+        event,
+        &invoice_id,
+        closed,
+        renewal,
+        true,
+        discount,
+    )
+    .await
 }
 
-/// Creates invoice `invoice_id` with the lines of `renewal` unless it exists
-/// (rating usage first when `rate`), then issues it unless it is issued.
+/// Creates invoice `invoice_id` with the lines of `renewal` and the
+/// discount's line unless it exists (rating usage first when `rate`), then
+/// issues it unless it is issued.
+#[allow(clippy::too_many_arguments)]
 async fn invoice_once(
     d: &Dispatcher,
     config: &BillingConfig,
@@ -226,6 +267,7 @@ async fn invoice_once(
     billing_period: Option<Period>,
     renewal: &Renewal<'_>,
     rate: bool,
+    discount: Option<&AppliedDiscount>,
 ) -> Result<Executed<Invoice>, CommandError> {
     let meta = system_meta(event, ACTOR);
     let sub_id = event.resource_id();
@@ -241,7 +283,10 @@ async fn invoice_once(
         } else {
             Vec::new()
         };
-        let lines = renewal_lines(renewal, &usage);
+        let mut lines = renewal_lines(renewal, &usage);
+        if let Some(discount) = discount {
+            lines.extend(discount_line(discount, &lines, renewal.plan.currency));
+        }
         let at = d.clock().now();
         let created = d
             .execute::<Invoice, _>(&meta, &invoice_id, None, |inv| {
