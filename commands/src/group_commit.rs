@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tally_projections::db::Db;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -91,9 +92,15 @@ impl GroupCommit {
     }
 }
 
+/// The writers' connections between groups. They stay out of the pool:
+/// sqlx pings every connection given back to its pool (a round trip and two
+/// wake-ups per group). At most [`WRITERS`]; one that failed is not kept.
+type Idle = Arc<std::sync::Mutex<Vec<PoolConnection<Postgres>>>>;
+
 /// Takes what waits in the queue as one group whenever a writer is free.
 async fn gather(pool: PgPool, db: Db, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let writers = Arc::new(Semaphore::new(WRITERS));
+    let idle: Idle = Arc::default();
     while let Some(first) = rx.recv().await {
         let Ok(permit) = writers.clone().acquire_owned().await else {
             return;
@@ -111,8 +118,9 @@ async fn gather(pool: PgPool, db: Db, mut rx: mpsc::UnboundedReceiver<Pending>) 
         }
         let pool = pool.clone();
         let db = db.clone();
+        let idle = idle.clone();
         tokio::spawn(async move {
-            write(&pool, &db, group).await;
+            write(&pool, &db, group, &idle).await;
             drop(permit);
         });
     }
@@ -120,9 +128,33 @@ async fn gather(pool: PgPool, db: Db, mut rx: mpsc::UnboundedReceiver<Pending>) 
 
 /// Writes a group, dropping (answering `Conflict`) the appends that lost a
 /// race until the rest commits or the database fails.
-async fn write(pool: &PgPool, db: &Db, mut group: Vec<Pending>) {
+async fn write(pool: &PgPool, db: &Db, group: Vec<Pending>, idle: &Idle) {
+    let kept = idle.lock().expect("idle writers").pop();
+    let mut conn = match kept {
+        Some(conn) => conn,
+        None => match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => return fail(pool, group, e).await,
+        },
+    };
+    if write_on(&mut conn, pool, db, group).await {
+        let mut idle = idle.lock().expect("idle writers");
+        if idle.len() < WRITERS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// [`write`] on one connection; false when the database failed (the
+/// connection is then not reused).
+async fn write_on(
+    conn: &mut PoolConnection<Postgres>,
+    pool: &PgPool,
+    db: &Db,
+    mut group: Vec<Pending>,
+) -> bool {
     while !group.is_empty() {
-        match try_write(pool, &group).await {
+        match try_write(conn, &group).await {
             Ok(Written::Committed(positions)) => {
                 if let Some(max) = positions.iter().flatten().flatten().max() {
                     db.announce(*max);
@@ -130,7 +162,7 @@ async fn write(pool: &PgPool, db: &Db, mut group: Vec<Pending>) {
                 for (p, positions) in group.into_iter().zip(positions) {
                     let _ = p.reply.send(Ok(positions));
                 }
-                return;
+                return true;
             }
             Ok(Written::Conflicts(lost)) => {
                 let mut kept = Vec::with_capacity(group.len());
@@ -144,21 +176,27 @@ async fn write(pool: &PgPool, db: &Db, mut group: Vec<Pending>) {
                 group = kept;
             }
             Err(e) => {
-                // An error of a group whose database has just gone away (a
-                // broken connection mid-transaction can surface as a protocol
-                // error) is unavailability: 503 and a retry, never 500.
-                let e = if tally_projections::db::sqlx_unavailable(&e) || reachable(pool).await {
-                    e
-                } else {
-                    sqlx::Error::PoolClosed
-                };
-                let e = Arc::new(e);
-                for p in group {
-                    let _ = p.reply.send(Err(StoreError::Shared(e.clone())));
-                }
-                return;
+                fail(pool, group, e).await;
+                return false;
             }
         }
+    }
+    true
+}
+
+/// Answers every append of `group` with the database's failure.
+async fn fail(pool: &PgPool, group: Vec<Pending>, e: sqlx::Error) {
+    // An error of a group whose database has just gone away (a broken
+    // connection mid-transaction can surface as a protocol error) is
+    // unavailability: 503 and a retry, never 500.
+    let e = if tally_projections::db::sqlx_unavailable(&e) || reachable(pool).await {
+        e
+    } else {
+        sqlx::Error::PoolClosed
+    };
+    let e = Arc::new(e);
+    for p in group {
+        let _ = p.reply.send(Err(StoreError::Shared(e.clone())));
     }
 }
 
@@ -192,7 +230,10 @@ const INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence
      $10::timestamptz[]) AS u(t, a, s, et, ev, p, m, id, tn, r) \
      ON CONFLICT DO NOTHING RETURNING aggregate_type, aggregate_id, sequence, position";
 
-async fn try_write(pool: &PgPool, group: &[Pending]) -> Result<Written, sqlx::Error> {
+async fn try_write(
+    conn: &mut PoolConnection<Postgres>,
+    group: &[Pending],
+) -> Result<Written, sqlx::Error> {
     let rows: usize = group.iter().map(Pending::rows).sum();
     let mut cols = Columns::with_capacity(rows);
     for p in group {
@@ -214,7 +255,7 @@ async fn try_write(pool: &PgPool, group: &[Pending]) -> Result<Written, sqlx::Er
             }
         }
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(&mut **conn).await?;
     let inserted: Vec<(String, String, i64, i64)> = sqlx::query_as(INSERT)
         .bind(&cols.aggregate_type)
         .bind(&cols.aggregate_id)

@@ -427,15 +427,18 @@ impl EventLog {
         aggregate_type: &str,
         stream_key: &str,
     ) -> Result<(i64, i64), DbError> {
-        let head: (i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(MAX(sequence), 0), COALESCE(MAX(position), 0) FROM events \
-             WHERE aggregate_type = $1 AND aggregate_id = $2",
+        // A stream's positions grow with its sequence (an append follows the
+        // commit of the events before it), so the last event by sequence, one
+        // index probe, has both; `MAX(position)` read every row of the stream.
+        let head: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT sequence, position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+             ORDER BY sequence DESC LIMIT 1",
         )
         .bind(aggregate_type)
         .bind(stream_key)
-        .fetch_one(&self.db.any)
+        .fetch_optional(&self.db.any)
         .await?;
-        Ok(head)
+        Ok(head.unwrap_or((0, 0)))
     }
 }
 
