@@ -62,6 +62,24 @@ impl Default for Limits {
     }
 }
 
+/// Streams a bulk fold holds at most on SQLite: a flush holds its one
+/// writer lock, which the other projections' batches wait for (10 s at
+/// most), so flushes stay short there.
+pub const SQLITE_HELD_ROWS: usize = 5_000;
+
+impl Limits {
+    /// The defaults for `backend`.
+    pub fn for_backend(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Self::default(),
+            Backend::Sqlite => Self {
+                held_rows: SQLITE_HELD_ROWS,
+                ..Self::default()
+            },
+        }
+    }
+}
+
 /// One value of a row written in bulk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
@@ -210,11 +228,14 @@ impl<A: Default + DeserializeOwned + Send, E: Send> Streams<A, E> {
     }
 }
 
+/// Rows as cells.
+type Cells = Vec<Vec<Cell>>;
+
 /// Splits rows into those that are new and those that may exist.
 fn split<A>(
     out: Vec<Out<A>>,
     mut row: impl FnMut(Out<A>) -> Result<Vec<Cell>, ProjectionError>,
-) -> Result<(Vec<Vec<Cell>>, Vec<Vec<Cell>>), ProjectionError> {
+) -> Result<(Cells, Cells), ProjectionError> {
     let (mut fresh, mut stored) = (Vec::new(), Vec::new());
     for o in out {
         if o.stored {
@@ -230,7 +251,7 @@ fn both(
     table: &'static str,
     columns: Vec<&'static str>,
     key: &'static [&'static str],
-    (fresh, stored): (Vec<Vec<Cell>>, Vec<Vec<Cell>>),
+    (fresh, stored): (Cells, Cells),
 ) -> Vec<Rows> {
     let mut out = Vec::new();
     if !fresh.is_empty() {

@@ -459,7 +459,8 @@ pub async fn run_all(
     projectors: &[&dyn Projector],
     on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Vec<Outcome>, ProjectionError> {
-    run_all_with(runtime, projectors, bulk::Limits::default(), on_progress).await
+    let limits = bulk::Limits::for_backend(runtime.db().backend);
+    run_all_with(runtime, projectors, limits, on_progress).await
 }
 
 /// [`run_all`] with bulk folds written at `limits`.
