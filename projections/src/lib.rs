@@ -3,6 +3,7 @@
 //! queries. It knows nothing of HTTP and nothing of how commands are decided.
 
 pub mod balances;
+pub mod bulk;
 pub mod coupons;
 pub mod customers;
 pub mod db;

@@ -55,7 +55,8 @@ impl StoredEvent {
 
     /// Deserializes the payload into the aggregate's event type.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        serde_json::from_value(self.payload.clone())
+        // From the tree in place: no copy of it per decode.
+        E::deserialize(&self.payload)
     }
 }
 

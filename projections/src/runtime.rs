@@ -111,6 +111,13 @@ pub trait Projector: Send + Sync + 'static {
     /// Called once by the runtime that will run it, with its database.
     fn attach(&self, _db: &Db) {}
 
+    /// A rebuild's in-memory fold of this projector, when it has one
+    /// (`crate::bulk`, ADR 0014); `None`: a rebuild applies it batch by
+    /// batch as a live runner does.
+    fn bulk(&self) -> Option<Box<dyn crate::bulk::BulkFold>> {
+        None
+    }
+
     /// Whether a rebuild from position 0 is meaningful. Policies answer no:
     /// replaying them would re-issue old commands.
     fn rebuildable(&self) -> bool {

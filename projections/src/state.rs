@@ -154,6 +154,10 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
         let _ = self.rows.set(db.rows.clone());
     }
 
+    fn bulk(&self) -> Option<Box<dyn crate::bulk::BulkFold>> {
+        Some(Box::new(crate::bulk::StateBulk::<S>::new()))
+    }
+
     fn handles(&self, event: &StoredEvent) -> bool {
         event.aggregate_type == S::AGGREGATE
     }
@@ -190,11 +194,7 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
             .await?;
         let mut rows = Vec::with_capacity(folded.len());
         for f in folded {
-            let body = serde_json::to_string(&f.state)
-                .map_err(|e| ProjectionError::Effect(e.to_string()))?;
-            let mut values = vec![f.tenant.clone(), f.id.clone(), body];
-            values.extend(f.state.filter_values());
-            rows.push((values, f.version));
+            rows.push((row_values(&f.tenant, &f.id, &f.state)?, f.version));
             if let Some(cache) = cache {
                 cache.put(
                     &f.tenant,
@@ -208,6 +208,28 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
         }
         upsert_rows::<S>(conn, &table, rows).await
     }
+}
+
+/// The columns of a folded-state row but its version, in the order of
+/// [`row_columns`]: `tenant, id, body` and the filter values.
+pub(crate) fn row_values<S: ProjectedState>(
+    tenant: &str,
+    id: &str,
+    state: &S,
+) -> Result<Vec<String>, ProjectionError> {
+    let body = serde_json::to_string(state).map_err(|e| ProjectionError::Effect(e.to_string()))?;
+    let mut values = vec![tenant.to_string(), id.to_string(), body];
+    values.extend(state.filter_values());
+    Ok(values)
+}
+
+/// The columns of a folded-state table, in the order [`row_values`] gives
+/// them, then `version`.
+pub(crate) fn row_columns<S: ProjectedState>() -> Vec<&'static str> {
+    let mut cols = vec!["tenant", "id", "body"];
+    cols.extend_from_slice(S::FILTER_COLUMNS);
+    cols.push("version");
+    cols
 }
 
 /// One stream's state after a batch, with its new version.
@@ -315,7 +337,7 @@ const KEYS_PER_QUERY: usize = 500;
 const ROWS_PER_UPSERT: usize = 200;
 
 /// The stored `(body, version)` of each `(tenant, id)` that has a row.
-async fn load_rows(
+pub(crate) async fn load_rows(
     conn: &mut AnyConnection,
     table: &str,
     keys: &[(&str, &str)],

@@ -36,6 +36,10 @@ impl Projector for UsageProjector {
         event.aggregate_type == "usage_record"
     }
 
+    fn bulk(&self) -> Option<Box<dyn crate::bulk::BulkFold>> {
+        Some(Box::new(crate::bulk::UsageBulk::new()))
+    }
+
     async fn apply(
         &self,
         conn: &mut AnyConnection,
@@ -91,23 +95,7 @@ impl Projector for UsageProjector {
         .await?;
         let mut records = Vec::with_capacity(folded.len());
         for f in folded {
-            let state = f.state;
-            let body = serde_json::to_string(&state)
-                .map_err(|e| ProjectionError::Effect(e.to_string()))?;
-            records.push([
-                f.tenant,
-                f.id,
-                state.transaction_id.clone(),
-                state.subscription_id.clone(),
-                state.meter.clone(),
-                state.timestamp.map(time::to_text).unwrap_or_default(),
-                state
-                    .status
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
-                body,
-                f.version.to_string(),
-            ]);
+            records.push(record_values(f.tenant, f.id, &f.state, f.version)?);
         }
         for chunk in records.chunks(ROWS_PER_UPSERT) {
             let sql = t.sql(&format!(
@@ -152,6 +140,43 @@ impl Projector for UsageProjector {
         }
         Ok(())
     }
+}
+
+/// The columns of `rm_usage_records`, in the order of [`record_values`].
+pub(crate) const RECORD_COLUMNS: [&str; 9] = [
+    "tenant",
+    "id",
+    "transaction_id",
+    "subscription_id",
+    "meter",
+    "ts",
+    "status",
+    "body",
+    "version",
+];
+
+/// One record's row, as text (the version last).
+pub(crate) fn record_values(
+    tenant: String,
+    id: String,
+    state: &UsageRecord,
+    version: i64,
+) -> Result<[String; 9], ProjectionError> {
+    let body = serde_json::to_string(state).map_err(|e| ProjectionError::Effect(e.to_string()))?;
+    Ok([
+        tenant,
+        id,
+        state.transaction_id.clone(),
+        state.subscription_id.clone(),
+        state.meter.clone(),
+        state.timestamp.map(time::to_text).unwrap_or_default(),
+        state
+            .status
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        body,
+        version.to_string(),
+    ])
 }
 
 /// Record rows written per statement (9 parameters each).
