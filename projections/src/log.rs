@@ -148,7 +148,7 @@ struct Tail {
 }
 
 /// Events the shared tail keeps at most.
-const TAIL_EVENTS: usize = 4_000;
+const TAIL_EVENTS: usize = 8_000;
 
 impl Tail {
     /// The stored events after `position`, up to `limit` of them, when a

@@ -150,7 +150,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 2_000,
             poll_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
         }
