@@ -202,24 +202,20 @@ pub async fn create(
     // The syntax first: the id is derived from a valid code only.
     terms.validate(at)?;
     let id = coupon_id(&terms.code);
-    let out = app
-        .dispatcher
-        .execute::<Coupon, _>(&ctx.meta, &id, None, |c| {
-            c.decide(CouponCommand::Create {
-                coupon_id: id.clone(),
-                terms: terms.clone(),
-                at,
-            })
-        })
-        .await?;
-    let dto = CouponDto::from_state(&id, &out.state, out.version, at)
-        .ok_or_else(|| ApiError::Internal("coupon not created".into()))?;
-    Ok(resource(
+    super::run::<Coupon, _>(
+        &app,
+        &ctx,
+        &id,
+        None,
         StatusCode::CREATED,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || CouponCommand::Create {
+            coupon_id: id.clone(),
+            terms: terms.clone(),
+            at,
+        },
+        |id, s, v| CouponDto::from_state(id, s, v, at),
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/coupons/{id}/archive", tag = "coupons", operation_id = "coupons_archive", params(("id" = String, Path)),
@@ -235,19 +231,16 @@ pub async fn archive(
     principal.require(Access::Write)?;
     check_id(&id, "cpn")?;
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<Coupon, _>(&ctx.meta, &id, if_match(&headers)?, |c| {
-            c.decide(CouponCommand::Archive { at })
-        })
-        .await?;
-    let dto = CouponDto::from_state(&id, &out.state, out.version, at).ok_or(ApiError::NotFound)?;
-    Ok(resource(
+    super::run::<Coupon, _>(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
         StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || CouponCommand::Archive { at },
+        |id, s, v| CouponDto::from_state(id, s, v, at),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -47,9 +47,7 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    let dto = CustomerDto::from_state(&id, &out.state, out.version)
-        .ok_or_else(|| ApiError::Internal("customer not put".into()))?;
-    Ok(resource(status, &dto, out.version, Some(out.position)))
+    super::answer(&out, status, CustomerDto::from_state)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

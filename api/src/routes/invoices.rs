@@ -310,27 +310,6 @@ impl InvoiceDto {
     }
 }
 
-fn respond(out: Executed<Invoice>, status: StatusCode) -> ApiResult<Response> {
-    let dto = InvoiceDto::from_state(&out.id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(status, &dto, out.version, Some(out.position)))
-}
-
-/// Runs one invoice command and answers with the invoice after it.
-async fn run(
-    app: &AppState,
-    ctx: &CommandCtx,
-    id: &str,
-    headers: &HeaderMap,
-    status: StatusCode,
-    command: impl Fn() -> InvoiceCommand,
-) -> ApiResult<Response> {
-    let out = app
-        .dispatcher
-        .execute::<Invoice, _>(&ctx.meta, id, if_match(headers)?, |s| s.decide(command()))
-        .await?;
-    respond(out, status)
-}
-
 // ---------- commands ----------
 
 #[utoipa::path(post, path = "/v1/invoices", tag = "invoices", operation_id = "invoices_create", request_body = CreateInvoiceRequest,
@@ -373,8 +352,13 @@ pub async fn create(
     }
     let id = ids::new_id("inv");
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::CREATED, || {
-        InvoiceCommand::Create {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::CREATED,
+        || InvoiceCommand::Create {
             invoice_id: id.clone(),
             customer_id: req.customer_id.clone(),
             currency,
@@ -383,8 +367,9 @@ pub async fn create(
             due_days: req.due_days,
             lines: lines.clone(),
             at,
-        }
-    })
+        },
+        InvoiceDto::from_state,
+    )
     .await
 }
 
@@ -404,12 +389,18 @@ pub async fn add_line(
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &line.tax_rate_ids)
         .await?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        InvoiceCommand::AddLine {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || InvoiceCommand::AddLine {
             line: line.clone(),
             at,
-        }
-    })
+        },
+        InvoiceDto::from_state,
+    )
     .await
 }
 
@@ -426,7 +417,7 @@ pub async fn issue(
     principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let out = invoices::issue(&app.dispatcher, &ctx.meta, &id, if_match(&headers)?).await?;
-    respond(out, StatusCode::OK)
+    super::answer(&out, StatusCode::OK, InvoiceDto::from_state)
 }
 
 #[utoipa::path(post, path = "/v1/invoices/{id}/payments", tag = "invoices", operation_id = "invoices_pay", params(("id" = String, Path)),
@@ -459,7 +450,7 @@ pub async fn pay(
     };
     let out =
         invoices::record_payment(&app.dispatcher, &ctx.meta, notice, if_match(&headers)?).await?;
-    respond(out, StatusCode::OK)
+    super::answer(&out, StatusCode::OK, InvoiceDto::from_state)
 }
 
 /// A credit note on an open or paid invoice (`CN-` numbers, gapless per tenant).
@@ -493,7 +484,7 @@ pub async fn credit_note(
     };
     let out =
         invoices::issue_credit_note(&app.dispatcher, &ctx.meta, order, if_match(&headers)?).await?;
-    respond(out, StatusCode::OK)
+    super::answer(&out, StatusCode::OK, InvoiceDto::from_state)
 }
 
 #[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", operation_id = "invoices_void", params(("id" = String, Path)),
@@ -509,12 +500,18 @@ pub async fn void(
     principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        InvoiceCommand::Void {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || InvoiceCommand::Void {
             reason: req.reason.clone(),
             at,
-        }
-    })
+        },
+        InvoiceDto::from_state,
+    )
     .await
 }
 
@@ -531,9 +528,15 @@ pub async fn mark_uncollectible(
     principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        InvoiceCommand::MarkUncollectible { at }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || InvoiceCommand::MarkUncollectible { at },
+        InvoiceDto::from_state,
+    )
     .await
 }
 

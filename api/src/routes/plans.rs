@@ -28,24 +28,20 @@ pub async fn create(
         .await?;
     let id = ids::new_id("plan");
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<Plan, _>(&ctx.meta, &id, None, |p| {
-            p.decide(PlanCommand::Create {
-                plan_id: id.clone(),
-                terms: terms.clone(),
-                at,
-            })
-        })
-        .await?;
-    let dto = PlanDto::from_state(&id, &out.state, out.version)
-        .ok_or_else(|| ApiError::Internal("plan not created".into()))?;
-    Ok(resource(
+    super::run::<Plan, _>(
+        &app,
+        &ctx,
+        &id,
+        None,
         StatusCode::CREATED,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || PlanCommand::Create {
+            plan_id: id.clone(),
+            terms: terms.clone(),
+            at,
+        },
+        PlanDto::from_state,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/plans/{id}/archive", tag = "plans", operation_id = "plans_archive", params(("id" = String, Path)),
@@ -61,19 +57,16 @@ pub async fn archive(
     principal.require(Access::Write)?;
     check_id(&id, "plan")?;
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<Plan, _>(&ctx.meta, &id, if_match(&headers)?, |p| {
-            p.decide(PlanCommand::Archive { at })
-        })
-        .await?;
-    let dto = PlanDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(
+    super::run::<Plan, _>(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
         StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || PlanCommand::Archive { at },
+        PlanDto::from_state,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -59,23 +59,6 @@ pub async fn tenant_subscription(
     Ok(s)
 }
 
-/// Runs one subscription command and answers with the subscription after it.
-async fn run(
-    app: &AppState,
-    ctx: &CommandCtx,
-    id: &str,
-    headers: &HeaderMap,
-    status: StatusCode,
-    command: impl Fn() -> SubscriptionCommand,
-) -> ApiResult<Response> {
-    let out = app
-        .dispatcher
-        .execute::<Subscription, _>(&ctx.meta, id, if_match(headers)?, |s| s.decide(command()))
-        .await?;
-    let dto = SubscriptionDto::from_state(id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(status, &dto, out.version, Some(out.position)))
-}
-
 #[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", operation_id = "subscriptions_create", request_body = CreateSubscriptionRequest,
     responses((status = 201, body = SubscriptionDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
@@ -102,7 +85,16 @@ pub async fn create(
         at,
     };
     let Some(code) = &req.coupon_code else {
-        return run(&app, &ctx, &id, &headers, StatusCode::CREATED, create).await;
+        return super::run(
+            &app,
+            &ctx,
+            &id,
+            if_match(&headers)?,
+            StatusCode::CREATED,
+            create,
+            SubscriptionDto::from_state,
+        )
+        .await;
     };
     // Created and redeemed in one append: no subscription without its coupon.
     let (out, _) = coupons::redeem(
@@ -114,14 +106,7 @@ pub async fn create(
         Some(create()),
     )
     .await?;
-    let dto =
-        SubscriptionDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(
-        StatusCode::CREATED,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+    super::answer(&out, StatusCode::CREATED, SubscriptionDto::from_state)
 }
 
 /// Redeems a coupon for the subscription's next invoices, replacing the
@@ -151,14 +136,7 @@ pub async fn apply_discount(
         None,
     )
     .await?;
-    let dto =
-        SubscriptionDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(
-        StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+    super::answer(&out, StatusCode::OK, SubscriptionDto::from_state)
 }
 
 /// Removes the subscription's discount: invoices from now on take none.
@@ -174,9 +152,15 @@ pub async fn remove_discount(
     principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::RemoveDiscount { at }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::RemoveDiscount { at },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -197,9 +181,15 @@ pub async fn activate(
         Some(s) => parse_time("at", s)?,
         None => now,
     };
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Activate { at, now }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::Activate { at, now },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -219,9 +209,15 @@ pub async fn end_trial(
     principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::EndTrial { at }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::EndTrial { at },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -239,13 +235,19 @@ pub async fn change_plan(
     check_id(&id, "sub")?;
     let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::ChangePlan {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::ChangePlan {
             plan: plan.clone(),
             proration: req.proration,
             at,
-        }
-    })
+        },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -263,13 +265,19 @@ pub async fn change_seats(
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
     let proration = req.proration.unwrap_or(ProrationMode::Prorate);
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::ChangeSeats {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::ChangeSeats {
             seats: req.seats,
             proration,
             at,
-        }
-    })
+        },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -295,12 +303,18 @@ pub async fn suspend(
         },
         ClientSuspendReason::NonPayment => SuspendReason::NonPayment,
     };
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Suspend {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::Suspend {
             reason: reason.clone(),
             at,
-        }
-    })
+        },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -317,9 +331,15 @@ pub async fn resume(
     principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Resume { at }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::Resume { at },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -343,13 +363,19 @@ pub async fn cancel(
         return Err(ApiError::field("reason", "at most 1000 characters"));
     }
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Cancel {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::Cancel {
             when: req.at,
             reason: req.reason.clone(),
             at,
-        }
-    })
+        },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 

@@ -116,24 +116,20 @@ pub async fn create(
     };
     let id = ids::new_id("txr");
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<TaxRate, _>(&ctx.meta, &id, None, |r| {
-            r.decide(TaxRateCommand::Create {
-                tax_rate_id: id.clone(),
-                terms: terms.clone(),
-                at,
-            })
-        })
-        .await?;
-    let dto = TaxRateDto::from_state(&id, &out.state, out.version)
-        .ok_or_else(|| ApiError::Internal("tax rate not created".into()))?;
-    Ok(resource(
+    super::run::<TaxRate, _>(
+        &app,
+        &ctx,
+        &id,
+        None,
         StatusCode::CREATED,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || TaxRateCommand::Create {
+            tax_rate_id: id.clone(),
+            terms: terms.clone(),
+            at,
+        },
+        TaxRateDto::from_state,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/tax-rates/{id}/archive", tag = "tax_rates", operation_id = "tax_rates_archive", params(("id" = String, Path)),
@@ -149,19 +145,16 @@ pub async fn archive(
     principal.require(Access::Write)?;
     check_id(&id, "txr")?;
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<TaxRate, _>(&ctx.meta, &id, if_match(&headers)?, |r| {
-            r.decide(TaxRateCommand::Archive { at })
-        })
-        .await?;
-    let dto = TaxRateDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(
+    super::run::<TaxRate, _>(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
         StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || TaxRateCommand::Archive { at },
+        TaxRateDto::from_state,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

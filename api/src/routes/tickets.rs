@@ -152,22 +152,6 @@ fn sees_internal(p: &Principal) -> bool {
     matches!(p.role(), Role::Admin | Role::Writer)
 }
 
-async fn run(
-    app: &AppState,
-    ctx: &CommandCtx,
-    id: &str,
-    headers: &HeaderMap,
-    status: StatusCode,
-    command: impl Fn() -> TicketCommand,
-) -> ApiResult<Response> {
-    let out = app
-        .dispatcher
-        .execute::<Ticket, _>(&ctx.meta, id, if_match(headers)?, |t| t.decide(command()))
-        .await?;
-    let dto = TicketDto::from_state(id, &out.state, out.version, true).ok_or(ApiError::NotFound)?;
-    Ok(resource(status, &dto, out.version, Some(out.position)))
-}
-
 #[utoipa::path(post, path = "/v1/tickets", tag = "tickets", operation_id = "tickets_create", request_body = CreateTicketRequest,
     responses((status = 201, body = TicketDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
@@ -184,8 +168,13 @@ pub async fn create(
     }
     let id = ids::new_id("tkt");
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::CREATED, || {
-        TicketCommand::Create {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::CREATED,
+        || TicketCommand::Create {
             ticket_id: id.clone(),
             subject: req.subject.clone(),
             description: req.description.clone(),
@@ -193,8 +182,9 @@ pub async fn create(
             priority: req.priority,
             subscription_id: req.subscription_id.clone(),
             at,
-        }
-    })
+        },
+        |id, t, v| TicketDto::from_state(id, t, v, true),
+    )
     .await
 }
 
@@ -211,12 +201,18 @@ pub async fn assign(
     principal.require(Access::Write)?;
     check_id(&id, "tkt")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        TicketCommand::Assign {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || TicketCommand::Assign {
             assignee: req.assignee.clone(),
             at,
-        }
-    })
+        },
+        |id, t, v| TicketDto::from_state(id, t, v, true),
+    )
     .await
 }
 
@@ -234,15 +230,21 @@ pub async fn comment(
     check_id(&id, "tkt")?;
     let at = app.dispatcher.clock().now();
     let comment_id = ids::new_id("cmt");
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        TicketCommand::Comment {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || TicketCommand::Comment {
             comment_id: comment_id.clone(),
             author: req.author.clone(),
             body: req.body.clone(),
             public: req.public,
             at,
-        }
-    })
+        },
+        |id, t, v| TicketDto::from_state(id, t, v, true),
+    )
     .await
 }
 
@@ -260,16 +262,22 @@ pub async fn attach(
     check_id(&id, "tkt")?;
     let at = app.dispatcher.clock().now();
     let attachment_id = ids::new_id("att");
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        TicketCommand::Attach {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || TicketCommand::Attach {
             attachment_id: attachment_id.clone(),
             file_name: req.file_name.clone(),
             content_type: req.content_type.clone(),
             size_bytes: req.size_bytes,
             storage_key: req.storage_key.clone(),
             at,
-        }
-    })
+        },
+        |id, t, v| TicketDto::from_state(id, t, v, true),
+    )
     .await
 }
 
@@ -286,9 +294,15 @@ pub async fn transition(
     principal.require(Access::Write)?;
     check_id(&id, "tkt")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        TicketCommand::Transition { to: req.to, at }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || TicketCommand::Transition { to: req.to, at },
+        |id, t, v| TicketDto::from_state(id, t, v, true),
+    )
     .await
 }
 

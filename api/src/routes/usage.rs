@@ -157,9 +157,9 @@ pub async fn report(
         Reported::Created(out) => (StatusCode::CREATED, out, false),
         Reported::Duplicate(out) => (StatusCode::OK, out, true),
     };
-    let dto = UsageRecordDto::from_state(&out.id, &out.state, out.version, duplicate)
-        .ok_or(ApiError::NotFound)?;
-    Ok(resource(status, &dto, out.version, Some(out.position)))
+    super::answer(&out, status, |id, u, v| {
+        UsageRecordDto::from_state(id, u, v, duplicate)
+    })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -327,23 +327,19 @@ pub async fn void(
     principal.require(Access::Write)?;
     super::check_id(&id, "use")?;
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<UsageRecord, _>(&ctx.meta, &id, if_match(&headers)?, |u| {
-            u.decide(UsageCommand::Void {
-                reason: req.reason.clone(),
-                at,
-            })
-        })
-        .await?;
-    let dto = UsageRecordDto::from_state(&id, &out.state, out.version, false)
-        .ok_or(ApiError::NotFound)?;
-    Ok(resource(
+    super::run::<UsageRecord, _>(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
         StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || UsageCommand::Void {
+            reason: req.reason.clone(),
+            at,
+        },
+        |id, s, v| UsageRecordDto::from_state(id, s, v, false),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
