@@ -631,6 +631,18 @@ pub struct EntitlementDto {
     pub remaining: Option<String>,
 }
 
+impl From<&tally_projections::usage::Entitlement> for EntitlementDto {
+    fn from(e: &tally_projections::usage::Entitlement) -> Self {
+        EntitlementDto {
+            meter: e.meter.clone(),
+            window: crate::routes::usage::WindowDto::from(&e.window),
+            used: e.used.normalize().to_string(),
+            hard_cap: e.hard_cap.map(|c| c.normalize().to_string()),
+            remaining: e.remaining.map(|r| r.normalize().to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntitlementsDto {
     pub subscription_id: String,

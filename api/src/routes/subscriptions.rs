@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
-use tally_aggregates::plan::{Plan, PlanStatus};
+use tally_aggregates::plan::Plan;
 use tally_aggregates::subscription::{PlanRef, Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::ProrationMode;
 use tally_commands::{coupons, ids, CommandMeta};
@@ -14,7 +14,7 @@ use crate::auth::{Access, Principal};
 use crate::dto::{
     parse_time, ActivateRequest, ApplyDiscountRequest, CancelRequest, ChangePlanRequest,
     ChangeSeatsRequest, ClientSuspendReason, CreateSubscriptionRequest, EmptyRequest,
-    EntitlementsDto, ListPage, SubscriptionDto, SuspendRequest,
+    EntitlementDto, EntitlementsDto, ListPage, SubscriptionDto, SuspendRequest,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
@@ -26,15 +26,8 @@ async fn plan_ref(app: &AppState, meta: &CommandMeta, plan_id: &str) -> ApiResul
         return Err(ApiError::field("plan_id", "unknown plan"));
     }
     let (plan, _) = app.dispatcher.load::<Plan>(&meta.tenant, plan_id).await?;
-    let terms = plan
-        .terms
-        .clone()
-        .ok_or_else(|| ApiError::field("plan_id", "unknown plan"))?;
-    Ok(PlanRef {
-        plan_id: plan_id.to_string(),
-        terms,
-        active: matches!(plan.status, Some(PlanStatus::Active)),
-    })
+    plan.plan_ref()
+        .ok_or_else(|| ApiError::field("plan_id", "unknown plan"))
 }
 
 /// The tenant's subscription that a request body names in `field`. Any
@@ -465,9 +458,12 @@ pub async fn entitlements(
     principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     check_id(&id, "sub")?;
-    let data = super::usage::entitlements(&app, principal.tenant(), &id).await?;
+    let now = app.dispatcher.clock().now();
+    let found = tally_projections::usage::entitlements(&app.db, principal.tenant(), &id, now)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(axum::Json(EntitlementsDto {
         subscription_id: id,
-        data,
+        data: found.iter().map(EntitlementDto::from).collect(),
     }))
 }

@@ -3,11 +3,13 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_aggregates::subscription::Subscription;
-use tally_aggregates::usage::{usage_window, UsageCommand, UsageRecord, UsageWindow};
+use tally_aggregates::usage::{
+    anchor_in_month, usage_window, UsageCommand, UsageRecord, UsageWindow,
+};
 use tally_commands::usage::{self as ingest, BatchOutcome, Reported, UsageReport, MAX_BATCH};
 use tally_projections::{state, usage};
 use utoipa::ToSchema;
@@ -466,7 +468,8 @@ pub async fn summary(
     })?;
     let at = match q.window.as_deref().unwrap_or("current") {
         "current" => app.dispatcher.clock().now(),
-        month => month_start(anchor, month)
+        month => parse_month(month)
+            .and_then(|(y, m)| anchor_in_month(anchor, y, m))
             .ok_or_else(|| ApiError::field("window", "must be `current` or YYYY-MM"))?,
     };
     let window = usage_window(anchor, terms.reset, at);
@@ -487,49 +490,11 @@ pub async fn summary(
     }))
 }
 
-/// The anchor's day and time of day in month `YYYY-MM` (end-of-month clamped).
-fn month_start(anchor: DateTime<Utc>, month: &str) -> Option<DateTime<Utc>> {
-    let (y, m) = month.split_once('-')?;
+/// `YYYY-MM` as a year and a month number (not checked to be a month).
+fn parse_month(text: &str) -> Option<(i32, u32)> {
+    let (y, m) = text.split_once('-')?;
     if y.len() != 4 || m.len() != 2 {
         return None;
     }
-    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
-    let first = NaiveDate::from_ymd_opt(y, m, 1)?;
-    let last_day = (28..=31)
-        .rev()
-        .find(|d| NaiveDate::from_ymd_opt(y, m, *d).is_some())?;
-    let day = anchor.day().min(last_day);
-    let date = first.with_day(day)?;
-    Some(Utc.from_utc_datetime(&date.and_time(anchor.time())))
-}
-
-/// Entitlements of one subscription: per meter of its plan, the current
-/// window's usage against the hard cap.
-pub async fn entitlements(
-    app: &AppState,
-    tenant: &str,
-    id: &str,
-) -> ApiResult<Vec<crate::dto::EntitlementDto>> {
-    let sub = anchored(app, tenant, id).await?;
-    let (Some(anchor), Some(plan)) = (sub.usage_anchor(), sub.plan.as_ref()) else {
-        return Ok(Vec::new());
-    };
-    let now = app.dispatcher.clock().now();
-    let mut out = Vec::new();
-    for m in &plan.meters {
-        let window = usage_window(anchor, m.reset, now);
-        let used = usage::total(&app.db, tenant, id, &m.key, window.start)
-            .await?
-            .total;
-        out.push(crate::dto::EntitlementDto {
-            meter: m.key.clone(),
-            window: WindowDto::from(&window),
-            used: used.normalize().to_string(),
-            hard_cap: m.hard_cap.map(|c| c.normalize().to_string()),
-            remaining: m
-                .hard_cap
-                .map(|c| (c - used).max(Decimal::ZERO).normalize().to_string()),
-        });
-    }
-    Ok(out)
+    Some((y.parse().ok()?, m.parse().ok()?))
 }
