@@ -6,9 +6,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Months, Utc};
 
 use crate::auth::{Access, Principal};
-use crate::dto::{
-    parse_time, AdvanceClockRequest, ClockDto, EmptyRequest, ProjectionDto, StatusDto,
-};
+use crate::dto::ops::{AdvanceClockRequest, ClockDto, ProjectionDto, StatusDto};
+use crate::dto::{parse_time, EmptyRequest};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams};
 use crate::AppState;

@@ -4,13 +4,13 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
 use tally_aggregates::customer::{Customer, CustomerCommand};
 
-use super::{get_state, list_state, resource, CommandCtx, PageParams};
+use super::{get_state, list_state, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
-use crate::dto::{CustomerDto, ListPage, PutCustomerRequest};
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::dto::customers::{CustomerDto, CustomerListParams, PutCustomerRequest};
+use crate::dto::ListPage;
+use crate::error::{ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
@@ -48,17 +48,6 @@ pub async fn put(
         StatusCode::OK
     };
     super::answer(&out, status, CustomerDto::from_state)
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct CustomerListParams {
-    /// Exactly this email address.
-    pub email: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", operation_id = "customers_list", params(CustomerListParams),

@@ -4,78 +4,16 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
 use tally_aggregates::inbox::{Inbox, InboxCommand};
 use tally_projections::inbox;
-use utoipa::ToSchema;
 
 use super::{read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
+use crate::dto::inbox::{InboxItemDto, InboxPage, InboxParams, ReadAllDto, ReadAllRequest};
 use crate::dto::EmptyRequest;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::AppState;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SubjectRef {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InboxItemDto {
-    pub id: String,
-    pub recipient: String,
-    /// info | warning | critical
-    pub severity: String,
-    pub title: String,
-    pub body: String,
-    pub subject_ref: SubjectRef,
-    /// unread | read | archived
-    pub state: String,
-    pub created_at: String,
-}
-
-impl From<inbox::Item> for InboxItemDto {
-    fn from(i: inbox::Item) -> Self {
-        InboxItemDto {
-            id: i.id,
-            recipient: i.recipient,
-            severity: i.severity,
-            title: i.title,
-            body: i.body,
-            subject_ref: SubjectRef {
-                kind: i.subject_type,
-                id: i.subject_id,
-            },
-            state: i.state,
-            created_at: i.created_at,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InboxPage {
-    pub data: Vec<InboxItemDto>,
-    pub unread_count: i64,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct InboxParams {
-    /// `customer:<id>` or `user:<name>`.
-    pub recipient: String,
-    /// unread | read | archived
-    pub state: Option<String>,
-    /// info | warning | critical
-    pub severity: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
-}
 
 #[utoipa::path(get, path = "/v1/inbox", tag = "inbox", operation_id = "inbox_list", params(InboxParams),
     responses((status = 200, body = InboxPage), (status = 422, body = Problem)), security(("bearer" = [])))]
@@ -205,18 +143,6 @@ pub async fn archive(
         }
     })
     .await
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadAllRequest {
-    pub recipient: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReadAllDto {
-    pub recipient: String,
-    pub read_all: bool,
 }
 
 #[utoipa::path(post, path = "/v1/inbox/read-all", tag = "inbox", operation_id = "inbox_read_all", request_body = ReadAllRequest,

@@ -18,14 +18,12 @@ pub mod tickets;
 pub mod usage;
 pub mod webhooks;
 
-use std::time::Duration;
-
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use tally_aggregates::Decide;
 use tally_commands::{CommandMeta, Executed};
-
 use tally_projections::state::{self, ProjectedState, Versioned};
 
 use crate::auth::Principal;

@@ -4,16 +4,14 @@
 //! configuration, the signature proves the sender). Verification and
 //! translation live in `tally_commands::payments`.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
-use tally_commands::payments::{Inbound, InboundError, Provider, ProviderView};
-use utoipa::ToSchema;
+use std::collections::HashMap;
+use tally_commands::payments::{Inbound, InboundError, Provider};
 
 use crate::auth::{Access, Principal};
+use crate::dto::payments::{ConfigureProviderRequest, InboundAnswer, ProviderDto, ProviderList};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams, MAX_BODY_BYTES};
 use crate::middleware::RequestIds;
@@ -31,53 +29,6 @@ impl From<InboundError> for ApiError {
             InboundError::Command(e) => e.into(),
         }
     }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigureProviderRequest {
-    /// The provider's webhook signing secret (polar: `whsec_` + base64).
-    /// Stored sealed; never shown again.
-    pub webhook_secret: String,
-    /// The provider's API token (required for mercadopago, whose
-    /// notifications only name a payment). Stored sealed; never shown again.
-    pub access_token: Option<String>,
-    /// The provider's API (default: its public one); loopback and private
-    /// addresses only when `TALLY_WEBHOOK_ALLOWED_HOSTS` lists them.
-    pub api_base_url: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProviderDto {
-    /// stripe | polar | mercadopago
-    pub provider: String,
-    /// Where the provider posts: `/v1/inbound/<provider>/<token>`.
-    pub webhook_url: String,
-    pub api_base_url: String,
-    pub configured_at: String,
-}
-
-impl From<ProviderView> for ProviderDto {
-    fn from(v: ProviderView) -> Self {
-        ProviderDto {
-            provider: v.provider.to_string(),
-            webhook_url: v.webhook_url,
-            api_base_url: v.api_base_url,
-            configured_at: v.configured_at,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProviderList {
-    pub data: Vec<ProviderDto>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InboundAnswer {
-    pub received: bool,
-    /// applied | credited | refunded | ignored | duplicate | duplicate_payment | duplicate_refund
-    pub outcome: String,
 }
 
 fn provider(name: &str) -> Result<Provider, ApiError> {

@@ -3,14 +3,14 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
 use tally_aggregates::plan::{Plan, PlanCommand};
 use tally_commands::ids;
 
-use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
+use super::{check_id, get_state, list_state, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
-use crate::dto::{CreatePlanRequest, EmptyRequest, ListPage, PlanDto};
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::dto::plans::{CreatePlanRequest, PlanDto, PlanListParams};
+use crate::dto::{EmptyRequest, ListPage};
+use crate::error::{ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
@@ -67,18 +67,6 @@ pub async fn archive(
         PlanDto::from_state,
     )
     .await
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct PlanListParams {
-    /// active | archived
-    pub status: Option<String>,
-    pub code: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/plans", tag = "plans", operation_id = "plans_list", params(PlanListParams),

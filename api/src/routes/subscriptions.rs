@@ -3,19 +3,19 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
 use tally_aggregates::plan::Plan;
 use tally_aggregates::subscription::{PlanRef, Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::ProrationMode;
 use tally_commands::{coupons, ids, CommandMeta};
 
-use super::{check_id, get_state, list_state, read_your_writes, resource, CommandCtx, PageParams};
+use super::{check_id, get_state, list_state, read_your_writes, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
-use crate::dto::{
-    parse_time, ActivateRequest, ApplyDiscountRequest, CancelRequest, ChangePlanRequest,
-    ChangeSeatsRequest, ClientSuspendReason, CreateSubscriptionRequest, EmptyRequest,
-    EntitlementDto, EntitlementsDto, ListPage, SubscriptionDto, SuspendRequest,
+use crate::dto::subscriptions::{
+    ActivateRequest, ApplyDiscountRequest, CancelRequest, ChangePlanRequest, ChangeSeatsRequest,
+    ClientSuspendReason, CreateSubscriptionRequest, EntitlementDto, EntitlementsDto,
+    SubscriptionDto, SubscriptionListParams, SuspendRequest,
 };
+use crate::dto::{parse_time, EmptyRequest, ListPage};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
@@ -370,19 +370,6 @@ pub async fn cancel(
         SubscriptionDto::from_state,
     )
     .await
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct SubscriptionListParams {
-    /// draft | trialing | active | past_due | suspended | canceled
-    pub status: Option<String>,
-    pub customer_id: Option<String>,
-    pub plan_id: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
 }
 
 const STATUSES: [&str; 6] = [

@@ -5,16 +5,14 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tally_aggregates::tax::{
     validate_rate_ids, TaxRate, TaxRateCommand, TaxRateStatus, TaxRateTerms,
 };
 use tally_commands::ids;
-use utoipa::ToSchema;
 
-use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
+use super::{check_id, get_state, list_state, CommandCtx, PageParams};
 use crate::auth::{Access, Principal};
+use crate::dto::tax_rates::{CreateTaxRateRequest, TaxRateDto, TaxRateListParams};
 use crate::dto::{parse_decimal, EmptyRequest, ListPage};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
@@ -49,54 +47,6 @@ pub async fn check_attachable(
         }
     }
     Ok(())
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTaxRateRequest {
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
-    /// Decimal string, 0 to 100, up to 4 places.
-    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
-    pub percentage: String,
-    /// Whether line amounts already hold the tax.
-    pub inclusive: bool,
-    /// ISO 3166-1 alpha-2, e.g. "DE".
-    #[schema(pattern = "^[A-Z]{2}$")]
-    pub country: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaxRateDto {
-    /// `txr_…`
-    pub id: String,
-    pub name: String,
-    pub percentage: String,
-    pub inclusive: bool,
-    pub country: Option<String>,
-    /// active | archived
-    pub status: String,
-    pub created_at: Option<DateTime<Utc>>,
-    pub archived_at: Option<DateTime<Utc>>,
-    pub version: i64,
-}
-
-impl TaxRateDto {
-    pub fn from_state(id: &str, r: &TaxRate, version: i64) -> Option<TaxRateDto> {
-        let status = r.status?;
-        let t = r.terms.as_ref()?;
-        Some(TaxRateDto {
-            id: id.to_string(),
-            name: t.name.clone(),
-            percentage: t.percentage.normalize().to_string(),
-            inclusive: t.inclusive,
-            country: t.country.clone(),
-            status: status.as_str().to_string(),
-            created_at: r.created_at,
-            archived_at: r.archived_at,
-            version,
-        })
-    }
 }
 
 #[utoipa::path(post, path = "/v1/tax-rates", tag = "tax_rates", operation_id = "tax_rates_create", request_body = CreateTaxRateRequest,
@@ -155,17 +105,6 @@ pub async fn archive(
         TaxRateDto::from_state,
     )
     .await
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct TaxRateListParams {
-    /// active | archived
-    pub status: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/tax-rates", tag = "tax_rates", operation_id = "tax_rates_list", params(TaxRateListParams),
