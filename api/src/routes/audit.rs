@@ -4,7 +4,7 @@ use axum::extract::State;
 use serde::Deserialize;
 use tally_projections::stream_key;
 
-use crate::auth::{Access, Principal};
+use crate::auth::AuditAccess;
 use crate::dto::audit::{
     AuditEventDto, AuditEventsDto, DigestDto, FeedParams, StateAtDto, StateParams,
 };
@@ -50,11 +50,10 @@ pub struct StreamEventsParams {
     responses((status = 200, body = AuditEventsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn stream_events(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams((kind, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<StreamEventsParams>,
+    AuditAccess(principal): AuditAccess,
 ) -> ApiResult<axum::Json<AuditEventsDto>> {
-    principal.require(Access::Audit)?;
     if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
         return Err(ApiError::NotFound);
     }
@@ -147,15 +146,14 @@ enum Cut {
     responses((status = 200, body = StateAtDto), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn state_at(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams((kind, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<StateParams>,
+    AuditAccess(principal): AuditAccess,
 ) -> ApiResult<axum::Json<StateAtDto>> {
     use tally_aggregates::{
         customer::Customer, inbox::Inbox, invoice::Invoice, plan::Plan, subscription::Subscription,
         ticket::Ticket, usage::UsageRecord,
     };
-    principal.require(Access::Audit)?;
     if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
         return Err(ApiError::NotFound);
     }
@@ -274,10 +272,9 @@ const FEED_SCAN_LIMIT: usize = 20_000;
     responses((status = 200, body = AuditEventsDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn feed(
     State(app): State<AppState>,
-    principal: Principal,
     QueryParams(q): QueryParams<FeedParams>,
+    AuditAccess(principal): AuditAccess,
 ) -> ApiResult<axum::Json<AuditEventsDto>> {
-    principal.require(Access::Audit)?;
     let limit: usize = match &q.limit {
         None => 100,
         Some(s) => s
@@ -338,9 +335,8 @@ pub async fn feed(
     responses((status = 200, body = DigestDto), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn digest(
     State(app): State<AppState>,
-    principal: Principal,
+    _: AuditAccess,
 ) -> ApiResult<axum::Json<DigestDto>> {
-    principal.require(Access::Audit)?;
     let d = tally_projections::seal::digest(&app.db).await?;
     Ok(axum::Json(DigestDto {
         position: d.position,

@@ -9,7 +9,7 @@ use tally_aggregates::coupon::{Coupon, CouponCommand};
 use tally_commands::coupons::coupon_id;
 
 use super::{check_id, get_state, list_state, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::coupons::{CouponDto, CouponListParams, CreateCouponRequest};
 use crate::dto::{EmptyRequest, ListPage};
 use crate::error::{ApiResult, Problem};
@@ -21,10 +21,9 @@ use crate::AppState;
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreateCouponRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let terms = req.into_terms()?;
     let at = app.dispatcher.clock().now();
     // The syntax first: the id is derived from a valid code only.
@@ -51,12 +50,11 @@ pub async fn create(
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(id): PathParams<String>,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "cpn")?;
     let at = app.dispatcher.clock().now();
     super::run::<Coupon, _>(
@@ -75,11 +73,10 @@ pub async fn archive(
     responses((status = 200, body = ListPage<CouponDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<CouponListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<CouponDto>>> {
-    principal.require(Access::Read)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -100,11 +97,10 @@ pub async fn list(
     responses((status = 200, body = CouponDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     let now = app.dispatcher.clock().now();
     get_state::<Coupon, _>(&app, principal.tenant(), &headers, &id, "cpn", |v| {
         CouponDto::from_state(&v.id, &v.state, v.version, now)

@@ -7,7 +7,7 @@ use axum::response::Response;
 use tally_aggregates::customer::{Customer, CustomerCommand};
 
 use super::{get_state, list_state, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::customers::{CustomerDto, CustomerListParams, PutCustomerRequest};
 use crate::dto::ListPage;
 use crate::error::{ApiResult, Problem};
@@ -22,12 +22,11 @@ use crate::AppState;
 pub async fn put(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<PutCustomerRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let details = req.into_details()?;
     let at = app.dispatcher.clock().now();
     let out = app
@@ -54,11 +53,10 @@ pub async fn put(
     responses((status = 200, body = ListPage<CustomerDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<CustomerListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<CustomerDto>>> {
-    principal.require(Access::Read)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -78,11 +76,10 @@ pub async fn list(
     responses((status = 200, body = CustomerDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<Customer, _>(&app, principal.tenant(), &headers, &id, "", |v| {
         CustomerDto::from_state(&v.id, &v.state, v.version)
     })

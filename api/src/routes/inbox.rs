@@ -8,7 +8,7 @@ use tally_aggregates::inbox::{Inbox, InboxCommand};
 use tally_projections::inbox;
 
 use super::{read_your_writes, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::inbox::{InboxItemDto, InboxPage, InboxParams, ReadAllDto, ReadAllRequest};
 use crate::dto::EmptyRequest;
 use crate::error::{ApiError, ApiResult, Problem};
@@ -19,11 +19,10 @@ use crate::AppState;
     responses((status = 200, body = InboxPage), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<InboxParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<InboxPage>> {
-    principal.require(Access::Read)?;
     if !tally_aggregates::inbox::valid_recipient(&q.recipient) {
         return Err(ApiError::field(
             "recipient",
@@ -108,11 +107,10 @@ async fn item_command(
 pub async fn read(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(item_id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let at = app.dispatcher.clock().now();
     item_command(&app, &ctx, &item_id, "read", |recipient| {
         InboxCommand::MarkRead {
@@ -129,11 +127,10 @@ pub async fn read(
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(item_id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let at = app.dispatcher.clock().now();
     item_command(&app, &ctx, &item_id, "archived", |recipient| {
         InboxCommand::Archive {
@@ -150,10 +147,9 @@ pub async fn archive(
 pub async fn read_all(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ReadAllRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     // The recipient names the stream, so it is checked before the stream is
     // loaded: a NUL byte in a stream id is an error on PostgreSQL (a 500).
     if !tally_aggregates::inbox::valid_recipient(&req.recipient) {

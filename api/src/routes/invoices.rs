@@ -14,7 +14,7 @@ use tally_projections::balances;
 
 use super::subscriptions::tenant_subscription;
 use super::{check_id, get_state, list_state, read_your_writes, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::invoices::{
     BalanceDto, CreateInvoiceRequest, CreditNoteRequest, CustomerBalanceDto, InvoiceDto,
     InvoiceListParams, JournalEntryDto, JournalParams, LineRequest, PaymentRequest, VoidRequest,
@@ -33,11 +33,10 @@ use crate::AppState;
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreateInvoiceRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let currency = Currency::parse(&req.currency)
         .map_err(|_| ApiError::field("currency", "unknown ISO 4217 currency"))?;
     let requested = req.lines.unwrap_or_default();
@@ -94,12 +93,11 @@ pub async fn create(
 pub async fn add_line(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<LineRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let line = req.into_line("")?;
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &line.tax_rate_ids)
@@ -125,12 +123,11 @@ pub async fn add_line(
 pub async fn issue(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let out = invoices::issue(&app.dispatcher, &ctx.meta, &id, if_match(&headers)?).await?;
     super::answer(&out, StatusCode::OK, InvoiceDto::from_state)
@@ -141,12 +138,11 @@ pub async fn issue(
 pub async fn pay(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<PaymentRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let amount: Decimal = req
         .amount
@@ -175,12 +171,11 @@ pub async fn pay(
 pub async fn credit_note(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreditNoteRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let amount: Decimal = req
         .amount
@@ -208,12 +203,11 @@ pub async fn credit_note(
 pub async fn void(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<VoidRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let at = app.dispatcher.clock().now();
     super::run(
@@ -236,12 +230,11 @@ pub async fn void(
 pub async fn mark_uncollectible(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "inv")?;
     let at = app.dispatcher.clock().now();
     super::run(
@@ -264,11 +257,10 @@ pub async fn mark_uncollectible(
     responses((status = 200, body = ListPage<InvoiceDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<InvoiceListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<InvoiceDto>>> {
-    principal.require(Access::Read)?;
     if let Some(s) = &q.status {
         if InvoiceStatus::parse(s).is_none() {
             let all: Vec<&str> = InvoiceStatus::ALL.iter().map(|s| s.as_str()).collect();
@@ -301,11 +293,10 @@ pub async fn list(
     responses((status = 200, body = InvoiceDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<Invoice, _>(&app, principal.tenant(), &headers, &id, "inv", |v| {
         InvoiceDto::from_state(&v.id, &v.state, v.version)
     })
@@ -323,11 +314,10 @@ fn check_customer(id: &str) -> Result<(), ApiError> {
     responses((status = 200, body = CustomerBalanceDto)), security(("bearer" = [])))]
 pub async fn balance(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(customer_id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<CustomerBalanceDto>> {
-    principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     check_customer(&customer_id)?;
     let data = balances::balances(&app.db, principal.tenant(), &customer_id)
@@ -355,12 +345,11 @@ pub async fn balance(
     responses((status = 200, body = ListPage<JournalEntryDto>)), security(("bearer" = [])))]
 pub async fn journal(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(customer_id): PathParams<String>,
     QueryParams(q): QueryParams<JournalParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<JournalEntryDto>>> {
-    principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     check_customer(&customer_id)?;
     let page = PageParams {

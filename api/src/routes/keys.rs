@@ -6,7 +6,7 @@ use axum::extract::State;
 use tally_commands::keys;
 
 use super::{check_id, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::AdminAccess;
 use crate::dto::keys::{KeyDto, KeyListParams, KeyPage};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{PathParams, QueryParams};
@@ -16,10 +16,9 @@ use crate::AppState;
     responses((status = 200, body = KeyPage), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     QueryParams(q): QueryParams<KeyListParams>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<KeyPage>> {
-    principal.require(Access::Admin)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -44,10 +43,9 @@ pub async fn list(
 pub async fn revoke(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<KeyDto>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "key")?;
     let key = keys::revoke(&app.dispatcher, &ctx.meta, Some(principal.tenant()), &id)
         .await?

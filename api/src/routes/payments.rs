@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use std::collections::HashMap;
 use tally_commands::payments::{Inbound, InboundError, Provider};
 
-use crate::auth::{Access, Principal};
+use crate::auth::AdminAccess;
 use crate::dto::payments::{ConfigureProviderRequest, InboundAnswer, ProviderDto, ProviderList};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams, MAX_BODY_BYTES};
@@ -41,11 +41,10 @@ fn provider(name: &str) -> Result<Provider, ApiError> {
     request_body = ConfigureProviderRequest, responses((status = 200, body = ProviderDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn configure(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(name): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
     JsonBody(req): JsonBody<ConfigureProviderRequest>,
 ) -> ApiResult<axum::Json<ProviderDto>> {
-    principal.require(Access::Admin)?;
     let provider = provider(&name)?;
     let view = app
         .payments
@@ -66,9 +65,8 @@ pub async fn configure(
     responses((status = 200, body = ProviderList)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<ProviderList>> {
-    principal.require(Access::Admin)?;
     let data = app
         .payments
         .list(principal.tenant())

@@ -7,7 +7,7 @@ use tally_aggregates::plan::{Plan, PlanCommand};
 use tally_commands::ids;
 
 use super::{check_id, get_state, list_state, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::plans::{CreatePlanRequest, PlanDto, PlanListParams};
 use crate::dto::{EmptyRequest, ListPage};
 use crate::error::{ApiResult, Problem};
@@ -19,10 +19,9 @@ use crate::AppState;
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreatePlanRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let terms = req.into_terms()?;
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &terms.tax_rate_ids)
         .await?;
@@ -49,12 +48,11 @@ pub async fn create(
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(id): PathParams<String>,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "plan")?;
     let at = app.dispatcher.clock().now();
     super::run::<Plan, _>(
@@ -73,11 +71,10 @@ pub async fn archive(
     responses((status = 200, body = ListPage<PlanDto>)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<PlanListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<PlanDto>>> {
-    principal.require(Access::Read)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -97,11 +94,10 @@ pub async fn list(
     responses((status = 200, body = PlanDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<Plan, _>(&app, principal.tenant(), &headers, &id, "plan", |v| {
         PlanDto::from_state(&v.id, &v.state, v.version)
     })

@@ -9,7 +9,7 @@ use tally_aggregates::ProrationMode;
 use tally_commands::{coupons, ids, CommandMeta};
 
 use super::{check_id, get_state, list_state, read_your_writes, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::subscriptions::{
     ActivateRequest, ApplyDiscountRequest, CancelRequest, ChangePlanRequest, ChangeSeatsRequest,
     ClientSuspendReason, CreateSubscriptionRequest, EntitlementDto, EntitlementsDto,
@@ -57,11 +57,10 @@ pub async fn tenant_subscription(
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreateSubscriptionRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
     let tax_rate_ids = req.tax_rate_ids.clone().unwrap_or_default();
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &tax_rate_ids)
@@ -113,12 +112,11 @@ pub async fn create(
 pub async fn apply_discount(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ApplyDiscountRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let (out, _) = coupons::redeem(
         &app.dispatcher,
@@ -138,11 +136,10 @@ pub async fn apply_discount(
 pub async fn remove_discount(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
     super::run(
@@ -162,12 +159,11 @@ pub async fn remove_discount(
 pub async fn activate(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ActivateRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let now = app.dispatcher.clock().now();
     let at = match req.at.as_deref() {
@@ -194,12 +190,11 @@ pub async fn activate(
 pub async fn end_trial(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
     super::run(
@@ -219,12 +214,11 @@ pub async fn end_trial(
 pub async fn change_plan(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ChangePlanRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
     let at = app.dispatcher.clock().now();
@@ -249,12 +243,11 @@ pub async fn change_plan(
 pub async fn change_seats(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ChangeSeatsRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
     let proration = req.proration.unwrap_or(ProrationMode::Prorate);
@@ -279,12 +272,11 @@ pub async fn change_seats(
 pub async fn suspend(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<SuspendRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     if req.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
         return Err(ApiError::field("note", "at most 1000 characters"));
@@ -316,12 +308,11 @@ pub async fn suspend(
 pub async fn resume(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
     super::run(
@@ -341,12 +332,11 @@ pub async fn resume(
 pub async fn cancel(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CancelRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     if req
         .reason
@@ -385,11 +375,10 @@ const STATUSES: [&str; 6] = [
     responses((status = 200, body = ListPage<SubscriptionDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<SubscriptionListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<SubscriptionDto>>> {
-    principal.require(Access::Read)?;
     if let Some(s) = &q.status {
         if !STATUSES.contains(&s.as_str()) {
             return Err(ApiError::field(
@@ -421,11 +410,10 @@ pub async fn list(
     responses((status = 200, body = SubscriptionDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<Subscription, _>(&app, principal.tenant(), &headers, &id, "sub", |v| {
         SubscriptionDto::from_state(&v.id, &v.state, v.version)
     })
@@ -438,11 +426,10 @@ pub async fn get(
     responses((status = 200, body = EntitlementsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn entitlements(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<EntitlementsDto>> {
-    principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     check_id(&id, "sub")?;
     let now = app.dispatcher.clock().now();

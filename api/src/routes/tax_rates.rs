@@ -11,7 +11,7 @@ use tally_aggregates::tax::{
 use tally_commands::ids;
 
 use super::{check_id, get_state, list_state, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::tax_rates::{CreateTaxRateRequest, TaxRateDto, TaxRateListParams};
 use crate::dto::{parse_decimal, EmptyRequest, ListPage};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -54,10 +54,9 @@ pub async fn check_attachable(
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreateTaxRateRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let terms = TaxRateTerms {
         name: req.name,
         percentage: parse_decimal("percentage", &req.percentage)?,
@@ -87,12 +86,11 @@ pub async fn create(
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(id): PathParams<String>,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "txr")?;
     let at = app.dispatcher.clock().now();
     super::run::<TaxRate, _>(
@@ -111,11 +109,10 @@ pub async fn archive(
     responses((status = 200, body = ListPage<TaxRateDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<TaxRateListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<TaxRateDto>>> {
-    principal.require(Access::Read)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -135,11 +132,10 @@ pub async fn list(
     responses((status = 200, body = TaxRateDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<TaxRate, _>(&app, principal.tenant(), &headers, &id, "txr", |v| {
         TaxRateDto::from_state(&v.id, &v.state, v.version)
     })

@@ -10,7 +10,7 @@ use tally_commands::keys::Role;
 
 use super::subscriptions::tenant_subscription;
 use super::{check_id, get_state, list_state, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{Principal, ReadAccess, WriteAccess};
 use crate::dto::tickets::{
     AssignRequest, AttachmentRequest, CommentRequest, CreateTicketRequest, TicketDto,
     TicketListParams, TransitionRequest,
@@ -30,11 +30,10 @@ fn sees_internal(p: &Principal) -> bool {
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreateTicketRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     // Like an invoice, a ticket may only name one of the tenant's subscriptions.
     if let Some(sub) = &req.subscription_id {
         tenant_subscription(&app, &ctx.meta.tenant, "subscription_id", sub).await?;
@@ -66,12 +65,11 @@ pub async fn create(
 pub async fn assign(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<AssignRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "tkt")?;
     let at = app.dispatcher.clock().now();
     super::run(
@@ -94,12 +92,11 @@ pub async fn assign(
 pub async fn comment(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CommentRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "tkt")?;
     let at = app.dispatcher.clock().now();
     let comment_id = ids::new_id("cmt");
@@ -126,12 +123,11 @@ pub async fn comment(
 pub async fn attach(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<AttachmentRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "tkt")?;
     let at = app.dispatcher.clock().now();
     let attachment_id = ids::new_id("att");
@@ -159,12 +155,11 @@ pub async fn attach(
 pub async fn transition(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<TransitionRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "tkt")?;
     let at = app.dispatcher.clock().now();
     super::run(
@@ -183,11 +178,10 @@ pub async fn transition(
     responses((status = 200, body = ListPage<TicketDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<TicketListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<TicketDto>>> {
-    principal.require(Access::Read)?;
     if q.status
         .as_deref()
         .is_some_and(|s| TicketStatus::parse(s).is_none())
@@ -222,11 +216,10 @@ pub async fn list(
     responses((status = 200, body = TicketDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     let internal = sees_internal(&principal);
     get_state::<Ticket, _>(&app, principal.tenant(), &headers, &id, "tkt", |v| {
         TicketDto::from_state(&v.id, &v.state, v.version, internal)

@@ -9,7 +9,7 @@ use tally_commands::usage::{self as ingest, BatchOutcome, Reported, MAX_BATCH};
 use tally_projections::{state, usage};
 
 use super::{read_your_writes, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::usage::{
     BatchItemError, BatchRequest, BatchResponse, BatchResult, SummaryDto, SummaryParams,
     UsageListParams, UsageRecordDto, UsageRequest, VoidRequest, WindowDto,
@@ -25,10 +25,9 @@ use crate::AppState;
 pub async fn report(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<UsageRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let report = req.into_report()?;
     let (status, out, duplicate) = match ingest::report(&app.dispatcher, &ctx.meta, &report).await?
     {
@@ -60,10 +59,9 @@ fn item_error(e: ApiError) -> BatchItemError {
 pub async fn batch(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonRecords(req): JsonRecords<BatchRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     if req.records.is_empty() || req.records.len() > MAX_BATCH {
         return Err(ApiError::field(
             "records",
@@ -162,12 +160,11 @@ pub async fn batch(
 pub async fn void(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<VoidRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     super::check_id(&id, "use")?;
     let at = app.dispatcher.clock().now();
     super::run::<UsageRecord, _>(
@@ -189,11 +186,10 @@ pub async fn void(
     responses((status = 200, body = ListPage<UsageRecordDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<UsageListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<UsageRecordDto>>> {
-    principal.require(Access::Read)?;
     let filter = usage::RecordFilter {
         subscription_id: q.subscription_id,
         meter: q.meter,
@@ -231,11 +227,10 @@ pub async fn list(
     responses((status = 200, body = UsageRecordDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     super::check_id(&id, "use")?;
     let v = usage::get(&app.db, principal.tenant(), &id)
@@ -258,11 +253,10 @@ async fn anchored(app: &AppState, tenant: &str, id: &str) -> ApiResult<Subscript
     responses((status = 200, body = SummaryDto), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn summary(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<SummaryParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<SummaryDto>> {
-    principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     let sub = anchored(&app, principal.tenant(), &q.subscription_id).await?;
     let terms = sub

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use tally_commands::webhooks::WebhookError;
 
 use super::{check_id, read_your_writes, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::AdminAccess;
 use crate::dto::webhooks::{
     CreateWebhookRequest, CreatedWebhookDto, DeliveryDetailDto, DeliveryDto, DeliveryListParams,
     DeliveryPage, WebhookDto, WebhookListParams, WebhookPage,
@@ -38,10 +38,9 @@ const DELIVERY_STATUSES: [&str; 5] = ["pending", "delivered", "retrying", "pause
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
-    principal: Principal,
+    AdminAccess(principal): AdminAccess,
     JsonBody(req): JsonBody<CreateWebhookRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Admin)?;
     let created = app
         .webhooks
         .create_endpoint(principal.tenant(), &principal.0.id, &req.url, &req.topics)
@@ -64,10 +63,9 @@ pub async fn create(
     responses((status = 200, body = WebhookPage), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     QueryParams(q): QueryParams<WebhookListParams>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<WebhookPage>> {
-    principal.require(Access::Admin)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -86,10 +84,9 @@ pub async fn list(
     responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<WebhookDto>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
     let endpoint = app.webhooks.endpoint(principal.tenant(), &id).await?;
     Ok(axum::Json(endpoint.into()))
@@ -99,10 +96,9 @@ pub async fn get(
     responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delete(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<StatusCode> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
     app.webhooks
         .delete_endpoint(principal.tenant(), &id)
@@ -115,11 +111,10 @@ pub async fn delete(
     request_body = EmptyRequest, responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn enable(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<axum::Json<WebhookDto>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
     let endpoint = app
         .webhooks
@@ -134,12 +129,11 @@ pub async fn enable(
     security(("bearer" = [])))]
 pub async fn deliveries(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<DeliveryListParams>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<DeliveryPage>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
     if q.status
         .as_deref()
@@ -176,10 +170,9 @@ pub async fn deliveries(
     responses((status = 200, body = DeliveryDetailDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delivery(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<DeliveryDetailDto>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whd")?;
     let (delivery, attempts) = app.webhooks.delivery(principal.tenant(), &id).await?;
     Ok(axum::Json(DeliveryDetailDto {
@@ -195,11 +188,10 @@ pub async fn delivery(
     security(("bearer" = [])))]
 pub async fn retry(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whd")?;
     let delivery = app.webhooks.retry(principal.tenant(), &id).await?;
     Ok((
