@@ -171,10 +171,11 @@ def main():
     while invoice_id is None:
         r = invoices_list.sync_detailed(client=client, subscription_id=subs[0], x_min_position=head)
         check(r.status_code == 200 and isinstance(r.parsed, ListPageInvoiceDto), f"invoices_list: {r.status_code} {r.content!r}")
-        if r.parsed.data:
+        # The policy creates the draft, then issues it: wait for the issue.
+        if r.parsed.data and r.parsed.data[0].status != "draft":
             invoice_id = r.parsed.data[0].id
             break
-        check(time.monotonic() < deadline, f"no invoice for {subs[0]} within {INVOICE_DEADLINE_SECS} s")
+        check(time.monotonic() < deadline, f"no issued invoice for {subs[0]} within {INVOICE_DEADLINE_SECS} s")
         time.sleep(0.2)
     r = invoices_get.sync_detailed(invoice_id, client=client)
     check(r.status_code == 200 and isinstance(r.parsed, InvoiceDto), f"invoices_get: {r.status_code} {r.content!r}")

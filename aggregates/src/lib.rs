@@ -48,7 +48,23 @@ macro_rules! cqrs_adapter {
                 self.evolve(&event);
             }
         }
+
+        impl $crate::Decide for $aggregate {
+            fn decide_command(
+                &self,
+                command: Self::Command,
+            ) -> Result<Vec<Self::Event>, $crate::DomainError> {
+                self.decide(command)
+            }
+        }
     };
+}
+
+/// An aggregate's `decide` as a trait, so code generic over aggregates (the
+/// HTTP edge's one command runner) can run any of them. Implemented by
+/// [`cqrs_adapter!`] only; it forwards to the inherent `decide`.
+pub trait Decide: cqrs_es::Aggregate {
+    fn decide_command(&self, command: Self::Command) -> Result<Vec<Self::Event>, DomainError>;
 }
 
 pub mod access_key;

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +111,19 @@ pub fn checked_usage_window(
 /// When the window is outside chrono's range; see [`checked_usage_window`].
 pub fn usage_window(anchor: DateTime<Utc>, reset: ResetCadence, t: DateTime<Utc>) -> UsageWindow {
     checked_usage_window(anchor, reset, t).expect("usage window out of chrono's range")
+}
+
+/// The anchor's day (clamped to the month's last day) and time of day in
+/// month `month` of `year`: the instant whose window is "the window that
+/// starts in that month". `None` when there is no such month.
+pub fn anchor_in_month(anchor: DateTime<Utc>, year: i32, month: u32) -> Option<DateTime<Utc>> {
+    let first = NaiveDate::from_ymd_opt(year, month, 1)?;
+    let last_day = (28..=31)
+        .rev()
+        .find(|d| NaiveDate::from_ymd_opt(year, month, *d).is_some())?;
+    let day = anchor.day().min(last_day);
+    let date = first.with_day(day)?;
+    Some(Utc.from_utc_datetime(&date.and_time(anchor.time())))
 }
 
 /// What the command layer knows about the subscription when usage is reported.
@@ -625,6 +638,25 @@ mod tests {
     const WHEN: &str = "2025-03-10T11:00:00Z";
     /// When fixture records are voided or billed.
     const LATER: &str = "2025-04-01T00:00:00Z";
+
+    #[test]
+    fn anchor_in_month_clamps_to_the_months_last_day() {
+        let anchor = t(ANCHOR);
+        assert_eq!(
+            anchor_in_month(anchor, 2025, 2),
+            Some(t("2025-02-28T10:00:00Z"))
+        );
+        assert_eq!(
+            anchor_in_month(anchor, 2024, 2),
+            Some(t("2024-02-29T10:00:00Z"))
+        );
+        assert_eq!(
+            anchor_in_month(anchor, 2025, 3),
+            Some(t("2025-03-31T10:00:00Z"))
+        );
+        assert_eq!(anchor_in_month(anchor, 2025, 0), None);
+        assert_eq!(anchor_in_month(anchor, 2025, 13), None);
+    }
 
     fn meter(key: &str, reset: ResetCadence) -> MeterTerms {
         MeterTerms {

@@ -2,7 +2,7 @@
 //! API.md: `reader` reads, `writer` reads and commands, `auditor` reads and
 //! audits, `admin` does everything.
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -49,7 +49,7 @@ impl Principal {
     }
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -63,6 +63,53 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
             .ok_or(ApiError::Unauthorized)
     }
 }
+
+/// The roles a route admits, declared once in its handler's signature: an
+/// extractor per access level that answers 403 (`forbidden`) when the
+/// caller's role lacks it, before the handler runs. It comes last before the
+/// body, so malformed paths and queries answer as before; for a caller
+/// without the role the request body is not read.
+macro_rules! access_extractor {
+    ($(#[$doc:meta])* $name:ident, $access:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Principal);
+
+        impl<S: Send + Sync> axum::extract::FromRequestParts<S> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                let principal = Principal::from_request_parts(parts, state).await?;
+                principal.require($access)?;
+                Ok($name(principal))
+            }
+        }
+    };
+}
+
+access_extractor!(
+    /// Any role: every key reads.
+    ReadAccess,
+    Access::Read
+);
+access_extractor!(
+    /// `writer` or `admin`: commands.
+    WriteAccess,
+    Access::Write
+);
+access_extractor!(
+    /// `auditor` or `admin`: the audit endpoints.
+    AuditAccess,
+    Access::Audit
+);
+access_extractor!(
+    /// `admin` only: keys, webhooks, payment providers, operations.
+    AdminAccess,
+    Access::Admin
+);
 
 /// Longest key we look up.
 const MAX_KEY_LEN: usize = 256;

@@ -8,7 +8,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
-use tally_aggregates::usage::{total_delta, UsageEvent, UsageRecord};
+use tally_aggregates::subscription::Subscription;
+use tally_aggregates::usage::{total_delta, usage_window, UsageEvent, UsageRecord, UsageWindow};
 
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
@@ -371,4 +372,49 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<Versioned<UsageRecord>, DbError> {
             .map_err(|e| DbError::Sqlx(sqlx::Error::Decode(Box::new(e))))?,
         version: row.try_get("version")?,
     })
+}
+
+/// One meter's entitlement: the usage of its window containing a given time
+/// against its hard cap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entitlement {
+    pub meter: String,
+    pub window: UsageWindow,
+    pub used: Decimal,
+    pub hard_cap: Option<Decimal>,
+    /// What is left under the hard cap, never below zero; `None` without one.
+    pub remaining: Option<Decimal>,
+}
+
+/// Entitlements of one subscription at `at`, per meter of its plan, from the
+/// subscriptions and usage read models. `None` when the read model has no
+/// such subscription; empty when it was never activated (no usage windows).
+pub async fn entitlements(
+    db: &Db,
+    tenant: &str,
+    subscription_id: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Vec<Entitlement>>, DbError> {
+    let Some(sub) = crate::state::get::<Subscription>(db, tenant, subscription_id).await? else {
+        return Ok(None);
+    };
+    let sub = sub.state;
+    let (Some(anchor), Some(plan)) = (sub.usage_anchor(), sub.plan.as_ref()) else {
+        return Ok(Some(Vec::new()));
+    };
+    let mut out = Vec::with_capacity(plan.meters.len());
+    for m in &plan.meters {
+        let window = usage_window(anchor, m.reset, at);
+        let used = total(db, tenant, subscription_id, &m.key, window.start)
+            .await?
+            .total;
+        out.push(Entitlement {
+            meter: m.key.clone(),
+            window,
+            used,
+            hard_cap: m.hard_cap,
+            remaining: m.hard_cap.map(|c| (c - used).max(Decimal::ZERO)),
+        });
+    }
+    Ok(Some(out))
 }

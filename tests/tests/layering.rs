@@ -145,3 +145,48 @@ fn tally_crates_depend_along_the_arrows() {
         }
     }
 }
+
+/// The `.rs` files under `api/src/<folder>`, with their text.
+fn api_sources(folder: &str) -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../api/src")
+        .join(folder);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("read source");
+            (p.display().to_string(), text)
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no sources under {}", dir.display());
+    files
+}
+
+/// Issue 16: request and response shapes live in `api/src/dto/`, one module
+/// per resource, and depend on no handler (the old `dto.rs` ↔
+/// `routes/usage.rs` cycle).
+#[test]
+fn api_dtos_do_not_reach_into_routes() {
+    for (path, text) in api_sources("dto") {
+        assert!(
+            !text.contains("crate::routes") && !text.contains("super::routes"),
+            "{path} depends on a route module"
+        );
+    }
+}
+
+/// Issue 16: a route's roles are declared once, in its handler's signature
+/// (`ReadAccess`, `WriteAccess`, `AuditAccess`, `AdminAccess`), not checked
+/// by hand in its body.
+#[test]
+fn handlers_declare_roles_in_their_signature() {
+    for (path, text) in api_sources("routes") {
+        assert!(
+            !text.contains(".require(Access::"),
+            "{path} checks a role by hand; take an access extractor instead"
+        );
+    }
+}

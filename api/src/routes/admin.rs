@@ -5,10 +5,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Months, Utc};
 
-use crate::auth::{Access, Principal};
-use crate::dto::{
-    parse_time, AdvanceClockRequest, ClockDto, EmptyRequest, ProjectionDto, StatusDto,
-};
+use crate::auth::AdminAccess;
+use crate::dto::ops::{AdvanceClockRequest, ClockDto, ProjectionDto, StatusDto};
+use crate::dto::{parse_time, EmptyRequest};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams};
 use crate::AppState;
@@ -17,9 +16,8 @@ use crate::AppState;
     responses((status = 200, body = Vec<ProjectionDto>), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn projections(
     State(app): State<AppState>,
-    principal: Principal,
+    _: AdminAccess,
 ) -> ApiResult<axum::Json<Vec<ProjectionDto>>> {
-    principal.require(Access::Admin)?;
     let status = app.runtime.status().await?;
     Ok(axum::Json(
         status
@@ -41,11 +39,10 @@ pub async fn projections(
     request_body = EmptyRequest, responses((status = 202, body = StatusDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn rebuild(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(name): PathParams<String>,
+    _: AdminAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Admin)?;
     if !app.runtime.names().contains(&name.as_str()) {
         return Err(ApiError::NotFound);
     }
@@ -66,11 +63,7 @@ pub async fn rebuild(
 
 #[utoipa::path(get, path = "/v1/admin/clock", tag = "admin", operation_id = "clock_get",
     responses((status = 200, body = ClockDto), (status = 404, description = "The server runs on the system clock", body = Problem)), security(("bearer" = [])))]
-pub async fn clock(
-    State(app): State<AppState>,
-    principal: Principal,
-) -> ApiResult<axum::Json<ClockDto>> {
-    principal.require(Access::Admin)?;
+pub async fn clock(State(app): State<AppState>, _: AdminAccess) -> ApiResult<axum::Json<ClockDto>> {
     Ok(axum::Json(clock_dto(&app)))
 }
 
@@ -91,10 +84,9 @@ fn clock_dto(app: &AppState) -> ClockDto {
     responses((status = 200, body = ClockDto), (status = 404, description = "The server runs on the system clock", body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn advance_clock(
     State(app): State<AppState>,
-    principal: Principal,
+    _: AdminAccess,
     JsonBody(req): JsonBody<AdvanceClockRequest>,
 ) -> ApiResult<axum::Json<ClockDto>> {
-    principal.require(Access::Admin)?;
     let clock = app.dispatcher.clock();
     let to = match (req.to.as_deref(), req.by.as_deref()) {
         (Some(to), None) => parse_time("to", to)?,

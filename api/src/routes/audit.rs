@@ -4,8 +4,10 @@ use axum::extract::State;
 use serde::Deserialize;
 use tally_projections::stream_key;
 
-use crate::auth::{Access, Principal};
-use crate::dto::{AuditEventDto, AuditEventsDto};
+use crate::auth::AuditAccess;
+use crate::dto::audit::{
+    AuditEventDto, AuditEventsDto, DigestDto, FeedParams, StateAtDto, StateParams,
+};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{PathParams, QueryParams};
 use crate::AppState;
@@ -48,11 +50,10 @@ pub struct StreamEventsParams {
     responses((status = 200, body = AuditEventsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn stream_events(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams((kind, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<StreamEventsParams>,
+    AuditAccess(principal): AuditAccess,
 ) -> ApiResult<axum::Json<AuditEventsDto>> {
-    principal.require(Access::Audit)?;
     if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
         return Err(ApiError::NotFound);
     }
@@ -114,25 +115,6 @@ fn audit_event(e: tally_projections::StoredEvent) -> AuditEventDto {
     }
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct StateParams {
-    /// The state as of this time (RFC 3339): every event recorded at or before it.
-    pub at: Option<String>,
-    /// Or as of this stream sequence.
-    pub sequence: Option<String>,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct StateAtDto {
-    pub sequence: i64,
-    pub recorded_at: String,
-    /// The resource as its own GET would have shown it then.
-    #[schema(value_type = Object)]
-    pub state: serde_json::Value,
-}
-
 /// Folds events into an aggregate with its own `apply` (the write path's fold).
 fn fold<A: cqrs_es::Aggregate>(events: &[tally_projections::StoredEvent]) -> ApiResult<A> {
     let mut state = A::default();
@@ -164,15 +146,14 @@ enum Cut {
     responses((status = 200, body = StateAtDto), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn state_at(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams((kind, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<StateParams>,
+    AuditAccess(principal): AuditAccess,
 ) -> ApiResult<axum::Json<StateAtDto>> {
     use tally_aggregates::{
         customer::Customer, inbox::Inbox, invoice::Invoice, plan::Plan, subscription::Subscription,
         ticket::Ticket, usage::UsageRecord,
     };
-    principal.require(Access::Audit)?;
     if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
         return Err(ApiError::NotFound);
     }
@@ -220,17 +201,17 @@ pub async fn state_at(
     };
     let (sequence, recorded_at) = (last.sequence, last.recorded_at.clone());
     let state = match kind.as_str() {
-        "plan" => to_value(crate::dto::PlanDto::from_state(
+        "plan" => to_value(crate::dto::plans::PlanDto::from_state(
             &id,
             &fold::<Plan>(&events)?,
             sequence,
         ))?,
-        "subscription" => to_value(crate::dto::SubscriptionDto::from_state(
+        "subscription" => to_value(crate::dto::subscriptions::SubscriptionDto::from_state(
             &id,
             &fold::<Subscription>(&events)?,
             sequence,
         ))?,
-        "customer" => to_value(crate::dto::CustomerDto::from_state(
+        "customer" => to_value(crate::dto::customers::CustomerDto::from_state(
             &id,
             &fold::<Customer>(&events)?,
             sequence,
@@ -239,30 +220,30 @@ pub async fn state_at(
             // Redeemable as it was then.
             let then = tally_projections::time::from_text(&recorded_at)
                 .ok_or_else(|| ApiError::Internal(format!("recorded_at {recorded_at}")))?;
-            to_value(super::coupons::CouponDto::from_state(
+            to_value(crate::dto::coupons::CouponDto::from_state(
                 &id,
                 &fold::<tally_aggregates::Coupon>(&events)?,
                 sequence,
                 then,
             ))?
         }
-        "tax_rate" => to_value(super::tax_rates::TaxRateDto::from_state(
+        "tax_rate" => to_value(crate::dto::tax_rates::TaxRateDto::from_state(
             &id,
             &fold::<tally_aggregates::TaxRate>(&events)?,
             sequence,
         ))?,
-        "invoice" => to_value(super::invoices::InvoiceDto::from_state(
+        "invoice" => to_value(crate::dto::invoices::InvoiceDto::from_state(
             &id,
             &fold::<Invoice>(&events)?,
             sequence,
         ))?,
-        "usage_record" => to_value(super::usage::UsageRecordDto::from_state(
+        "usage_record" => to_value(crate::dto::usage::UsageRecordDto::from_state(
             &id,
             &fold::<UsageRecord>(&events)?,
             sequence,
             false,
         ))?,
-        "ticket" => to_value(super::tickets::TicketDto::from_state(
+        "ticket" => to_value(crate::dto::tickets::TicketDto::from_state(
             &id,
             &fold::<Ticket>(&events)?,
             sequence,
@@ -284,17 +265,6 @@ pub async fn state_at(
     }))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct FeedParams {
-    /// Continue after this global position (`next_cursor` of the previous page).
-    pub after: Option<String>,
-    /// 1-1000, default 100.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
-    pub limit: Option<String>,
-}
-
 /// Log rows scanned per feed request at most (other tenants' rows included).
 const FEED_SCAN_LIMIT: usize = 20_000;
 
@@ -302,10 +272,9 @@ const FEED_SCAN_LIMIT: usize = 20_000;
     responses((status = 200, body = AuditEventsDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn feed(
     State(app): State<AppState>,
-    principal: Principal,
     QueryParams(q): QueryParams<FeedParams>,
+    AuditAccess(principal): AuditAccess,
 ) -> ApiResult<axum::Json<AuditEventsDto>> {
-    principal.require(Access::Audit)?;
     let limit: usize = match &q.limit {
         None => 100,
         Some(s) => s
@@ -360,24 +329,14 @@ pub async fn feed(
     }))
 }
 
-/// The head of the sealed hash chain (see `tally_projections::seal`).
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct DigestDto {
-    /// The last sealed log position (0 when nothing is sealed yet).
-    pub position: i64,
-    /// Its link, 64 hex digits: what `tally-replay verify --digest` checks.
-    pub hash: String,
-}
-
 /// The digest covers the whole log, every tenant's events: a tenant's auditor
 /// can keep it outside Tally and later prove the log was not rewritten.
 #[utoipa::path(get, path = "/v1/audit/digest", tag = "audit", operation_id = "audit_digest_get",
     responses((status = 200, body = DigestDto), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn digest(
     State(app): State<AppState>,
-    principal: Principal,
+    _: AuditAccess,
 ) -> ApiResult<axum::Json<DigestDto>> {
-    principal.require(Access::Audit)?;
     let d = tally_projections::seal::digest(&app.db).await?;
     Ok(axum::Json(DigestDto {
         position: d.position,

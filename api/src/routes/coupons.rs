@@ -5,221 +5,44 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use tally_aggregates::coupon::{
-    Coupon, CouponCommand, CouponDuration, CouponOff, CouponTerms, MAX_PERCENT_PLACES,
-};
-use tally_aggregates::{Currency, Money};
+use tally_aggregates::coupon::{Coupon, CouponCommand};
 use tally_commands::coupons::coupon_id;
-use utoipa::ToSchema;
 
-use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
-use crate::dto::{parse_decimal, parse_time, EmptyRequest, ListPage};
-use crate::error::{ApiError, ApiResult, Problem};
+use super::{check_id, get_state, list_state, CommandCtx, PageParams};
+use crate::auth::{ReadAccess, WriteAccess};
+use crate::dto::coupons::{CouponDto, CouponListParams, CreateCouponRequest};
+use crate::dto::{EmptyRequest, ListPage};
+use crate::error::{ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCouponRequest {
-    /// What customers type: letters, digits, `-` and `_`, unique per
-    /// tenant regardless of case.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
-    pub code: String,
-    #[schema(max_length = 200)]
-    pub name: Option<String>,
-    /// Decimal string, more than 0 and at most 100, up to 4 places; or
-    /// `amount_off` with `currency`.
-    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
-    pub percent_off: Option<String>,
-    /// Decimal string at the currency's minor unit; needs `currency`.
-    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
-    pub amount_off: Option<String>,
-    #[schema(
-        pattern = "^(AUD|BHD|BRL|CAD|CHF|CLP|CNY|CZK|DKK|EUR|GBP|HKD|HUF|INR|ISK|JOD|JPY|KRW|KWD|MXN|NOK|NZD|PLN|SEK|SGD|TND|USD|ZAR)$"
-    )]
-    pub currency: Option<String>,
-    /// once | repeating | forever
-    #[schema(pattern = "^(once|repeating|forever)$")]
-    pub duration: String,
-    /// For `repeating`: how many invoiced periods (1–120).
-    #[schema(minimum = 1, maximum = 120)]
-    pub duration_in_periods: Option<u32>,
-    #[schema(minimum = 1)]
-    pub max_redemptions: Option<u32>,
-    /// RFC 3339; after it the code can no longer be redeemed.
-    pub redeem_by: Option<String>,
-    /// The plans it applies to (`plan_…`); absent or empty: every plan.
-    pub plan_ids: Option<Vec<String>>,
-}
-
-impl CreateCouponRequest {
-    fn into_terms(self) -> Result<CouponTerms, ApiError> {
-        let off = match (&self.percent_off, &self.amount_off, &self.currency) {
-            (Some(p), None, None) => {
-                let percent_off = parse_decimal("percent_off", p)?;
-                if percent_off.normalize().scale() > MAX_PERCENT_PLACES {
-                    return Err(ApiError::field(
-                        "percent_off",
-                        format!("at most {MAX_PERCENT_PLACES} decimal places"),
-                    ));
-                }
-                CouponOff::Percent { percent_off }
-            }
-            (Some(_), _, _) => {
-                return Err(ApiError::field(
-                    "percent_off",
-                    "give percent_off, or amount_off with currency, not both",
-                ))
-            }
-            (None, Some(a), Some(c)) => {
-                let currency = Currency::parse(c)
-                    .map_err(|_| ApiError::field("currency", "unknown ISO 4217 currency"))?;
-                let amount_off = Money::parse_price("amount_off", a, currency)?.amount();
-                CouponOff::Amount {
-                    amount_off,
-                    currency,
-                }
-            }
-            (None, Some(_), None) => {
-                return Err(ApiError::field(
-                    "currency",
-                    "amount_off needs the currency it is in",
-                ))
-            }
-            (None, None, Some(_)) => {
-                return Err(ApiError::field(
-                    "currency",
-                    "a currency goes with amount_off only",
-                ))
-            }
-            (None, None, None) => {
-                return Err(ApiError::field(
-                    "percent_off",
-                    "give percent_off, or amount_off with currency",
-                ))
-            }
-        };
-        let duration = CouponDuration::parse(&self.duration)
-            .ok_or_else(|| ApiError::field("duration", "must be once, repeating or forever"))?;
-        let redeem_by = self
-            .redeem_by
-            .as_deref()
-            .map(|s| parse_time("redeem_by", s))
-            .transpose()?;
-        Ok(CouponTerms {
-            code: self.code,
-            name: self.name,
-            off,
-            duration,
-            duration_in_periods: self.duration_in_periods,
-            max_redemptions: self.max_redemptions,
-            redeem_by,
-            plan_ids: self.plan_ids.unwrap_or_default(),
-        })
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CouponDto {
-    /// `cpn_…`, derived from the code.
-    pub id: String,
-    pub code: String,
-    pub name: Option<String>,
-    /// active | archived
-    pub status: String,
-    /// False once archived or past `redeem_by` (as of this answer).
-    pub redeemable: bool,
-    pub percent_off: Option<String>,
-    pub amount_off: Option<String>,
-    pub currency: Option<String>,
-    /// once | repeating | forever
-    pub duration: String,
-    pub duration_in_periods: Option<u32>,
-    pub max_redemptions: Option<u32>,
-    pub times_redeemed: u32,
-    pub redeem_by: Option<DateTime<Utc>>,
-    pub plan_ids: Vec<String>,
-    pub created_at: Option<DateTime<Utc>>,
-    pub archived_at: Option<DateTime<Utc>>,
-    pub version: i64,
-}
-
-impl CouponDto {
-    pub fn from_state(id: &str, c: &Coupon, version: i64, now: DateTime<Utc>) -> Option<CouponDto> {
-        let status = c.status?;
-        let t = c.terms.as_ref()?;
-        let (percent_off, amount_off, currency) = match &t.off {
-            CouponOff::Percent { percent_off } => {
-                (Some(percent_off.normalize().to_string()), None, None)
-            }
-            CouponOff::Amount {
-                amount_off,
-                currency,
-            } => (
-                None,
-                Some(amount_off.to_string()),
-                Some(currency.code().to_string()),
-            ),
-        };
-        Some(CouponDto {
-            id: id.to_string(),
-            code: t.code.clone(),
-            name: t.name.clone(),
-            status: status.as_str().to_string(),
-            redeemable: status == tally_aggregates::CouponStatus::Active
-                && !c.expired_at(now)
-                && t.max_redemptions.is_none_or(|max| c.times_redeemed < max),
-            percent_off,
-            amount_off,
-            currency,
-            duration: t.duration.as_str().to_string(),
-            duration_in_periods: t.duration_in_periods,
-            max_redemptions: t.max_redemptions,
-            times_redeemed: c.times_redeemed,
-            redeem_by: t.redeem_by,
-            plan_ids: t.plan_ids.clone(),
-            created_at: c.created_at,
-            archived_at: c.archived_at,
-            version,
-        })
-    }
-}
 
 #[utoipa::path(post, path = "/v1/coupons", tag = "coupons", operation_id = "coupons_create", request_body = CreateCouponRequest,
     responses((status = 201, body = CouponDto), (status = 409, description = "A coupon with this code exists", body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreateCouponRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let terms = req.into_terms()?;
     let at = app.dispatcher.clock().now();
     // The syntax first: the id is derived from a valid code only.
     terms.validate(at)?;
     let id = coupon_id(&terms.code);
-    let out = app
-        .dispatcher
-        .execute::<Coupon, _>(&ctx.meta, &id, None, |c| {
-            c.decide(CouponCommand::Create {
-                coupon_id: id.clone(),
-                terms: terms.clone(),
-                at,
-            })
-        })
-        .await?;
-    let dto = CouponDto::from_state(&id, &out.state, out.version, at)
-        .ok_or_else(|| ApiError::Internal("coupon not created".into()))?;
-    Ok(resource(
+    super::run::<Coupon, _>(
+        &app,
+        &ctx,
+        &id,
+        None,
         StatusCode::CREATED,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || CouponCommand::Create {
+            coupon_id: id.clone(),
+            terms: terms.clone(),
+            at,
+        },
+        |id, s, v| CouponDto::from_state(id, s, v, at),
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/coupons/{id}/archive", tag = "coupons", operation_id = "coupons_archive", params(("id" = String, Path)),
@@ -227,51 +50,33 @@ pub async fn create(
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(id): PathParams<String>,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "cpn")?;
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<Coupon, _>(&ctx.meta, &id, if_match(&headers)?, |c| {
-            c.decide(CouponCommand::Archive { at })
-        })
-        .await?;
-    let dto = CouponDto::from_state(&id, &out.state, out.version, at).ok_or(ApiError::NotFound)?;
-    Ok(resource(
+    super::run::<Coupon, _>(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
         StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct CouponListParams {
-    /// active | archived
-    pub status: Option<String>,
-    /// Exactly this code, as created.
-    pub code: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
+        || CouponCommand::Archive { at },
+        |id, s, v| CouponDto::from_state(id, s, v, at),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/coupons", tag = "coupons", operation_id = "coupons_list", params(CouponListParams),
     responses((status = 200, body = ListPage<CouponDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<CouponListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<CouponDto>>> {
-    principal.require(Access::Read)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -292,11 +97,10 @@ pub async fn list(
     responses((status = 200, body = CouponDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     let now = app.dispatcher.clock().now();
     get_state::<Coupon, _>(&app, principal.tenant(), &headers, &id, "cpn", |v| {
         CouponDto::from_state(&v.id, &v.state, v.version, now)

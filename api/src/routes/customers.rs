@@ -4,13 +4,13 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
 use tally_aggregates::customer::{Customer, CustomerCommand};
 
-use super::{get_state, list_state, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
-use crate::dto::{CustomerDto, ListPage, PutCustomerRequest};
-use crate::error::{ApiError, ApiResult, Problem};
+use super::{get_state, list_state, CommandCtx, PageParams};
+use crate::auth::{ReadAccess, WriteAccess};
+use crate::dto::customers::{CustomerDto, CustomerListParams, PutCustomerRequest};
+use crate::dto::ListPage;
+use crate::error::{ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
@@ -22,12 +22,11 @@ use crate::AppState;
 pub async fn put(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<PutCustomerRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let details = req.into_details()?;
     let at = app.dispatcher.clock().now();
     let out = app
@@ -47,31 +46,17 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    let dto = CustomerDto::from_state(&id, &out.state, out.version)
-        .ok_or_else(|| ApiError::Internal("customer not put".into()))?;
-    Ok(resource(status, &dto, out.version, Some(out.position)))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct CustomerListParams {
-    /// Exactly this email address.
-    pub email: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
+    super::answer(&out, status, CustomerDto::from_state)
 }
 
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", operation_id = "customers_list", params(CustomerListParams),
     responses((status = 200, body = ListPage<CustomerDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<CustomerListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<CustomerDto>>> {
-    principal.require(Access::Read)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -91,11 +76,10 @@ pub async fn list(
     responses((status = 200, body = CustomerDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<Customer, _>(&app, principal.tenant(), &headers, &id, "", |v| {
         CustomerDto::from_state(&v.id, &v.state, v.version)
     })

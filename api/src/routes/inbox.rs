@@ -4,88 +4,25 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
 use tally_aggregates::inbox::{Inbox, InboxCommand};
 use tally_projections::inbox;
-use utoipa::ToSchema;
 
 use super::{read_your_writes, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::{ReadAccess, WriteAccess};
+use crate::dto::inbox::{InboxItemDto, InboxPage, InboxParams, ReadAllDto, ReadAllRequest};
 use crate::dto::EmptyRequest;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SubjectRef {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InboxItemDto {
-    pub id: String,
-    pub recipient: String,
-    /// info | warning | critical
-    pub severity: String,
-    pub title: String,
-    pub body: String,
-    pub subject_ref: SubjectRef,
-    /// unread | read | archived
-    pub state: String,
-    pub created_at: String,
-}
-
-impl From<inbox::Item> for InboxItemDto {
-    fn from(i: inbox::Item) -> Self {
-        InboxItemDto {
-            id: i.id,
-            recipient: i.recipient,
-            severity: i.severity,
-            title: i.title,
-            body: i.body,
-            subject_ref: SubjectRef {
-                kind: i.subject_type,
-                id: i.subject_id,
-            },
-            state: i.state,
-            created_at: i.created_at,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InboxPage {
-    pub data: Vec<InboxItemDto>,
-    pub unread_count: i64,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct InboxParams {
-    /// `customer:<id>` or `user:<name>`.
-    pub recipient: String,
-    /// unread | read | archived
-    pub state: Option<String>,
-    /// info | warning | critical
-    pub severity: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
-}
-
 #[utoipa::path(get, path = "/v1/inbox", tag = "inbox", operation_id = "inbox_list", params(InboxParams),
     responses((status = 200, body = InboxPage), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<InboxParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<InboxPage>> {
-    principal.require(Access::Read)?;
     if !tally_aggregates::inbox::valid_recipient(&q.recipient) {
         return Err(ApiError::field(
             "recipient",
@@ -170,11 +107,10 @@ async fn item_command(
 pub async fn read(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(item_id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let at = app.dispatcher.clock().now();
     item_command(&app, &ctx, &item_id, "read", |recipient| {
         InboxCommand::MarkRead {
@@ -191,11 +127,10 @@ pub async fn read(
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(item_id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let at = app.dispatcher.clock().now();
     item_command(&app, &ctx, &item_id, "archived", |recipient| {
         InboxCommand::Archive {
@@ -207,27 +142,14 @@ pub async fn archive(
     .await
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadAllRequest {
-    pub recipient: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReadAllDto {
-    pub recipient: String,
-    pub read_all: bool,
-}
-
 #[utoipa::path(post, path = "/v1/inbox/read-all", tag = "inbox", operation_id = "inbox_read_all", request_body = ReadAllRequest,
     responses((status = 200, body = ReadAllDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn read_all(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ReadAllRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     // The recipient names the stream, so it is checked before the stream is
     // loaded: a NUL byte in a stream id is an error on PostgreSQL (a 500).
     if !tally_aggregates::inbox::valid_recipient(&req.recipient) {

@@ -18,13 +18,12 @@ pub mod tickets;
 pub mod usage;
 pub mod webhooks;
 
-use std::time::Duration;
-
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tally_commands::CommandMeta;
-
+use std::time::Duration;
+use tally_aggregates::Decide;
+use tally_commands::{CommandMeta, Executed};
 use tally_projections::state::{self, ProjectedState, Versioned};
 
 use crate::auth::Principal;
@@ -96,6 +95,42 @@ pub fn resource<T: Serialize>(
         headers.insert("x-log-position", HeaderValue::from(p));
     }
     response
+}
+
+/// The one command runner of the edge: runs `command` on the aggregate `id`
+/// (guarded by `If-Match` when `expected_version` is given) and answers with
+/// the resource the command left, mapped by `to_dto`.
+pub async fn run<A, D>(
+    app: &AppState,
+    ctx: &CommandCtx,
+    id: &str,
+    expected_version: Option<i64>,
+    status: StatusCode,
+    command: impl Fn() -> A::Command,
+    to_dto: impl FnOnce(&str, &A, i64) -> Option<D>,
+) -> ApiResult<Response>
+where
+    A: Decide + Clone + 'static,
+    D: Serialize,
+{
+    let out = app
+        .dispatcher
+        .execute::<A, _>(&ctx.meta, id, expected_version, |a| {
+            a.decide_command(command())
+        })
+        .await?;
+    answer(&out, status, to_dto)
+}
+
+/// The answer to an executed command: `status`, the resource as `to_dto`
+/// maps it, `ETag` and `X-Log-Position`; 404 when there is no resource.
+pub fn answer<A, D: Serialize>(
+    out: &Executed<A>,
+    status: StatusCode,
+    to_dto: impl FnOnce(&str, &A, i64) -> Option<D>,
+) -> ApiResult<Response> {
+    let dto = to_dto(&out.id, &out.state, out.version).ok_or(ApiError::NotFound)?;
+    Ok(resource(status, &dto, out.version, Some(out.position)))
 }
 
 /// Honors `X-Min-Position`: waits up to 2 s for every read model to reach it.

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::dto::StatusDto;
+use crate::dto::ops::StatusDto;
 use crate::error::{ApiError, Problem};
 use crate::AppState;
 

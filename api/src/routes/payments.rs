@@ -4,16 +4,14 @@
 //! configuration, the signature proves the sender). Verification and
 //! translation live in `tally_commands::payments`.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
-use tally_commands::payments::{Inbound, InboundError, Provider, ProviderView};
-use utoipa::ToSchema;
+use std::collections::HashMap;
+use tally_commands::payments::{Inbound, InboundError, Provider};
 
-use crate::auth::{Access, Principal};
+use crate::auth::AdminAccess;
+use crate::dto::payments::{ConfigureProviderRequest, InboundAnswer, ProviderDto, ProviderList};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams, MAX_BODY_BYTES};
 use crate::middleware::RequestIds;
@@ -33,53 +31,6 @@ impl From<InboundError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigureProviderRequest {
-    /// The provider's webhook signing secret (polar: `whsec_` + base64).
-    /// Stored sealed; never shown again.
-    pub webhook_secret: String,
-    /// The provider's API token (required for mercadopago, whose
-    /// notifications only name a payment). Stored sealed; never shown again.
-    pub access_token: Option<String>,
-    /// The provider's API (default: its public one); loopback and private
-    /// addresses only when `TALLY_WEBHOOK_ALLOWED_HOSTS` lists them.
-    pub api_base_url: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProviderDto {
-    /// stripe | polar | mercadopago
-    pub provider: String,
-    /// Where the provider posts: `/v1/inbound/<provider>/<token>`.
-    pub webhook_url: String,
-    pub api_base_url: String,
-    pub configured_at: String,
-}
-
-impl From<ProviderView> for ProviderDto {
-    fn from(v: ProviderView) -> Self {
-        ProviderDto {
-            provider: v.provider.to_string(),
-            webhook_url: v.webhook_url,
-            api_base_url: v.api_base_url,
-            configured_at: v.configured_at,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProviderList {
-    pub data: Vec<ProviderDto>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InboundAnswer {
-    pub received: bool,
-    /// applied | credited | refunded | ignored | duplicate | duplicate_payment | duplicate_refund
-    pub outcome: String,
-}
-
 fn provider(name: &str) -> Result<Provider, ApiError> {
     Provider::parse(name).ok_or(ApiError::NotFound)
 }
@@ -90,11 +41,10 @@ fn provider(name: &str) -> Result<Provider, ApiError> {
     request_body = ConfigureProviderRequest, responses((status = 200, body = ProviderDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn configure(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(name): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
     JsonBody(req): JsonBody<ConfigureProviderRequest>,
 ) -> ApiResult<axum::Json<ProviderDto>> {
-    principal.require(Access::Admin)?;
     let provider = provider(&name)?;
     let view = app
         .payments
@@ -115,9 +65,8 @@ pub async fn configure(
     responses((status = 200, body = ProviderList)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<ProviderList>> {
-    principal.require(Access::Admin)?;
     let data = app
         .payments
         .list(principal.tenant())

@@ -3,14 +3,14 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
 use tally_aggregates::plan::{Plan, PlanCommand};
 use tally_commands::ids;
 
-use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
-use crate::dto::{CreatePlanRequest, EmptyRequest, ListPage, PlanDto};
-use crate::error::{ApiError, ApiResult, Problem};
+use super::{check_id, get_state, list_state, CommandCtx, PageParams};
+use crate::auth::{ReadAccess, WriteAccess};
+use crate::dto::plans::{CreatePlanRequest, PlanDto, PlanListParams};
+use crate::dto::{EmptyRequest, ListPage};
+use crate::error::{ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
 
@@ -19,33 +19,28 @@ use crate::AppState;
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreatePlanRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let terms = req.into_terms()?;
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &terms.tax_rate_ids)
         .await?;
     let id = ids::new_id("plan");
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<Plan, _>(&ctx.meta, &id, None, |p| {
-            p.decide(PlanCommand::Create {
-                plan_id: id.clone(),
-                terms: terms.clone(),
-                at,
-            })
-        })
-        .await?;
-    let dto = PlanDto::from_state(&id, &out.state, out.version)
-        .ok_or_else(|| ApiError::Internal("plan not created".into()))?;
-    Ok(resource(
+    super::run::<Plan, _>(
+        &app,
+        &ctx,
+        &id,
+        None,
         StatusCode::CREATED,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || PlanCommand::Create {
+            plan_id: id.clone(),
+            terms: terms.clone(),
+            at,
+        },
+        PlanDto::from_state,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/plans/{id}/archive", tag = "plans", operation_id = "plans_archive", params(("id" = String, Path)),
@@ -53,50 +48,33 @@ pub async fn create(
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(id): PathParams<String>,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "plan")?;
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<Plan, _>(&ctx.meta, &id, if_match(&headers)?, |p| {
-            p.decide(PlanCommand::Archive { at })
-        })
-        .await?;
-    let dto = PlanDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(
+    super::run::<Plan, _>(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
         StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct PlanListParams {
-    /// active | archived
-    pub status: Option<String>,
-    pub code: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
+        || PlanCommand::Archive { at },
+        PlanDto::from_state,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/plans", tag = "plans", operation_id = "plans_list", params(PlanListParams),
     responses((status = 200, body = ListPage<PlanDto>)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<PlanListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<PlanDto>>> {
-    principal.require(Access::Read)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -116,11 +94,10 @@ pub async fn list(
     responses((status = 200, body = PlanDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<Plan, _>(&app, principal.tenant(), &headers, &id, "plan", |v| {
         PlanDto::from_state(&v.id, &v.state, v.version)
     })

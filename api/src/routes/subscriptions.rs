@@ -3,19 +3,19 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use tally_aggregates::plan::{Plan, PlanStatus};
+use tally_aggregates::plan::Plan;
 use tally_aggregates::subscription::{PlanRef, Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::ProrationMode;
 use tally_commands::{coupons, ids, CommandMeta};
 
-use super::{check_id, get_state, list_state, read_your_writes, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
-use crate::dto::{
-    parse_time, ActivateRequest, ApplyDiscountRequest, CancelRequest, ChangePlanRequest,
-    ChangeSeatsRequest, ClientSuspendReason, CreateSubscriptionRequest, EmptyRequest,
-    EntitlementsDto, ListPage, SubscriptionDto, SuspendRequest,
+use super::{check_id, get_state, list_state, read_your_writes, CommandCtx, PageParams};
+use crate::auth::{ReadAccess, WriteAccess};
+use crate::dto::subscriptions::{
+    ActivateRequest, ApplyDiscountRequest, CancelRequest, ChangePlanRequest, ChangeSeatsRequest,
+    ClientSuspendReason, CreateSubscriptionRequest, EntitlementDto, EntitlementsDto,
+    SubscriptionDto, SubscriptionListParams, SuspendRequest,
 };
+use crate::dto::{parse_time, EmptyRequest, ListPage};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
@@ -26,15 +26,8 @@ async fn plan_ref(app: &AppState, meta: &CommandMeta, plan_id: &str) -> ApiResul
         return Err(ApiError::field("plan_id", "unknown plan"));
     }
     let (plan, _) = app.dispatcher.load::<Plan>(&meta.tenant, plan_id).await?;
-    let terms = plan
-        .terms
-        .clone()
-        .ok_or_else(|| ApiError::field("plan_id", "unknown plan"))?;
-    Ok(PlanRef {
-        plan_id: plan_id.to_string(),
-        terms,
-        active: matches!(plan.status, Some(PlanStatus::Active)),
-    })
+    plan.plan_ref()
+        .ok_or_else(|| ApiError::field("plan_id", "unknown plan"))
 }
 
 /// The tenant's subscription that a request body names in `field`. Any
@@ -59,33 +52,15 @@ pub async fn tenant_subscription(
     Ok(s)
 }
 
-/// Runs one subscription command and answers with the subscription after it.
-async fn run(
-    app: &AppState,
-    ctx: &CommandCtx,
-    id: &str,
-    headers: &HeaderMap,
-    status: StatusCode,
-    command: impl Fn() -> SubscriptionCommand,
-) -> ApiResult<Response> {
-    let out = app
-        .dispatcher
-        .execute::<Subscription, _>(&ctx.meta, id, if_match(headers)?, |s| s.decide(command()))
-        .await?;
-    let dto = SubscriptionDto::from_state(id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(status, &dto, out.version, Some(out.position)))
-}
-
 #[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", operation_id = "subscriptions_create", request_body = CreateSubscriptionRequest,
     responses((status = 201, body = SubscriptionDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreateSubscriptionRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
     let tax_rate_ids = req.tax_rate_ids.clone().unwrap_or_default();
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &tax_rate_ids)
@@ -102,7 +77,16 @@ pub async fn create(
         at,
     };
     let Some(code) = &req.coupon_code else {
-        return run(&app, &ctx, &id, &headers, StatusCode::CREATED, create).await;
+        return super::run(
+            &app,
+            &ctx,
+            &id,
+            if_match(&headers)?,
+            StatusCode::CREATED,
+            create,
+            SubscriptionDto::from_state,
+        )
+        .await;
     };
     // Created and redeemed in one append: no subscription without its coupon.
     let (out, _) = coupons::redeem(
@@ -114,14 +98,7 @@ pub async fn create(
         Some(create()),
     )
     .await?;
-    let dto =
-        SubscriptionDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(
-        StatusCode::CREATED,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+    super::answer(&out, StatusCode::CREATED, SubscriptionDto::from_state)
 }
 
 /// Redeems a coupon for the subscription's next invoices, replacing the
@@ -135,12 +112,11 @@ pub async fn create(
 pub async fn apply_discount(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ApplyDiscountRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let (out, _) = coupons::redeem(
         &app.dispatcher,
@@ -151,14 +127,7 @@ pub async fn apply_discount(
         None,
     )
     .await?;
-    let dto =
-        SubscriptionDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(
-        StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+    super::answer(&out, StatusCode::OK, SubscriptionDto::from_state)
 }
 
 /// Removes the subscription's discount: invoices from now on take none.
@@ -167,16 +136,21 @@ pub async fn apply_discount(
 pub async fn remove_discount(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::RemoveDiscount { at }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::RemoveDiscount { at },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -185,21 +159,26 @@ pub async fn remove_discount(
 pub async fn activate(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ActivateRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let now = app.dispatcher.clock().now();
     let at = match req.at.as_deref() {
         Some(s) => parse_time("at", s)?,
         None => now,
     };
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Activate { at, now }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::Activate { at, now },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -211,17 +190,22 @@ pub async fn activate(
 pub async fn end_trial(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::EndTrial { at }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::EndTrial { at },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -230,22 +214,27 @@ pub async fn end_trial(
 pub async fn change_plan(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ChangePlanRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::ChangePlan {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::ChangePlan {
             plan: plan.clone(),
             proration: req.proration,
             at,
-        }
-    })
+        },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -254,22 +243,27 @@ pub async fn change_plan(
 pub async fn change_seats(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<ChangeSeatsRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
     let proration = req.proration.unwrap_or(ProrationMode::Prorate);
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::ChangeSeats {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::ChangeSeats {
             seats: req.seats,
             proration,
             at,
-        }
-    })
+        },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -278,12 +272,11 @@ pub async fn change_seats(
 pub async fn suspend(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<SuspendRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     if req.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
         return Err(ApiError::field("note", "at most 1000 characters"));
@@ -295,12 +288,18 @@ pub async fn suspend(
         },
         ClientSuspendReason::NonPayment => SuspendReason::NonPayment,
     };
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Suspend {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::Suspend {
             reason: reason.clone(),
             at,
-        }
-    })
+        },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -309,17 +308,22 @@ pub async fn suspend(
 pub async fn resume(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Resume { at }
-    })
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::Resume { at },
+        SubscriptionDto::from_state,
+    )
     .await
 }
 
@@ -328,12 +332,11 @@ pub async fn resume(
 pub async fn cancel(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CancelRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "sub")?;
     if req
         .reason
@@ -343,27 +346,20 @@ pub async fn cancel(
         return Err(ApiError::field("reason", "at most 1000 characters"));
     }
     let at = app.dispatcher.clock().now();
-    run(&app, &ctx, &id, &headers, StatusCode::OK, || {
-        SubscriptionCommand::Cancel {
+    super::run(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
+        StatusCode::OK,
+        || SubscriptionCommand::Cancel {
             when: req.at,
             reason: req.reason.clone(),
             at,
-        }
-    })
+        },
+        SubscriptionDto::from_state,
+    )
     .await
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct SubscriptionListParams {
-    /// draft | trialing | active | past_due | suspended | canceled
-    pub status: Option<String>,
-    pub customer_id: Option<String>,
-    pub plan_id: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
 }
 
 const STATUSES: [&str; 6] = [
@@ -379,11 +375,10 @@ const STATUSES: [&str; 6] = [
     responses((status = 200, body = ListPage<SubscriptionDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<SubscriptionListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<SubscriptionDto>>> {
-    principal.require(Access::Read)?;
     if let Some(s) = &q.status {
         if !STATUSES.contains(&s.as_str()) {
             return Err(ApiError::field(
@@ -415,11 +410,10 @@ pub async fn list(
     responses((status = 200, body = SubscriptionDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<Subscription, _>(&app, principal.tenant(), &headers, &id, "sub", |v| {
         SubscriptionDto::from_state(&v.id, &v.state, v.version)
     })
@@ -432,16 +426,18 @@ pub async fn get(
     responses((status = 200, body = EntitlementsDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn entitlements(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<EntitlementsDto>> {
-    principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     check_id(&id, "sub")?;
-    let data = super::usage::entitlements(&app, principal.tenant(), &id).await?;
+    let now = app.dispatcher.clock().now();
+    let found = tally_projections::usage::entitlements(&app.db, principal.tenant(), &id, now)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(axum::Json(EntitlementsDto {
         subscription_id: id,
-        data,
+        data: found.iter().map(EntitlementDto::from).collect(),
     }))
 }

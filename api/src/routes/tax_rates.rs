@@ -5,16 +5,14 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tally_aggregates::tax::{
     validate_rate_ids, TaxRate, TaxRateCommand, TaxRateStatus, TaxRateTerms,
 };
 use tally_commands::ids;
-use utoipa::ToSchema;
 
-use super::{check_id, get_state, list_state, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
+use super::{check_id, get_state, list_state, CommandCtx, PageParams};
+use crate::auth::{ReadAccess, WriteAccess};
+use crate::dto::tax_rates::{CreateTaxRateRequest, TaxRateDto, TaxRateListParams};
 use crate::dto::{parse_decimal, EmptyRequest, ListPage};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
@@ -51,63 +49,14 @@ pub async fn check_attachable(
     Ok(())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTaxRateRequest {
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
-    /// Decimal string, 0 to 100, up to 4 places.
-    #[schema(pattern = "^\\s*[-+]?[0-9_.]+\\s*$")]
-    pub percentage: String,
-    /// Whether line amounts already hold the tax.
-    pub inclusive: bool,
-    /// ISO 3166-1 alpha-2, e.g. "DE".
-    #[schema(pattern = "^[A-Z]{2}$")]
-    pub country: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaxRateDto {
-    /// `txr_…`
-    pub id: String,
-    pub name: String,
-    pub percentage: String,
-    pub inclusive: bool,
-    pub country: Option<String>,
-    /// active | archived
-    pub status: String,
-    pub created_at: Option<DateTime<Utc>>,
-    pub archived_at: Option<DateTime<Utc>>,
-    pub version: i64,
-}
-
-impl TaxRateDto {
-    pub fn from_state(id: &str, r: &TaxRate, version: i64) -> Option<TaxRateDto> {
-        let status = r.status?;
-        let t = r.terms.as_ref()?;
-        Some(TaxRateDto {
-            id: id.to_string(),
-            name: t.name.clone(),
-            percentage: t.percentage.normalize().to_string(),
-            inclusive: t.inclusive,
-            country: t.country.clone(),
-            status: status.as_str().to_string(),
-            created_at: r.created_at,
-            archived_at: r.archived_at,
-            version,
-        })
-    }
-}
-
 #[utoipa::path(post, path = "/v1/tax-rates", tag = "tax_rates", operation_id = "tax_rates_create", request_body = CreateTaxRateRequest,
     responses((status = 201, body = TaxRateDto), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<CreateTaxRateRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let terms = TaxRateTerms {
         name: req.name,
         percentage: parse_decimal("percentage", &req.percentage)?,
@@ -116,24 +65,20 @@ pub async fn create(
     };
     let id = ids::new_id("txr");
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<TaxRate, _>(&ctx.meta, &id, None, |r| {
-            r.decide(TaxRateCommand::Create {
-                tax_rate_id: id.clone(),
-                terms: terms.clone(),
-                at,
-            })
-        })
-        .await?;
-    let dto = TaxRateDto::from_state(&id, &out.state, out.version)
-        .ok_or_else(|| ApiError::Internal("tax rate not created".into()))?;
-    Ok(resource(
+    super::run::<TaxRate, _>(
+        &app,
+        &ctx,
+        &id,
+        None,
         StatusCode::CREATED,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
+        || TaxRateCommand::Create {
+            tax_rate_id: id.clone(),
+            terms: terms.clone(),
+            at,
+        },
+        TaxRateDto::from_state,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/tax-rates/{id}/archive", tag = "tax_rates", operation_id = "tax_rates_archive", params(("id" = String, Path)),
@@ -141,49 +86,33 @@ pub async fn create(
 pub async fn archive(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     PathParams(id): PathParams<String>,
     headers: HeaderMap,
+    _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     check_id(&id, "txr")?;
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<TaxRate, _>(&ctx.meta, &id, if_match(&headers)?, |r| {
-            r.decide(TaxRateCommand::Archive { at })
-        })
-        .await?;
-    let dto = TaxRateDto::from_state(&id, &out.state, out.version).ok_or(ApiError::NotFound)?;
-    Ok(resource(
+    super::run::<TaxRate, _>(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
         StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct TaxRateListParams {
-    /// active | archived
-    pub status: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
+        || TaxRateCommand::Archive { at },
+        TaxRateDto::from_state,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/tax-rates", tag = "tax_rates", operation_id = "tax_rates_list", params(TaxRateListParams),
     responses((status = 200, body = ListPage<TaxRateDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<TaxRateListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<TaxRateDto>>> {
-    principal.require(Access::Read)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -203,11 +132,10 @@ pub async fn list(
     responses((status = 200, body = TaxRateDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     get_state::<TaxRate, _>(&app, principal.tenant(), &headers, &id, "txr", |v| {
         TaxRateDto::from_state(&v.id, &v.state, v.version)
     })

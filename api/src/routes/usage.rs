@@ -3,143 +3,21 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 use tally_aggregates::subscription::Subscription;
-use tally_aggregates::usage::{usage_window, UsageCommand, UsageRecord, UsageWindow};
-use tally_commands::usage::{self as ingest, BatchOutcome, Reported, UsageReport, MAX_BATCH};
+use tally_aggregates::usage::{anchor_in_month, usage_window, UsageCommand, UsageRecord};
+use tally_commands::usage::{self as ingest, BatchOutcome, Reported, MAX_BATCH};
 use tally_projections::{state, usage};
-use utoipa::ToSchema;
 
 use super::{read_your_writes, resource, CommandCtx, PageParams};
-use crate::auth::{Access, Principal};
-use crate::dto::{parse_decimal, parse_time, ListPage};
-use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::auth::{ReadAccess, WriteAccess};
+use crate::dto::usage::{
+    BatchItemError, BatchRequest, BatchResponse, BatchResult, SummaryDto, SummaryParams,
+    UsageListParams, UsageRecordDto, UsageRequest, VoidRequest, WindowDto,
+};
+use crate::dto::{parse_time, ListPage};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, parse_json, JsonBody, JsonRecords, PathParams, QueryParams};
 use crate::AppState;
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UsageRequest {
-    pub subscription_id: String,
-    pub meter: String,
-    /// Non-negative decimal, as a string ("12.5") or an integer.
-    pub quantity: QuantityInput,
-    /// RFC 3339; at most 5 minutes ahead, at most 35 days old.
-    pub timestamp: String,
-    /// The client's id of this report: a repeat is recorded once.
-    pub transaction_id: String,
-    #[schema(value_type = Option<Object>)]
-    pub properties: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-/// A decimal string or an integer.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum QuantityInput {
-    Text(String),
-    Integer(i64),
-}
-
-impl QuantityInput {
-    /// The quantity as a non-negative decimal; errors name `field`.
-    pub fn non_negative(self, field: &str) -> Result<Decimal, ApiError> {
-        match self {
-            QuantityInput::Text(s) => parse_decimal(field, &s),
-            QuantityInput::Integer(i) if i >= 0 => Ok(Decimal::from(i)),
-            QuantityInput::Integer(_) => Err(ApiError::field(field, "must not be negative")),
-        }
-    }
-}
-
-impl UsageRequest {
-    fn into_report(self) -> Result<UsageReport, ApiError> {
-        let quantity = self.quantity.non_negative("quantity")?;
-        let properties = self.properties.unwrap_or_default();
-        if serde_json::to_vec(&properties)
-            .map(|b| b.len())
-            .unwrap_or(0)
-            > 4096
-        {
-            return Err(ApiError::field("properties", "at most 4 KiB of JSON"));
-        }
-        Ok(UsageReport {
-            subscription_id: self.subscription_id,
-            meter: self.meter,
-            quantity,
-            timestamp: parse_time("timestamp", &self.timestamp)?,
-            transaction_id: self.transaction_id,
-            properties,
-        })
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WindowDto {
-    pub start: DateTime<Utc>,
-    /// Absent for a lifetime meter.
-    pub end: Option<DateTime<Utc>>,
-}
-
-impl From<&UsageWindow> for WindowDto {
-    fn from(w: &UsageWindow) -> Self {
-        WindowDto {
-            start: w.start,
-            end: w.end,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UsageRecordDto {
-    pub id: String,
-    pub transaction_id: String,
-    pub subscription_id: String,
-    pub meter: String,
-    pub quantity: String,
-    pub timestamp: Option<DateTime<Utc>>,
-    pub window: Option<WindowDto>,
-    /// recorded | billed | voided
-    pub status: String,
-    #[schema(value_type = Object)]
-    pub properties: serde_json::Map<String, serde_json::Value>,
-    pub recorded_at: Option<DateTime<Utc>>,
-    pub billed_invoice_id: Option<String>,
-    pub voided_at: Option<DateTime<Utc>>,
-    pub void_reason: Option<String>,
-    /// True when this answers a repeated transaction id with the original record.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub duplicate: bool,
-    pub version: i64,
-}
-
-impl UsageRecordDto {
-    pub(crate) fn from_state(
-        id: &str,
-        r: &UsageRecord,
-        version: i64,
-        duplicate: bool,
-    ) -> Option<Self> {
-        Some(UsageRecordDto {
-            id: id.to_string(),
-            transaction_id: r.transaction_id.clone(),
-            subscription_id: r.subscription_id.clone(),
-            meter: r.meter.clone(),
-            quantity: r.quantity.normalize().to_string(),
-            timestamp: r.timestamp,
-            window: r.window.as_ref().map(WindowDto::from),
-            status: r.status?.as_str().to_string(),
-            properties: r.properties.clone(),
-            recorded_at: r.recorded_at,
-            billed_invoice_id: r.billed_invoice_id.clone(),
-            voided_at: r.voided_at,
-            void_reason: r.void_reason.clone(),
-            duplicate,
-            version,
-        })
-    }
-}
 
 #[utoipa::path(post, path = "/v1/usage", tag = "usage", operation_id = "usage_create", request_body = UsageRequest,
     responses((status = 201, body = UsageRecordDto), (status = 200, description = "duplicate transaction id: the original record", body = UsageRecordDto),
@@ -147,48 +25,18 @@ impl UsageRecordDto {
 pub async fn report(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonBody(req): JsonBody<UsageRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     let report = req.into_report()?;
     let (status, out, duplicate) = match ingest::report(&app.dispatcher, &ctx.meta, &report).await?
     {
         Reported::Created(out) => (StatusCode::CREATED, out, false),
         Reported::Duplicate(out) => (StatusCode::OK, out, true),
     };
-    let dto = UsageRecordDto::from_state(&out.id, &out.state, out.version, duplicate)
-        .ok_or(ApiError::NotFound)?;
-    Ok(resource(status, &dto, out.version, Some(out.position)))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    /// At most 1000 records, each shaped like `POST /v1/usage`.
-    #[schema(value_type = Vec<UsageRequest>)]
-    pub records: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchItemError {
-    pub code: String,
-    pub detail: String,
-    pub errors: Vec<FieldError>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchResult {
-    pub transaction_id: Option<String>,
-    /// created | duplicate | rejected
-    pub status: String,
-    pub id: Option<String>,
-    pub error: Option<BatchItemError>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchResponse {
-    pub results: Vec<BatchResult>,
+    super::answer(&out, status, |id, u, v| {
+        UsageRecordDto::from_state(id, u, v, duplicate)
+    })
 }
 
 fn item_error(e: ApiError) -> BatchItemError {
@@ -211,10 +59,9 @@ fn item_error(e: ApiError) -> BatchItemError {
 pub async fn batch(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
+    _: WriteAccess,
     JsonRecords(req): JsonRecords<BatchRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     if req.records.is_empty() || req.records.len() > MAX_BATCH {
         return Err(ApiError::field(
             "records",
@@ -308,68 +155,41 @@ pub async fn batch(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VoidRequest {
-    pub reason: String,
-}
-
 #[utoipa::path(post, path = "/v1/usage/{id}/void", tag = "usage", operation_id = "usage_void", params(("id" = String, Path)), request_body = VoidRequest,
     responses((status = 200, body = UsageRecordDto), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn void(
     State(app): State<AppState>,
     ctx: CommandCtx,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    _: WriteAccess,
     JsonBody(req): JsonBody<VoidRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Write)?;
     super::check_id(&id, "use")?;
     let at = app.dispatcher.clock().now();
-    let out = app
-        .dispatcher
-        .execute::<UsageRecord, _>(&ctx.meta, &id, if_match(&headers)?, |u| {
-            u.decide(UsageCommand::Void {
-                reason: req.reason.clone(),
-                at,
-            })
-        })
-        .await?;
-    let dto = UsageRecordDto::from_state(&id, &out.state, out.version, false)
-        .ok_or(ApiError::NotFound)?;
-    Ok(resource(
+    super::run::<UsageRecord, _>(
+        &app,
+        &ctx,
+        &id,
+        if_match(&headers)?,
         StatusCode::OK,
-        &dto,
-        out.version,
-        Some(out.position),
-    ))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct UsageListParams {
-    pub subscription_id: Option<String>,
-    pub meter: Option<String>,
-    /// RFC 3339, inclusive.
-    pub from: Option<String>,
-    /// RFC 3339, exclusive.
-    pub to: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
+        || UsageCommand::Void {
+            reason: req.reason.clone(),
+            at,
+        },
+        |id, s, v| UsageRecordDto::from_state(id, s, v, false),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/usage", tag = "usage", operation_id = "usage_list", params(UsageListParams),
     responses((status = 200, body = ListPage<UsageRecordDto>), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<UsageListParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<ListPage<UsageRecordDto>>> {
-    principal.require(Access::Read)?;
     let filter = usage::RecordFilter {
         subscription_id: q.subscription_id,
         meter: q.meter,
@@ -407,11 +227,10 @@ pub async fn list(
     responses((status = 200, body = UsageRecordDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     super::check_id(&id, "use")?;
     let v = usage::get(&app.db, principal.tenant(), &id)
@@ -420,25 +239,6 @@ pub async fn get(
     let dto =
         UsageRecordDto::from_state(&v.id, &v.state, v.version, false).ok_or(ApiError::NotFound)?;
     Ok(resource(StatusCode::OK, &dto, v.version, None))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct SummaryParams {
-    pub subscription_id: String,
-    pub meter: String,
-    /// `current` (default) or `YYYY-MM`: the window that starts in that month.
-    pub window: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SummaryDto {
-    pub subscription_id: String,
-    pub meter: String,
-    pub window: WindowDto,
-    pub total: String,
-    pub record_count: i64,
 }
 
 /// The subscription as the read model has it, with its anchor (active at least once).
@@ -453,11 +253,10 @@ async fn anchored(app: &AppState, tenant: &str, id: &str) -> ApiResult<Subscript
     responses((status = 200, body = SummaryDto), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn summary(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     QueryParams(q): QueryParams<SummaryParams>,
+    ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<SummaryDto>> {
-    principal.require(Access::Read)?;
     read_your_writes(&app, &headers).await?;
     let sub = anchored(&app, principal.tenant(), &q.subscription_id).await?;
     let terms = sub
@@ -470,7 +269,8 @@ pub async fn summary(
     })?;
     let at = match q.window.as_deref().unwrap_or("current") {
         "current" => app.dispatcher.clock().now(),
-        month => month_start(anchor, month)
+        month => parse_month(month)
+            .and_then(|(y, m)| anchor_in_month(anchor, y, m))
             .ok_or_else(|| ApiError::field("window", "must be `current` or YYYY-MM"))?,
     };
     let window = usage_window(anchor, terms.reset, at);
@@ -491,49 +291,11 @@ pub async fn summary(
     }))
 }
 
-/// The anchor's day and time of day in month `YYYY-MM` (end-of-month clamped).
-fn month_start(anchor: DateTime<Utc>, month: &str) -> Option<DateTime<Utc>> {
-    let (y, m) = month.split_once('-')?;
+/// `YYYY-MM` as a year and a month number (not checked to be a month).
+fn parse_month(text: &str) -> Option<(i32, u32)> {
+    let (y, m) = text.split_once('-')?;
     if y.len() != 4 || m.len() != 2 {
         return None;
     }
-    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
-    let first = NaiveDate::from_ymd_opt(y, m, 1)?;
-    let last_day = (28..=31)
-        .rev()
-        .find(|d| NaiveDate::from_ymd_opt(y, m, *d).is_some())?;
-    let day = anchor.day().min(last_day);
-    let date = first.with_day(day)?;
-    Some(Utc.from_utc_datetime(&date.and_time(anchor.time())))
-}
-
-/// Entitlements of one subscription: per meter of its plan, the current
-/// window's usage against the hard cap.
-pub async fn entitlements(
-    app: &AppState,
-    tenant: &str,
-    id: &str,
-) -> ApiResult<Vec<crate::dto::EntitlementDto>> {
-    let sub = anchored(app, tenant, id).await?;
-    let (Some(anchor), Some(plan)) = (sub.usage_anchor(), sub.plan.as_ref()) else {
-        return Ok(Vec::new());
-    };
-    let now = app.dispatcher.clock().now();
-    let mut out = Vec::new();
-    for m in &plan.meters {
-        let window = usage_window(anchor, m.reset, now);
-        let used = usage::total(&app.db, tenant, id, &m.key, window.start)
-            .await?
-            .total;
-        out.push(crate::dto::EntitlementDto {
-            meter: m.key.clone(),
-            window: WindowDto::from(&window),
-            used: used.normalize().to_string(),
-            hard_cap: m.hard_cap.map(|c| c.normalize().to_string()),
-            remaining: m
-                .hard_cap
-                .map(|c| (c - used).max(Decimal::ZERO).normalize().to_string()),
-        });
-    }
-    Ok(out)
+    Some((y.parse().ok()?, m.parse().ok()?))
 }

@@ -6,12 +6,14 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use tally_commands::webhooks::{Attempt, Delivery, Endpoint, WebhookError};
-use utoipa::{IntoParams, ToSchema};
+use tally_commands::webhooks::WebhookError;
 
 use super::{check_id, read_your_writes, PageParams};
-use crate::auth::{Access, Principal};
+use crate::auth::AdminAccess;
+use crate::dto::webhooks::{
+    CreateWebhookRequest, CreatedWebhookDto, DeliveryDetailDto, DeliveryDto, DeliveryListParams,
+    DeliveryPage, WebhookDto, WebhookListParams, WebhookPage,
+};
 use crate::dto::EmptyRequest;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, PathParams, QueryParams};
@@ -29,159 +31,6 @@ impl From<WebhookError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateWebhookRequest {
-    /// Where deliveries are POSTed (http or https).
-    pub url: String,
-    /// Topics (`billing.subscriptions.v1.subscription-suspended`) or families
-    /// (`billing.subscriptions.v1.*`).
-    pub topics: Vec<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WebhookDto {
-    pub id: String,
-    pub url: String,
-    pub topics: Vec<String>,
-    /// active | disabled
-    pub status: String,
-    pub created_at: String,
-    /// Since when every attempt has failed; null while deliveries succeed.
-    pub failing_since: Option<String>,
-    pub disabled_at: Option<String>,
-}
-
-impl From<Endpoint> for WebhookDto {
-    fn from(e: Endpoint) -> Self {
-        WebhookDto {
-            id: e.id,
-            url: e.url,
-            topics: e.topics,
-            status: e.status,
-            created_at: e.created_at,
-            failing_since: e.failing_since,
-            disabled_at: e.disabled_at,
-        }
-    }
-}
-
-/// A new endpoint with its signing secret, which is never shown again.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedWebhookDto {
-    #[serde(flatten)]
-    pub endpoint: WebhookDto,
-    /// The HMAC-SHA256 key of `Tally-Signature` (the string's bytes).
-    pub secret: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WebhookPage {
-    pub data: Vec<WebhookDto>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveryDto {
-    pub id: String,
-    pub endpoint_id: String,
-    /// The envelope's `id`: the same on every attempt.
-    pub event_id: String,
-    pub topic: String,
-    /// pending | delivered | retrying | paused | dead (`paused`: the
-    /// endpoint is disabled; no attempt is due until it is enabled)
-    pub status: String,
-    pub attempts: i64,
-    pub last_status_code: Option<i64>,
-    pub last_latency_ms: Option<i64>,
-    pub last_error: Option<String>,
-    pub last_attempt_at: Option<String>,
-    /// Null unless the delivery is pending or retrying (never while paused).
-    pub next_attempt_at: Option<String>,
-    pub delivered_at: Option<String>,
-    pub created_at: String,
-}
-
-impl From<Delivery> for DeliveryDto {
-    fn from(d: Delivery) -> Self {
-        DeliveryDto {
-            id: d.id,
-            endpoint_id: d.endpoint_id,
-            event_id: d.event_id,
-            topic: d.topic,
-            status: d.status,
-            attempts: d.attempts,
-            last_status_code: d.last_status_code,
-            last_latency_ms: d.last_latency_ms,
-            last_error: d.last_error,
-            last_attempt_at: d.last_attempt_at,
-            next_attempt_at: d.next_attempt_at,
-            delivered_at: d.delivered_at,
-            created_at: d.created_at,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveryPage {
-    pub data: Vec<DeliveryDto>,
-    pub next_cursor: Option<String>,
-}
-
-/// One attempt of the delivery log.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptDto {
-    pub attempt: i64,
-    pub attempted_at: String,
-    /// The receiver's status code; null when no response came (timeout,
-    /// refused connection, refused address).
-    pub status_code: Option<i64>,
-    pub latency_ms: i64,
-    /// delivered | failed
-    pub outcome: String,
-    pub error: Option<String>,
-}
-
-impl From<Attempt> for AttemptDto {
-    fn from(a: Attempt) -> Self {
-        AttemptDto {
-            attempt: a.attempt,
-            attempted_at: a.attempted_at,
-            status_code: a.status_code,
-            latency_ms: a.latency_ms,
-            outcome: a.outcome,
-            error: a.error,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveryDetailDto {
-    #[serde(flatten)]
-    pub delivery: DeliveryDto,
-    pub attempt_log: Vec<AttemptDto>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookListParams {
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveryListParams {
-    /// pending | delivered | retrying | paused | dead (`dead` lists the dead letter)
-    pub status: Option<String>,
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
-}
-
 const DELIVERY_STATUSES: [&str; 5] = ["pending", "delivered", "retrying", "paused", "dead"];
 
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", operation_id = "webhooks_create", request_body = CreateWebhookRequest,
@@ -189,10 +38,9 @@ const DELIVERY_STATUSES: [&str; 5] = ["pending", "delivered", "retrying", "pause
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
-    principal: Principal,
+    AdminAccess(principal): AdminAccess,
     JsonBody(req): JsonBody<CreateWebhookRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Admin)?;
     let created = app
         .webhooks
         .create_endpoint(principal.tenant(), &principal.0.id, &req.url, &req.topics)
@@ -215,10 +63,9 @@ pub async fn create(
     responses((status = 200, body = WebhookPage), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
-    principal: Principal,
     QueryParams(q): QueryParams<WebhookListParams>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<WebhookPage>> {
-    principal.require(Access::Admin)?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor,
@@ -237,10 +84,9 @@ pub async fn list(
     responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<WebhookDto>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
     let endpoint = app.webhooks.endpoint(principal.tenant(), &id).await?;
     Ok(axum::Json(endpoint.into()))
@@ -250,10 +96,9 @@ pub async fn get(
     responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delete(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<StatusCode> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
     app.webhooks
         .delete_endpoint(principal.tenant(), &id)
@@ -266,11 +111,10 @@ pub async fn delete(
     request_body = EmptyRequest, responses((status = 200, body = WebhookDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn enable(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<axum::Json<WebhookDto>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
     let endpoint = app
         .webhooks
@@ -285,12 +129,11 @@ pub async fn enable(
     security(("bearer" = [])))]
 pub async fn deliveries(
     State(app): State<AppState>,
-    principal: Principal,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<DeliveryListParams>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<DeliveryPage>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whk")?;
     if q.status
         .as_deref()
@@ -327,10 +170,9 @@ pub async fn deliveries(
     responses((status = 200, body = DeliveryDetailDto), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn delivery(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<DeliveryDetailDto>> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whd")?;
     let (delivery, attempts) = app.webhooks.delivery(principal.tenant(), &id).await?;
     Ok(axum::Json(DeliveryDetailDto {
@@ -346,11 +188,10 @@ pub async fn delivery(
     security(("bearer" = [])))]
 pub async fn retry(
     State(app): State<AppState>,
-    principal: Principal,
     PathParams(id): PathParams<String>,
+    AdminAccess(principal): AdminAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    principal.require(Access::Admin)?;
     check_id(&id, "whd")?;
     let delivery = app.webhooks.retry(principal.tenant(), &id).await?;
     Ok((
