@@ -35,11 +35,15 @@ impl DbError {
 
 /// True when `e` says the database is out of reach: no connection, or the
 /// server refusing work while it shuts down or starts (SQLSTATE class 08,
-/// connection exception; 57P01–57P03, a server going down or not up yet).
+/// connection exception; 57P01–57P03, a server going down or not up yet), or
+/// a reply that breaks the protocol (a connection opened while the server
+/// goes down reads "unexpected response from SSLRequest: 0x00"; a broken
+/// connection mid-transaction reads garbage too).
 pub fn sqlx_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(d) => d
