@@ -354,10 +354,10 @@ impl Runtime {
     /// Status of every consumer, with positions read from the database.
     pub async fn status(&self) -> Result<Vec<ConsumerStatus>, DbError> {
         let head = self.log.head().await?;
-        let stored = checkpoints(&self.db).await?;
+        let positions = self.positions().await?;
         let mut out = Vec::new();
         for p in self.projectors.iter() {
-            let position = self.position_of(p.name(), &stored);
+            let position = positions.get(p.name()).copied().unwrap_or(0);
             let local = self
                 .states
                 .lock()
@@ -399,26 +399,31 @@ impl Runtime {
         &self,
         which: impl Fn(&dyn Projector) -> bool,
     ) -> Result<i64, DbError> {
-        let stored = checkpoints(&self.db).await?;
+        let positions = self.positions().await?;
         let min = self
             .projectors
             .iter()
             .filter(|p| which(p.as_ref()))
-            .map(|p| self.position_of(p.name(), &stored))
+            .map(|p| positions.get(p.name()).copied().unwrap_or(0))
             .min();
         Ok(min.unwrap_or(0))
     }
 
-    /// A consumer's position: what its runner here has reached, else its row.
-    fn position_of(&self, name: &str, stored: &HashMap<String, i64>) -> i64 {
-        let db = stored.get(name).copied().unwrap_or(0);
-        match self.cursors.lock().expect("cursors").get(name) {
-            // A rebuild elsewhere may have moved the row back: trust the row
-            // when it is behind what this runner last committed.
-            Some(c) if db >= c.committed => c.reached.max(db),
-            Some(_) => db,
-            None => db,
-        }
+    /// Every consumer's position: what its runner here has reached, else
+    /// its checkpoint row. The cursors are copied *before* the rows are
+    /// read: a row read first, then a lazy checkpoint write, then the
+    /// cursor, would look like a row moved back and report the older row.
+    async fn positions(&self) -> Result<HashMap<String, i64>, DbError> {
+        let cursors = self.cursors.lock().expect("cursors").clone();
+        let stored = checkpoints(&self.db).await?;
+        Ok(self
+            .projectors
+            .iter()
+            .map(|p| {
+                let db = stored.get(p.name()).copied().unwrap_or(0);
+                (p.name().to_string(), position_of(cursors.get(p.name()), db))
+            })
+            .collect())
     }
 
     /// Waits until every consumer (read models, policies, publishers) has
@@ -983,6 +988,17 @@ pub async fn checkpoint(db: &Db, name: &str) -> Result<i64, DbError> {
 }
 
 /// Every checkpoint row.
+/// A consumer's position from its runner's cursor (copied before the row
+/// was read) and its checkpoint row. A rebuild elsewhere may have moved the
+/// row back: the row is trusted when it is behind what the runner had
+/// committed; otherwise the runner's progress over irrelevant events counts.
+fn position_of(cursor: Option<&Cursor>, row: i64) -> i64 {
+    match cursor {
+        Some(c) if row >= c.committed => c.reached.max(row),
+        _ => row,
+    }
+}
+
 pub async fn checkpoints(db: &Db) -> Result<HashMap<String, i64>, DbError> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT name, position FROM consumer_checkpoints")
@@ -1088,5 +1104,36 @@ async fn notify(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>)
         {
             sent = p;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(reached: i64, committed: i64) -> Cursor {
+        Cursor {
+            reached,
+            committed,
+            committed_at: std::time::Instant::now(),
+        }
+    }
+
+    /// The CI failure of stop 21: a consumer at 8 over irrelevant events
+    /// (cursor reached 8, row 6) wrote its checkpoint between the read of
+    /// the rows and the read of the cursors, and was reported at 6. With the
+    /// cursor copied first, the row read after it is 6 or 8, and both give 8.
+    #[test]
+    fn a_lazy_checkpoint_written_meanwhile_does_not_move_a_consumer_back() {
+        let before_write = cursor(8, 6);
+        assert_eq!(position_of(Some(&before_write), 6), 8);
+        assert_eq!(position_of(Some(&before_write), 8), 8);
+    }
+
+    #[test]
+    fn a_row_moved_back_by_a_rebuild_is_trusted() {
+        assert_eq!(position_of(Some(&cursor(8, 8)), 0), 0);
+        assert_eq!(position_of(Some(&cursor(8, 6)), 3), 3);
+        assert_eq!(position_of(None, 5), 5);
     }
 }
