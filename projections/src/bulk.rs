@@ -27,7 +27,7 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
-use sqlx::{AnyConnection, PgConnection, Row};
+use sqlx::{AnyConnection, PgConnection};
 
 use tally_aggregates::usage::{total_delta, UsageEvent, UsageRecord};
 
@@ -326,16 +326,13 @@ impl<S: ProjectedState> BulkFold for StateBulk<S> {
     }
 }
 
-/// A window total's key: tenant, subscription, meter, window start.
-type TotalKey = (String, String, String, String);
-
 /// The bulk fold of the usage read model: records folded like the live
 /// projector's, window totals summed in memory and added to the stored
 /// ones at each flush.
 pub(crate) struct UsageBulk {
     records: Streams<UsageRecord, UsageEvent>,
     /// Key → (window end, quantity, records) added since the last flush.
-    totals: HashMap<TotalKey, (Option<String>, Decimal, i64)>,
+    totals: usage::Totals,
 }
 
 impl UsageBulk {
@@ -455,59 +452,17 @@ impl BulkFold for UsageBulk {
     }
 }
 
-/// The stored totals of the subscriptions `totals` touches (every window of
-/// each: one query per tenant and 500 subscriptions).
+/// The stored totals of the subscriptions `totals` touches.
 async fn load_totals(
     db: &Db,
     table: &str,
-    totals: &HashMap<TotalKey, (Option<String>, Decimal, i64)>,
-) -> Result<HashMap<TotalKey, (Option<String>, Decimal, i64)>, ProjectionError> {
-    let mut by_tenant: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (tenant, subscription, _, _) in totals.keys() {
-        let subs = by_tenant.entry(tenant).or_default();
-        if !subs.contains(&subscription.as_str()) {
-            subs.push(subscription);
-        }
-    }
-    let mut out = HashMap::new();
-    if by_tenant.is_empty() {
-        return Ok(out);
+    totals: &usage::Totals,
+) -> Result<usage::Totals, ProjectionError> {
+    if totals.is_empty() {
+        return Ok(HashMap::new());
     }
     let mut conn = db.any.acquire().await?;
-    for (tenant, subs) in by_tenant {
-        for chunk in subs.chunks(500) {
-            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-            let sql = format!(
-                "SELECT subscription_id, meter, window_start, window_end, total, record_count FROM {table} \
-                 WHERE tenant = $1 AND subscription_id IN ({})",
-                params.join(", ")
-            );
-            let mut q = sqlx::query(&sql).persistent(false).bind(tenant);
-            for s in chunk {
-                q = q.bind(*s);
-            }
-            for row in q.fetch_all(&mut *conn).await? {
-                let total: String = row.try_get("total")?;
-                let total = total
-                    .parse::<Decimal>()
-                    .map_err(|e| ProjectionError::Effect(format!("{table}: {e}")))?;
-                out.insert(
-                    (
-                        tenant.to_string(),
-                        row.try_get("subscription_id")?,
-                        row.try_get("meter")?,
-                        row.try_get("window_start")?,
-                    ),
-                    (
-                        row.try_get("window_end")?,
-                        total,
-                        row.try_get("record_count")?,
-                    ),
-                );
-            }
-        }
-    }
-    Ok(out)
+    usage::stored_totals(&mut conn, table, totals.keys()).await
 }
 
 /// Writes `rows` to `tables` and moves the checkpoint `consumer` from

@@ -3,6 +3,8 @@
 //! in the events (the command layer computed them from the meter's reset
 //! cadence), so this projector only adds and subtracts.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -59,11 +61,7 @@ impl Projector for UsageProjector {
         t: Tables,
         events: &[&StoredEvent],
     ) -> Result<(), ProjectionError> {
-        // (tenant, subscription, meter, window start) → (window end, quantity, records), in first-seen order.
-        let mut totals: Vec<(
-            (String, String, String, String),
-            (Option<String>, Decimal, i64),
-        )> = Vec::new();
+        let mut totals: Totals = HashMap::new();
         let folded = fold_batch::<UsageRecord, UsageEvent>(
             conn,
             &t.name("rm_usage_records"),
@@ -81,16 +79,11 @@ impl Projector for UsageProjector {
                     d.meter,
                     time::to_text(d.window.start),
                 );
-                match totals.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, sum)) => {
-                        sum.1 += d.quantity;
-                        sum.2 += d.records;
-                    }
-                    None => totals.push((
-                        key,
-                        (d.window.end.map(time::to_text), d.quantity, d.records),
-                    )),
-                }
+                let sum = totals
+                    .entry(key)
+                    .or_insert_with(|| (d.window.end.map(time::to_text), Decimal::ZERO, 0));
+                sum.1 += d.quantity;
+                sum.2 += d.records;
             },
         )
         .await?;
@@ -118,28 +111,7 @@ impl Projector for UsageProjector {
             }
             q.execute(&mut *conn).await?;
         }
-        for ((tenant, subscription_id, meter, start), (end, quantity, count)) in totals {
-            add_to_total(
-                conn,
-                t,
-                &tenant,
-                &subscription_id,
-                &meter,
-                &start,
-                end,
-                quantity,
-                count,
-            )
-            .await
-            .map_err(|e| match e {
-                AddError::Db(e) => ProjectionError::Db(e),
-                AddError::Corrupt(m) => ProjectionError::Decode {
-                    position: events.last().map(|e| e.position).unwrap_or_default(),
-                    message: m,
-                },
-            })?;
-        }
-        Ok(())
+        add_to_totals(conn, t, totals).await
     }
 }
 
@@ -183,63 +155,103 @@ pub(crate) fn record_values(
 /// Record rows written per statement (9 parameters each).
 const ROWS_PER_UPSERT: usize = 200;
 
-enum AddError {
-    Db(sqlx::Error),
-    Corrupt(String),
-}
+/// A window total's key: (tenant, subscription, meter, window start).
+pub(crate) type TotalKey = (String, String, String, String);
+/// Window totals by key: (window end, total, record count).
+pub(crate) type Totals = HashMap<TotalKey, (Option<String>, Decimal, i64)>;
 
-impl From<sqlx::Error> for AddError {
-    fn from(e: sqlx::Error) -> Self {
-        AddError::Db(e)
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn add_to_total(
+/// Adds `deltas` to the stored window totals: one read of the stored totals
+/// and one upsert per 200 windows, not a read and a write per window.
+async fn add_to_totals(
     conn: &mut AnyConnection,
     t: Tables,
-    tenant: &str,
-    subscription_id: &str,
-    meter: &str,
-    start: &str,
-    end: Option<String>,
-    quantity: Decimal,
-    records: i64,
-) -> Result<(), AddError> {
-    let current: Option<(String, i64)> = sqlx::query_as(&t.sql(
-        "SELECT total, record_count FROM rm_usage_totals \
-         WHERE tenant = $1 AND subscription_id = $2 AND meter = $3 AND window_start = $4",
-    ))
-    .bind(tenant)
-    .bind(subscription_id)
-    .bind(meter)
-    .bind(start)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let (total, count) = match current {
-        Some((t, c)) => (
-            t.parse::<Decimal>()
-                .map_err(|e| AddError::Corrupt(e.to_string()))?,
-            c,
-        ),
-        None => (Decimal::ZERO, 0),
-    };
-    let new_total = (total + quantity).normalize();
-    sqlx::query(&t.sql(
-        "INSERT INTO rm_usage_totals (tenant, subscription_id, meter, window_start, window_end, total, record_count) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, subscription_id, meter, window_start) \
-         DO UPDATE SET total = excluded.total, record_count = excluded.record_count",
-    ))
-    .bind(tenant)
-    .bind(subscription_id)
-    .bind(meter)
-    .bind(start)
-    .bind(end)
-    .bind(new_total.to_string())
-    .bind(count + records)
-    .execute(&mut *conn)
-    .await?;
+    deltas: Totals,
+) -> Result<(), ProjectionError> {
+    let table = t.name("rm_usage_totals");
+    let stored = stored_totals(conn, &table, deltas.keys()).await?;
+    let rows: Vec<(TotalKey, Option<String>, String, i64)> = deltas
+        .into_iter()
+        .map(|(key, (end, quantity, count))| {
+            let (end, total, records) = match stored.get(&key) {
+                Some((end, total, records)) => (end.clone(), *total, *records),
+                None => (end, Decimal::ZERO, 0),
+            };
+            let total = (total + quantity).normalize().to_string();
+            (key, end, total, records + count)
+        })
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_UPSERT) {
+        let sql = format!(
+            "INSERT INTO {table} (tenant, subscription_id, meter, window_start, window_end, total, record_count) \
+             VALUES {} ON CONFLICT (tenant, subscription_id, meter, window_start) \
+             DO UPDATE SET total = excluded.total, record_count = excluded.record_count",
+            crate::db::value_rows(chunk.len(), 7)
+        );
+        let mut q = sqlx::query(&sql).persistent(false);
+        for ((tenant, subscription_id, meter, start), end, total, count) in chunk {
+            q = q
+                .bind(tenant.as_str())
+                .bind(subscription_id.as_str())
+                .bind(meter.as_str())
+                .bind(start.as_str())
+                .bind(end.clone())
+                .bind(total.as_str())
+                .bind(*count);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
+}
+
+/// The stored totals of the subscriptions `keys` name (every window of
+/// each: one query per tenant and 500 subscriptions, planned with its keys).
+pub(crate) async fn stored_totals<'a>(
+    conn: &mut AnyConnection,
+    table: &str,
+    keys: impl IntoIterator<Item = &'a TotalKey>,
+) -> Result<Totals, ProjectionError> {
+    let mut by_tenant: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (tenant, subscription, _, _) in keys {
+        let subs = by_tenant.entry(tenant).or_default();
+        if !subs.contains(&subscription.as_str()) {
+            subs.push(subscription);
+        }
+    }
+    let mut out = HashMap::new();
+    for (tenant, subs) in by_tenant {
+        for chunk in subs.chunks(500) {
+            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT subscription_id, meter, window_start, window_end, total, record_count FROM {table} \
+                 WHERE tenant = $1 AND subscription_id IN ({})",
+                params.join(", ")
+            );
+            let mut q = sqlx::query(&sql).persistent(false).bind(tenant);
+            for s in chunk {
+                q = q.bind(*s);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let total: String = row.try_get("total")?;
+                let total = total
+                    .parse::<Decimal>()
+                    .map_err(|e| ProjectionError::Effect(format!("{table}: {e}")))?;
+                out.insert(
+                    (
+                        tenant.to_string(),
+                        row.try_get("subscription_id")?,
+                        row.try_get("meter")?,
+                        row.try_get("window_start")?,
+                    ),
+                    (
+                        row.try_get("window_end")?,
+                        total,
+                        row.try_get("record_count")?,
+                    ),
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The total of one window.
