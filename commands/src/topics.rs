@@ -1652,7 +1652,7 @@ mod tests {
             sequence: 3,
             event_type: "SubscriptionSuspended".into(),
             event_version: "1.0".into(),
-            payload,
+            payload: payload.to_string(),
             metadata: HashMap::new(),
             recorded_at: "2026-01-01T00:00:00.000000Z".into(),
         }

@@ -989,7 +989,7 @@ fn stored<E: Serialize>(aggregate: &str, id: &str, event_type: &str, event: &E) 
         sequence: 1,
         event_type: event_type.into(),
         event_version: tally_aggregates::EVENT_VERSION.into(),
-        payload: serde_json::to_value(event).expect("event serializes"),
+        payload: serde_json::to_string(event).expect("event serializes"),
         metadata: HashMap::from([("correlation_id".to_owned(), "corr-1".to_owned())]),
         recorded_at: "2026-01-16T12:00:00.000001Z".into(),
     }

@@ -287,7 +287,12 @@ pub fn canonical_bytes(event: &StoredEvent) -> Vec<u8> {
         write_string(text, &mut out);
     }
     out.push(',');
-    write_canonical(&event.payload, &mut out);
+    match event.payload_value() {
+        Ok(payload) => write_canonical(&payload, &mut out),
+        // Text that is no JSON (only an edited log holds it) is covered as
+        // a string: it cannot give the bytes of the payload it replaced.
+        Err(_) => write_string(&event.payload, &mut out),
+    }
     out.push(',');
     let mut metadata: Vec<_> = event.metadata.iter().collect();
     metadata.sort();
@@ -531,7 +536,7 @@ mod tests {
             sequence: 2,
             event_type: "PlanArchived".into(),
             event_version: "1".into(),
-            payload,
+            payload: payload.to_string(),
             metadata: [("b", "2"), ("a", "1")]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -194,7 +194,8 @@ pub fn invoice_numbers_gapless(events: &[StoredEvent]) {
             }
         }
         if e.event_type == "InvoiceNumberAssigned" {
-            let p = &e.payload["InvoiceNumberAssigned"];
+            let payload = e.payload_value().expect("JSON payload");
+            let p = &payload["InvoiceNumberAssigned"];
             assigned.entry(&e.tenant).or_default().push((
                 p["sequence"].as_u64().expect("sequence"),
                 p["invoice_id"].as_str().expect("invoice id").to_string(),

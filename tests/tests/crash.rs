@@ -863,21 +863,22 @@ fn provider_payments_once(events: &[StoredEvent], sends: &[ProviderSend]) {
     let mut notices: BTreeMap<String, usize> = BTreeMap::new();
     let mut references: BTreeMap<String, usize> = BTreeMap::new();
     for e in events {
+        let payload = e.payload_value().expect("JSON payload");
         match (e.aggregate_type.as_str(), e.event_type.as_str()) {
             ("provider_payment", "ProviderPaymentReceived") => {
-                let id = e.payload["ProviderPaymentReceived"]["payment_id"]
+                let id = payload["ProviderPaymentReceived"]["payment_id"]
                     .as_str()
                     .unwrap_or_default();
                 *received.entry(id.to_string()).or_default() += 1;
             }
             ("inbound_notice", "InboundNoticeRecorded") => {
-                let id = e.payload["InboundNoticeRecorded"]["provider_event_id"]
+                let id = payload["InboundNoticeRecorded"]["provider_event_id"]
                     .as_str()
                     .unwrap_or_default();
                 *notices.entry(id.to_string()).or_default() += 1;
             }
             ("invoice", "PaymentRecorded") => {
-                let r = e.payload["PaymentRecorded"]["payment"]["reference"]
+                let r = payload["PaymentRecorded"]["payment"]["reference"]
                     .as_str()
                     .unwrap_or_default();
                 if r.starts_with("stripe:") {

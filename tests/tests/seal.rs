@@ -157,7 +157,7 @@ async fn edited_payload_is_found(backend: Backend) {
         .iter()
         .find(|e| e.event_type == "SubscriptionCreated")
         .expect("a subscription");
-    let mut payload = victim.payload.clone();
+    let mut payload = victim.payload_value().expect("JSON payload");
     assert!(set_number(&mut payload, "seats", 20), "{payload}");
     lift_triggers(&db).await;
     set_payload(&db, victim.position, &payload).await;
@@ -235,7 +235,7 @@ async fn rewritten_chain_fails_the_digest(backend: Backend) {
         hash: earlier.1,
     };
 
-    let mut payload = victim.payload.clone();
+    let mut payload = victim.payload_value().expect("JSON payload");
     assert!(set_number(&mut payload, "to", 20), "{payload}");
     lift_triggers(&db).await;
     set_payload(&db, victim.position, &payload).await;

@@ -101,6 +101,10 @@ pub async fn stream_events(
 }
 
 fn audit_event(e: tally_projections::StoredEvent) -> AuditEventDto {
+    // Text that is no JSON (only an edited log holds it) is shown as text.
+    let payload = e
+        .payload_value()
+        .unwrap_or_else(|_| serde_json::Value::String(e.payload.clone()));
     AuditEventDto {
         stream_type: e.aggregate_type.clone(),
         stream_id: e.resource_id().to_string(),
@@ -109,7 +113,7 @@ fn audit_event(e: tally_projections::StoredEvent) -> AuditEventDto {
         event_id: e.event_id,
         event_type: e.event_type,
         event_version: e.event_version,
-        payload: e.payload,
+        payload,
         metadata: e.metadata,
         recorded_at: e.recorded_at,
     }
