@@ -6,7 +6,9 @@
 //! in the same transaction. Memory is bounded: past [`HELD_ROWS`] streams
 //! held, what is held is written (a *flush*) and forgotten; so it is at
 //! least every [`FLUSH_EVERY`] and after the first batch, so that a killed
-//! rebuild resumes from a recent checkpoint.
+//! rebuild resumes from a recent checkpoint. A flush is written in the
+//! background while the rebuild folds the next batches; the fold's next
+//! flush waits for it (`rebuild.rs`).
 //!
 //! A stream met again after a flush (its first event here has a sequence
 //! above 1) has a row already: its events wait until the next flush, which
@@ -45,8 +47,10 @@ use crate::state::{load_rows, row_columns, row_values, ProjectedState};
 use crate::tables::Tables;
 use crate::{time, usage};
 
-/// Streams a bulk fold holds before the rebuild writes them out.
-pub const HELD_ROWS: usize = 50_000;
+/// Streams a bulk fold holds before the rebuild writes them out. A flush
+/// is written while the fold goes on, so up to twice this is in memory
+/// (peak RSS ~280 MB at 50,000, docs/benchmarks.md).
+pub const HELD_ROWS: usize = 40_000;
 /// A bulk fold writes at least this often (and after its first batch), so
 /// a killed rebuild loses at most this much work.
 pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
