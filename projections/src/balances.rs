@@ -30,6 +30,7 @@ use sqlx::{AnyConnection, Row};
 use tally_aggregates::invoice::{CreditSource, InvoiceEvent, NumberingEvent};
 use tally_aggregates::Currency;
 
+use crate::bulk::{self, Cell};
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
 use crate::runtime::{ProjectionError, Projector};
@@ -143,7 +144,7 @@ struct Posting<'a> {
     /// The invoice the movements belong to (`None`: the event's stream).
     invoice_id: Option<&'a str>,
     movements: Vec<Movement>,
-    change: Box<dyn Fn(&mut Balance) + Send + Sync + 'a>,
+    change: Box<dyn Fn(&mut Balance) + Send + Sync>,
 }
 
 fn movement(
@@ -333,6 +334,130 @@ fn ledger_posting(event: &NumberingEvent) -> Option<Posting<'_>> {
     }
 }
 
+/// The columns of `rm_journal`, in the order of [`Posted::journal_rows`].
+pub(crate) const JOURNAL_COLUMNS: [&str; 11] = [
+    "tenant",
+    "event_id",
+    "leg",
+    "position",
+    "customer_id",
+    "currency",
+    "invoice_id",
+    "account",
+    "debit",
+    "credit",
+    "recorded_at",
+];
+
+/// The columns of `rm_balances`, in the order of [`balance_row`].
+pub(crate) const BALANCE_COLUMNS: [&str; 4] = ["tenant", "customer_id", "currency", "body"];
+
+/// What one event that moves money writes: its journal rows and the change
+/// to one balance (the live projector and the rebuild's bulk fold both
+/// take it from [`posted`]).
+pub(crate) struct Posted {
+    pub customer_id: String,
+    pub currency: Currency,
+    /// The journal rows, in [`JOURNAL_COLUMNS`] order.
+    pub journal_rows: Vec<Vec<Cell>>,
+    pub change: Box<dyn Fn(&mut Balance) + Send + Sync>,
+}
+
+/// The posting of `event`; `None` when it moves no money.
+pub(crate) fn posted(event: &StoredEvent) -> Result<Option<Posted>, ProjectionError> {
+    let invoice_event: InvoiceEvent;
+    let ledger_event: NumberingEvent;
+    let posting = match event.aggregate_type.as_str() {
+        "invoice" => {
+            invoice_event = event
+                .decode()
+                .map_err(|e| ProjectionError::decode(event, e))?;
+            invoice_posting(&invoice_event)
+        }
+        "invoice_numbering" => {
+            ledger_event = event
+                .decode()
+                .map_err(|e| ProjectionError::decode(event, e))?;
+            ledger_posting(&ledger_event)
+        }
+        _ => None,
+    };
+    let Some(p) = posting else {
+        return Ok(None);
+    };
+    if p.movements.iter().all(|m| m.amount.is_zero()) {
+        return Ok(None);
+    }
+    let invoice_id = p.invoice_id.unwrap_or_else(|| event.resource_id());
+    let mut journal_rows = Vec::with_capacity(2 * p.movements.len());
+    for (index, m) in p.movements.iter().enumerate() {
+        if m.amount.is_zero() {
+            continue;
+        }
+        let amount = m.amount.to_string();
+        // The first movement keeps the legs' original names.
+        let suffix = if index == 0 {
+            String::new()
+        } else {
+            format!(":{index}")
+        };
+        for (leg, account, debit, credit) in [
+            ("debit", m.debit_account, amount.as_str(), "0"),
+            ("credit", m.credit_account, "0", amount.as_str()),
+        ] {
+            journal_rows.push(vec![
+                Cell::Text(event.tenant.clone()),
+                Cell::Text(event.event_id.clone()),
+                Cell::Text(format!("{leg}{suffix}")),
+                Cell::Int(event.position),
+                Cell::Text(p.customer_id.to_string()),
+                Cell::Text(p.currency.code().to_string()),
+                Cell::Text(invoice_id.to_string()),
+                Cell::Text(account.to_string()),
+                Cell::Text(debit.to_string()),
+                Cell::Text(credit.to_string()),
+                Cell::Text(event.recorded_at.clone()),
+            ]);
+        }
+    }
+    Ok(Some(Posted {
+        customer_id: p.customer_id.to_string(),
+        currency: p.currency,
+        journal_rows,
+        change: p.change,
+    }))
+}
+
+/// A stored balance's body as the balance it starts from.
+pub(crate) fn stored_balance(body: &str) -> Result<Balance, serde_json::Error> {
+    Ok(serde_json::from_str::<Balance>(body)?.rescaled())
+}
+
+/// The balance `currency` starts from when there is no row.
+pub(crate) fn new_balance(currency: Currency) -> Balance {
+    Balance::zero(currency)
+}
+
+/// `balance` after one posting's change.
+pub(crate) fn changed(mut balance: Balance, p: &Posted) -> Balance {
+    (p.change)(&mut balance);
+    balance.rescaled()
+}
+
+/// The `rm_balances` row of a balance, in [`BALANCE_COLUMNS`] order.
+pub(crate) fn balance_row(
+    tenant: &str,
+    customer_id: &str,
+    balance: &Balance,
+) -> Result<Vec<Cell>, serde_json::Error> {
+    Ok(vec![
+        Cell::Text(tenant.to_string()),
+        Cell::Text(customer_id.to_string()),
+        Cell::Text(balance.currency.code().to_string()),
+        Cell::Text(serde_json::to_string(balance)?),
+    ])
+}
+
 #[derive(Debug, Default)]
 pub struct BalanceProjector;
 
@@ -350,72 +475,32 @@ impl Projector for BalanceProjector {
         event.aggregate_type == "invoice" || event.aggregate_type == "invoice_numbering"
     }
 
+    fn bulk(&self) -> Option<Box<dyn crate::bulk::BulkFold>> {
+        Some(Box::new(crate::bulk::BalancesBulk::new()))
+    }
+
     async fn apply(
         &self,
         conn: &mut AnyConnection,
         t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
-        let invoice_event: InvoiceEvent;
-        let ledger_event: NumberingEvent;
-        let posting = match event.aggregate_type.as_str() {
-            "invoice" => {
-                invoice_event = event
-                    .decode()
-                    .map_err(|e| ProjectionError::decode(event, e))?;
-                invoice_posting(&invoice_event)
-            }
-            "invoice_numbering" => {
-                ledger_event = event
-                    .decode()
-                    .map_err(|e| ProjectionError::decode(event, e))?;
-                ledger_posting(&ledger_event)
-            }
-            _ => None,
-        };
-        let Some(p) = posting else {
+        let Some(p) = posted(event)? else {
             return Ok(());
         };
-        if p.movements.iter().all(|m| m.amount.is_zero()) {
-            return Ok(());
-        }
-        let invoice_id = p.invoice_id.unwrap_or_else(|| event.resource_id());
+        let insert = format!(
+            "INSERT INTO rm_journal ({}) VALUES {} ON CONFLICT (tenant, event_id, leg) DO NOTHING",
+            JOURNAL_COLUMNS.join(", "),
+            crate::db::value_rows(1, JOURNAL_COLUMNS.len())
+        );
+        let insert = t.sql(&insert);
         let mut inserted = 0;
-        for (index, m) in p.movements.iter().enumerate() {
-            if m.amount.is_zero() {
-                continue;
+        for row in &p.journal_rows {
+            let mut q = sqlx::query(&insert);
+            for cell in row {
+                q = bulk::bind(q, cell);
             }
-            let amount = m.amount.to_string();
-            // The first movement keeps the legs' original names.
-            let suffix = if index == 0 {
-                String::new()
-            } else {
-                format!(":{index}")
-            };
-            for (leg, account, debit, credit) in [
-                ("debit", m.debit_account, amount.as_str(), "0"),
-                ("credit", m.credit_account, "0", amount.as_str()),
-            ] {
-                inserted += sqlx::query(
-                    &t.sql("INSERT INTO rm_journal (tenant, event_id, leg, position, customer_id, currency, invoice_id, \
-                     account, debit, credit, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                     ON CONFLICT (tenant, event_id, leg) DO NOTHING"),
-                )
-                .bind(&event.tenant)
-                .bind(&event.event_id)
-                .bind(format!("{leg}{suffix}"))
-                .bind(event.position)
-                .bind(p.customer_id)
-                .bind(p.currency.code())
-                .bind(invoice_id)
-                .bind(account)
-                .bind(debit)
-                .bind(credit)
-                .bind(&event.recorded_at)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            }
+            inserted += q.execute(&mut *conn).await?.rows_affected();
         }
         if inserted == 0 {
             // Applied before: the balance already has it.
@@ -425,33 +510,27 @@ impl Projector for BalanceProjector {
             "SELECT body FROM rm_balances WHERE tenant = $1 AND customer_id = $2 AND currency = $3",
         ))
         .bind(&event.tenant)
-        .bind(p.customer_id)
+        .bind(&p.customer_id)
         .bind(p.currency.code())
         .fetch_optional(&mut *conn)
         .await?;
-        let mut balance = match row {
+        let balance = match row {
             Some(row) => {
                 let body: String = row.try_get("body")?;
-                serde_json::from_str::<Balance>(&body)
-                    .map_err(|e| ProjectionError::decode(event, e))?
-                    .rescaled()
+                stored_balance(&body).map_err(|e| ProjectionError::decode(event, e))?
             }
-            None => Balance::zero(p.currency),
+            None => new_balance(p.currency),
         };
-        (p.change)(&mut balance);
-        let balance = balance.rescaled();
-        let body =
-            serde_json::to_string(&balance).map_err(|e| ProjectionError::decode(event, e))?;
-        sqlx::query(
-            &t.sql("INSERT INTO rm_balances (tenant, customer_id, currency, body) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant, customer_id, currency) DO UPDATE SET body = excluded.body"),
-        )
-        .bind(&event.tenant)
-        .bind(p.customer_id)
-        .bind(p.currency.code())
-        .bind(body)
-        .execute(&mut *conn)
-        .await?;
+        let balance = changed(balance, &p);
+        let row = balance_row(&event.tenant, &p.customer_id, &balance)
+            .map_err(|e| ProjectionError::decode(event, e))?;
+        let upsert = t.sql("INSERT INTO rm_balances (tenant, customer_id, currency, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, customer_id, currency) DO UPDATE SET body = excluded.body");
+        let mut q = sqlx::query(&upsert);
+        for cell in &row {
+            q = bulk::bind(q, cell);
+        }
+        q.execute(&mut *conn).await?;
         Ok(())
     }
 }

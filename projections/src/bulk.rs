@@ -6,7 +6,9 @@
 //! in the same transaction. Memory is bounded: past [`HELD_ROWS`] streams
 //! held, what is held is written (a *flush*) and forgotten; so it is at
 //! least every [`FLUSH_EVERY`] and after the first batch, so that a killed
-//! rebuild resumes from a recent checkpoint.
+//! rebuild resumes from a recent checkpoint. A flush is written in the
+//! background while the rebuild folds the next batches; the fold's next
+//! flush waits for it (`rebuild.rs`).
 //!
 //! A stream met again after a flush (its first event here has a sequence
 //! above 1) has a row already: its events wait until the next flush, which
@@ -14,12 +16,15 @@
 //! as upserts. A stream whose first event is sequence 1 is new, so its row
 //! is written without a read. That holds after a resumed rebuild too: a
 //! flush commits rows and checkpoint together, so no event after the
-//! checkpoint is in the shadow tables.
+//! checkpoint is in the shadow tables. Balances and inbox rows are keyed
+//! otherwise; [`BalancesBulk`] and [`InboxBulk`] say how they read back
+//! what an earlier flush wrote.
 //!
 //! The rows are built by the same functions the live projectors use
-//! (`state::row_values`, `usage::record_values`), from states folded by the
-//! same fold, so a rebuilt table equals the incrementally built one
-//! (`tests/tests/rebuild.rs`).
+//! (`state::row_values`, `usage::record_values`, `balances::posted` and
+//! `balance_row`, `inbox::effect`, `new_item` and `item_row`), from states
+//! folded by the same fold, so a rebuilt table equals the incrementally
+//! built one (`tests/tests/rebuild.rs`).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -27,19 +32,25 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
-use sqlx::{AnyConnection, PgConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, PgConnection, Row};
 
 use tally_aggregates::usage::{total_delta, UsageEvent, UsageRecord};
+use tally_aggregates::Currency;
 
+use crate::balances::{self, Posted};
 use crate::db::{Backend, Db, TypedPool};
+use crate::inbox::{self, Effect};
 use crate::log::StoredEvent;
 use crate::runtime::ProjectionError;
 use crate::state::{load_rows, row_columns, row_values, ProjectedState};
 use crate::tables::Tables;
 use crate::{time, usage};
 
-/// Streams a bulk fold holds before the rebuild writes them out.
-pub const HELD_ROWS: usize = 50_000;
+/// Streams a bulk fold holds before the rebuild writes them out. A flush
+/// is written while the fold goes on, so up to twice this is in memory
+/// (peak RSS ~280 MB at 50,000, docs/benchmarks.md).
+pub const HELD_ROWS: usize = 40_000;
 /// A bulk fold writes at least this often (and after its first batch), so
 /// a killed rebuild loses at most this much work.
 pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -225,6 +236,18 @@ impl<A: Default + DeserializeOwned + Send, E: Send> Streams<A, E> {
             });
         }
         Ok(out)
+    }
+}
+
+/// A statement through the `Any` driver.
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds one cell (the live projectors bind their rows' cells with it too).
+pub(crate) fn bind<'q>(q: AnyQuery<'q>, cell: &'q Cell) -> AnyQuery<'q> {
+    match cell {
+        Cell::Text(s) => q.bind(s.as_str()),
+        Cell::Int(n) => q.bind(*n),
+        Cell::Null => q.bind(Option::<String>::None),
     }
 }
 
@@ -465,6 +488,373 @@ async fn load_totals(
     usage::stored_totals(&mut conn, table, totals.keys()).await
 }
 
+/// The rows of `table` whose tenant and `column` are among `keys` (and that
+/// match `and`, an extra condition or ""), with their tenant: one query per
+/// tenant and 500 distinct values.
+async fn select_in<'k>(
+    db: &Db,
+    columns: &str,
+    table: &str,
+    column: &str,
+    and: &str,
+    keys: impl Iterator<Item = (&'k str, &'k str)>,
+) -> Result<Vec<(String, AnyRow)>, ProjectionError> {
+    let mut by_tenant: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for (tenant, value) in keys {
+        if seen.insert((tenant, value)) {
+            by_tenant.entry(tenant).or_default().push(value);
+        }
+    }
+    let mut out = Vec::new();
+    if by_tenant.is_empty() {
+        return Ok(out);
+    }
+    let mut conn = db.any.acquire().await?;
+    for (tenant, values) in by_tenant {
+        for chunk in values.chunks(500) {
+            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT {columns} FROM {table} WHERE tenant = $1 AND {column} IN ({}){and}",
+                params.join(", ")
+            );
+            let mut q = sqlx::query(&sql).persistent(false).bind(tenant);
+            for v in chunk {
+                q = q.bind(*v);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                out.push((tenant.to_string(), row));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A balance's key: tenant, customer, currency code.
+type BalanceKey = (String, String, String);
+
+/// The bulk fold of the balances read model: journal rows are insert-only
+/// (keyed by their event), and each balance folds the postings met since
+/// the last flush onto its stored row (read once per flush) or a zero one.
+pub(crate) struct BalancesBulk {
+    journal: Cells,
+    /// Each balance's currency and postings since the last flush, in log
+    /// order.
+    balances: HashMap<BalanceKey, (Currency, Vec<Posted>)>,
+}
+
+impl BalancesBulk {
+    pub(crate) fn new() -> Self {
+        Self {
+            journal: Vec::new(),
+            balances: HashMap::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl BulkFold for BalancesBulk {
+    fn fold(&mut self, event: &StoredEvent) -> Result<(), ProjectionError> {
+        let Some(mut p) = balances::posted(event)? else {
+            return Ok(());
+        };
+        self.journal.append(&mut p.journal_rows);
+        let key = (
+            event.tenant.clone(),
+            p.customer_id.clone(),
+            p.currency.code().to_string(),
+        );
+        self.balances
+            .entry(key)
+            .or_insert_with(|| (p.currency, Vec::new()))
+            .1
+            .push(p);
+        Ok(())
+    }
+
+    fn held(&self) -> usize {
+        self.journal.len() + self.balances.len()
+    }
+
+    async fn drain(&mut self, db: &Db, tables: Tables) -> Result<Vec<Rows>, ProjectionError> {
+        let mut written = Vec::new();
+        let journal = std::mem::take(&mut self.journal);
+        if !journal.is_empty() {
+            written.push(Rows {
+                table: "rm_journal",
+                columns: balances::JOURNAL_COLUMNS.to_vec(),
+                key: &["tenant", "event_id", "leg"],
+                fresh: true,
+                rows: journal,
+            });
+        }
+        let held = std::mem::take(&mut self.balances);
+        let table = tables.name("rm_balances");
+        let keys = held
+            .keys()
+            .map(|(tenant, customer, _)| (tenant.as_str(), customer.as_str()));
+        let mut stored = HashMap::new();
+        for (tenant, row) in select_in(
+            db,
+            "customer_id, currency, body",
+            &table,
+            "customer_id",
+            "",
+            keys,
+        )
+        .await?
+        {
+            let body: String = row.try_get("body")?;
+            stored.insert(
+                (
+                    tenant,
+                    row.try_get("customer_id")?,
+                    row.try_get("currency")?,
+                ),
+                body,
+            );
+        }
+        let decode = |e: serde_json::Error| ProjectionError::Effect(format!("{table}: {e}"));
+        let (mut fresh, mut again) = (Vec::new(), Vec::new());
+        for (key, (currency, postings)) in held {
+            let found = stored.get(&key);
+            let mut balance = match found {
+                Some(body) => balances::stored_balance(body).map_err(decode)?,
+                None => balances::new_balance(currency),
+            };
+            for p in &postings {
+                balance = balances::changed(balance, p);
+            }
+            let row = balances::balance_row(&key.0, &key.1, &balance).map_err(decode)?;
+            if found.is_some() {
+                again.push(row);
+            } else {
+                fresh.push(row);
+            }
+        }
+        written.extend(both(
+            "rm_balances",
+            balances::BALANCE_COLUMNS.to_vec(),
+            &["tenant", "customer_id", "currency"],
+            (fresh, again),
+        ));
+        Ok(written)
+    }
+}
+
+/// An item's or a recipient's key: tenant and id.
+type ItemKey = (String, String);
+
+/// The bulk fold of the inbox read model. Items are insert-only: their
+/// read state is settled in memory ([`inbox::settle`]) before they are
+/// written; the stored items that reads and archivals since the last flush
+/// touch are read back once per flush, settled and upserted. Subscription
+/// notices go to the subscription's customer (`rm_inbox_customers`, the
+/// projector's own lookup): subscriptions created since the last flush are
+/// held in memory; a notice to the customer of one created before waits
+/// for the next flush, which reads the customers of all such notices at
+/// once from the rows written before.
+pub(crate) struct InboxBulk {
+    /// Subscription → customer, for subscriptions created since the last
+    /// flush.
+    customers: HashMap<ItemKey, String>,
+    /// Items delivered since the last flush.
+    items: HashMap<ItemKey, inbox::Item>,
+    /// Notices waiting for their subscription's customer.
+    waiting: Vec<(StoredEvent, String, inbox::Delivery)>,
+    /// The last position since the last flush of a read and of an
+    /// archival of each item, and of an "all read" of each recipient.
+    read: HashMap<ItemKey, i64>,
+    archived: HashMap<ItemKey, i64>,
+    all_read: HashMap<ItemKey, i64>,
+}
+
+impl InboxBulk {
+    pub(crate) fn new() -> Self {
+        Self {
+            customers: HashMap::new(),
+            items: HashMap::new(),
+            waiting: Vec::new(),
+            read: HashMap::new(),
+            archived: HashMap::new(),
+            all_read: HashMap::new(),
+        }
+    }
+
+    fn deliver(&mut self, event: &StoredEvent, d: inbox::Delivery) {
+        let item = inbox::new_item(event, d);
+        // A second delivery of one id writes nothing (ON CONFLICT DO NOTHING).
+        self.items
+            .entry((event.tenant.clone(), item.id.clone()))
+            .or_insert(item);
+    }
+
+    fn settle(&self, tenant: &str, item: &mut inbox::Item) {
+        let key = (tenant.to_string(), item.id.clone());
+        let read = self.read.get(&key).copied();
+        let archived = self.archived.get(&key).copied();
+        let all_read = self
+            .all_read
+            .get(&(tenant.to_string(), item.recipient.clone()))
+            .copied();
+        inbox::settle(item, read, all_read, archived);
+    }
+}
+
+#[async_trait]
+impl BulkFold for InboxBulk {
+    fn fold(&mut self, event: &StoredEvent) -> Result<(), ProjectionError> {
+        let at = event.position;
+        let key = |id: String| (event.tenant.clone(), id);
+        match inbox::effect(event)? {
+            Effect::Nothing => {}
+            Effect::Customer {
+                subscription_id,
+                customer_id,
+            } => {
+                // The first one stays (ON CONFLICT DO NOTHING).
+                self.customers
+                    .entry(key(subscription_id))
+                    .or_insert(customer_id);
+            }
+            Effect::ToCustomerOf {
+                subscription_id,
+                notice,
+            } => match self.customers.get(&key(subscription_id.clone())) {
+                Some(customer) => {
+                    let notice = inbox::to_customer(notice, customer);
+                    self.deliver(event, notice);
+                }
+                None => self.waiting.push((event.clone(), subscription_id, notice)),
+            },
+            Effect::Deliver(deliveries) => {
+                for d in deliveries {
+                    self.deliver(event, d);
+                }
+            }
+            Effect::Read(id) => {
+                self.read.insert(key(id), at);
+            }
+            Effect::Archive(id) => {
+                self.archived.insert(key(id), at);
+            }
+            Effect::AllRead(recipient) => {
+                self.all_read.insert(key(recipient), at);
+            }
+        }
+        Ok(())
+    }
+
+    fn held(&self) -> usize {
+        self.customers.len()
+            + self.items.len()
+            + self.waiting.len()
+            + self.read.len()
+            + self.archived.len()
+            + self.all_read.len()
+    }
+
+    async fn drain(&mut self, db: &Db, tables: Tables) -> Result<Vec<Rows>, ProjectionError> {
+        // Notices waiting for a customer: as the live projector, from the
+        // customers written before (not those met later).
+        let waiting = std::mem::take(&mut self.waiting);
+        if !waiting.is_empty() {
+            let keys = waiting
+                .iter()
+                .map(|(e, sub, _)| (e.tenant.as_str(), sub.as_str()));
+            let mut found = HashMap::new();
+            for (tenant, row) in select_in(
+                db,
+                "subscription_id, customer_id",
+                &tables.name("rm_inbox_customers"),
+                "subscription_id",
+                "",
+                keys,
+            )
+            .await?
+            {
+                let sub: String = row.try_get("subscription_id")?;
+                let customer: String = row.try_get("customer_id")?;
+                found.insert((tenant, sub), customer);
+            }
+            for (event, sub, notice) in waiting {
+                if let Some(customer) = found.get(&(event.tenant.clone(), sub)) {
+                    let notice = inbox::to_customer(notice, customer);
+                    self.deliver(&event, notice);
+                }
+            }
+        }
+        // Items written before that reads and archivals touch.
+        let table = tables.name("rm_inbox_items");
+        let columns = inbox::ITEM_COLUMNS;
+        let by_id = self
+            .read
+            .keys()
+            .chain(self.archived.keys())
+            .filter(|k| !self.items.contains_key(*k))
+            .map(|(t, id)| (t.as_str(), id.as_str()));
+        let mut stored = select_in(db, columns, &table, "id", "", by_id).await?;
+        let by_recipient = self.all_read.keys().map(|(t, r)| (t.as_str(), r.as_str()));
+        stored.extend(
+            select_in(
+                db,
+                columns,
+                &table,
+                "recipient",
+                " AND state = 'unread'",
+                by_recipient,
+            )
+            .await?,
+        );
+        let mut again = HashMap::new();
+        for (tenant, row) in stored {
+            let mut item = inbox::decode(&row)?;
+            let before = item.state.clone();
+            self.settle(&tenant, &mut item);
+            if item.state != before {
+                again.insert((tenant, item.id.clone()), item);
+            }
+        }
+        let items = std::mem::take(&mut self.items);
+        let mut fresh = Vec::with_capacity(items.len());
+        for ((tenant, _), mut item) in items {
+            self.settle(&tenant, &mut item);
+            fresh.push(inbox::item_row(&tenant, item));
+        }
+        let again = again
+            .into_iter()
+            .map(|((tenant, _), item)| inbox::item_row(&tenant, item))
+            .collect();
+        self.read.clear();
+        self.archived.clear();
+        self.all_read.clear();
+        let mut written = both(
+            "rm_inbox_items",
+            inbox::ITEM_ROW_COLUMNS.to_vec(),
+            TENANT_ID,
+            (fresh, again),
+        );
+        // Written now: later notices read them back (memory stays flat).
+        let customers = std::mem::take(&mut self.customers)
+            .into_iter()
+            .map(|((tenant, subscription_id), customer_id)| {
+                vec![
+                    Cell::Text(tenant),
+                    Cell::Text(subscription_id),
+                    Cell::Text(customer_id),
+                ]
+            })
+            .collect();
+        written.extend(both(
+            "rm_inbox_customers",
+            vec!["tenant", "subscription_id", "customer_id"],
+            &["tenant", "subscription_id"],
+            (customers, Vec::new()),
+        ));
+        Ok(written)
+    }
+}
+
 /// Writes `rows` to `tables` and moves the checkpoint `consumer` from
 /// `from` to `to`, in one transaction; the checkpoint update comes first and
 /// is guarded like a batch's. Returns false (writing nothing) when the
@@ -631,11 +1021,7 @@ async fn insert_rows(
         let mut q = sqlx::query(&sql).persistent(false);
         for row in chunk {
             for cell in row {
-                q = match cell {
-                    Cell::Text(s) => q.bind(s.as_str()),
-                    Cell::Int(n) => q.bind(*n),
-                    Cell::Null => q.bind(Option::<String>::None),
-                };
+                q = bind(q, cell);
             }
         }
         q.execute(&mut *conn).await?;

@@ -18,6 +18,7 @@ use tally_aggregates::invoice::InvoiceEvent;
 use tally_aggregates::subscription::{SubscriptionEvent, SuspendReason};
 use tally_aggregates::ticket::TicketEvent;
 
+use crate::bulk::{self, Cell};
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
 use crate::runtime::{ProjectionError, Projector};
@@ -56,7 +57,8 @@ pub fn principal_user(s: &str) -> String {
     }
 }
 
-struct Delivery {
+/// One notification to deliver.
+pub(crate) struct Delivery {
     recipient: String,
     severity: Cow<'static, str>,
     title: String,
@@ -65,29 +67,122 @@ struct Delivery {
     subject_id: String,
 }
 
+/// The principal a notice to a subscription's customer goes to.
+fn customer_recipient(customer_id: &str) -> String {
+    format!("customer:{customer_id}")
+}
+
+/// A notice to a subscription's customer, addressed once it is known.
+pub(crate) fn to_customer(mut notice: Delivery, customer_id: &str) -> Delivery {
+    notice.recipient = customer_recipient(customer_id);
+    notice
+}
+
+/// The item `event` delivers to `d`'s recipient, unread.
+pub(crate) fn new_item(event: &StoredEvent, d: Delivery) -> Item {
+    Item {
+        id: item_id(&event.event_id, &d.recipient),
+        recipient: d.recipient,
+        severity: d.severity.into_owned(),
+        title: d.title,
+        body: d.body,
+        subject_type: d.subject_type.into_owned(),
+        subject_id: d.subject_id,
+        state: UNREAD.to_string(),
+        created_at: event.recorded_at.clone(),
+        position: event.position,
+    }
+}
+
+pub(crate) const UNREAD: &str = "unread";
+pub(crate) const READ: &str = "read";
+pub(crate) const ARCHIVED: &str = "archived";
+
+/// The columns of `rm_inbox_items`, in the order of [`item_row`].
+pub(crate) const ITEM_ROW_COLUMNS: [&str; 11] = [
+    "tenant",
+    "id",
+    "recipient",
+    "severity",
+    "title",
+    "body",
+    "subject_type",
+    "subject_id",
+    "state",
+    "created_at",
+    "position",
+];
+
+/// The `rm_inbox_items` row of an item, in [`ITEM_ROW_COLUMNS`] order.
+pub(crate) fn item_row(tenant: &str, item: Item) -> Vec<Cell> {
+    vec![
+        Cell::Text(tenant.to_string()),
+        Cell::Text(item.id),
+        Cell::Text(item.recipient),
+        Cell::Text(item.severity),
+        Cell::Text(item.title),
+        Cell::Text(item.body),
+        Cell::Text(item.subject_type),
+        Cell::Text(item.subject_id),
+        Cell::Text(item.state),
+        Cell::Text(item.created_at),
+        Cell::Int(item.position),
+    ]
+}
+
 async fn deliver(
     conn: &mut AnyConnection,
     t: Tables,
     event: &StoredEvent,
     d: Delivery,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        &t.sql("INSERT INTO rm_inbox_items (tenant, id, recipient, severity, title, body, subject_type, subject_id, state, created_at, position) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'unread', $9, $10) ON CONFLICT (tenant, id) DO NOTHING"),
-    )
-    .bind(&event.tenant)
-    .bind(item_id(&event.event_id, &d.recipient))
-    .bind(&d.recipient)
-    .bind(d.severity.as_ref())
-    .bind(d.title)
-    .bind(d.body)
-    .bind(d.subject_type.as_ref())
-    .bind(d.subject_id)
-    .bind(&event.recorded_at)
-    .bind(event.position)
-    .execute(&mut *conn)
-    .await?;
+    let sql = format!(
+        "INSERT INTO rm_inbox_items ({}) VALUES {} ON CONFLICT (tenant, id) DO NOTHING",
+        ITEM_ROW_COLUMNS.join(", "),
+        crate::db::value_rows(1, ITEM_ROW_COLUMNS.len())
+    );
+    let sql = t.sql(&sql);
+    let row = item_row(&event.tenant, new_item(event, d));
+    let mut q = sqlx::query(&sql);
+    for cell in &row {
+        q = bulk::bind(q, cell);
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
+}
+
+/// What one event does to the inbox (the live projector and the rebuild's
+/// bulk fold both take it from [`effect`]).
+pub(crate) enum Effect {
+    Nothing,
+    /// A subscription's customer, kept for the subscription's notices.
+    Customer {
+        subscription_id: String,
+        customer_id: String,
+    },
+    /// A notice to the customer of a subscription (none when the
+    /// subscription's customer is not known).
+    ToCustomerOf {
+        subscription_id: String,
+        notice: Delivery,
+    },
+    Deliver(Vec<Delivery>),
+    /// An item read (if unread).
+    Read(String),
+    Archive(String),
+    /// Every unread item of a recipient delivered before the event.
+    AllRead(String),
+}
+
+/// The effect of an event the projector handles.
+pub(crate) fn effect(event: &StoredEvent) -> Result<Effect, ProjectionError> {
+    match event.aggregate_type.as_str() {
+        "subscription" => subscription(event),
+        "invoice" => invoice(event),
+        "ticket" => ticket(event),
+        "inbox" => inbox(event),
+        _ => Ok(Effect::Nothing),
+    }
 }
 
 #[async_trait]
@@ -107,43 +202,114 @@ impl Projector for InboxProjector {
         )
     }
 
+    fn bulk(&self) -> Option<Box<dyn crate::bulk::BulkFold>> {
+        Some(Box::new(crate::bulk::InboxBulk::new()))
+    }
+
     async fn apply(
         &self,
         conn: &mut AnyConnection,
         t: Tables,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
-        match event.aggregate_type.as_str() {
-            "subscription" => subscription(conn, t, event).await,
-            "invoice" => invoice(conn, t, event).await,
-            "ticket" => ticket(conn, t, event).await,
-            "inbox" => inbox(conn, t, event).await,
-            _ => Ok(()),
+        match effect(event)? {
+            Effect::Nothing => {}
+            Effect::Customer {
+                subscription_id,
+                customer_id,
+            } => {
+                sqlx::query(
+                    &t.sql("INSERT INTO rm_inbox_customers (tenant, subscription_id, customer_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (tenant, subscription_id) DO NOTHING"),
+                )
+                .bind(&event.tenant)
+                .bind(subscription_id)
+                .bind(customer_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Effect::ToCustomerOf {
+                subscription_id,
+                notice,
+            } => {
+                let customer: Option<String> = sqlx::query_scalar(&t.sql(
+                    "SELECT customer_id FROM rm_inbox_customers WHERE tenant = $1 AND subscription_id = $2",
+                ))
+                .bind(&event.tenant)
+                .bind(&subscription_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some(customer) = customer {
+                    deliver(conn, t, event, to_customer(notice, &customer)).await?;
+                }
+            }
+            Effect::Deliver(deliveries) => {
+                for d in deliveries {
+                    deliver(conn, t, event, d).await?;
+                }
+            }
+            Effect::Read(item_id) => {
+                sqlx::query(&t.sql("UPDATE rm_inbox_items SET state = 'read' WHERE tenant = $1 AND id = $2 AND state = 'unread'"))
+                    .bind(&event.tenant)
+                    .bind(item_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Effect::Archive(item_id) => {
+                sqlx::query(&t.sql(
+                    "UPDATE rm_inbox_items SET state = 'archived' WHERE tenant = $1 AND id = $2",
+                ))
+                .bind(&event.tenant)
+                .bind(item_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Effect::AllRead(recipient) => {
+                // Every item delivered before this event (earlier positions).
+                sqlx::query(
+                    &t.sql("UPDATE rm_inbox_items SET state = 'read' WHERE tenant = $1 AND recipient = $2 AND state = 'unread' AND position < $3"),
+                )
+                .bind(&event.tenant)
+                .bind(recipient)
+                .bind(event.position)
+                .execute(&mut *conn)
+                .await?;
+            }
         }
+        Ok(())
     }
 }
 
-async fn subscription(
-    conn: &mut AnyConnection,
-    t: Tables,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
+/// An item's state once the reads and archivals that came after its
+/// delivery are applied (the last position of each, since `item` was
+/// written): the live projector's updates in one step. Archived wins
+/// whatever the order; a read (one item or all of a recipient's) only
+/// turns an unread item read.
+pub(crate) fn settle(
+    item: &mut Item,
+    read: Option<i64>,
+    all_read: Option<i64>,
+    archived: Option<i64>,
+) {
+    let after = |at: Option<i64>| at.is_some_and(|p| p > item.position);
+    if after(archived) {
+        item.state = ARCHIVED.to_string();
+    } else if item.state == UNREAD && (after(read) || after(all_read)) {
+        item.state = READ.to_string();
+    }
+}
+
+fn subscription(event: &StoredEvent) -> Result<Effect, ProjectionError> {
     let e: SubscriptionEvent = event
         .decode()
         .map_err(|err| ProjectionError::decode(event, err))?;
     let sub = event.resource_id().to_string();
     let (severity, title, body) = match e {
         SubscriptionEvent::SubscriptionCreated { customer_id, .. } => {
-            sqlx::query(
-                &t.sql("INSERT INTO rm_inbox_customers (tenant, subscription_id, customer_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT (tenant, subscription_id) DO NOTHING"),
-            )
-            .bind(&event.tenant)
-            .bind(&sub)
-            .bind(customer_id)
-            .execute(&mut *conn)
-            .await?;
-            return Ok(());
+            return Ok(Effect::Customer {
+                subscription_id: sub,
+                customer_id,
+            });
         }
         SubscriptionEvent::SubscriptionActivated { period, .. } => (
             "info",
@@ -194,40 +360,23 @@ async fn subscription(
         | SubscriptionEvent::CancellationScheduled { .. }
         | SubscriptionEvent::PeriodRenewed { .. }
         | SubscriptionEvent::DiscountApplied { .. }
-        | SubscriptionEvent::DiscountRemoved { .. } => return Ok(()),
+        | SubscriptionEvent::DiscountRemoved { .. } => return Ok(Effect::Nothing),
     };
-    let customer: Option<String> = sqlx::query_scalar(&t.sql(
-        "SELECT customer_id FROM rm_inbox_customers WHERE tenant = $1 AND subscription_id = $2",
-    ))
-    .bind(&event.tenant)
-    .bind(&sub)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(customer) = customer else {
-        return Ok(());
-    };
-    deliver(
-        conn,
-        t,
-        event,
-        Delivery {
-            recipient: format!("customer:{customer}"),
+    Ok(Effect::ToCustomerOf {
+        subscription_id: sub.clone(),
+        notice: Delivery {
+            // Set once the subscription's customer is found.
+            recipient: String::new(),
             severity: severity.into(),
             title,
             body,
             subject_type: "subscription".into(),
             subject_id: sub,
         },
-    )
-    .await?;
-    Ok(())
+    })
 }
 
-async fn invoice(
-    conn: &mut AnyConnection,
-    t: Tables,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
+fn invoice(event: &StoredEvent) -> Result<Effect, ProjectionError> {
     let e: InvoiceEvent = event
         .decode()
         .map_err(|err| ProjectionError::decode(event, err))?;
@@ -258,30 +407,19 @@ async fn invoice(
         | InvoiceEvent::PaymentRecorded { .. }
         | InvoiceEvent::InvoiceVoided { .. }
         | InvoiceEvent::InvoiceMarkedUncollectible { .. }
-        | InvoiceEvent::CreditNoteIssued { .. } => return Ok(()),
+        | InvoiceEvent::CreditNoteIssued { .. } => return Ok(Effect::Nothing),
     };
-    deliver(
-        conn,
-        t,
-        event,
-        Delivery {
-            recipient: format!("customer:{customer}"),
-            severity: "info".into(),
-            title,
-            body,
-            subject_type: "invoice".into(),
-            subject_id: id,
-        },
-    )
-    .await?;
-    Ok(())
+    Ok(Effect::Deliver(vec![Delivery {
+        recipient: customer_recipient(&customer),
+        severity: "info".into(),
+        title,
+        body,
+        subject_type: "invoice".into(),
+        subject_id: id,
+    }]))
 }
 
-async fn ticket(
-    conn: &mut AnyConnection,
-    t: Tables,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
+fn ticket(event: &StoredEvent) -> Result<Effect, ProjectionError> {
     let e: TicketEvent = event
         .decode()
         .map_err(|err| ProjectionError::decode(event, err))?;
@@ -361,10 +499,7 @@ async fn ticket(
         }
         TicketEvent::TicketCreated { .. } | TicketEvent::AttachmentAdded { .. } => {}
     }
-    for d in out {
-        deliver(conn, t, event, d).await?;
-    }
-    Ok(())
+    Ok(Effect::Deliver(out))
 }
 
 /// The principal of whoever acted (a comment's author): the requester when
@@ -377,64 +512,25 @@ fn actor_principal(actor: &str, requester: &str) -> String {
     }
 }
 
-async fn inbox(
-    conn: &mut AnyConnection,
-    t: Tables,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
+fn inbox(event: &StoredEvent) -> Result<Effect, ProjectionError> {
     let e: InboxEvent = event
         .decode()
         .map_err(|err| ProjectionError::decode(event, err))?;
-    match e {
-        InboxEvent::ItemRead { item_id, .. } => {
-            sqlx::query(&t.sql("UPDATE rm_inbox_items SET state = 'read' WHERE tenant = $1 AND id = $2 AND state = 'unread'"))
-                .bind(&event.tenant)
-                .bind(item_id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        InboxEvent::ItemArchived { item_id, .. } => {
-            sqlx::query(
-                &t.sql(
-                    "UPDATE rm_inbox_items SET state = 'archived' WHERE tenant = $1 AND id = $2",
-                ),
-            )
-            .bind(&event.tenant)
-            .bind(item_id)
-            .execute(&mut *conn)
-            .await?;
-        }
+    Ok(match e {
+        InboxEvent::ItemRead { item_id, .. } => Effect::Read(item_id),
+        InboxEvent::ItemArchived { item_id, .. } => Effect::Archive(item_id),
         InboxEvent::Notified {
             recipient, notice, ..
-        } => {
-            deliver(
-                conn,
-                t,
-                event,
-                Delivery {
-                    recipient,
-                    severity: notice.severity.into(),
-                    title: notice.title,
-                    body: notice.body,
-                    subject_type: notice.subject_type.into(),
-                    subject_id: notice.subject_id,
-                },
-            )
-            .await?;
-        }
-        InboxEvent::AllRead { recipient, .. } => {
-            // Every item delivered before this event (earlier positions).
-            sqlx::query(
-                &t.sql("UPDATE rm_inbox_items SET state = 'read' WHERE tenant = $1 AND recipient = $2 AND state = 'unread' AND position < $3"),
-            )
-            .bind(&event.tenant)
-            .bind(recipient)
-            .bind(event.position)
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
-    Ok(())
+        } => Effect::Deliver(vec![Delivery {
+            recipient,
+            severity: notice.severity.into(),
+            title: notice.title,
+            body: notice.body,
+            subject_type: notice.subject_type.into(),
+            subject_id: notice.subject_id,
+        }]),
+        InboxEvent::AllRead { recipient, .. } => Effect::AllRead(recipient),
+    })
 }
 
 /// One inbox item.
@@ -452,10 +548,10 @@ pub struct Item {
     pub position: i64,
 }
 
-const ITEM_COLUMNS: &str =
+pub(crate) const ITEM_COLUMNS: &str =
     "id, recipient, severity, title, body, subject_type, subject_id, state, created_at, position";
 
-fn decode(r: &sqlx::any::AnyRow) -> Result<Item, DbError> {
+pub(crate) fn decode(r: &sqlx::any::AnyRow) -> Result<Item, DbError> {
     Ok(Item {
         id: r.try_get("id")?,
         recipient: r.try_get("recipient")?,
@@ -529,4 +625,45 @@ pub async fn list(
     .fetch_one(&db.any)
     .await?;
     Ok((items, next, unread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(state: &str, position: i64) -> Item {
+        Item {
+            id: "ntf_1".into(),
+            recipient: "customer:c".into(),
+            severity: "info".into(),
+            title: String::new(),
+            body: String::new(),
+            subject_type: "invoice".into(),
+            subject_id: "inv_1".into(),
+            state: state.into(),
+            created_at: String::new(),
+            position,
+        }
+    }
+
+    fn settled(state: &str, read: Option<i64>, all: Option<i64>, archived: Option<i64>) -> String {
+        let mut i = item(state, 10);
+        settle(&mut i, read, all, archived);
+        i.state
+    }
+
+    #[test]
+    fn settling_applies_only_what_came_after_the_delivery() {
+        assert_eq!(settled(UNREAD, None, None, None), UNREAD);
+        // A read of the id before the item existed changed nothing.
+        assert_eq!(settled(UNREAD, Some(9), Some(5), None), UNREAD);
+        assert_eq!(settled(UNREAD, Some(11), None, None), READ);
+        assert_eq!(settled(UNREAD, None, Some(11), None), READ);
+        // Archived wins, in whatever order the two came.
+        assert_eq!(settled(UNREAD, Some(12), None, Some(11)), ARCHIVED);
+        assert_eq!(settled(READ, None, None, Some(11)), ARCHIVED);
+        assert_eq!(settled(UNREAD, Some(12), None, Some(9)), READ);
+        // Reads leave an archived item archived.
+        assert_eq!(settled(ARCHIVED, Some(12), Some(12), None), ARCHIVED);
+    }
 }

@@ -351,9 +351,14 @@ const HOLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 struct Bulk {
     fold: Box<dyn BulkFold>,
     reached: i64,
+    /// Where its checkpoint stands once the write in flight (if any) has
+    /// committed.
     committed: i64,
     /// When it last wrote (`None`: not yet in this run).
     flushed: Option<Instant>,
+    /// The flush being written while folding goes on: true when it
+    /// committed, false when its checkpoint guard failed.
+    writing: Option<tokio::task::JoinHandle<Result<bool, ProjectionError>>>,
 }
 
 impl Bulk {
@@ -363,6 +368,7 @@ impl Bulk {
             reached: at,
             committed: at,
             flushed: None,
+            writing: None,
         }
     }
 
@@ -374,6 +380,17 @@ impl Bulk {
             || self
                 .flushed
                 .is_none_or(|at| at.elapsed() >= limits.flush_every)
+    }
+
+    /// Waits for the write in flight; false when its checkpoint guard
+    /// failed (another rebuild of this projection moved the checkpoint).
+    async fn written(&mut self) -> Result<bool, ProjectionError> {
+        match self.writing.take() {
+            Some(handle) => handle
+                .await
+                .map_err(|e| ProjectionError::Effect(format!("bulk write: {e}")))?,
+            None => Ok(true),
+        }
     }
 }
 
@@ -424,27 +441,40 @@ impl Part<'_> {
             }
             b.reached = last.position;
         }
+        // A flush is written while the next batches are folded; the next
+        // flush waits for it (its read-backs need those rows), and so does
+        // the end of the rebuild.
+        if b.writing.as_ref().is_some_and(|w| w.is_finished()) || flush {
+            self.settle_write(runtime, &mut b).await?;
+        }
         if (flush || b.due(limits)) && b.reached > b.committed {
+            self.settle_write(runtime, &mut b).await?;
+            if b.reached <= b.committed {
+                return Ok(());
+            }
             let db = runtime.db();
             let rows = b.fold.drain(db, Tables::Shadow).await?;
-            if bulk::write(
-                db,
-                &self.consumer,
-                b.committed,
-                b.reached,
-                Tables::Shadow,
-                &rows,
-            )
-            .await?
-            {
-                b.committed = b.reached;
-                b.flushed = Some(Instant::now());
-            } else {
-                // Another rebuild of this projection moved its checkpoint:
-                // start again from where it is now.
-                let at = checkpoint(db, &self.consumer).await?;
-                *b = Bulk::new(self.p.bulk().expect("a bulk projector"), at);
+            let (db, consumer) = (db.clone(), self.consumer.clone());
+            let (from, to) = (b.committed, b.reached);
+            b.writing = Some(tokio::spawn(async move {
+                bulk::write(&db, &consumer, from, to, Tables::Shadow, &rows).await
+            }));
+            b.committed = to;
+            b.flushed = Some(Instant::now());
+            if flush {
+                self.settle_write(runtime, &mut b).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Waits for `b`'s write in flight; when its checkpoint guard failed
+    /// (another rebuild of this projection moved the checkpoint), starts
+    /// again from where the checkpoint is now.
+    async fn settle_write(&self, runtime: &Runtime, b: &mut Bulk) -> Result<(), ProjectionError> {
+        if !b.written().await? {
+            let at = checkpoint(runtime.db(), &self.consumer).await?;
+            *b = Bulk::new(self.p.bulk().expect("a bulk projector"), at);
         }
         Ok(())
     }
@@ -549,10 +579,13 @@ pub async fn run_all_with(
                 .iter()
                 .map(|part| part.apply(runtime, &batch, limits, false)),
         );
-        let ahead = runtime.log().read_after(last, runtime.batch_size());
+        // Read (and decoded) on another worker thread than the folds.
+        let (log, size) = (runtime.log().clone(), runtime.batch_size());
+        let ahead = tokio::spawn(async move { log.read_after(last, size).await });
         let (applied, ahead) = tokio::join!(apply, ahead);
         applied?;
-        let ahead = ahead?;
+        let ahead =
+            ahead.map_err(|e| ProjectionError::Effect(format!("reading the log: {e}")))??;
         progress.position = last;
         progress.events = last - from;
         if progress.events >= next_analyze {
