@@ -76,6 +76,15 @@ def one(i):
     return sub["id"]
 with ThreadPoolExecutor(8) as ex:
     ids = list(ex.map(one, range(1001)))
+# The quota probe's subscriptions (issue 15: suspended within 1 s of the cap
+# being crossed, under the usage load): a plan whose meter has a hard cap.
+capped = call("POST", "/v1/plans", {"code": "capped", "name": "Capped", "currency": "EUR", "interval": "month",
+    "base_price": "10.00", "meters": [{"key": "api_calls", "reset": "monthly", "hard_cap": "100"}]})
+def capped_sub(i):
+    sub = call("POST", "/v1/subscriptions", {"customer_id": f"cus_q{i}", "plan_id": capped["id"]})
+    call("POST", f"/v1/subscriptions/{sub['id']}/activate")
+    return sub["id"]
+open(f"{w}/quota.txt", "w").write("\n".join(capped_sub(i) for i in range(20)) + "\n")
 # The last one is the lag probe's own (see below), not in the load.
 open(f"{w}/probe.txt", "w").write(ids.pop() + "\n")
 open(f"{w}/ids.txt", "w").write("\n".join(ids) + "\n")
@@ -182,8 +191,42 @@ request = function()
     '{"records":[' .. table.concat(parts, ",") .. ']}')
 end
 EOF
+# The quota probe, under that load: one record over the cap on a capped
+# subscription, then its status read until it is suspended.
+python3 - "$URL" "$KEY" "$W/quota.txt" "$SECS" > "$W/quota.out" <<'PY' &
+import http.client, json, sys, time
+url, key, subs, secs = sys.argv[1], sys.argv[2], [l.strip() for l in open(sys.argv[3]) if l.strip()], float(sys.argv[4])
+host, port = url.split("//")[1].split(":")
+conn = http.client.HTTPConnection(host, int(port), timeout=30)
+auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+time.sleep(2)
+took, end = [], time.time() + secs - 6
+for n, sub in enumerate(subs):
+    if time.time() > end:
+        break
+    body = {"records": [{"subscription_id": sub, "meter": "api_calls", "quantity": "101",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "transaction_id": f"quota-{n}-{time.time()}"}]}
+    conn.request("POST", "/v1/usage/batch", json.dumps(body), auth)
+    r = conn.getresponse(); r.read()
+    t = time.perf_counter()
+    while r.status == 200 and time.perf_counter() - t < 20:
+        conn.request("GET", f"/v1/subscriptions/{sub}", headers=auth)
+        g = conn.getresponse(); state = json.loads(g.read())
+        if state.get("status") == "suspended":
+            took.append((time.perf_counter() - t) * 1000)
+            break
+        time.sleep(0.02)
+    else:
+        took.append(float("inf"))
+took.sort()
+print(f"{len(took)} {took[len(took) // 2]:.0f} {took[-1]:.0f}" if took else "0 nan nan")
+PY
+quota_pid=$!
 read -r u_ok u_bad u_p50 u_p99 < <(wrk_run usage 8 "$W/usage.lua" 30s)
+wait $quota_pid || true
+read -r q_n q_p50 q_max < "$W/quota.out" || true
 echo "tally    usage batches of 1,000 x8: $((u_ok * 1000)) records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; peak RSS $(peak_rss) kB"
+echo "tally    quota under that load ($q_n probes, answer to suspended): p50 ${q_p50} ms, max ${q_max} ms (goal <= 1000 ms)"
 rss=$(peak_rss)
 kill $pid; wait $pid 2>/dev/null || true
 trap - EXIT
