@@ -3,7 +3,7 @@
 //! in the events (the command layer computed them from the meter's reset
 //! cadence), so this projector only adds and subtracts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -169,7 +169,7 @@ async fn add_to_totals(
 ) -> Result<(), ProjectionError> {
     let table = t.name("rm_usage_totals");
     let stored = stored_totals(conn, &table, deltas.keys()).await?;
-    let rows: Vec<(TotalKey, Option<String>, String, i64)> = deltas
+    let mut rows: Vec<(TotalKey, Option<String>, String, i64)> = deltas
         .into_iter()
         .map(|(key, (end, quantity, count))| {
             let (end, total, records) = match stored.get(&key) {
@@ -180,6 +180,9 @@ async fn add_to_totals(
             (key, end, total, records + count)
         })
         .collect();
+    // In key order, so two writers of one window (a takeover's moment) take
+    // its row lock in the same order.
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
     for chunk in rows.chunks(ROWS_PER_UPSERT) {
         let sql = format!(
             "INSERT INTO {table} (tenant, subscription_id, meter, window_start, window_end, total, record_count) \
@@ -203,31 +206,53 @@ async fn add_to_totals(
     Ok(())
 }
 
-/// The stored totals of the subscriptions `keys` name (every window of
-/// each: one query per tenant and 500 subscriptions, planned with its keys).
+/// The stored totals of the windows `keys` name: one query per tenant and
+/// 500 subscriptions, for the window starts among the keys (a batch has one
+/// or two), planned with its keys. Rows of other meters may come along.
 pub(crate) async fn stored_totals<'a>(
     conn: &mut AnyConnection,
     table: &str,
     keys: impl IntoIterator<Item = &'a TotalKey>,
 ) -> Result<Totals, ProjectionError> {
-    let mut by_tenant: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (tenant, subscription, _, _) in keys {
-        let subs = by_tenant.entry(tenant).or_default();
-        if !subs.contains(&subscription.as_str()) {
-            subs.push(subscription);
-        }
+    // tenant → subscription → its window starts among the keys.
+    let mut by_tenant: HashMap<&str, BTreeMap<&str, BTreeSet<&str>>> = HashMap::new();
+    for (tenant, subscription, _, start) in keys {
+        by_tenant
+            .entry(tenant)
+            .or_default()
+            .entry(subscription)
+            .or_default()
+            .insert(start);
     }
+    let params = |from: usize, n: usize| -> String {
+        (from..from + n)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut out = HashMap::new();
     for (tenant, subs) in by_tenant {
+        let subs: Vec<(&str, BTreeSet<&str>)> = subs.into_iter().collect();
         for chunk in subs.chunks(500) {
-            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-            let sql = format!(
+            let mut starts: BTreeSet<&str> =
+                chunk.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+            let mut sql = format!(
                 "SELECT subscription_id, meter, window_start, window_end, total, record_count FROM {table} \
                  WHERE tenant = $1 AND subscription_id IN ({})",
-                params.join(", ")
+                params(2, chunk.len())
             );
+            if starts.len() <= 500 {
+                sql += &format!(
+                    " AND window_start IN ({})",
+                    params(2 + chunk.len(), starts.len())
+                );
+            } else {
+                // Many windows (a rebuild's flush): every window of these
+                // subscriptions, rather than thousands of parameters.
+                starts.clear();
+            }
             let mut q = sqlx::query(&sql).persistent(false).bind(tenant);
-            for s in chunk {
+            for s in chunk.iter().map(|(sub, _)| sub).chain(starts.iter()) {
                 q = q.bind(*s);
             }
             for row in q.fetch_all(&mut *conn).await? {
