@@ -460,8 +460,12 @@ impl Part<'_> {
                 bulk::write(&db, &consumer, from, to, Tables::Shadow, &rows).await
             }));
             b.committed = to;
+            // The first flush is waited for, so that the first progress a
+            // rebuild reports is committed: killed then, it resumes from
+            // there (`replay-tools/tests/cli.rs`).
+            let first = b.flushed.is_none();
             b.flushed = Some(Instant::now());
-            if flush {
+            if flush || first {
                 self.settle_write(runtime, &mut b).await?;
             }
         }
