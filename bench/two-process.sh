@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Issue 14.6: two `tally serve` processes on one PostgreSQL, the change-seats
+# load split between them, against one process with the whole load, in one
+# run (and pgbench's one-row insert ceiling beside them).
+#
+#   bench/two-process.sh     (env: SECS=20, PG=postgres://postgres@127.0.0.1:5432,
+#                             TALLY_BIN=target/release/tally)
+#
+# Needs wrk and pgbench. Creates and drops the databases tally_tp2 and
+# tally_tp2_ceiling.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PG=${PG:-postgres://postgres@127.0.0.1:5432}
+SECS=${SECS:-20}
+TALLY_BIN=$(realpath "${TALLY_BIN:-target/release/tally}")
+W=$(mktemp -d /tmp/tally-tp2.XXXXXX)
+echo "# $(date -u '+%F %T') UTC, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+psql "$PG/postgres" -qc "drop database if exists tally_tp2_ceiling" -c "create database tally_tp2_ceiling"
+psql "$PG/tally_tp2_ceiling" -qc "create table events (aggregate_type text not null, aggregate_id text not null, sequence bigint not null, event_type text not null, event_version text not null, payload json not null, metadata json not null, primary key (aggregate_type, aggregate_id, sequence))"
+echo "INSERT INTO events VALUES ('subscription', gen_random_uuid()::text, 1, 'SeatsChanged', '1', '{\"SeatsChanged\":{\"from\":3,\"to\":7}}', '{\"tenant\":\"bench\"}');" > "$W/insert1.sql"
+pgbench -n -M prepared -f "$W/insert1.sql" -c 64 -j 2 -T "$SECS" "$PG/tally_tp2_ceiling" > "$W/ceiling.out" 2>&1
+ceiling=$(awk '/^tps/{print int($3); exit}' "$W/ceiling.out")
+psql "$PG/postgres" -qc "drop database tally_tp2_ceiling"
+echo "ceiling  one-row insert x64: $ceiling tx/s"
+
+psql "$PG/postgres" -qc "drop database if exists tally_tp2 with (force)" -c "create database tally_tp2"
+export DATABASE_URL="$PG/tally_tp2"
+KEY=$(cd "$W" && "$TALLY_BIN" keys create --tenant bench --role admin | tail -1)
+pids=()
+for port in 18381 18382; do
+  (cd "$W" && TALLY_LOG=warn exec "$TALLY_BIN" serve --listen "127.0.0.1:$port" --rate-limit 0 > "$W/tally-$port.log" 2>&1) &
+  pids+=($!)
+done
+trap 'kill ${pids[*]} 2>/dev/null || true' EXIT
+for port in 18381 18382; do
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
+done
+python3 - "http://127.0.0.1:18381" "$KEY" "$W" <<'PY'
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url, key, w = sys.argv[1:4]
+def call(method, path, body=None):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None, method=method,
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+plan = call("POST", "/v1/plans", {"code": "bench", "name": "Bench", "currency": "EUR", "interval": "month",
+    "base_price": "10.00", "seat_price": "2.50", "seats": {"min": 1, "max": 20}})
+def one(i):
+    sub = call("POST", "/v1/subscriptions", {"customer_id": f"cus_{i}", "plan_id": plan["id"], "seats": 3})
+    call("POST", f"/v1/subscriptions/{sub['id']}/activate")
+    return sub["id"]
+with ThreadPoolExecutor(8) as ex:
+    ids = list(ex.map(one, range(1000)))
+open(f"{w}/ids.txt", "w").write("\n".join(ids) + "\n")
+PY
+wait_idle() { # until every consumer is at the log head
+  for _ in $(seq 1 600); do
+    curl -s "http://127.0.0.1:18381/v1/admin/projections" -H "Authorization: Bearer $KEY" | python3 -c '
+import json, sys
+rows = json.load(sys.stdin)
+sys.exit(0 if rows and all(r["lag_events"] == 0 for r in rows) else 1)' && return
+    sleep 0.5
+  done
+}
+wait_idle
+cat > "$W/seats.lua" <<EOF
+local ids = {}
+for line in io.lines("$W/ids.txt") do ids[#ids + 1] = line end
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+local n = 0
+request = function()
+  n = n + 1
+  local proration = (n % 2 == 0) and '"prorate"' or '"none"'
+  return wrk.format("POST", "/v1/subscriptions/" .. ids[math.random(#ids)] .. "/change-seats",
+    {["Authorization"] = "Bearer $KEY", ["Content-Type"] = "application/json"},
+    '{"seats":' .. math.random(1, 20) .. ',"proration":' .. proration .. '}')
+end
+EOF
+ok_per_s() { # wrk output -> successful requests per second, non-2xx
+  python3 - "$1" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+n, secs, unit = re.search(r"(\d+) requests in ([\d.]+)(\w+)", t).groups()
+secs = float(secs) * (60 if unit == "m" else 1)
+bad = int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t) or [0, 0])[1])
+print(f"{(int(n) - bad) / secs:.0f} {bad}")
+PY
+}
+# Two processes, 32 connections each, at once.
+wrk -t1 -c32 -d"${SECS}s" --timeout 10s -s "$W/seats.lua" http://127.0.0.1:18381 > "$W/a.wrk" 2>&1 &
+wa=$!
+wrk -t1 -c32 -d"${SECS}s" --timeout 10s -s "$W/seats.lua" http://127.0.0.1:18382 > "$W/b.wrk" 2>&1
+wait $wa
+read -r a_ok a_bad < <(ok_per_s "$W/a.wrk")
+read -r b_ok b_bad < <(ok_per_s "$W/b.wrk")
+conns=$(psql "$PG/postgres" -Atc "select count(*) from pg_stat_activity where datname = 'tally_tp2'")
+wait_idle
+# One process, all 64 connections.
+wrk -t2 -c64 -d"${SECS}s" --timeout 10s -s "$W/seats.lua" http://127.0.0.1:18381 > "$W/one.wrk" 2>&1
+read -r o_ok o_bad < <(ok_per_s "$W/one.wrk")
+kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+trap - EXIT
+psql "$PG/postgres" -qc "drop database tally_tp2 with (force)"
+echo "tally    two processes, change-seats x32 each: $a_ok + $b_ok = $((a_ok + b_ok)) ok/s, non-2xx $((a_bad + b_bad)); database connections of both after the load: $conns"
+echo "tally    one process, change-seats x64: $o_ok ok/s, non-2xx $o_bad"
+python3 -c "import sys; a,b,o,c=map(float,sys.argv[1:]); print(f'ratio    two processes / one: {(a+b)/o:.2f} (goal >= 1.0); two processes / ceiling: {(a+b)/c:.2f}, one / ceiling: {o/c:.2f}')" "$a_ok" "$b_ok" "$o_ok" "$ceiling"
+rm -rf "$W"
