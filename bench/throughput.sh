@@ -12,6 +12,7 @@
 # tally_tp_ceiling and tally_tp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 SECS=${SECS:-30}
 PORT=${PORT:-18380}
@@ -26,15 +27,7 @@ ceiling() { # name sql clients -> transactions/s
 }
 wrk_run() { # name conns script [timeout] -> "ok/s non2xx p50 p99"
   wrk -t2 -c"$2" -d"${SECS}s" --timeout "${4:-10s}" --latency -s "$3" "$URL" > "$W/$1.wrk" 2>&1
-  python3 - "$W/$1.wrk" <<'PY'
-import re, sys
-t = open(sys.argv[1]).read()
-n, secs, unit = re.search(r"(\d+) requests in ([\d.]+)(\w+)", t).groups()
-secs = float(secs) * (60 if unit == "m" else 1)
-bad = int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t) or [0, 0])[1])
-p = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", t, re.M))
-print(f"{(int(n) - bad) / secs:.0f} {bad} {p.get('50')} {p.get('99')}")
-PY
+  wrk_summary "$W/$1.wrk"
 }
 
 # 1. Ceilings: one events-shaped row per transaction (64 clients), 100 rows
@@ -90,32 +83,11 @@ open(f"{w}/probe.txt", "w").write(ids.pop() + "\n")
 open(f"{w}/ids.txt", "w").write("\n".join(ids) + "\n")
 open(f"{w}/ids100.txt", "w").write("\n".join(ids[:100]) + "\n")
 PY
-wait_idle() { # until every consumer is at the log head
-  for _ in $(seq 1 600); do
-    curl -s "$URL/v1/admin/projections" -H "Authorization: Bearer $KEY" | python3 -c '
-import json, sys
-rows = json.load(sys.stdin); rows = rows if isinstance(rows, list) else rows.get("data", [])
-sys.exit(0 if rows and all(r["lag_events"] == 0 for r in rows) else 1)' && return
-    sleep 0.5
-  done
-}
-wait_idle
+wait_idle "$URL" "$KEY"
 peak_rss() { awk '/VmHWM/{print $2}' "/proc/$pid/status"; }
 
 # 3. change-seats x64, random subscription and seats, proration on for half.
-cat > "$W/seats.lua" <<EOF
-local ids = {}
-for line in io.lines("$W/ids.txt") do ids[#ids + 1] = line end
-math.randomseed(os.time() + math.floor(os.clock() * 1e6))
-local n = 0
-request = function()
-  n = n + 1
-  local proration = (n % 2 == 0) and '"prorate"' or '"none"'
-  return wrk.format("POST", "/v1/subscriptions/" .. ids[math.random(#ids)] .. "/change-seats",
-    {["Authorization"] = "Bearer $KEY", ["Content-Type"] = "application/json"},
-    '{"seats":' .. math.random(1, 20) .. ',"proration":' .. proration .. '}')
-end
-EOF
+seats_lua "$W/seats.lua" "$W/ids.txt" "$KEY"
 q="select xact_commit, tup_fetched from pg_stat_database where datname='tally_tp'"
 b=$(psql "$PG/postgres" -Atc "$q"); bw=$(psql "$PG/postgres" -Atc "select wal_records, wal_sync from pg_stat_wal")
 # Projection lag under that load (issue 14, point 3): a probe changes the
@@ -149,7 +121,7 @@ lag_pid=$!
 read -r s_ok s_bad s_p50 s_p99 < <(wrk_run seats 64 "$W/seats.lua")
 wait $lag_pid || true
 read -r l_n l_p50 l_p99 < "$W/lag.txt" || true
-wait_idle
+wait_idle "$URL" "$KEY"
 a=$(psql "$PG/postgres" -Atc "$q"); aw=$(psql "$PG/postgres" -Atc "select wal_records, wal_sync from pg_stat_wal")
 s_n=$(awk '/requests in/{print $1}' "$W/seats.wrk")
 echo "tally    change-seats x64: $s_ok ok/s, non-2xx $s_bad, p50 $s_p50, p99 $s_p99; peak RSS $(peak_rss) kB"

@@ -10,6 +10,7 @@
 # tally_tp2_ceiling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 SECS=${SECS:-20}
 TALLY_BIN=$(realpath "${TALLY_BIN:-target/release/tally}")
@@ -55,51 +56,20 @@ with ThreadPoolExecutor(8) as ex:
     ids = list(ex.map(one, range(1000)))
 open(f"{w}/ids.txt", "w").write("\n".join(ids) + "\n")
 PY
-wait_idle() { # until every consumer is at the log head
-  for _ in $(seq 1 600); do
-    curl -s "http://127.0.0.1:18381/v1/admin/projections" -H "Authorization: Bearer $KEY" | python3 -c '
-import json, sys
-rows = json.load(sys.stdin)
-sys.exit(0 if rows and all(r["lag_events"] == 0 for r in rows) else 1)' && return
-    sleep 0.5
-  done
-}
-wait_idle
-cat > "$W/seats.lua" <<EOF
-local ids = {}
-for line in io.lines("$W/ids.txt") do ids[#ids + 1] = line end
-math.randomseed(os.time() + math.floor(os.clock() * 1e6))
-local n = 0
-request = function()
-  n = n + 1
-  local proration = (n % 2 == 0) and '"prorate"' or '"none"'
-  return wrk.format("POST", "/v1/subscriptions/" .. ids[math.random(#ids)] .. "/change-seats",
-    {["Authorization"] = "Bearer $KEY", ["Content-Type"] = "application/json"},
-    '{"seats":' .. math.random(1, 20) .. ',"proration":' .. proration .. '}')
-end
-EOF
-ok_per_s() { # wrk output -> successful requests per second, non-2xx
-  python3 - "$1" <<'PY'
-import re, sys
-t = open(sys.argv[1]).read()
-n, secs, unit = re.search(r"(\d+) requests in ([\d.]+)(\w+)", t).groups()
-secs = float(secs) * (60 if unit == "m" else 1)
-bad = int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t) or [0, 0])[1])
-print(f"{(int(n) - bad) / secs:.0f} {bad}")
-PY
-}
+wait_idle http://127.0.0.1:18381 "$KEY"
+seats_lua "$W/seats.lua" "$W/ids.txt" "$KEY"
 # Two processes, 32 connections each, at once.
 wrk -t1 -c32 -d"${SECS}s" --timeout 10s -s "$W/seats.lua" http://127.0.0.1:18381 > "$W/a.wrk" 2>&1 &
 wa=$!
 wrk -t1 -c32 -d"${SECS}s" --timeout 10s -s "$W/seats.lua" http://127.0.0.1:18382 > "$W/b.wrk" 2>&1
 wait $wa
-read -r a_ok a_bad < <(ok_per_s "$W/a.wrk")
-read -r b_ok b_bad < <(ok_per_s "$W/b.wrk")
+read -r a_ok a_bad _ < <(wrk_summary "$W/a.wrk")
+read -r b_ok b_bad _ < <(wrk_summary "$W/b.wrk")
 conns=$(psql "$PG/postgres" -Atc "select count(*) from pg_stat_activity where datname = 'tally_tp2'")
-wait_idle
+wait_idle http://127.0.0.1:18381 "$KEY"
 # One process, all 64 connections.
 wrk -t2 -c64 -d"${SECS}s" --timeout 10s -s "$W/seats.lua" http://127.0.0.1:18381 > "$W/one.wrk" 2>&1
-read -r o_ok o_bad < <(ok_per_s "$W/one.wrk")
+read -r o_ok o_bad _ < <(wrk_summary "$W/one.wrk")
 kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
 trap - EXIT
 psql "$PG/postgres" -qc "drop database tally_tp2 with (force)"

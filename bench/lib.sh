@@ -1,0 +1,43 @@
+# Shared by bench/throughput.sh and bench/two-process.sh (sourced).
+
+# wrk's output file -> "ok/s non2xx p50 p99"
+wrk_summary() {
+  python3 - "$1" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+n, secs, unit = re.search(r"(\d+) requests in ([\d.]+)(\w+)", t).groups()
+secs = float(secs) * (60 if unit == "m" else 1)
+bad = int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t) or [0, 0])[1])
+p = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", t, re.M))
+print(f"{(int(n) - bad) / secs:.0f} {bad} {p.get('50')} {p.get('99')}")
+PY
+}
+
+# Until every consumer is at the log head: wait_idle URL KEY
+wait_idle() {
+  for _ in $(seq 1 600); do
+    curl -s "$1/v1/admin/projections" -H "Authorization: Bearer $2" | python3 -c '
+import json, sys
+rows = json.load(sys.stdin); rows = rows if isinstance(rows, list) else rows.get("data", [])
+sys.exit(0 if rows and all(r["lag_events"] == 0 for r in rows) else 1)' && return
+    sleep 0.5
+  done
+}
+
+# The change-seats Lua script (random subscription of IDS_FILE, seats 1-20,
+# proration on for half): seats_lua OUT IDS_FILE KEY
+seats_lua() {
+  cat > "$1" <<EOF
+local ids = {}
+for line in io.lines("$2") do ids[#ids + 1] = line end
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+local n = 0
+request = function()
+  n = n + 1
+  local proration = (n % 2 == 0) and '"prorate"' or '"none"'
+  return wrk.format("POST", "/v1/subscriptions/" .. ids[math.random(#ids)] .. "/change-seats",
+    {["Authorization"] = "Bearer $3", ["Content-Type"] = "application/json"},
+    '{"seats":' .. math.random(1, 20) .. ',"proration":' .. proration .. '}')
+end
+EOF
+}
