@@ -67,7 +67,12 @@ read -r a_ok a_bad _ < <(wrk_summary "$W/a.wrk")
 read -r b_ok b_bad _ < <(wrk_summary "$W/b.wrk")
 conns=$(psql "$PG/postgres" -Atc "select count(*) from pg_stat_activity where datname = 'tally_tp2'")
 wait_idle http://127.0.0.1:18381 "$KEY"
-# One process, all 64 connections.
+# One process, all 64 connections: a fresh one, whose cache has not seen
+# the other process.
+kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+(cd "$W" && TALLY_LOG=warn exec "$TALLY_BIN" serve --listen "127.0.0.1:18381" --rate-limit 0 > "$W/tally-one.log" 2>&1) &
+pids=($!)
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:18381/healthz" >/dev/null && break; sleep 0.2; done
 wrk -t2 -c64 -d"${SECS}s" --timeout 10s -s "$W/seats.lua" http://127.0.0.1:18381 > "$W/one.wrk" 2>&1
 read -r o_ok o_bad _ < <(wrk_summary "$W/one.wrk")
 kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true

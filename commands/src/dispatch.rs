@@ -12,6 +12,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tally_aggregates::DomainError;
 use tally_projections::db::{Db, DbError};
+use tally_projections::log::MAX_READ_LIMIT;
 use tally_projections::{stream_key, time, EventLog};
 
 use crate::clock::Clock;
@@ -190,7 +191,8 @@ pub const STATE_CACHE_STREAMS: usize = 10_000;
 /// The aggregate cache: the state and version of streams this process wrote
 /// or loaded, so that the next command on a stream costs no query. An entry
 /// is only ever a guess: the append's sequence check refuses one another
-/// process made stale (a conflict: the entry goes, the command reloads), and
+/// process made stale (a conflict: the command reads the stream's newer
+/// events, see [`Dispatcher::catch_up`], and decides again), and
 /// a rejection or no-op decided on a cached state is confirmed against the
 /// stream's head before it is answered.
 #[derive(Clone, Default)]
@@ -467,8 +469,11 @@ impl Dispatcher {
                     self.cache.put(key, Arc::new(p.state.clone()), p.version);
                     return Ok(p.executed(id, positions.last().copied().unwrap_or_default()));
                 }
-                // The cached state was stale: reload at once.
-                Err(StoreError::Conflict) if hit => self.cache.forget(key),
+                // The cached state was stale (another process moved the
+                // stream): catch up with the stream and decide again.
+                Err(StoreError::Conflict) if hit => {
+                    cached = Some(self.catch_up::<A>(key, state, version).await?);
+                }
                 Err(e) => {
                     // Whether an unanswered append committed is unknown.
                     self.cache.forget(key);
@@ -477,6 +482,53 @@ impl Dispatcher {
             }
         }
         Err(CommandError::Conflict)
+    }
+
+    /// A cached state brought up to the stream's head: the events after
+    /// `version` read (one indexed query, where a reload reads the snapshot
+    /// and the events after it) and applied. A stream too far ahead, or an
+    /// event this process cannot read, is loaded whole. Checking every
+    /// cached state this way before deciding (one read per command while
+    /// another process writes) was measured: no faster than losing the
+    /// append and catching up then (docs/benchmarks.md, issue 14.6).
+    async fn catch_up<A: Aggregate + Clone + 'static>(
+        &self,
+        key: &str,
+        state: Arc<A>,
+        version: i64,
+    ) -> Result<(Arc<A>, i64), CommandError> {
+        let newer = self
+            .log
+            .read_stream(A::TYPE, key, version, MAX_READ_LIMIT)
+            .await?;
+        if newer.is_empty() {
+            return Ok((state, version));
+        }
+        let mut caught_up = Some(((*state).clone(), version));
+        if newer.len() as i64 == MAX_READ_LIMIT {
+            caught_up = None;
+        }
+        for event in &newer {
+            let Some((state, version)) = caught_up.as_mut() else {
+                break;
+            };
+            match event.decode::<A::Event>() {
+                Ok(e) if event.sequence == *version + 1 => {
+                    state.apply(e);
+                    *version = event.sequence;
+                }
+                _ => caught_up = None,
+            }
+        }
+        let (state, version) = match caught_up {
+            Some((state, version)) => (Arc::new(state), version),
+            None => {
+                let (state, version) = self.repo.load::<A>(key).await?;
+                (Arc::new(state), version)
+            }
+        };
+        self.cache.put(key, state.clone(), version);
+        Ok((state, version))
     }
 
     /// Like [`Dispatcher::execute`] for one command that changes two streams

@@ -2,12 +2,14 @@
 //! transaction, one multi-row `INSERT` and one WAL flush.
 //!
 //! Each command's append still stands or falls alone. The group inserts with
-//! `ON CONFLICT DO NOTHING` and reads back which rows went in; when some
-//! command's rows did not all go in (another writer took one of its
-//! sequences), the transaction rolls back, that command is answered
-//! `Conflict`, and the group is written again without it. Nothing of a
-//! conflicting command is ever stored, and nothing of the others is stored
-//! twice: the retry is the same rows in a fresh transaction.
+//! `ON CONFLICT DO NOTHING` and reads back which rows went in. A command none
+//! of whose rows went in (another writer took its first sequence: the usual
+//! loss, a stale cached state) is answered `Conflict` and the others commit.
+//! When some command's rows went in only in part, the transaction rolls
+//! back, that command is answered `Conflict`, and the group is written again
+//! without it. Nothing of a conflicting command is ever stored, and nothing
+//! of the others is stored twice: the retry is the same rows in a fresh
+//! transaction.
 //!
 //! One task gathers the appends waiting in its queue into a group whenever one
 //! of a few writers is free, so groups grow with the load and a lone command
@@ -156,11 +158,11 @@ async fn write_on(
     while !group.is_empty() {
         match try_write(conn, &group).await {
             Ok(Written::Committed(positions)) => {
-                if let Some(max) = positions.iter().flatten().flatten().max() {
+                if let Some(max) = positions.iter().flatten().flatten().flatten().max() {
                     db.announce(*max);
                 }
                 for (p, positions) in group.into_iter().zip(positions) {
-                    let _ = p.reply.send(Ok(positions));
+                    let _ = p.reply.send(positions.ok_or(StoreError::Conflict));
                 }
                 return true;
             }
@@ -210,9 +212,11 @@ async fn reachable(pool: &PgPool) -> bool {
 }
 
 enum Written {
-    /// Per append, per stream, the positions of its events.
-    Committed(Vec<Vec<Vec<i64>>>),
-    /// The appends (indices in the group) of which some row was taken.
+    /// Per append, per stream, the positions of its events; `None` for an
+    /// append none of whose rows went in (nothing of it is stored).
+    Committed(Vec<Option<Vec<Vec<i64>>>>),
+    /// The appends (indices in the group) of which some rows went in and
+    /// others were taken: the transaction was rolled back.
     Conflicts(Vec<usize>),
 }
 
@@ -281,6 +285,7 @@ async fn try_write(
         // append and one that finds the stream taken.
         let mut positions = Vec::with_capacity(p.streams.len());
         let mut complete = true;
+        let mut untouched = true;
         for s in &p.streams {
             let found: Vec<i64> = s
                 .events
@@ -289,6 +294,7 @@ async fn try_write(
                     position.remove(&(s.aggregate_type.to_string(), s.key.clone(), e.sequence))
                 })
                 .collect();
+            untouched &= found.is_empty();
             if found.len() == s.events.len() || (p.skip_existing && found.is_empty()) {
                 positions.push(found);
             } else {
@@ -296,7 +302,9 @@ async fn try_write(
             }
         }
         if complete {
-            out.push(positions);
+            out.push(Some(positions));
+        } else if untouched {
+            out.push(None);
         } else {
             lost.push(i);
         }
@@ -306,6 +314,9 @@ async fn try_write(
         return Ok(Written::Conflicts(lost));
     }
     for (p, positions) in group.iter().zip(&out) {
+        let Some(positions) = positions else {
+            continue;
+        };
         for (s, stored) in p.streams.iter().zip(positions) {
             if let (Some(snap), false) = (&s.snapshot, stored.is_empty()) {
                 snapshot_upsert_pg(&mut tx, s.aggregate_type, &s.key, snap).await?;

@@ -177,6 +177,10 @@ const COALESCE: Duration = Duration::from_millis(2);
 /// finding new events, so that under load a batch holds the appends of this
 /// long instead of a few events each.
 const BATCH_GATHER: Duration = Duration::from_millis(15);
+/// How often a consumer another process runs asks for its lock again (the
+/// takeover after that process dies is bound by this).
+const STANDBY_RETRY: Duration = Duration::from_millis(250);
+
 /// How often an idle owner checks that its lock connection is alive.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -260,14 +264,17 @@ impl Runtime {
     pub fn start(&self) {
         let mut tasks = self.tasks.lock().expect("runtime task list");
         if let TypedPool::Postgres(pool) = &self.db.typed {
+            let heard = Arc::new(std::sync::atomic::AtomicI64::new(0));
             tasks.push(tokio::spawn(listen(
                 pool.clone(),
                 self.db.clone(),
+                heard.clone(),
                 self.shutdown.subscribe(),
             )));
             tasks.push(tokio::spawn(notify(
                 pool.clone(),
                 self.db.clone(),
+                heard,
                 self.shutdown.subscribe(),
             )));
         }
@@ -583,8 +590,13 @@ impl Runtime {
             let own = match self.acquire_ownership(p.name()).await {
                 Ok(Some(own)) => own,
                 Ok(None) => {
+                    // Another process runs it: ask again in a while, not on
+                    // every append (each ask is a query).
                     self.set_state(p.name(), "standby", None);
-                    if wait(&mut shutdown, &mut wake, Duration::from_secs(1)).await {
+                    if tokio::time::timeout(STANDBY_RETRY, shutdown.changed())
+                        .await
+                        .is_ok()
+                    {
                         return;
                     }
                     continue;
@@ -704,7 +716,10 @@ impl Runtime {
         if self.db.backend == Backend::Sqlite {
             return Ok(Some(Ownership { generation: 0 }));
         }
-        self.locks.try_lock(&self.db, name).await
+        let mut names: Vec<&str> = self.projectors.iter().map(|p| p.name()).collect();
+        names.sort_unstable();
+        let leader = format!("tally.consumers.{}", names.join(","));
+        self.locks.try_lock(&self.db, &leader, name).await
     }
 
     /// Whether `own` still holds: its lock session is the one alive (pinged
@@ -884,6 +899,13 @@ struct Ownership {
 /// connection for all of them, not one each. When it is lost, every lock
 /// taken on it is lost with it; a new session has a new generation, so each
 /// consumer notices and takes its lock again (or finds another process has).
+///
+/// Consumers are not split between processes: a process takes a consumer's
+/// lock only while its session also holds the lock of the whole set of
+/// consumers (the leader's). Split, every process read the whole log for
+/// its share of the consumers, and two processes together did less than one
+/// (docs/benchmarks.md, issue 14.6). The set's lock is keyed by the
+/// consumers' names, so runtimes of different sets do not wait on each other.
 #[derive(Clone, Default)]
 struct LockSession(Arc<tokio::sync::Mutex<LockConn>>);
 
@@ -892,10 +914,19 @@ struct LockConn {
     conn: Option<AnyConnection>,
     generation: u64,
     checked: Option<std::time::Instant>,
+    /// The generation whose session holds the set's lock.
+    leads: Option<u64>,
 }
 
 impl LockSession {
-    async fn try_lock(&self, db: &Db, name: &str) -> Result<Option<Ownership>, DbError> {
+    /// Takes consumer `name`'s lock once the session holds `leader`, the
+    /// lock of its set of consumers.
+    async fn try_lock(
+        &self,
+        db: &Db,
+        leader: &str,
+        name: &str,
+    ) -> Result<Option<Ownership>, DbError> {
         let mut session = self.0.lock().await;
         if session.conn.is_none() {
             session.conn = Some(db.any.acquire().await?.detach());
@@ -903,13 +934,29 @@ impl LockSession {
             session.checked = Some(std::time::Instant::now());
         }
         let generation = session.generation;
+        let leads = session.leads == Some(generation);
         let conn = session.conn.as_mut().expect("lock session");
-        let got = sqlx::query_scalar::<_, bool>(
-            "SELECT pg_try_advisory_lock(hashtext('tally.consumer.' || $1))",
-        )
-        .bind(name)
-        .fetch_one(conn)
-        .await;
+        let got = if leads {
+            Ok(true)
+        } else {
+            sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(leader)
+                .fetch_one(&mut *conn)
+                .await
+        };
+        let got = match got {
+            Ok(true) => {
+                session.leads = Some(generation);
+                let conn = session.conn.as_mut().expect("lock session");
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT pg_try_advisory_lock(hashtext('tally.consumer.' || $1))",
+                )
+                .bind(name)
+                .fetch_one(conn)
+                .await
+            }
+            other => other,
+        };
         match got {
             Ok(got) => Ok(got.then_some(Ownership { generation })),
             Err(e) => {
@@ -1045,7 +1092,14 @@ async fn wait(
 
 /// LISTEN half of the cross-process wake-up: positions appended by other
 /// processes are announced to this process's consumers.
-async fn listen(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>) {
+/// `heard` keeps the highest position heard of, so that [`notify`] does not
+/// send it back.
+async fn listen(
+    pool: sqlx::PgPool,
+    db: Db,
+    heard: Arc<std::sync::atomic::AtomicI64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -1069,6 +1123,7 @@ async fn listen(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>)
                 n = listener.try_recv() => match n {
                     Ok(Some(n)) => {
                         if let Ok(p) = n.payload().parse::<i64>() {
+                            heard.fetch_max(p, std::sync::atomic::Ordering::Relaxed);
                             db.announce(p);
                         }
                     }
@@ -1084,8 +1139,15 @@ async fn listen(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>)
 
 /// NOTIFY half: tells other processes about new positions. Sent outside the
 /// appending transactions (NOTIFY inside a transaction serializes commits),
-/// coalesced to the newest position.
-async fn notify(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>) {
+/// coalesced to the newest position. A head that moved only by what another
+/// process told ([`listen`]'s `heard`) is not echoed back: every process
+/// listening already knows it (each NOTIFY is a commit).
+async fn notify(
+    pool: sqlx::PgPool,
+    db: Db,
+    heard: Arc<std::sync::atomic::AtomicI64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut rx = db.head.subscribe();
     let mut sent = 0;
     loop {
@@ -1094,6 +1156,10 @@ async fn notify(pool: sqlx::PgPool, db: Db, mut shutdown: watch::Receiver<bool>)
             r = rx.changed() => if r.is_err() { return },
         }
         let p = *rx.borrow_and_update();
+        if p > sent && p <= heard.load(std::sync::atomic::Ordering::Relaxed) {
+            sent = p;
+            continue;
+        }
         if p > sent
             && sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)

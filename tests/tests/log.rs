@@ -533,6 +533,73 @@ async fn long_streams_use_snapshots(backend: Backend) {
     );
 }
 
+/// One more seat on subscription `id`, decided on the state `dispatcher`
+/// sees: the seats after the command.
+async fn add_seat(dispatcher: &Dispatcher, meta: &CommandMeta, id: &str) -> u32 {
+    use tally_aggregates::subscription::SubscriptionCommand;
+    use tally_aggregates::ProrationMode;
+    let at = chrono::Utc::now();
+    dispatcher
+        .execute::<Subscription, _>(meta, id, None, |s| {
+            s.decide(SubscriptionCommand::ChangeSeats {
+                seats: s.seats + 1,
+                proration: ProrationMode::None,
+                at,
+            })
+        })
+        .await
+        .unwrap()
+        .state
+        .seats
+}
+
+/// Two dispatchers on one database, as two processes' aggregate caches:
+/// each decides on streams the other has moved since it cached them. Every
+/// command still decides on the stream's latest state (one seat more than
+/// the last command left, whichever process ran it), first through a lost
+/// append and a catch-up, then with the cache in doubt (caught up before
+/// deciding); and a stale command written in a group with a current one
+/// does not take that one down with it.
+async fn dispatchers_in_two_processes_see_each_others_appends(backend: Backend) {
+    let Seeded {
+        tdb,
+        db,
+        dispatcher: a,
+        meta,
+        plan_id,
+    } = Seeded::new(backend).await;
+    let b = Dispatcher::new(tdb.connect().await, Clock::System);
+    for id in ["sub_x", "sub_y", "sub_z"] {
+        seed_subscription(&a, &meta, &plan_id, id).await;
+    }
+    let mut seats = 1;
+    for round in 0..10 {
+        let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        seats += 1;
+        assert_eq!(add_seat(first, &meta, "sub_x").await, seats);
+        seats += 1;
+        assert_eq!(add_seat(second, &meta, "sub_x").await, seats);
+    }
+    // `a` caches sub_y and sub_z, `b` moves sub_y; then `a` changes both
+    // at once: the stale one catches up, the current one goes through.
+    assert_eq!(add_seat(&a, &meta, "sub_y").await, 2);
+    assert_eq!(add_seat(&a, &meta, "sub_z").await, 2);
+    assert_eq!(add_seat(&b, &meta, "sub_y").await, 3);
+    let (y, z) = tokio::join!(add_seat(&a, &meta, "sub_y"), add_seat(&a, &meta, "sub_z"));
+    assert_eq!((y, z), (4, 3));
+    // Each command appended once: the streams hold the seed's two events
+    // and one per command, sequences without a gap.
+    let log = EventLog::new(db.clone());
+    for (id, commands) in [("sub_x", 20), ("sub_y", 3), ("sub_z", 2)] {
+        let events = log
+            .read_stream("subscription", &format!("t:{id}"), 0, 1000)
+            .await
+            .unwrap();
+        let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, (1..=2 + commands).collect::<Vec<i64>>(), "{id}");
+    }
+}
+
 /// The cqrs-es path through our repository: a conflicting commit reports an
 /// optimistic-lock error and stores nothing.
 async fn cqrs_es_commit_conflict_stores_nothing(backend: Backend) {
@@ -991,6 +1058,7 @@ both_backends!(
     no_skip_under_concurrent_writers,
     consumer_killed_mid_batch,
     long_streams_use_snapshots,
+    dispatchers_in_two_processes_see_each_others_appends,
     cqrs_es_commit_conflict_stores_nothing,
     events_are_immutable,
 );
