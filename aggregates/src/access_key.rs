@@ -77,7 +77,7 @@ impl AccessKey {
     }
 }
 
-crate::cqrs_adapter!(AccessKey, "api_key", AccessKeyCommand, AccessKeyEvent);
+crate::cqrs_adapter!(AccessKey, AccessKey, AccessKeyCommand, AccessKeyEvent);
 
 #[cfg(test)]
 mod tests {

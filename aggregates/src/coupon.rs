@@ -469,7 +469,7 @@ impl Coupon {
     }
 }
 
-crate::cqrs_adapter!(Coupon, "coupon", CouponCommand, CouponEvent);
+crate::cqrs_adapter!(Coupon, Coupon, CouponCommand, CouponEvent);
 
 /// A coupon as the command layer loaded it, passed into the subscription's
 /// `ApplyDiscount`.

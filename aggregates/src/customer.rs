@@ -316,4 +316,4 @@ impl Customer {
     }
 }
 
-crate::cqrs_adapter!(Customer, "customer", CustomerCommand, CustomerEvent);
+crate::cqrs_adapter!(Customer, Customer, CustomerCommand, CustomerEvent);

@@ -297,4 +297,4 @@ impl Inbox {
     }
 }
 
-crate::cqrs_adapter!(Inbox, "inbox", InboxCommand, InboxEvent);
+crate::cqrs_adapter!(Inbox, Inbox, InboxCommand, InboxEvent);

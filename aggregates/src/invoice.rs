@@ -1336,7 +1336,7 @@ impl Invoice {
     }
 }
 
-crate::cqrs_adapter!(Invoice, "invoice", InvoiceCommand, InvoiceEvent);
+crate::cqrs_adapter!(Invoice, Invoice, InvoiceCommand, InvoiceEvent);
 
 /// The tenant's billing ledger: the invoice number counter, the credit note
 /// number counter and each customer's credit per currency, one stream per
@@ -1718,7 +1718,7 @@ impl InvoiceNumbering {
 
 crate::cqrs_adapter!(
     InvoiceNumbering,
-    "invoice_numbering",
+    InvoiceNumbering,
     NumberingCommand,
     NumberingEvent
 );

@@ -11,10 +11,11 @@
 /// The thin cqrs-es adapter over an aggregate's `decide` / `evolve` (STYLE.md:
 /// the framework impl holds no logic): one definition for every aggregate.
 /// The event type names itself with `name()`; every event is version
-/// [`EVENT_VERSION`] until an upcaster says otherwise.
+/// [`EVENT_VERSION`] until an upcaster says otherwise. `TYPE`, the stored
+/// `aggregate_type`, is the string of the [`AggregateKind`] variant named.
 #[macro_export]
 macro_rules! cqrs_adapter {
-    ($aggregate:ty, $type:literal, $command:ty, $event:ty) => {
+    ($aggregate:ty, $kind:ident, $command:ty, $event:ty) => {
         impl cqrs_es::DomainEvent for $event {
             fn event_type(&self) -> String {
                 self.name().to_owned()
@@ -26,7 +27,7 @@ macro_rules! cqrs_adapter {
         }
 
         impl cqrs_es::Aggregate for $aggregate {
-            const TYPE: &'static str = $type;
+            const TYPE: &'static str = $crate::AggregateKind::$kind.as_str();
             type Command = $command;
             type Event = $event;
             type Error = $crate::DomainError;
@@ -74,6 +75,7 @@ pub mod customer;
 pub mod error;
 pub mod inbox;
 pub mod invoice;
+pub mod kind;
 pub mod money;
 pub mod payment;
 pub mod period;
@@ -99,6 +101,7 @@ pub use invoice::{
     Invoice, InvoiceCommand, InvoiceEvent, InvoiceLine, InvoiceNumbering, InvoiceStatus, LineKind,
     NewLine, NumberingCommand, NumberingEvent, Payment,
 };
+pub use kind::AggregateKind;
 pub use money::{Currency, Money};
 pub use payment::{
     InboundNotice, InboundNoticeCommand, InboundNoticeEvent, ProviderPayment,

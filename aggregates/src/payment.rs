@@ -149,7 +149,7 @@ impl InboundNotice {
 
 crate::cqrs_adapter!(
     InboundNotice,
-    "inbound_notice",
+    InboundNotice,
     InboundNoticeCommand,
     InboundNoticeEvent
 );
@@ -384,7 +384,7 @@ impl ProviderPayment {
 
 crate::cqrs_adapter!(
     ProviderPayment,
-    "provider_payment",
+    ProviderPayment,
     ProviderPaymentCommand,
     ProviderPaymentEvent
 );

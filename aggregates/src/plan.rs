@@ -517,4 +517,4 @@ impl Plan {
     }
 }
 
-crate::cqrs_adapter!(Plan, "plan", PlanCommand, PlanEvent);
+crate::cqrs_adapter!(Plan, Plan, PlanCommand, PlanEvent);

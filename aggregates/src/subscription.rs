@@ -1258,7 +1258,7 @@ impl Subscription {
 
 crate::cqrs_adapter!(
     Subscription,
-    "subscription",
+    Subscription,
     SubscriptionCommand,
     SubscriptionEvent
 );

@@ -246,7 +246,7 @@ impl TaxRate {
     }
 }
 
-crate::cqrs_adapter!(TaxRate, "tax_rate", TaxRateCommand, TaxRateEvent);
+crate::cqrs_adapter!(TaxRate, TaxRate, TaxRateCommand, TaxRateEvent);
 
 /// A rate as an invoice applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

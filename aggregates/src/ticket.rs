@@ -660,4 +660,4 @@ impl Ticket {
     }
 }
 
-crate::cqrs_adapter!(Ticket, "ticket", TicketCommand, TicketEvent);
+crate::cqrs_adapter!(Ticket, Ticket, TicketCommand, TicketEvent);

@@ -502,7 +502,7 @@ impl UsageRecord {
     }
 }
 
-crate::cqrs_adapter!(UsageRecord, "usage_record", UsageCommand, UsageEvent);
+crate::cqrs_adapter!(UsageRecord, UsageRecord, UsageCommand, UsageEvent);
 
 /// The change one event makes to the total of its (subscription, meter, window).
 #[derive(Debug, Clone, PartialEq)]

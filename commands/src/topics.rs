@@ -9,8 +9,8 @@
 //! when a published topic disappears (a rename without a new version).
 //! [`NOT_PUBLISHED`] names the events that stay inside, with the reason, so
 //! that leaving an event out is a decision too. The mapping matches every
-//! event variant without a catch-all: a new variant does not compile until it
-//! is published or listed as internal.
+//! aggregate kind and every event variant without a catch-all: a new variant
+//! does not compile until it is published or listed as internal.
 //!
 //! `data` is a flat object of stable snake_case fields built from the event,
 //! never the internal payload itself: amounts are decimal strings next to
@@ -22,8 +22,8 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tally_aggregates::money::{round_to_minor, scale_unit_price};
 use tally_aggregates::{
-    CouponEvent, CouponOff, CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent, PlanEvent,
-    SubscriptionEvent, SuspendReason, TaxRateEvent, TicketEvent, UsageEvent,
+    AggregateKind, CouponEvent, CouponOff, CustomerEvent, InboxEvent, InvoiceEvent, NumberingEvent,
+    PlanEvent, SubscriptionEvent, SuspendReason, TaxRateEvent, TicketEvent, UsageEvent,
 };
 use tally_projections::StoredEvent;
 
@@ -107,8 +107,8 @@ const fn opt(name: &'static str, ty: FieldType) -> Field {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicSpec {
     pub topic: &'static str,
-    /// The stored `aggregate_type` of the source event.
-    pub aggregate: &'static str,
+    /// The stream kind (stored `aggregate_type`) of the source event.
+    pub aggregate: AggregateKind,
     /// The stored `event_type` of the source event.
     pub event: &'static str,
     pub description: &'static str,
@@ -205,7 +205,7 @@ pub const TICKET_STATUSES: &[&str] = &["new", "open", "pending", "on_hold", "sol
 pub const TOPICS: &[TopicSpec] = &[
     TopicSpec {
         topic: PLAN_CREATED,
-        aggregate: "plan",
+        aggregate: AggregateKind::Plan,
         event: "PlanCreated",
         description: "A catalog plan was created; its terms never change.",
         data: &[
@@ -224,14 +224,14 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: PLAN_ARCHIVED,
-        aggregate: "plan",
+        aggregate: AggregateKind::Plan,
         event: "PlanArchived",
         description: "A plan was archived: no new subscriptions or changes onto it.",
         data: &[TENANT, req("plan_id", Id), req("archived_at", Timestamp)],
     },
     TopicSpec {
         topic: SUBSCRIPTION_CREATED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "SubscriptionCreated",
         description: "A subscription was created in draft.",
         data: &[
@@ -246,7 +246,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: TRIAL_STARTED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "TrialStarted",
         description: "A draft subscription was activated into a trial; nothing is billed until it ends.",
         data: &[
@@ -258,14 +258,14 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: TRIAL_ENDED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "TrialEnded",
         description: "A trial ended, at its end or early on request; subscription-activated (or subscription-canceled, when a cancellation waited for it) follows.",
         data: &[TENANT, SUBSCRIPTION, req("ended_at", Timestamp)],
     },
     TopicSpec {
         topic: SUBSCRIPTION_ACTIVATED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "SubscriptionActivated",
         description: "A subscription became active, at activation or when its trial ended, and its first billing period opened.",
         data: &[
@@ -278,7 +278,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: SUBSCRIPTION_PLAN_CHANGED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "PlanChanged",
         description: "An active or trialing subscription moved to another plan, prorated or not (never during a trial).",
         data: &[
@@ -293,7 +293,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: SUBSCRIPTION_SEATS_CHANGED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "SeatsChanged",
         description: "An active or trialing subscription's seat count changed, prorated or not (never during a trial).",
         data: &[
@@ -308,7 +308,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: SUBSCRIPTION_SUSPENDED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "SubscriptionSuspended",
         description: "A subscription was suspended: by hand, for non-payment or over a quota.",
         data: &[
@@ -321,21 +321,21 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: SUBSCRIPTION_RESUMED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "SubscriptionResumed",
         description: "A suspended subscription is active again (or back in its trial, when suspended during one).",
         data: &[TENANT, SUBSCRIPTION, req("resumed_at", Timestamp)],
     },
     TopicSpec {
         topic: SUBSCRIPTION_PAST_DUE,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "SubscriptionPastDue",
         description: "An invoice of the subscription went unpaid past its due date.",
         data: &[TENANT, SUBSCRIPTION, INVOICE, req("past_due_at", Timestamp)],
     },
     TopicSpec {
         topic: SUBSCRIPTION_PAST_DUE_CLEARED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "PastDueCleared",
         description:
             "The invoice that made the subscription past due was paid; it is active again.",
@@ -343,7 +343,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: SUBSCRIPTION_CANCELLATION_SCHEDULED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "CancellationScheduled",
         description: "A cancellation at the end of the current period was scheduled.",
         data: &[
@@ -356,7 +356,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: SUBSCRIPTION_CANCELED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "SubscriptionCanceled",
         description: "A subscription was canceled, now or at a scheduled period end.",
         data: &[
@@ -368,7 +368,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: RATING_WINDOW_CLOSED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "PeriodRenewed",
         description: "A billing period ended and renewed: its usage is final and can be rated.",
         data: &[
@@ -383,7 +383,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: DISCOUNT_APPLIED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "DiscountApplied",
         description: "A coupon was redeemed for the subscription: its next invoices take the discount.",
         data: &[
@@ -397,14 +397,14 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: DISCOUNT_REMOVED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "DiscountRemoved",
         description: "The subscription's discount was removed; invoices from now on take none.",
         data: &[TENANT, SUBSCRIPTION, COUPON, req("removed_at", Timestamp)],
     },
     TopicSpec {
         topic: COUPON_CREATED,
-        aggregate: "coupon",
+        aggregate: AggregateKind::Coupon,
         event: "CouponCreated",
         description: "A coupon was created: percent or amount off, for how long, how often.",
         data: &[
@@ -423,7 +423,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: COUPON_REDEEMED,
-        aggregate: "coupon",
+        aggregate: AggregateKind::Coupon,
         event: "CouponRedeemed",
         description: "A subscription redeemed the coupon; times_redeemed counts this one.",
         data: &[
@@ -436,14 +436,14 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: COUPON_ARCHIVED,
-        aggregate: "coupon",
+        aggregate: AggregateKind::Coupon,
         event: "CouponArchived",
         description: "The coupon can no longer be redeemed; discounts already applied run on.",
         data: &[TENANT, COUPON, req("archived_at", Timestamp)],
     },
     TopicSpec {
         topic: TAX_RATE_CREATED,
-        aggregate: "tax_rate",
+        aggregate: AggregateKind::TaxRate,
         event: "TaxRateCreated",
         description: "A tax rate was created: a percentage, inclusive or exclusive.",
         data: &[
@@ -458,14 +458,14 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: TAX_RATE_ARCHIVED,
-        aggregate: "tax_rate",
+        aggregate: AggregateKind::TaxRate,
         event: "TaxRateArchived",
         description: "The tax rate can no longer be attached; where it is attached it keeps applying.",
         data: &[TENANT, TAX_RATE, req("archived_at", Timestamp)],
     },
     TopicSpec {
         topic: CUSTOMER_CREATED,
-        aggregate: "customer",
+        aggregate: AggregateKind::Customer,
         event: "CustomerCreated",
         description: "A customer was put for the first time.",
         data: &[
@@ -480,7 +480,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: CUSTOMER_UPDATED,
-        aggregate: "customer",
+        aggregate: AggregateKind::Customer,
         event: "CustomerUpdated",
         description: "A customer's details changed; invoices issued from now on copy them.",
         data: &[
@@ -495,7 +495,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: INVOICE_ISSUED,
-        aggregate: "invoice",
+        aggregate: AggregateKind::Invoice,
         event: "InvoiceIssued",
         description: "A draft invoice was issued with its number, totals and due date.",
         data: &[
@@ -515,7 +515,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: INVOICE_PAID,
-        aggregate: "invoice",
+        aggregate: AggregateKind::Invoice,
         event: "InvoicePaid",
         description: "An invoice was paid in full (or had nothing to collect when issued).",
         data: &[
@@ -528,7 +528,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: INVOICE_VOIDED,
-        aggregate: "invoice",
+        aggregate: AggregateKind::Invoice,
         event: "InvoiceVoided",
         description: "An open, unpaid invoice was voided.",
         data: &[
@@ -543,7 +543,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: INVOICE_MARKED_UNCOLLECTIBLE,
-        aggregate: "invoice",
+        aggregate: AggregateKind::Invoice,
         event: "InvoiceMarkedUncollectible",
         description: "The amount due of an open invoice was written off.",
         data: &[
@@ -557,7 +557,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: PAYMENT_CAPTURED,
-        aggregate: "invoice",
+        aggregate: AggregateKind::Invoice,
         event: "PaymentRecorded",
         description: "A payment against an open invoice was recorded.",
         data: &[
@@ -575,7 +575,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: CREDIT_NOTE_ISSUED,
-        aggregate: "invoice",
+        aggregate: AggregateKind::Invoice,
         event: "CreditNoteIssued",
         description: "A credit note on an open or paid invoice: what lowered the amount due, what became customer credit, what was refunded.",
         data: &[
@@ -596,7 +596,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: PAYMENT_RECEIVED,
-        aggregate: "provider_payment",
+        aggregate: AggregateKind::ProviderPayment,
         event: "ProviderPaymentReceived",
         description: "A payment provider reported a payment: applied to the invoice it named (any rest became customer credit), or all customer credit when that invoice was unknown, in another currency or no longer open.",
         data: &[
@@ -615,7 +615,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: PAYMENT_REFUNDED,
-        aggregate: "provider_payment",
+        aggregate: AggregateKind::ProviderPayment,
         event: "ProviderPaymentRefunded",
         description: "A payment provider refunded (part of) a payment: a refund credit note on its invoice, or customer credit paid back.",
         data: &[
@@ -632,7 +632,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: CUSTOMER_CREDIT_CHANGED,
-        aggregate: "invoice_numbering",
+        aggregate: AggregateKind::InvoiceNumbering,
         event: "CustomerCreditChanged",
         description: "A customer's credit in one currency changed: granted (an overpayment, an unapplied payment, a credit note, a negative invoice) or applied to an invoice at its issue (a negative amount).",
         data: &[
@@ -648,7 +648,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: USAGE_RECORDED,
-        aggregate: "usage_record",
+        aggregate: AggregateKind::UsageRecord,
         event: "UsageRecorded",
         description: "A usage report was recorded (once per transaction id).",
         data: &[
@@ -666,7 +666,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: USAGE_VOIDED,
-        aggregate: "usage_record",
+        aggregate: AggregateKind::UsageRecord,
         event: "UsageVoided",
         description: "A recorded, unbilled usage record was voided and no longer counts.",
         data: &[
@@ -683,7 +683,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: QUOTA_EXCEEDED,
-        aggregate: "subscription",
+        aggregate: AggregateKind::Subscription,
         event: "SubscriptionSuspended",
         description:
             "Usage went over a meter's hard cap and the subscription was suspended for it.",
@@ -696,7 +696,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: TICKET_CREATED,
-        aggregate: "ticket",
+        aggregate: AggregateKind::Ticket,
         event: "TicketCreated",
         description: "A support ticket was opened.",
         data: &[
@@ -712,7 +712,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: TICKET_ASSIGNED,
-        aggregate: "ticket",
+        aggregate: AggregateKind::Ticket,
         event: "TicketAssigned",
         description: "A ticket was assigned to an agent.",
         data: &[
@@ -725,7 +725,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: TICKET_COMMENTED,
-        aggregate: "ticket",
+        aggregate: AggregateKind::Ticket,
         event: "CommentAdded",
         description:
             "A public comment was added to a ticket; internal comments are never published.",
@@ -740,7 +740,7 @@ pub const TOPICS: &[TopicSpec] = &[
     },
     TopicSpec {
         topic: TICKET_STATUS_CHANGED,
-        aggregate: "ticket",
+        aggregate: AggregateKind::Ticket,
         event: "TicketStatusChanged",
         description: "A ticket moved from one status to another.",
         data: &[
@@ -757,7 +757,7 @@ pub const TOPICS: &[TopicSpec] = &[
 /// An event that is deliberately not published, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unpublished {
-    pub aggregate: &'static str,
+    pub aggregate: AggregateKind,
     pub event: &'static str,
     pub reason: &'static str,
 }
@@ -766,65 +766,65 @@ pub struct Unpublished {
 /// accounts for every event type there is.
 pub const NOT_PUBLISHED: &[Unpublished] = &[
     Unpublished {
-        aggregate: "invoice",
+        aggregate: AggregateKind::Invoice,
         event: "InvoiceCreated",
         reason:
             "A draft is internal until it is issued; invoice-issued is its first public moment.",
     },
     Unpublished {
-        aggregate: "invoice",
+        aggregate: AggregateKind::Invoice,
         event: "LineAdded",
         reason: "Lines change only on drafts; invoice-issued carries the totals they add up to.",
     },
     Unpublished {
-        aggregate: "invoice_numbering",
+        aggregate: AggregateKind::InvoiceNumbering,
         event: "InvoiceNumberAssigned",
         reason: "Bookkeeping of the gapless sequence; the number is in invoice-issued.",
     },
     Unpublished {
-        aggregate: "invoice_numbering",
+        aggregate: AggregateKind::InvoiceNumbering,
         event: "CreditNoteNumberAssigned",
         reason: "Bookkeeping of the gapless sequence; the number is in credit-note-issued.",
     },
     Unpublished {
-        aggregate: "inbound_notice",
+        aggregate: AggregateKind::InboundNotice,
         event: "InboundNoticeRecorded",
         reason: "A provider's raw notification, kept for audit; payment-received and payment-refunded carry what it meant.",
     },
     Unpublished {
-        aggregate: "usage_record",
+        aggregate: AggregateKind::UsageRecord,
         event: "UsageBilled",
         reason: "Billing bookkeeping, one per record; the invoice topics carry the outcome.",
     },
     Unpublished {
-        aggregate: "ticket",
+        aggregate: AggregateKind::Ticket,
         event: "AttachmentAdded",
         reason:
             "Attachments have no public or internal flag and name a storage key; they stay inside.",
     },
     Unpublished {
-        aggregate: "inbox",
+        aggregate: AggregateKind::Inbox,
         event: "ItemRead",
         reason: "A recipient's read state is private to them.",
     },
     Unpublished {
-        aggregate: "inbox",
+        aggregate: AggregateKind::Inbox,
         event: "ItemArchived",
         reason: "A recipient's read state is private to them.",
     },
     Unpublished {
-        aggregate: "inbox",
+        aggregate: AggregateKind::Inbox,
         event: "AllRead",
         reason: "A recipient's read state is private to them.",
     },
     Unpublished {
-        aggregate: "inbox",
+        aggregate: AggregateKind::Inbox,
         event: "Notified",
         reason:
             "A notice to an operator's inbox; what it reports has its own topic or is internal.",
     },
     Unpublished {
-        aggregate: "api_key",
+        aggregate: AggregateKind::AccessKey,
         event: "KeyRevoked",
         reason: "Access control of Tally's own API; it is in the audit log, not for integrations.",
     },
@@ -845,14 +845,14 @@ pub fn integration_event(e: &StoredEvent) -> Option<Integration> {
 /// events publish one or none; a suspension over a quota publishes
 /// `subscription-suspended` and then `quota-exceeded`.
 pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
-    let decoded = match e.aggregate_type.as_str() {
-        "plan" => e.decode().map(|event| plan(e, event)),
-        "subscription" => e.decode().map(|event| subscription(e, event)),
-        "customer" => e.decode().map(|event| customer(e, event)),
-        "coupon" => e.decode().map(|event| coupon(e, event)),
-        "tax_rate" => e.decode().map(|event| tax_rate(e, event)),
-        "invoice" => e.decode().map(|event| invoice(e, event)),
-        "invoice_numbering" => e.decode().map(|event| match event {
+    let decoded = match e.kind() {
+        Some(AggregateKind::Plan) => e.decode().map(|event| plan(e, event)),
+        Some(AggregateKind::Subscription) => e.decode().map(|event| subscription(e, event)),
+        Some(AggregateKind::Customer) => e.decode().map(|event| customer(e, event)),
+        Some(AggregateKind::Coupon) => e.decode().map(|event| coupon(e, event)),
+        Some(AggregateKind::TaxRate) => e.decode().map(|event| tax_rate(e, event)),
+        Some(AggregateKind::Invoice) => e.decode().map(|event| invoice(e, event)),
+        Some(AggregateKind::InvoiceNumbering) => e.decode().map(|event| match event {
             NumberingEvent::InvoiceNumberAssigned { .. }
             | NumberingEvent::CreditNoteNumberAssigned { .. } => vec![],
             NumberingEvent::CustomerCreditChanged {
@@ -876,22 +876,23 @@ pub fn integration_events(e: &StoredEvent) -> Vec<Integration> {
                 }),
             ),
         }),
-        "usage_record" => e.decode().map(|event| usage(e, event)),
-        "inbound_notice" => e.decode().map(|event| match event {
+        Some(AggregateKind::UsageRecord) => e.decode().map(|event| usage(e, event)),
+        Some(AggregateKind::InboundNotice) => e.decode().map(|event| match event {
             tally_aggregates::InboundNoticeEvent::InboundNoticeRecorded { .. } => vec![],
         }),
-        "provider_payment" => e.decode().map(|event| provider_payment(e, event)),
-        "ticket" => e.decode().map(|event| ticket(e, event)),
-        "inbox" => e.decode().map(|event| match event {
+        Some(AggregateKind::ProviderPayment) => e.decode().map(|event| provider_payment(e, event)),
+        Some(AggregateKind::Ticket) => e.decode().map(|event| ticket(e, event)),
+        Some(AggregateKind::Inbox) => e.decode().map(|event| match event {
             InboxEvent::ItemRead { .. }
             | InboxEvent::ItemArchived { .. }
             | InboxEvent::AllRead { .. }
             | InboxEvent::Notified { .. } => vec![],
         }),
-        "api_key" => e.decode().map(|event| match event {
+        Some(AggregateKind::AccessKey) => e.decode().map(|event| match event {
             tally_aggregates::AccessKeyEvent::KeyRevoked { .. } => vec![],
         }),
-        _ => return vec![],
+        // A type no aggregate of this build stores.
+        None => return vec![],
     };
     decoded.unwrap_or_else(|error| {
         // A stored event this build cannot read is a bug (a missing

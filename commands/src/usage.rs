@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use tally_aggregates::subscription::Subscription;
 use tally_aggregates::usage::{SubscriptionContext, UsageCommand, UsageRecord};
-use tally_aggregates::DomainError;
+use tally_aggregates::{AggregateKind, DomainError};
 use tally_projections::stream_key;
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
@@ -220,7 +220,7 @@ pub async fn report_batch(
     let streams: Vec<StreamAppend> = to_append
         .iter()
         .map(|(_, id, rows)| StreamAppend {
-            aggregate_type: "usage_record",
+            aggregate_type: AggregateKind::UsageRecord.as_str(),
             key: stream_key(&meta.tenant, id),
             events: rows.clone(),
             snapshot: None,
@@ -283,7 +283,10 @@ async fn existing_records(
     ids: &[String],
 ) -> Result<HashSet<String>, tally_projections::DbError> {
     let keys: Vec<String> = ids.iter().map(|id| stream_key(tenant, id)).collect();
-    let heads = d.log().stream_heads("usage_record", &keys).await?;
+    let heads = d
+        .log()
+        .stream_heads(AggregateKind::UsageRecord.as_str(), &keys)
+        .await?;
     let found = ids
         .iter()
         .zip(&keys)

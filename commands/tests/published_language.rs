@@ -649,7 +649,7 @@ fn the_document_lists_exactly_the_topics_in_the_code_table() {
         .map(|s| {
             (
                 s.topic.to_owned(),
-                s.aggregate.to_owned(),
+                s.aggregate.to_string(),
                 s.event.to_owned(),
                 s.description.to_owned(),
             )
@@ -694,7 +694,7 @@ fn the_document_lists_exactly_the_unpublished_events() {
         .iter()
         .map(|u| {
             (
-                u.aggregate.to_owned(),
+                u.aggregate.to_string(),
                 u.event.to_owned(),
                 u.reason.to_owned(),
             )
@@ -873,8 +873,8 @@ fn the_tables_name_the_aggregates_by_their_stored_type() {
     ]);
     let in_tables: BTreeSet<&str> = TOPICS
         .iter()
-        .map(|s| s.aggregate)
-        .chain(NOT_PUBLISHED.iter().map(|u| u.aggregate))
+        .map(|s| s.aggregate.as_str())
+        .chain(NOT_PUBLISHED.iter().map(|u| u.aggregate.as_str()))
         .collect();
     assert_eq!(in_tables, stored_types);
 }
@@ -1872,7 +1872,7 @@ fn every_published_event_produces_exactly_its_documented_data() {
         for i in &published {
             let spec = spec(i.topic).unwrap_or_else(|| panic!("{name}: {} not in TOPICS", i.topic));
             assert_eq!(
-                (spec.aggregate, spec.event),
+                (spec.aggregate.as_str(), spec.event),
                 (event.aggregate_type.as_str(), event.event_type.as_str()),
                 "{name}: {} is documented as made from another event",
                 i.topic
@@ -1922,7 +1922,8 @@ fn every_topic_and_every_unpublished_event_has_a_sample() {
     for u in NOT_PUBLISHED {
         let mut found = false;
         for (name, event, topics) in &samples {
-            if (event.aggregate_type.as_str(), event.event_type.as_str()) == (u.aggregate, u.event)
+            if (event.aggregate_type.as_str(), event.event_type.as_str())
+                == (u.aggregate.as_str(), u.event)
             {
                 found = true;
                 assert!(topics.is_empty(), "{name} is listed as not published");
@@ -1942,8 +1943,12 @@ fn every_topic_and_every_unpublished_event_has_a_sample() {
     for (name, event, _) in &samples {
         let key = (event.aggregate_type.as_str(), event.event_type.as_str());
         assert!(
-            TOPICS.iter().any(|s| (s.aggregate, s.event) == key)
-                || NOT_PUBLISHED.iter().any(|u| (u.aggregate, u.event) == key),
+            TOPICS
+                .iter()
+                .any(|s| (s.aggregate.as_str(), s.event) == key)
+                || NOT_PUBLISHED
+                    .iter()
+                    .any(|u| (u.aggregate.as_str(), u.event) == key),
             "{name}: {key:?} is in neither TOPICS nor NOT_PUBLISHED"
         );
     }
@@ -2007,7 +2012,7 @@ fn every_envelope_names_its_topic_version_and_subject() {
             assert_eq!(env["topic"], i.topic, "{name}");
             assert_eq!(env["type"], i.topic.rsplit('.').next().unwrap(), "{name}");
             assert_eq!(env["schema_version"], spec.version(), "{name}");
-            assert_eq!(env["subject"]["type"], spec.aggregate, "{name}");
+            assert_eq!(env["subject"]["type"], spec.aggregate.as_str(), "{name}");
             assert_eq!(env["subject"]["id"], event.resource_id(), "{name}");
             assert_eq!(env["tenant_id"], env["data"]["tenant_id"], "{name}");
             assert_eq!(env["correlation_id"], "corr-1", "{name}");

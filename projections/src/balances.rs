@@ -28,7 +28,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use tally_aggregates::invoice::{CreditSource, InvoiceEvent, NumberingEvent};
-use tally_aggregates::Currency;
+use tally_aggregates::{AggregateKind, Currency};
 
 use crate::bulk::{self, Cell};
 use crate::db::{Db, DbError};
@@ -367,14 +367,14 @@ pub(crate) struct Posted {
 pub(crate) fn posted(event: &StoredEvent) -> Result<Option<Posted>, ProjectionError> {
     let invoice_event: InvoiceEvent;
     let ledger_event: NumberingEvent;
-    let posting = match event.aggregate_type.as_str() {
-        "invoice" => {
+    let posting = match event.kind() {
+        Some(AggregateKind::Invoice) => {
             invoice_event = event
                 .decode()
                 .map_err(|e| ProjectionError::decode(event, e))?;
             invoice_posting(&invoice_event)
         }
-        "invoice_numbering" => {
+        Some(AggregateKind::InvoiceNumbering) => {
             ledger_event = event
                 .decode()
                 .map_err(|e| ProjectionError::decode(event, e))?;
@@ -472,7 +472,7 @@ impl Projector for BalanceProjector {
     }
 
     fn handles(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == "invoice" || event.aggregate_type == "invoice_numbering"
+        event.is(AggregateKind::Invoice) || event.is(AggregateKind::InvoiceNumbering)
     }
 
     fn bulk(&self) -> Option<Box<dyn crate::bulk::BulkFold>> {

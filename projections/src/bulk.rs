@@ -36,6 +36,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, PgConnection, Row};
 
 use tally_aggregates::usage::{total_delta, UsageEvent, UsageRecord};
+use tally_aggregates::AggregateKind;
 use tally_aggregates::Currency;
 
 use crate::balances::{self, Posted};
@@ -135,7 +136,7 @@ struct Held<A, E> {
 
 /// The streams of one aggregate type, folded in memory.
 struct Streams<A, E> {
-    aggregate: &'static str,
+    aggregate: AggregateKind,
     held: HashMap<(String, String), Held<A, E>>,
 }
 
@@ -150,7 +151,7 @@ struct Out<A> {
 }
 
 impl<A: Default + DeserializeOwned + Send, E: Send> Streams<A, E> {
-    fn new(aggregate: &'static str) -> Self {
+    fn new(aggregate: AggregateKind) -> Self {
         Self {
             aggregate,
             held: HashMap::new(),
@@ -318,7 +319,7 @@ impl<S: ProjectedState> StateBulk<S> {
 #[async_trait]
 impl<S: ProjectedState> BulkFold for StateBulk<S> {
     fn fold(&mut self, event: &StoredEvent) -> Result<(), ProjectionError> {
-        if event.aggregate_type != self.streams.aggregate {
+        if !event.is(self.streams.aggregate) {
             return Ok(());
         }
         let decoded: S::Event = event
@@ -361,7 +362,7 @@ pub(crate) struct UsageBulk {
 impl UsageBulk {
     pub(crate) fn new() -> Self {
         Self {
-            records: Streams::new("usage_record"),
+            records: Streams::new(AggregateKind::UsageRecord),
             totals: HashMap::new(),
         }
     }
@@ -370,7 +371,7 @@ impl UsageBulk {
 #[async_trait]
 impl BulkFold for UsageBulk {
     fn fold(&mut self, event: &StoredEvent) -> Result<(), ProjectionError> {
-        if event.aggregate_type != "usage_record" {
+        if !event.is(AggregateKind::UsageRecord) {
             return Ok(());
         }
         // The totals change with the event, whatever the record's state.

@@ -2,12 +2,13 @@
 //! detail, with the redemption count.
 
 use tally_aggregates::coupon::{Coupon, CouponEvent};
+use tally_aggregates::AggregateKind;
 
 use crate::state::ProjectedState;
 
 impl ProjectedState for Coupon {
     type Event = CouponEvent;
-    const AGGREGATE: &'static str = "coupon";
+    const AGGREGATE: AggregateKind = AggregateKind::Coupon;
     const CONSUMER: &'static str = "coupons";
     const TABLE: &'static str = "rm_coupons";
     const FILTER_COLUMNS: &'static [&'static str] = &["code", "status"];

@@ -1,12 +1,13 @@
 //! Read model of customers (`rm_customers`): list (by `email`) and detail.
 
 use tally_aggregates::customer::{Customer, CustomerEvent};
+use tally_aggregates::AggregateKind;
 
 use crate::state::ProjectedState;
 
 impl ProjectedState for Customer {
     type Event = CustomerEvent;
-    const AGGREGATE: &'static str = "customer";
+    const AGGREGATE: AggregateKind = AggregateKind::Customer;
     const CONSUMER: &'static str = "customers";
     const TABLE: &'static str = "rm_customers";
     const FILTER_COLUMNS: &'static [&'static str] = &["email"];

@@ -17,6 +17,7 @@ use tally_aggregates::inbox::InboxEvent;
 use tally_aggregates::invoice::InvoiceEvent;
 use tally_aggregates::subscription::{SubscriptionEvent, SuspendReason};
 use tally_aggregates::ticket::TicketEvent;
+use tally_aggregates::AggregateKind;
 
 use crate::bulk::{self, Cell};
 use crate::db::{Db, DbError};
@@ -176,11 +177,11 @@ pub(crate) enum Effect {
 
 /// The effect of an event the projector handles.
 pub(crate) fn effect(event: &StoredEvent) -> Result<Effect, ProjectionError> {
-    match event.aggregate_type.as_str() {
-        "subscription" => subscription(event),
-        "invoice" => invoice(event),
-        "ticket" => ticket(event),
-        "inbox" => inbox(event),
+    match event.kind() {
+        Some(AggregateKind::Subscription) => subscription(event),
+        Some(AggregateKind::Invoice) => invoice(event),
+        Some(AggregateKind::Ticket) => ticket(event),
+        Some(AggregateKind::Inbox) => inbox(event),
         _ => Ok(Effect::Nothing),
     }
 }
@@ -197,8 +198,13 @@ impl Projector for InboxProjector {
 
     fn handles(&self, event: &StoredEvent) -> bool {
         matches!(
-            event.aggregate_type.as_str(),
-            "subscription" | "invoice" | "ticket" | "inbox"
+            event.kind(),
+            Some(
+                AggregateKind::Subscription
+                    | AggregateKind::Invoice
+                    | AggregateKind::Ticket
+                    | AggregateKind::Inbox
+            )
         )
     }
 

@@ -3,13 +3,14 @@
 //! policy scans it for open invoices past their due date.
 
 use tally_aggregates::invoice::{Invoice, InvoiceEvent};
+use tally_aggregates::AggregateKind;
 
 use crate::state::ProjectedState;
 use crate::time;
 
 impl ProjectedState for Invoice {
     type Event = InvoiceEvent;
-    const AGGREGATE: &'static str = "invoice";
+    const AGGREGATE: AggregateKind = AggregateKind::Invoice;
     const CONSUMER: &'static str = "invoices";
     const TABLE: &'static str = "rm_invoices";
     const FILTER_COLUMNS: &'static [&'static str] = &[

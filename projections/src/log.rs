@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use sqlx::Row;
+use tally_aggregates::AggregateKind;
 
 use crate::db::{Backend, Db, DbError};
 
@@ -49,6 +50,18 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// The kind of the stream; `None` for a type no aggregate of this build
+    /// stores (only an edited log holds one).
+    pub fn kind(&self) -> Option<AggregateKind> {
+        AggregateKind::parse(&self.aggregate_type)
+    }
+
+    /// Whether the event is of the stream kind `kind` (one comparison, for
+    /// filters on the hot path).
+    pub fn is(&self, kind: AggregateKind) -> bool {
+        self.aggregate_type == kind.as_str()
+    }
+
     /// The resource id (the stream key without its tenant).
     pub fn resource_id(&self) -> &str {
         crate::split_stream_key(&self.aggregate_id)

@@ -1,12 +1,13 @@
 //! Read model of the plan catalog (`rm_plans`): list and detail.
 
 use tally_aggregates::plan::{Plan, PlanEvent};
+use tally_aggregates::AggregateKind;
 
 use crate::state::ProjectedState;
 
 impl ProjectedState for Plan {
     type Event = PlanEvent;
-    const AGGREGATE: &'static str = "plan";
+    const AGGREGATE: AggregateKind = AggregateKind::Plan;
     const CONSUMER: &'static str = "plans";
     const TABLE: &'static str = "rm_plans";
     const FILTER_COLUMNS: &'static [&'static str] = &["code", "status"];

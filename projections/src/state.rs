@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
+use tally_aggregates::AggregateKind;
 
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
@@ -25,7 +26,7 @@ pub trait ProjectedState:
 {
     type Event: DeserializeOwned + Send;
     /// The aggregate type in the log.
-    const AGGREGATE: &'static str;
+    const AGGREGATE: AggregateKind;
     /// The consumer (checkpoint) name.
     const CONSUMER: &'static str;
     /// The read model table; it has `tenant, id, body, version` and the
@@ -159,7 +160,7 @@ impl<S: ProjectedState> Projector for StateProjector<S> {
     }
 
     fn handles(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == S::AGGREGATE
+        event.is(S::AGGREGATE)
     }
 
     async fn apply(
@@ -252,7 +253,7 @@ pub(crate) struct Folded<A> {
 pub(crate) async fn fold_batch<A, E>(
     conn: &mut AnyConnection,
     table: &str,
-    aggregate: &str,
+    aggregate: AggregateKind,
     events: &[&StoredEvent],
     known: impl Fn(&str, &str) -> Option<(A, i64)> + Send,
     mut fold: impl FnMut(&mut A, &E, &StoredEvent) + Send,
@@ -263,7 +264,7 @@ where
 {
     let mut streams: Vec<((&str, &str), Vec<&StoredEvent>)> = Vec::new();
     let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-    for e in events.iter().filter(|e| e.aggregate_type == aggregate) {
+    for e in events.iter().filter(|e| e.is(aggregate)) {
         let key = (e.tenant.as_str(), e.resource_id());
         let at = *index.entry(key).or_insert_with(|| {
             streams.push((key, Vec::new()));

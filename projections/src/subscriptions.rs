@@ -4,13 +4,14 @@
 //! A row is the folded aggregate without its pending prorations.
 
 use tally_aggregates::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
+use tally_aggregates::AggregateKind;
 
 use crate::state::ProjectedState;
 use crate::time;
 
 impl ProjectedState for Subscription {
     type Event = SubscriptionEvent;
-    const AGGREGATE: &'static str = "subscription";
+    const AGGREGATE: AggregateKind = AggregateKind::Subscription;
     const CONSUMER: &'static str = "subscriptions";
     const TABLE: &'static str = "rm_subscriptions";
     const FILTER_COLUMNS: &'static [&'static str] = &[

@@ -1,12 +1,13 @@
 //! Read model of tax rates (`rm_tax_rates`): list (by status) and detail.
 
 use tally_aggregates::tax::{TaxRate, TaxRateEvent};
+use tally_aggregates::AggregateKind;
 
 use crate::state::ProjectedState;
 
 impl ProjectedState for TaxRate {
     type Event = TaxRateEvent;
-    const AGGREGATE: &'static str = "tax_rate";
+    const AGGREGATE: AggregateKind = AggregateKind::TaxRate;
     const CONSUMER: &'static str = "tax_rates";
     const TABLE: &'static str = "rm_tax_rates";
     const FILTER_COLUMNS: &'static [&'static str] = &["status"];

@@ -2,12 +2,13 @@
 //! requester and priority, and detail with the comment timeline.
 
 use tally_aggregates::ticket::{Ticket, TicketEvent};
+use tally_aggregates::AggregateKind;
 
 use crate::state::ProjectedState;
 
 impl ProjectedState for Ticket {
     type Event = TicketEvent;
-    const AGGREGATE: &'static str = "ticket";
+    const AGGREGATE: AggregateKind = AggregateKind::Ticket;
     const CONSUMER: &'static str = "tickets";
     const TABLE: &'static str = "rm_tickets";
     const FILTER_COLUMNS: &'static [&'static str] =

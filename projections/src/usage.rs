@@ -12,6 +12,7 @@ use sqlx::{AnyConnection, Row};
 
 use tally_aggregates::subscription::Subscription;
 use tally_aggregates::usage::{total_delta, usage_window, UsageEvent, UsageRecord, UsageWindow};
+use tally_aggregates::AggregateKind;
 
 use crate::db::{Db, DbError};
 use crate::log::StoredEvent;
@@ -36,7 +37,7 @@ impl Projector for UsageProjector {
     }
 
     fn handles(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == "usage_record"
+        event.is(AggregateKind::UsageRecord)
     }
 
     fn bulk(&self) -> Option<Box<dyn crate::bulk::BulkFold>> {
@@ -65,7 +66,7 @@ impl Projector for UsageProjector {
         let folded = fold_batch::<UsageRecord, UsageEvent>(
             conn,
             &t.name("rm_usage_records"),
-            "usage_record",
+            AggregateKind::UsageRecord,
             events,
             |_, _| None,
             |state, decoded, event| {

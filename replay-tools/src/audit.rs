@@ -13,25 +13,9 @@ use tally_aggregates::{
     subscription::Subscription,
     ticket::Ticket,
     usage::UsageRecord,
+    AggregateKind,
 };
 use tally_projections::{Db, EventLog, StoredEvent};
-
-/// The stream types `audit` reads.
-const TYPES: [&str; 13] = [
-    "plan",
-    "subscription",
-    "customer",
-    "coupon",
-    "tax_rate",
-    "invoice",
-    "usage_record",
-    "ticket",
-    "inbox",
-    "invoice_numbering",
-    "api_key",
-    "inbound_notice",
-    "provider_payment",
-];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -61,9 +45,10 @@ struct Entry {
 }
 
 pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
-    if !TYPES.contains(&args.kind.as_str()) {
-        bail!("unknown type {} (one of {})", args.kind, TYPES.join(", "));
-    }
+    let Some(kind) = AggregateKind::parse(&args.kind) else {
+        let all: Vec<&str> = AggregateKind::ALL.iter().map(|k| k.as_str()).collect();
+        bail!("unknown type {} (one of {})", args.kind, all.join(", "));
+    };
     let at: Option<DateTime<Utc>> = match &args.at {
         Some(t) => Some(
             DateTime::parse_from_rfc3339(t)
@@ -72,12 +57,12 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let key = stream_key(db, &args.kind, &args.id, args.tenant.as_deref()).await?;
+    let key = stream_key(db, kind, &args.id, args.tenant.as_deref()).await?;
     let log = EventLog::new(db.clone());
     let mut events = Vec::new();
     let mut after = 0;
     loop {
-        let page = log.read_stream(&args.kind, &key, after, 1000).await?;
+        let page = log.read_stream(kind.as_str(), &key, after, 1000).await?;
         let Some(last) = page.last() else { break };
         after = last.sequence;
         events.extend(page.into_iter().filter(|e| {
@@ -89,20 +74,20 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
     if events.is_empty() {
         bail!("no events for {} {} before that time", args.kind, args.id);
     }
-    let entries = match args.kind.as_str() {
-        "plan" => timeline::<Plan>(events)?,
-        "subscription" => timeline::<Subscription>(events)?,
-        "customer" => timeline::<tally_aggregates::customer::Customer>(events)?,
-        "coupon" => timeline::<tally_aggregates::Coupon>(events)?,
-        "tax_rate" => timeline::<tally_aggregates::TaxRate>(events)?,
-        "invoice" => timeline::<Invoice>(events)?,
-        "usage_record" => timeline::<UsageRecord>(events)?,
-        "ticket" => timeline::<Ticket>(events)?,
-        "inbox" => timeline::<Inbox>(events)?,
-        "api_key" => timeline::<AccessKey>(events)?,
-        "inbound_notice" => timeline::<tally_aggregates::InboundNotice>(events)?,
-        "provider_payment" => timeline::<tally_aggregates::ProviderPayment>(events)?,
-        _ => timeline::<InvoiceNumbering>(events)?,
+    let entries = match kind {
+        AggregateKind::Plan => timeline::<Plan>(events)?,
+        AggregateKind::Subscription => timeline::<Subscription>(events)?,
+        AggregateKind::Customer => timeline::<tally_aggregates::customer::Customer>(events)?,
+        AggregateKind::Coupon => timeline::<tally_aggregates::Coupon>(events)?,
+        AggregateKind::TaxRate => timeline::<tally_aggregates::TaxRate>(events)?,
+        AggregateKind::Invoice => timeline::<Invoice>(events)?,
+        AggregateKind::UsageRecord => timeline::<UsageRecord>(events)?,
+        AggregateKind::Ticket => timeline::<Ticket>(events)?,
+        AggregateKind::Inbox => timeline::<Inbox>(events)?,
+        AggregateKind::AccessKey => timeline::<AccessKey>(events)?,
+        AggregateKind::InboundNotice => timeline::<tally_aggregates::InboundNotice>(events)?,
+        AggregateKind::ProviderPayment => timeline::<tally_aggregates::ProviderPayment>(events)?,
+        AggregateKind::InvoiceNumbering => timeline::<InvoiceNumbering>(events)?,
     };
     if args.json {
         let out: Vec<Value> = entries
@@ -168,7 +153,12 @@ pub async fn run(db: &Db, args: Args) -> anyhow::Result<()> {
 }
 
 /// The stream key of `id`: under `tenant`, or the one tenant that has it.
-async fn stream_key(db: &Db, kind: &str, id: &str, tenant: Option<&str>) -> anyhow::Result<String> {
+async fn stream_key(
+    db: &Db,
+    kind: AggregateKind,
+    id: &str,
+    tenant: Option<&str>,
+) -> anyhow::Result<String> {
     if let Some(t) = tenant {
         return Ok(tally_projections::stream_key(t, id));
     }
@@ -181,7 +171,7 @@ async fn stream_key(db: &Db, kind: &str, id: &str, tenant: Option<&str>) -> anyh
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(&key)
         .fetch_one(&db.any)
         .await?;

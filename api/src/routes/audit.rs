@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use serde::Deserialize;
+use tally_aggregates::AggregateKind;
 use tally_projections::stream_key;
 
 use crate::auth::AuditAccess;
@@ -11,28 +12,6 @@ use crate::dto::audit::{
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{PathParams, QueryParams};
 use crate::AppState;
-
-/// The stream types of API.md § Audit and their id prefixes (none for
-/// customers: their ids are the client's own).
-pub const STREAM_TYPES: [(&str, &str); 13] = [
-    ("plan", "plan"),
-    ("subscription", "sub"),
-    ("customer", ""),
-    ("coupon", "cpn"),
-    ("tax_rate", "txr"),
-    ("invoice", "inv"),
-    ("usage_record", "use"),
-    ("ticket", "tkt"),
-    ("inbox", "inbox"),
-    ("api_key", "key"),
-    // The tenant's billing ledger (`invoice_numbers`): invoice and credit
-    // note numbers, customer credit.
-    ("invoice_numbering", "invoice_numbers"),
-    // What payment providers said (raw payload and signature header kept)
-    // and the payments and refunds they reported.
-    ("inbound_notice", "ibn"),
-    ("provider_payment", "ppy"),
-];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -54,9 +33,8 @@ pub async fn stream_events(
     QueryParams(q): QueryParams<StreamEventsParams>,
     AuditAccess(principal): AuditAccess,
 ) -> ApiResult<axum::Json<AuditEventsDto>> {
-    if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
-        return Err(ApiError::NotFound);
-    }
+    // The stream types of API.md § Audit: every aggregate kind.
+    let kind = AggregateKind::parse(&kind).ok_or(ApiError::NotFound)?;
     let limit: i64 = match &q.limit {
         None => 1000,
         Some(s) => s
@@ -77,7 +55,7 @@ pub async fn stream_events(
         .dispatcher
         .log()
         .read_stream(
-            &kind,
+            kind.as_str(),
             &stream_key(principal.tenant(), &id),
             after,
             limit + 1,
@@ -158,9 +136,8 @@ pub async fn state_at(
         customer::Customer, inbox::Inbox, invoice::Invoice, plan::Plan, subscription::Subscription,
         ticket::Ticket, usage::UsageRecord,
     };
-    if !STREAM_TYPES.iter().any(|(t, _)| *t == kind) {
-        return Err(ApiError::NotFound);
-    }
+    // The stream types of API.md § Audit: every aggregate kind.
+    let kind = AggregateKind::parse(&kind).ok_or(ApiError::NotFound)?;
     let cut = match (q.at.as_deref(), q.sequence.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(ApiError::field("at", "give `at` or `sequence`, not both"))
@@ -181,7 +158,7 @@ pub async fn state_at(
         let page = app
             .dispatcher
             .log()
-            .read_stream(&kind, &key, after, 1000)
+            .read_stream(kind.as_str(), &key, after, 1000)
             .await?;
         let full = page.len() == 1000;
         for e in page {
@@ -204,23 +181,25 @@ pub async fn state_at(
         return Err(ApiError::NotFound);
     };
     let (sequence, recorded_at) = (last.sequence, last.recorded_at.clone());
-    let state = match kind.as_str() {
-        "plan" => to_value(crate::dto::plans::PlanDto::from_state(
+    let state = match kind {
+        AggregateKind::Plan => to_value(crate::dto::plans::PlanDto::from_state(
             &id,
             &fold::<Plan>(&events)?,
             sequence,
         ))?,
-        "subscription" => to_value(crate::dto::subscriptions::SubscriptionDto::from_state(
-            &id,
-            &fold::<Subscription>(&events)?,
-            sequence,
-        ))?,
-        "customer" => to_value(crate::dto::customers::CustomerDto::from_state(
+        AggregateKind::Subscription => {
+            to_value(crate::dto::subscriptions::SubscriptionDto::from_state(
+                &id,
+                &fold::<Subscription>(&events)?,
+                sequence,
+            ))?
+        }
+        AggregateKind::Customer => to_value(crate::dto::customers::CustomerDto::from_state(
             &id,
             &fold::<Customer>(&events)?,
             sequence,
         ))?,
-        "coupon" => {
+        AggregateKind::Coupon => {
             // Redeemable as it was then.
             let then = tally_projections::time::from_text(&recorded_at)
                 .ok_or_else(|| ApiError::Internal(format!("recorded_at {recorded_at}")))?;
@@ -231,36 +210,39 @@ pub async fn state_at(
                 then,
             ))?
         }
-        "tax_rate" => to_value(crate::dto::tax_rates::TaxRateDto::from_state(
+        AggregateKind::TaxRate => to_value(crate::dto::tax_rates::TaxRateDto::from_state(
             &id,
             &fold::<tally_aggregates::TaxRate>(&events)?,
             sequence,
         ))?,
-        "invoice" => to_value(crate::dto::invoices::InvoiceDto::from_state(
+        AggregateKind::Invoice => to_value(crate::dto::invoices::InvoiceDto::from_state(
             &id,
             &fold::<Invoice>(&events)?,
             sequence,
         ))?,
-        "usage_record" => to_value(crate::dto::usage::UsageRecordDto::from_state(
+        AggregateKind::UsageRecord => to_value(crate::dto::usage::UsageRecordDto::from_state(
             &id,
             &fold::<UsageRecord>(&events)?,
             sequence,
             false,
         ))?,
-        "ticket" => to_value(crate::dto::tickets::TicketDto::from_state(
+        AggregateKind::Ticket => to_value(crate::dto::tickets::TicketDto::from_state(
             &id,
             &fold::<Ticket>(&events)?,
             sequence,
             true,
         ))?,
-        "inbox" => to_value(Some(fold::<Inbox>(&events)?))?,
-        "api_key" => to_value(Some(fold::<tally_aggregates::AccessKey>(&events)?))?,
-        "invoice_numbering" => {
+        AggregateKind::Inbox => to_value(Some(fold::<Inbox>(&events)?))?,
+        AggregateKind::AccessKey => to_value(Some(fold::<tally_aggregates::AccessKey>(&events)?))?,
+        AggregateKind::InvoiceNumbering => {
             to_value(Some(fold::<tally_aggregates::InvoiceNumbering>(&events)?))?
         }
-        "inbound_notice" => to_value(Some(fold::<tally_aggregates::InboundNotice>(&events)?))?,
-        "provider_payment" => to_value(Some(fold::<tally_aggregates::ProviderPayment>(&events)?))?,
-        _ => return Err(ApiError::NotFound),
+        AggregateKind::InboundNotice => {
+            to_value(Some(fold::<tally_aggregates::InboundNotice>(&events)?))?
+        }
+        AggregateKind::ProviderPayment => {
+            to_value(Some(fold::<tally_aggregates::ProviderPayment>(&events)?))?
+        }
     };
     Ok(axum::Json(StateAtDto {
         sequence,

@@ -39,6 +39,7 @@ use tally_aggregates::invoice::{
 };
 use tally_aggregates::money::from_minor_units;
 use tally_aggregates::payment::payment_reference;
+use tally_aggregates::AggregateKind;
 use tally_aggregates::{
     Currency, DomainError, InboundNotice, InboundNoticeCommand, ProviderPayment,
     ProviderPaymentCommand,
@@ -657,7 +658,10 @@ impl Payments {
         if notice.provider.is_some() {
             let (_, position) = d
                 .log()
-                .stream_head("inbound_notice", &stream_key(tenant, &notice_id))
+                .stream_head(
+                    AggregateKind::InboundNotice.as_str(),
+                    &stream_key(tenant, &notice_id),
+                )
                 .await?;
             return Ok(Received {
                 outcome: "duplicate".into(),

@@ -26,6 +26,7 @@ use tally_aggregates::subscription::{
     Subscription, SubscriptionCommand, SubscriptionEvent, SubscriptionStatus,
 };
 use tally_aggregates::usage::{checked_usage_window, UsageCommand, UsageRecord, UsageStatus};
+use tally_aggregates::AggregateKind;
 use tally_aggregates::{DomainError, Period};
 use tally_projections::runtime::{ProjectionError, Projector};
 use tally_projections::usage::{self as usage_rm, RecordFilter};
@@ -112,7 +113,7 @@ impl Projector for BillingPolicy {
     }
 
     fn handles(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == "subscription"
+        event.is(AggregateKind::Subscription)
             && matches!(
                 event.event_type.as_str(),
                 "PeriodRenewed" | "SubscriptionActivated"
@@ -456,7 +457,7 @@ async fn mark_billed(
             state.evolve(e);
         }
         streams.push(StreamAppend {
-            aggregate_type: "usage_record",
+            aggregate_type: AggregateKind::UsageRecord.as_str(),
             key: stream_key(&meta.tenant, &r.id),
             events: store::new_events::<UsageRecord>(r.version, &events, &metadata)?,
             snapshot: None,

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 use tally_aggregates::subscription::{Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::usage::{usage_window, UsageEvent};
-use tally_aggregates::DomainError;
+use tally_aggregates::{AggregateKind, DomainError};
 use tally_projections::runtime::{ProjectionError, Projector};
 use tally_projections::{state, usage, StoredEvent};
 
@@ -56,7 +56,7 @@ impl Projector for QuotaPolicy {
     }
 
     fn handles(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == "usage_record"
+        event.is(AggregateKind::UsageRecord)
     }
 
     async fn apply(
@@ -74,7 +74,7 @@ impl Projector for QuotaPolicy {
             (String, String, String, DateTime<Utc>),
             (&StoredEvent, Option<DateTime<Utc>>),
         > = BTreeMap::new();
-        for e in batch.iter().filter(|e| e.aggregate_type == "usage_record") {
+        for e in batch.iter().filter(|e| e.is(AggregateKind::UsageRecord)) {
             let decoded: UsageEvent = e.decode().map_err(|err| ProjectionError::decode(e, err))?;
             if let UsageEvent::UsageRecorded {
                 subscription_id,

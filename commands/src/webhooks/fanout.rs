@@ -36,7 +36,7 @@ impl Projector for Fanout {
     fn handles(&self, event: &StoredEvent) -> bool {
         topics::TOPICS
             .iter()
-            .any(|s| s.aggregate == event.aggregate_type && s.event == event.event_type)
+            .any(|s| event.is(s.aggregate) && s.event == event.event_type)
     }
 
     async fn apply(
