@@ -983,17 +983,25 @@ async fn copy_rows(conn: &mut PgConnection, table: &str, r: &Rows) -> Result<(),
     Ok(())
 }
 
-/// Text in `COPY`'s text format.
+/// Text in `COPY`'s text format. The runs between bytes that need escaping
+/// are copied whole: pushed a byte at a time, this was a tenth of a
+/// rebuild's CPU.
 fn copy_escape(buf: &mut Vec<u8>, s: &str) {
-    for b in s.bytes() {
-        match b {
-            b'\\' => buf.extend_from_slice(b"\\\\"),
-            b'\n' => buf.extend_from_slice(b"\\n"),
-            b'\r' => buf.extend_from_slice(b"\\r"),
-            b'\t' => buf.extend_from_slice(b"\\t"),
-            _ => buf.push(b),
-        }
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        buf.extend_from_slice(escaped);
+        start = i + 1;
     }
+    buf.extend_from_slice(&bytes[start..]);
 }
 
 /// Parameters per statement SQLite takes comfortably (its limit is 32,766).
@@ -1039,6 +1047,16 @@ mod tests {
         let mut buf = Vec::new();
         copy_escape(&mut buf, "a\tb\\c\nd\re");
         assert_eq!(buf, b"a\\tb\\\\c\\nd\\re");
+        for (text, copied) in [
+            ("", ""),
+            ("plain {\"ä\": 1}", "plain {\"ä\": 1}"),
+            ("\t\n", "\\t\\n"),
+            ("\\é\\", "\\\\é\\\\"),
+        ] {
+            let mut buf = Vec::new();
+            copy_escape(&mut buf, text);
+            assert_eq!(String::from_utf8(buf).unwrap(), copied, "{text:?}");
+        }
     }
 
     #[test]
