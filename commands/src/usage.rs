@@ -161,7 +161,11 @@ pub async fn report_batch(
         .collect();
     let mut outcomes: Vec<Option<BatchOutcome>> = Vec::with_capacity(reports.len());
     let mut seen: HashSet<String> = HashSet::new();
-    let mut to_append: Vec<(usize, String, Vec<store::NewEvent>)> = Vec::new();
+    // The records to append (index in the batch, id) and, in the same
+    // order, their streams: the rows are moved there, not copied (a batch's
+    // rows twice over was most of a batch's memory).
+    let mut to_append: Vec<(usize, String)> = Vec::new();
+    let mut streams: Vec<StreamAppend> = Vec::new();
     // Records refused before the append: a repeat of one already recorded
     // is a duplicate all the same (see below).
     let mut refused: Vec<(usize, String)> = Vec::new();
@@ -196,7 +200,13 @@ pub async fn report_batch(
             Ok(events) => match store::new_events::<UsageRecord>(0, &events, &metadata) {
                 Ok(rows) => {
                     seen.insert(id.clone());
-                    to_append.push((i, id, rows));
+                    streams.push(StreamAppend {
+                        aggregate_type: AggregateKind::UsageRecord.as_str(),
+                        key: stream_key(&meta.tenant, &id),
+                        events: rows,
+                        snapshot: None,
+                    });
+                    to_append.push((i, id));
                     outcomes.push(None);
                 }
                 Err(e) => outcomes.push(Some(BatchOutcome::Rejected { error: e.into() })),
@@ -217,21 +227,12 @@ pub async fn report_batch(
             }
         }
     }
-    let streams: Vec<StreamAppend> = to_append
-        .iter()
-        .map(|(_, id, rows)| StreamAppend {
-            aggregate_type: AggregateKind::UsageRecord.as_str(),
-            key: stream_key(&meta.tenant, id),
-            events: rows.clone(),
-            snapshot: None,
-        })
-        .collect();
     // New streams only: a transaction id recorded before (by an earlier
     // batch, or by a concurrent one that committed first) is left alone and
     // answered as a duplicate.
     match d.append_new(&meta.tenant, now, streams).await {
         Ok(positions) => {
-            for ((i, id, _), position) in to_append.into_iter().zip(positions) {
+            for ((i, id), position) in to_append.into_iter().zip(positions) {
                 outcomes[i] = Some(match position {
                     Some(position) => BatchOutcome::Created { id, position },
                     None => BatchOutcome::Duplicate { id },
@@ -241,7 +242,7 @@ pub async fn report_batch(
         Err(StoreError::Conflict) => {
             // A concurrent report of one of these ids: nothing was stored;
             // record one by one (each then sees its duplicate).
-            for (i, _, _) in to_append {
+            for (i, _) in to_append {
                 let Ok(r) = &reports[i] else { continue };
                 outcomes[i] = Some(match report(d, meta, r).await {
                     Ok(Reported::Created(out)) => BatchOutcome::Created {
@@ -255,7 +256,7 @@ pub async fn report_batch(
         }
         Err(e) => {
             let error = CommandError::from(e);
-            for (i, _, _) in to_append {
+            for (i, _) in to_append {
                 outcomes[i] = Some(BatchOutcome::Rejected {
                     error: clone_error(&error),
                 });
