@@ -52,37 +52,14 @@ KEY=$(cd "$W" && "$TALLY_BIN" keys create --tenant bench --role admin | tail -1)
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.2; done
-python3 - "$URL" "$KEY" "$W" <<'PY'
-import json, sys, time, urllib.request
-from concurrent.futures import ThreadPoolExecutor
-url, key, w = sys.argv[1:4]
-def call(method, path, body=None):
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None, method=method,
-                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
-plan = call("POST", "/v1/plans", {"code": "bench", "name": "Bench", "currency": "EUR", "interval": "month",
-    "base_price": "10.00", "seat_price": "2.50", "seats": {"min": 1, "max": 20}, "meters": [{"key": "api_calls", "reset": "monthly"}]})
-def one(i):
-    sub = call("POST", "/v1/subscriptions", {"customer_id": f"cus_{i}", "plan_id": plan["id"], "seats": 3})
-    call("POST", f"/v1/subscriptions/{sub['id']}/activate")
-    return sub["id"]
-with ThreadPoolExecutor(8) as ex:
-    ids = list(ex.map(one, range(1001)))
+python3 bench/seed.py "$URL" "$KEY" subs 1001 "$W/all.txt"
 # The quota probe's subscriptions (issue 15: suspended within 1 s of the cap
 # being crossed, under the usage load): a plan whose meter has a hard cap.
-capped = call("POST", "/v1/plans", {"code": "capped", "name": "Capped", "currency": "EUR", "interval": "month",
-    "base_price": "10.00", "meters": [{"key": "api_calls", "reset": "monthly", "hard_cap": "100"}]})
-def capped_sub(i):
-    sub = call("POST", "/v1/subscriptions", {"customer_id": f"cus_q{i}", "plan_id": capped["id"]})
-    call("POST", f"/v1/subscriptions/{sub['id']}/activate")
-    return sub["id"]
-open(f"{w}/quota.txt", "w").write("\n".join(capped_sub(i) for i in range(20)) + "\n")
+python3 bench/seed.py "$URL" "$KEY" capped 20 "$W/quota.txt"
 # The last one is the lag probe's own (see below), not in the load.
-open(f"{w}/probe.txt", "w").write(ids.pop() + "\n")
-open(f"{w}/ids.txt", "w").write("\n".join(ids) + "\n")
-open(f"{w}/ids100.txt", "w").write("\n".join(ids[:100]) + "\n")
-PY
+tail -n 1 "$W/all.txt" > "$W/probe.txt"
+head -n 1000 "$W/all.txt" > "$W/ids.txt"
+head -n 100 "$W/ids.txt" > "$W/ids100.txt"
 wait_idle "$URL" "$KEY"
 peak_rss() { awk '/VmHWM/{print $2}' "/proc/$pid/status"; }
 

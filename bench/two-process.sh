@@ -37,25 +37,7 @@ trap 'kill ${pids[*]} 2>/dev/null || true' EXIT
 for port in 18381 18382; do
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
 done
-python3 - "http://127.0.0.1:18381" "$KEY" "$W" <<'PY'
-import json, sys, urllib.request
-from concurrent.futures import ThreadPoolExecutor
-url, key, w = sys.argv[1:4]
-def call(method, path, body=None):
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None, method=method,
-                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
-plan = call("POST", "/v1/plans", {"code": "bench", "name": "Bench", "currency": "EUR", "interval": "month",
-    "base_price": "10.00", "seat_price": "2.50", "seats": {"min": 1, "max": 20}})
-def one(i):
-    sub = call("POST", "/v1/subscriptions", {"customer_id": f"cus_{i}", "plan_id": plan["id"], "seats": 3})
-    call("POST", f"/v1/subscriptions/{sub['id']}/activate")
-    return sub["id"]
-with ThreadPoolExecutor(8) as ex:
-    ids = list(ex.map(one, range(1000)))
-open(f"{w}/ids.txt", "w").write("\n".join(ids) + "\n")
-PY
+python3 bench/seed.py http://127.0.0.1:18381 "$KEY" subs 1000 "$W/ids.txt"
 wait_idle http://127.0.0.1:18381 "$KEY"
 seats_lua "$W/seats.lua" "$W/ids.txt" "$KEY"
 # Two processes, 32 connections each, at once.
