@@ -241,8 +241,41 @@ pub struct NewEvent {
     /// Serialized once, when the command is decided: the append sends the
     /// text as it is.
     pub payload: Box<RawValue>,
-    pub metadata: HashMap<String, String>,
+    /// The command's metadata with this event's id, as JSON text: built by
+    /// [`EventMetadata::with_event_id`], sent as it is.
+    pub metadata: Box<RawValue>,
     pub event_id: String,
+}
+
+/// The metadata every event of one decision shares, serialized once; each
+/// event adds its own `event_id` (a usage batch writes a thousand rows from
+/// one map, and neither copies nor serializes it a thousand times).
+pub struct EventMetadata {
+    /// The serialized map after its opening brace, led by a comma when the
+    /// map is not empty: `,"tenant":"t",…}` or `}`.
+    rest: String,
+}
+
+impl EventMetadata {
+    pub fn new(metadata: &HashMap<String, String>) -> Result<Self, serde_json::Error> {
+        let text = if metadata.contains_key("event_id") {
+            let mut m = metadata.clone();
+            m.remove("event_id");
+            serde_json::to_string(&m)?
+        } else {
+            serde_json::to_string(metadata)?
+        };
+        let rest = match &text[1..] {
+            "}" => "}".to_string(),
+            inner => format!(",{inner}"),
+        };
+        Ok(EventMetadata { rest })
+    }
+
+    pub fn with_event_id(&self, event_id: &str) -> Result<Box<RawValue>, serde_json::Error> {
+        let id = serde_json::to_string(event_id)?;
+        RawValue::from_string(format!("{{\"event_id\":{id}{}", self.rest))
+    }
 }
 
 /// A snapshot to store with the append.
@@ -366,7 +399,7 @@ pub async fn append(
                     .bind(&e.event_type)
                     .bind(&e.event_version)
                     .bind(serde_json::to_string(&e.payload)?)
-                    .bind(serde_json::to_string(&e.metadata)?)
+                    .bind(e.metadata.get())
                     .bind(&e.event_id)
                     .bind(tenant)
                     .bind(time::to_text(recorded_at))
@@ -506,7 +539,7 @@ async fn insert_many(
                         .bind(&e.event_type)
                         .bind(&e.event_version)
                         .bind(serde_json::to_string(&e.payload)?)
-                        .bind(serde_json::to_string(&e.metadata)?)
+                        .bind(e.metadata.get())
                         .bind(&e.event_id)
                         .bind(tenant)
                         .bind(&at);
@@ -572,19 +605,18 @@ pub fn new_events<A: Aggregate>(
     events: &[A::Event],
     metadata: &HashMap<String, String>,
 ) -> Result<Vec<NewEvent>, StoreError> {
+    let shared = EventMetadata::new(metadata)?;
     events
         .iter()
         .enumerate()
         .map(|(i, e)| {
             let event_id = uuid::Uuid::now_v7().to_string();
-            let mut metadata = metadata.clone();
-            metadata.insert("event_id".into(), event_id.clone());
             Ok(NewEvent {
                 sequence: after + 1 + i as i64,
                 event_type: e.event_type(),
                 event_version: e.event_version(),
                 payload: serde_json::value::to_raw_value(e)?,
-                metadata,
+                metadata: shared.with_event_id(&event_id)?,
                 event_id,
             })
         })
@@ -662,19 +694,18 @@ impl PersistedEventRepository for LogRepository {
             .get("recorded_at")
             .and_then(|t| time::from_text(t))
             .unwrap_or_else(Utc::now);
+        let unknown = |e: serde_json::Error| PersistenceError::UnknownError(Box::new(e));
+        let shared = EventMetadata::new(&metadata).map_err(unknown)?;
         let rows = events
             .iter()
             .map(|e| {
                 let event_id = uuid::Uuid::now_v7().to_string();
-                let mut metadata = metadata.clone();
-                metadata.insert("event_id".into(), event_id.clone());
                 Ok(NewEvent {
                     sequence: e.sequence as i64,
                     event_type: e.event_type.clone(),
                     event_version: e.event_version.clone(),
-                    payload: serde_json::value::to_raw_value(&e.payload)
-                        .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
-                    metadata,
+                    payload: serde_json::value::to_raw_value(&e.payload).map_err(unknown)?,
+                    metadata: shared.with_event_id(&event_id).map_err(unknown)?,
                     event_id,
                 })
             })
@@ -713,5 +744,47 @@ impl PersistedEventRepository for LogRepository {
             Inner::Postgres(r) => r.stream_all_events::<A>().await,
             Inner::Sqlite(r) => r.stream_all_events::<A>().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &RawValue) -> HashMap<String, String> {
+        serde_json::from_str(raw.get()).unwrap()
+    }
+
+    #[test]
+    fn each_event_gets_the_shared_metadata_and_its_own_id() {
+        let map = HashMap::from([
+            ("tenant".to_string(), "t\"1".to_string()),
+            ("actor".to_string(), "key_1".to_string()),
+        ]);
+        let shared = EventMetadata::new(&map).unwrap();
+        for id in ["e1", "e2"] {
+            let mut want = map.clone();
+            want.insert("event_id".into(), id.into());
+            assert_eq!(parsed(&shared.with_event_id(id).unwrap()), want);
+        }
+    }
+
+    #[test]
+    fn an_empty_map_gives_only_the_event_id() {
+        let shared = EventMetadata::new(&HashMap::new()).unwrap();
+        assert_eq!(
+            shared.with_event_id("e").unwrap().get(),
+            r#"{"event_id":"e"}"#
+        );
+    }
+
+    #[test]
+    fn an_event_id_in_the_map_is_replaced_not_repeated() {
+        let map = HashMap::from([("event_id".to_string(), "old".to_string())]);
+        let raw = EventMetadata::new(&map)
+            .unwrap()
+            .with_event_id("new")
+            .unwrap();
+        assert_eq!(raw.get(), r#"{"event_id":"new"}"#);
     }
 }

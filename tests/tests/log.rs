@@ -10,20 +10,25 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::{AnyConnection, Connection};
 use tally_aggregates::subscription::Subscription;
-use tally_commands::store::{self, NewEvent};
+use tally_commands::store::{self, EventMetadata, NewEvent};
 use tally_commands::{Clock, CommandMeta, Dispatcher};
 use tally_projections::runtime::{ProjectionError, Projector, RuntimeConfig};
 use tally_projections::{all_projectors, Db, EventLog, Runtime, StoredEvent};
 use tally_tests::{both_backends, table_rows, Backend, TestDb};
 
 fn event(sequence: i64) -> NewEvent {
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let metadata = HashMap::from([("tenant".to_string(), "t".to_string())]);
     NewEvent {
         sequence,
         event_type: "TestEvent".into(),
         event_version: "1.0".into(),
         payload: serde_json::value::to_raw_value(&serde_json::json!({"n": sequence})).unwrap(),
-        metadata: HashMap::from([("tenant".to_string(), "t".to_string())]),
-        event_id: uuid::Uuid::new_v4().to_string(),
+        metadata: EventMetadata::new(&metadata)
+            .unwrap()
+            .with_event_id(&event_id)
+            .unwrap(),
+        event_id,
     }
 }
 
