@@ -1150,6 +1150,7 @@ async fn notify(
 ) {
     let mut rx = db.head.subscribe();
     let mut sent = 0;
+    let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -1160,15 +1161,26 @@ async fn notify(
             sent = p;
             continue;
         }
-        if p > sent
-            && sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(p.to_string())
-                .execute(&pool)
-                .await
-                .is_ok()
-        {
-            sent = p;
+        if p <= sent {
+            continue;
+        }
+        // A connection of its own, kept out of the pool between NOTIFYs
+        // (sqlx pings every connection given back, a round trip each time);
+        // one that failed is dropped and another taken at the next change.
+        if conn.is_none() {
+            conn = pool.acquire().await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            continue;
+        };
+        let sent_now = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(p.to_string())
+            .execute(&mut **c)
+            .await;
+        match sent_now {
+            Ok(_) => sent = p,
+            Err(_) => conn = None,
         }
     }
 }
