@@ -41,3 +41,26 @@ request = function()
 end
 EOF
 }
+
+# The usage-batch Lua script (1,000 records a request on the subscriptions of
+# IDS_FILE, distinct transaction ids): usage_lua OUT IDS_FILE KEY
+usage_lua() {
+cat > "$1" <<EOF
+local ids = {}
+for line in io.lines("$2") do ids[#ids + 1] = line end
+-- tid is each thread's global, set by setup: a local here would shadow it,
+-- and two threads would send the same transaction ids.
+local threads, counter = 0, 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+request = function()
+  local parts = {}
+  for i = 1, 1000 do
+    counter = counter + 1
+    parts[i] = '{"subscription_id":"' .. ids[math.random(#ids)] .. '","meter":"api_calls","quantity":"1",' ..
+      '"timestamp":"$(date -u +%FT%TZ)","transaction_id":"t' .. os.time() .. '-' .. tostring(tid) .. '-' .. counter .. '"}'
+  end
+  return wrk.format("POST", "/v1/usage/batch", {["Authorization"] = "Bearer $3", ["Content-Type"] = "application/json"},
+    '{"records":[' .. table.concat(parts, ",") .. ']}')
+end
+EOF
+}

@@ -122,24 +122,7 @@ read -r g_ok g_bad g_p50 g_p99 < <(wrk_run get 64 "$W/get.lua")
 echo "tally    GET subscription x64: $g_ok ok/s, non-2xx $g_bad, p50 $g_p50, p99 $g_p99; peak RSS $(peak_rss) kB"
 
 # 5. Usage batches of 1,000 records on 100 subscriptions, 8 connections.
-cat > "$W/usage.lua" <<EOF
-local ids = {}
-for line in io.lines("$W/ids100.txt") do ids[#ids + 1] = line end
--- tid is each thread's global, set by setup: a local here would shadow it,
--- and two threads would send the same transaction ids.
-local threads, counter = 0, 0
-function setup(thread) threads = threads + 1; thread:set("tid", threads) end
-request = function()
-  local parts = {}
-  for i = 1, 1000 do
-    counter = counter + 1
-    parts[i] = '{"subscription_id":"' .. ids[math.random(#ids)] .. '","meter":"api_calls","quantity":"1",' ..
-      '"timestamp":"$(date -u +%FT%TZ)","transaction_id":"t' .. os.time() .. '-' .. tostring(tid) .. '-' .. counter .. '"}'
-  end
-  return wrk.format("POST", "/v1/usage/batch", {["Authorization"] = "Bearer $KEY", ["Content-Type"] = "application/json"},
-    '{"records":[' .. table.concat(parts, ",") .. ']}')
-end
-EOF
+usage_lua "$W/usage.lua" "$W/ids100.txt" "$KEY"
 # The quota probe, under that load: one record over the cap on a capped
 # subscription, then its status read until it is suspended.
 python3 - "$URL" "$KEY" "$W/quota.txt" "$SECS" > "$W/quota.out" <<'PY' &

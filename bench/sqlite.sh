@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 15.3: the bulk paths on the embedded default, SQLite. For each binary
+# given (a before and an after, so one run compares them): the release
+# `tally serve` on a fresh SQLite file, usage batches of 1,000 records on 100
+# subscriptions over 8 connections (wrk), then `tally-replay rebuild --all`
+# of the log that left. SQLite has no ceiling to print; the figures compare
+# between the binaries of one run only.
+#
+#   bench/sqlite.sh [DIR_OF_BINARIES ...]     (default: target/release;
+#                                              env: SECS=20, PORT=18395)
+#
+# Each DIR holds `tally` and `tally-replay`. Needs wrk and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+SECS=${SECS:-20}
+PORT=${PORT:-18395}
+URL=http://127.0.0.1:$PORT
+[ $# -gt 0 ] || set -- target/release
+echo "# $(date -u '+%F %T') UTC, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+for dir in "$@"; do
+  BIN=$(realpath "$dir/tally")
+  RB=$(realpath "$dir/tally-replay")
+  W=$(mktemp -d /tmp/tally-sqlite.XXXXXX)
+  export DATABASE_URL="sqlite://$W/tally.db?mode=rwc"
+  KEY=$(cd "$W" && "$BIN" keys create --tenant bench --role admin | tail -1)
+  (cd "$W" && TALLY_LOG=warn exec "$BIN" serve --listen "127.0.0.1:$PORT" --rate-limit 0 > "$W/tally.log" 2>&1) &
+  pid=$!
+  trap 'kill $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.2; done
+  python3 bench/seed.py "$URL" "$KEY" subs 100 "$W/ids100.txt"
+  wait_idle "$URL" "$KEY"
+  usage_lua "$W/usage.lua" "$W/ids100.txt" "$KEY"
+  wrk -t2 -c8 -d"${SECS}s" --timeout 30s --latency -s "$W/usage.lua" "$URL" > "$W/usage.wrk" 2>&1
+  read -r _ u_bad u_p50 u_p99 < <(wrk_summary "$W/usage.wrk")
+  # Records, not requests, a second (wrk's own rounding is a whole batch).
+  u_rec=$(awk '/requests in/{sub(/s,$/, "", $4); print int($1 * 1000 / $4)}' "$W/usage.wrk")
+  wait_idle "$URL" "$KEY"
+  rss=$(awk '/VmHWM/{print int($2 / 1024)}' "/proc/$pid/status")
+  kill $pid; wait $pid 2>/dev/null || true
+  trap - EXIT
+  events=$(python3 -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from events').fetchone()[0])" "$W/tally.db")
+  start=$(date +%s.%N)
+  (cd "$W" && /usr/bin/time -v "$RB" rebuild --all > "$W/rebuild.out" 2> "$W/rebuild.err")
+  rb_secs=$(python3 -c "import time, sys; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$start")
+  rb_rss=$(awk -F: '/Maximum resident/{gsub(/ /, "", $2); print int($2 / 1024)}' "$W/rebuild.err")
+  echo "$dir: usage batches of 1,000 x8: $u_rec records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; server peak RSS $rss MB"
+  echo "$dir: rebuild --all of $events events: $rb_secs s = $(python3 -c "import sys; print(round(int(sys.argv[1]) / max(float(sys.argv[2]), 0.001)))" "$events" "$rb_secs") events/s, peak RSS $rb_rss MB"
+  rm -rf "$W"
+done
