@@ -13,6 +13,12 @@ print(f"{(int(n) - bad) / secs:.0f} {bad} {p.get('50')} {p.get('99')}")
 PY
 }
 
+# Records a second of a wrk output file whose requests carry PER records each
+# (wrk's own requests/s is rounded to a whole request): wrk_records FILE PER
+wrk_records() {
+  awk -v per="$2" '/requests in/{sub(/s,$/, "", $4); print int($1 * per / $4)}' "$1"
+}
+
 # Until every consumer is at the log head: wait_idle URL KEY
 wait_idle() {
   for _ in $(seq 1 600); do

@@ -34,8 +34,7 @@ for dir in "$@"; do
   usage_lua "$W/usage.lua" "$W/ids100.txt" "$KEY"
   wrk -t2 -c8 -d"${SECS}s" --timeout 30s --latency -s "$W/usage.lua" "$URL" > "$W/usage.wrk" 2>&1
   read -r _ u_bad u_p50 u_p99 < <(wrk_summary "$W/usage.wrk")
-  # Records, not requests, a second (wrk's own rounding is a whole batch).
-  u_rec=$(awk '/requests in/{sub(/s,$/, "", $4); print int($1 * 1000 / $4)}' "$W/usage.wrk")
+  u_rec=$(wrk_records "$W/usage.wrk" 1000)
   wait_idle "$URL" "$KEY"
   rss=$(awk '/VmHWM/{print int($2 / 1024)}' "/proc/$pid/status")
   kill $pid; wait $pid 2>/dev/null || true

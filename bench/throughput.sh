@@ -41,8 +41,15 @@ echo "INSERT INTO events SELECT 'usage_record', gen_random_uuid()::text, 1, 'Usa
 c_insert=$(ceiling insert1 "$W/insert1.sql" 64 "$PG/tally_tp_ceiling")
 psql "$PG/tally_tp_ceiling" -qc "truncate events"
 c_insert100=$(( $(ceiling insert100 "$W/insert100.sql" 8 "$PG/tally_tp_ceiling") * 100 ))
+# The same 100-row insert into Tally's own log table (migration 0001: the
+# position trigger and the position, event id and tenant indexes): the bound
+# that the log's schema alone puts on usage ingest, before any read model.
+echo "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, event_id, tenant) SELECT 'usage_record', gen_random_uuid()::text, 1, 'UsageRecorded', '1', '$payload', '$meta', gen_random_uuid()::text, 'bench' FROM generate_series(1,100);" > "$W/insertlog.sql"
+psql "$PG/tally_tp_ceiling" -qc "drop table events"
+psql "$PG/tally_tp_ceiling" -q -f migrations/postgres/0001_log.sql > /dev/null
+c_log100=$(( $(ceiling insertlog "$W/insertlog.sql" 8 "$PG/tally_tp_ceiling") * 100 ))
 psql "$PG/postgres" -qc "drop database tally_tp_ceiling"
-echo "ceiling  one-row insert x64: $c_insert tx/s; 100-row insert x8: $c_insert100 rows/s"
+echo "ceiling  one-row insert x64: $c_insert tx/s; 100-row insert x8: $c_insert100 rows/s; the same into the log's own table: $c_log100 rows/s"
 
 # 2. The server: 1 plan, 1,000 active subscriptions.
 psql "$PG/postgres" -qc "drop database if exists tally_tp with (force)" -c "create database tally_tp"
@@ -154,10 +161,11 @@ took.sort()
 print(f"{len(took)} {took[len(took) // 2]:.0f} {took[-1]:.0f}" if took else "0 nan nan")
 PY
 quota_pid=$!
-read -r u_ok u_bad u_p50 u_p99 < <(wrk_run usage 8 "$W/usage.lua" 30s)
+read -r _ u_bad u_p50 u_p99 < <(wrk_run usage 8 "$W/usage.lua" 30s)
+u_rec=$(wrk_records "$W/usage.wrk" 1000)
 wait $quota_pid || true
 read -r q_n q_p50 q_max < "$W/quota.out" || true
-echo "tally    usage batches of 1,000 x8: $((u_ok * 1000)) records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; peak RSS $(peak_rss) kB"
+echo "tally    usage batches of 1,000 x8: $u_rec records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; peak RSS $(peak_rss) kB"
 echo "tally    quota under that load ($q_n probes, answer to suspended): p50 ${q_p50} ms, max ${q_max} ms (goal <= 1000 ms)"
 rss=$(peak_rss)
 kill $pid; wait $pid 2>/dev/null || true
@@ -179,12 +187,12 @@ start=$(date +%s.%N)
 rb_secs=$(python3 -c "import time, sys; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$start")
 rb_rss=$(awk -F: '/Maximum resident/{gsub(/ /, "", $2); print $2}' "$W/rebuild.err")
 psql "$PG/postgres" -qc "drop database tally_tp with (force)"
-python3 - "$c_insert" "$s_ok" "$c_read" "$g_ok" "$c_insert100" "$u_ok" "$events" "$rb_secs" "$rb_rss" "$rss" <<'PY'
+python3 - "$c_insert" "$s_ok" "$c_read" "$g_ok" "$c_insert100" "$u_rec" "$events" "$rb_secs" "$rb_rss" "$rss" "$c_log100" <<'PY'
 import sys
-ci, s, cr, g, c100, u, ev, rb, rbrss, rss = (float(x) for x in sys.argv[1:11])
+ci, s, cr, g, c100, u, ev, rb, rbrss, rss, clog = (float(x) for x in sys.argv[1:12])
 print(f"ratio    change-seats / one-row insert ceiling: {s/ci:.2f} (goal >= 0.6)")
 print(f"ratio    GET / indexed-read ceiling: {g/cr:.2f} (goal >= 0.6)")
-print(f"ratio    usage records / 100-row insert ceiling: {u*1000/c100:.2f} (goal >= 0.5)")
+print(f"ratio    usage records / 100-row insert ceiling: {u/c100:.2f} (goal >= 0.5); the log's own table alone reaches {clog/c100:.2f}")
 print(f"tally    rebuild --all of {ev:.0f} events: {rb} s = {ev/max(rb,0.001):.0f} events/s, peak RSS {rbrss/1024:.0f} MB")
 print(f"tally    server peak RSS over the run: {rss/1024:.0f} MB (goal <= 150)")
 PY
