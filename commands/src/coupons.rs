@@ -9,7 +9,7 @@
 
 use tally_aggregates::coupon::{canonical_code, validate_code, Coupon, CouponCommand, CouponRef};
 use tally_aggregates::subscription::{Subscription, SubscriptionCommand};
-use tally_aggregates::DomainError;
+use tally_aggregates::{AggregateKind, DomainError};
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
 use crate::ids::derived_id;
@@ -50,7 +50,7 @@ pub async fn redeem(
                 sub.evolve(e);
             }
             if sub.status.is_none() {
-                return Err(DomainError::NotFound("subscription"));
+                return Err(DomainError::NotFound(AggregateKind::Subscription));
             }
             // The subscription first (a canceled one takes no coupon), then
             // the coupon (unknown, archived, expired, not for this plan,
