@@ -278,10 +278,7 @@ async fn try_write(
 /// Hands each inserted row to its append: per append, the positions of its
 /// streams' events (`None` when none of its rows went in), and the appends
 /// only part of whose rows went in (the group must then roll back).
-fn claim(
-    group: &[Pending],
-    inserted: Vec<(String, String, i64, i64)>,
-) -> (Claimed, Vec<usize>) {
+fn claim(group: &[Pending], inserted: Vec<(String, String, i64, i64)>) -> (Claimed, Vec<usize>) {
     let mut position: HashMap<(String, String, i64), i64> = inserted
         .into_iter()
         .map(|(t, a, s, p)| ((t, a, s), p))
