@@ -247,3 +247,41 @@ where
     let dto = to_dto(&v).ok_or(ApiError::NotFound)?;
     Ok(resource(StatusCode::OK, &dto, v.version, None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{customer_id, path_id};
+    use crate::error::ApiError;
+    use tally_aggregates::subscription::MAX_CUSTOMER_ID_CHARS;
+    use tally_commands::ids::{PlanId, SubscriptionId};
+
+    /// A path id of the wrong shape names no resource: 404, like an unknown
+    /// id (`tests/hostile.rs` pins the HTTP answer).
+    #[test]
+    fn a_malformed_path_id_is_not_found() {
+        let id: SubscriptionId = path_id("sub_0190f0a1").unwrap();
+        assert_eq!(id.as_str(), "sub_0190f0a1");
+        for raw in ["", "sub", "sub_", "plan_1", "sub_1-2", "sub_é", "SUB_1"] {
+            assert!(
+                matches!(path_id::<SubscriptionId>(raw), Err(ApiError::NotFound)),
+                "{raw:?}"
+            );
+        }
+        assert!(matches!(
+            path_id::<PlanId>("sub_1"),
+            Err(ApiError::NotFound)
+        ));
+    }
+
+    /// A customer's id is the client's: any text of 1 to the limit of
+    /// characters (counted as characters, not bytes).
+    #[test]
+    fn a_customer_id_is_any_short_text() {
+        assert_eq!(customer_id("cus 1/é").unwrap(), "cus 1/é");
+        let longest = "é".repeat(MAX_CUSTOMER_ID_CHARS);
+        assert_eq!(customer_id(&longest).unwrap(), longest);
+        for raw in [String::new(), format!("{longest}x")] {
+            assert!(matches!(customer_id(&raw), Err(ApiError::NotFound)));
+        }
+    }
+}
