@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::invoice::{price_line, LineKind, NewLine};
 use crate::money::{round_to_minor, validate_price};
 use crate::plan::validate_id;
+use crate::AggregateKind;
 use crate::{Currency, DomainError};
 
 /// The longest coupon code, in characters.
@@ -355,14 +356,16 @@ impl Coupon {
                 }])
             }
             (Some(Active | Archived), CouponCommand::Create { .. }) => {
-                Err(DomainError::AlreadyExists("coupon"))
+                Err(DomainError::AlreadyExists(AggregateKind::Coupon))
             }
             // Redeeming names the coupon by its code: an unknown code is an
             // invalid coupon, not a missing resource.
             (None, CouponCommand::Redeem { .. }) => {
                 Err(DomainError::CouponInvalid("no coupon has this code".into()))
             }
-            (None, CouponCommand::Archive { .. }) => Err(DomainError::NotFound("coupon")),
+            (None, CouponCommand::Archive { .. }) => {
+                Err(DomainError::NotFound(AggregateKind::Coupon))
+            }
             (
                 Some(Active),
                 CouponCommand::Redeem {
@@ -380,7 +383,7 @@ impl Coupon {
             }
             (Some(from @ Archived), CouponCommand::Archive { .. }) => {
                 Err(DomainError::InvalidTransition {
-                    aggregate: "coupon",
+                    aggregate: AggregateKind::Coupon,
                     from: from.as_str().to_owned(),
                     command: name,
                 })

@@ -22,6 +22,7 @@ use crate::customer::CustomerDetails;
 use crate::money::{round_to_minor, MAX_AMOUNT};
 use crate::plan::validate_id;
 use crate::tax::{validate_rate_ids, TaxAmount, TaxSources};
+use crate::AggregateKind;
 use crate::{Currency, DomainError, Period};
 
 /// The longest customer id, description, reference or reason, in characters.
@@ -676,7 +677,7 @@ fn check_discount(
 impl Invoice {
     fn invalid(status: InvoiceStatus, command: &'static str) -> DomainError {
         DomainError::InvalidTransition {
-            aggregate: "invoice",
+            aggregate: AggregateKind::Invoice,
             from: status.as_str().to_owned(),
             command,
         }
@@ -739,7 +740,7 @@ impl Invoice {
                 at,
             ),
             (Some(Draft | Open | Paid | Void | Uncollectible), C::Create { .. }) => {
-                Err(DomainError::AlreadyExists("invoice"))
+                Err(DomainError::AlreadyExists(AggregateKind::Invoice))
             }
             (
                 None,
@@ -749,7 +750,7 @@ impl Invoice {
                 | C::Void { .. }
                 | C::MarkUncollectible { .. }
                 | C::IssueCreditNote { .. },
-            ) => Err(DomainError::NotFound("invoice")),
+            ) => Err(DomainError::NotFound(AggregateKind::Invoice)),
 
             (Some(Draft), C::AddLine { line, .. }) => {
                 if self.lines.len() >= MAX_LINES {

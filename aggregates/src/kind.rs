@@ -68,6 +68,16 @@ impl AggregateKind {
         }
     }
 
+    /// The kind in prose, as domain errors name it ("tax rate already
+    /// exists"): the stored string except where the words read differently.
+    pub const fn noun(self) -> &'static str {
+        match self {
+            AggregateKind::TaxRate => "tax rate",
+            AggregateKind::ProviderPayment => "payment",
+            other => other.as_str(),
+        }
+    }
+
     /// The kind of a stored `aggregate_type`; `None` for any other string.
     pub fn parse(s: &str) -> Option<AggregateKind> {
         Some(match s {
@@ -138,6 +148,31 @@ mod tests {
             sorted.len(),
             AggregateKind::ALL.len(),
             "a kind listed twice"
+        );
+    }
+
+    /// The words domain errors use (`DomainError::AlreadyExists`'s message
+    /// reaches clients as a 409's detail).
+    #[test]
+    fn nouns_are_fixed() {
+        let nouns: Vec<&str> = AggregateKind::ALL.iter().map(|k| k.noun()).collect();
+        assert_eq!(
+            nouns,
+            [
+                "plan",
+                "subscription",
+                "customer",
+                "coupon",
+                "tax rate",
+                "invoice",
+                "usage_record",
+                "ticket",
+                "inbox",
+                "invoice_numbering",
+                "api_key",
+                "inbound_notice",
+                "payment",
+            ]
         );
     }
 

@@ -73,6 +73,7 @@ pub mod billing;
 pub mod coupon;
 pub mod customer;
 pub mod error;
+pub mod id;
 pub mod inbox;
 pub mod invoice;
 pub mod kind;
@@ -96,6 +97,11 @@ pub use customer::{
     Address, Customer, CustomerCommand, CustomerDetails, CustomerEvent, CustomerStatus,
 };
 pub use error::DomainError;
+pub use id::{
+    AttachmentId, CommentId, CouponId, CreditNoteId, IdError, InvoiceId, KeyId, PaymentId, PlanId,
+    SubscriptionId, TaxRateId, TicketId, TypedId, UsageRecordId, WebhookDeliveryId,
+    WebhookEndpointId,
+};
 pub use inbox::{valid_recipient, Inbox, InboxCommand, InboxEvent};
 pub use invoice::{
     Invoice, InvoiceCommand, InvoiceEvent, InvoiceLine, InvoiceNumbering, InvoiceStatus, LineKind,

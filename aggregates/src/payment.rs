@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::{round_to_minor, MAX_AMOUNT};
 use crate::plan::validate_id;
+use crate::AggregateKind;
 use crate::{Currency, DomainError};
 
 /// The longest raw payload kept for audit, in bytes (the inbound endpoint
@@ -302,7 +303,7 @@ impl ProviderPayment {
             }
             // Another notification of a payment already received.
             (Some(_), C::Receive { .. }) => Ok(vec![]),
-            (None, C::Refund { .. }) => Err(DomainError::NotFound("payment")),
+            (None, C::Refund { .. }) => Err(DomainError::NotFound(AggregateKind::ProviderPayment)),
             (
                 Some(currency),
                 C::Refund {
@@ -434,7 +435,7 @@ mod tests {
         let mut p = ProviderPayment::default();
         assert!(matches!(
             p.decide(refund("re_1", "1.00")),
-            Err(DomainError::NotFound("payment"))
+            Err(DomainError::NotFound(AggregateKind::ProviderPayment))
         ));
         assert_eq!(run(&mut p, receive("30.00", "25.00")).unwrap(), 1);
         assert_eq!(p.reference, "stripe:pi_1");

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::money::{round_to_minor, validate_price, validate_unit_price, MAX_AMOUNT};
 use crate::pricing::MeterPricing;
 use crate::subscription::PlanRef;
+use crate::AggregateKind;
 use crate::{Currency, DomainError, Interval};
 
 /// The most meters a plan may define.
@@ -474,15 +475,15 @@ impl Plan {
                 }])
             }
             (Some(Active | Archived), PlanCommand::Create { .. }) => {
-                Err(DomainError::AlreadyExists("plan"))
+                Err(DomainError::AlreadyExists(AggregateKind::Plan))
             }
-            (None, PlanCommand::Archive { .. }) => Err(DomainError::NotFound("plan")),
+            (None, PlanCommand::Archive { .. }) => Err(DomainError::NotFound(AggregateKind::Plan)),
             (Some(Active), PlanCommand::Archive { at }) => {
                 Ok(vec![PlanEvent::PlanArchived { archived_at: at }])
             }
             (Some(from @ Archived), command @ PlanCommand::Archive { .. }) => {
                 Err(DomainError::InvalidTransition {
-                    aggregate: "plan",
+                    aggregate: AggregateKind::Plan,
                     from: from.as_str().to_owned(),
                     command: command.name(),
                 })

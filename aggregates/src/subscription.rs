@@ -21,6 +21,7 @@ use crate::coupon::{AppliedDiscount, CouponOff, CouponRef};
 use crate::money::round_to_minor;
 use crate::period::{checked_period_at, checked_period_containing};
 use crate::plan::{is_valid_meter_key, validate_id, validate_trial_days};
+use crate::AggregateKind;
 use crate::{Currency, DomainError, Period, PlanTerms};
 
 /// The longest customer id, in characters.
@@ -563,7 +564,7 @@ impl Subscription {
 
     fn invalid(status: SubscriptionStatus, command: &'static str) -> DomainError {
         DomainError::InvalidTransition {
-            aggregate: "subscription",
+            aggregate: AggregateKind::Subscription,
             from: status.as_str().to_owned(),
             command,
         }
@@ -602,7 +603,7 @@ impl Subscription {
             (
                 Some(Draft | Trialing | Active | PastDue | Suspended | Canceled),
                 C::Create { .. },
-            ) => Err(DomainError::AlreadyExists("subscription")),
+            ) => Err(DomainError::AlreadyExists(AggregateKind::Subscription)),
             (
                 None,
                 C::Activate { .. }
@@ -617,7 +618,7 @@ impl Subscription {
                 | C::EndTrial { .. }
                 | C::ApplyDiscount { .. }
                 | C::RemoveDiscount { .. },
-            ) => Err(DomainError::NotFound("subscription")),
+            ) => Err(DomainError::NotFound(AggregateKind::Subscription)),
 
             (Some(Draft), C::Activate { at, now }) => self.activate(at, now),
             (

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::round_to_minor;
 use crate::plan::validate_id;
+use crate::AggregateKind;
 use crate::{Currency, DomainError};
 
 /// The longest tax rate name, in characters.
@@ -193,15 +194,17 @@ impl TaxRate {
                 }])
             }
             (Some(Active | Archived), TaxRateCommand::Create { .. }) => {
-                Err(DomainError::AlreadyExists("tax rate"))
+                Err(DomainError::AlreadyExists(AggregateKind::TaxRate))
             }
-            (None, TaxRateCommand::Archive { .. }) => Err(DomainError::NotFound("tax rate")),
+            (None, TaxRateCommand::Archive { .. }) => {
+                Err(DomainError::NotFound(AggregateKind::TaxRate))
+            }
             (Some(Active), TaxRateCommand::Archive { at }) => {
                 Ok(vec![TaxRateEvent::TaxRateArchived { archived_at: at }])
             }
             (Some(from @ Archived), TaxRateCommand::Archive { .. }) => {
                 Err(DomainError::InvalidTransition {
-                    aggregate: "tax_rate",
+                    aggregate: AggregateKind::TaxRate,
                     from: from.as_str().to_owned(),
                     command: name,
                 })

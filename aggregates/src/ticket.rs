@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::validate_id;
+use crate::AggregateKind;
 use crate::DomainError;
 
 /// The longest subject, in characters.
@@ -338,7 +339,7 @@ fn validate_principal(field: &str, value: &str) -> Result<(), DomainError> {
 impl Ticket {
     fn invalid(status: TicketStatus, command: &'static str) -> DomainError {
         DomainError::InvalidTransition {
-            aggregate: "ticket",
+            aggregate: AggregateKind::Ticket,
             from: status.as_str().to_owned(),
             command,
         }
@@ -401,12 +402,12 @@ impl Ticket {
                 }])
             }
             (Some(New | Open | Pending | OnHold | Solved | Closed), C::Create { .. }) => {
-                Err(DomainError::AlreadyExists("ticket"))
+                Err(DomainError::AlreadyExists(AggregateKind::Ticket))
             }
             (
                 None,
                 C::Assign { .. } | C::Comment { .. } | C::Attach { .. } | C::Transition { .. },
-            ) => Err(DomainError::NotFound("ticket")),
+            ) => Err(DomainError::NotFound(AggregateKind::Ticket)),
 
             (Some(New), C::Assign { assignee, at }) => {
                 validate_principal("assignee", &assignee)?;

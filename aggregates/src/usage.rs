@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::money::MAX_AMOUNT;
 use crate::period::checked_period_containing;
 use crate::plan::{validate_id, MAX_QUANTITY_PLACES};
+use crate::AggregateKind;
 use crate::{DomainError, Interval, PlanTerms, ResetCadence, SubscriptionStatus};
 
 /// The longest client transaction id, in characters.
@@ -270,7 +271,7 @@ fn check_subscription_status(status: SubscriptionStatus) -> Result<(), DomainErr
     match status {
         Trialing | Active | PastDue => Ok(()),
         Draft | Suspended | Canceled => Err(DomainError::InvalidTransition {
-            aggregate: "subscription",
+            aggregate: AggregateKind::Subscription,
             from: status.as_str().to_owned(),
             command: "record_usage",
         }),
@@ -343,7 +344,7 @@ fn validate_void_reason(reason: &str) -> Result<(), DomainError> {
 impl UsageRecord {
     fn invalid(status: UsageStatus, command: &'static str) -> DomainError {
         DomainError::InvalidTransition {
-            aggregate: "usage_record",
+            aggregate: AggregateKind::UsageRecord,
             from: status.as_str().to_owned(),
             command,
         }
@@ -412,7 +413,7 @@ impl UsageRecord {
             (Some(Recorded | Billed | Voided), C::Record { .. }) => Ok(vec![]),
 
             (None, C::Void { .. } | C::MarkBilled { .. }) => {
-                Err(DomainError::NotFound("usage_record"))
+                Err(DomainError::NotFound(AggregateKind::UsageRecord))
             }
 
             (Some(Recorded), C::Void { reason, at }) => {
@@ -895,13 +896,13 @@ mod tests {
                         from,
                         command: name,
                     }) => {
-                        assert_eq!(aggregate, "usage_record");
+                        assert_eq!(aggregate, AggregateKind::UsageRecord);
                         assert_eq!(Some(from.as_str()), status.map(|s| s.as_str()));
                         assert_eq!(name, command.name());
                         Outcome::Invalid
                     }
                     Err(DomainError::NotFound(aggregate)) => {
-                        assert_eq!(aggregate, "usage_record");
+                        assert_eq!(aggregate, AggregateKind::UsageRecord);
                         Outcome::NotFound
                     }
                     Err(other) => panic!("{status:?} {}: {other:?}", command.name()),
@@ -991,7 +992,7 @@ mod tests {
             .given(history(Some(UsageStatus::Billed)))
             .when(void())
             .then_expect_error(DomainError::InvalidTransition {
-                aggregate: "usage_record",
+                aggregate: AggregateKind::UsageRecord,
                 from: "billed".to_owned(),
                 command: "void",
             });
@@ -999,7 +1000,7 @@ mod tests {
             .given(history(Some(UsageStatus::Voided)))
             .when(void())
             .then_expect_error(DomainError::InvalidTransition {
-                aggregate: "usage_record",
+                aggregate: AggregateKind::UsageRecord,
                 from: "voided".to_owned(),
                 command: "void",
             });
@@ -1007,7 +1008,7 @@ mod tests {
             .given(history(Some(UsageStatus::Billed)))
             .when(mark_billed())
             .then_expect_error(DomainError::InvalidTransition {
-                aggregate: "usage_record",
+                aggregate: AggregateKind::UsageRecord,
                 from: "billed".to_owned(),
                 command: "mark_billed",
             });
@@ -1015,18 +1016,18 @@ mod tests {
             .given(history(Some(UsageStatus::Voided)))
             .when(mark_billed())
             .then_expect_error(DomainError::InvalidTransition {
-                aggregate: "usage_record",
+                aggregate: AggregateKind::UsageRecord,
                 from: "voided".to_owned(),
                 command: "mark_billed",
             });
         TestFramework::<UsageRecord>::with(())
             .given_no_previous_events()
             .when(void())
-            .then_expect_error(DomainError::NotFound("usage_record"));
+            .then_expect_error(DomainError::NotFound(AggregateKind::UsageRecord));
         TestFramework::<UsageRecord>::with(())
             .given_no_previous_events()
             .when(mark_billed())
-            .then_expect_error(DomainError::NotFound("usage_record"));
+            .then_expect_error(DomainError::NotFound(AggregateKind::UsageRecord));
         assert_eq!(<UsageRecord as Aggregate>::TYPE, "usage_record");
     }
 
@@ -1091,7 +1092,7 @@ mod tests {
             assert_eq!(
                 error,
                 DomainError::InvalidTransition {
-                    aggregate: "subscription",
+                    aggregate: AggregateKind::Subscription,
                     from: status.as_str().to_owned(),
                     command: "record_usage",
                 }
@@ -1223,7 +1224,7 @@ mod tests {
         report.subscription.anchor = None;
         let field_of = |report: &Report| match record_error(report.clone()) {
             DomainError::Validation { field, .. } => field,
-            DomainError::InvalidTransition { aggregate, .. } => aggregate.to_owned(),
+            DomainError::InvalidTransition { aggregate, .. } => aggregate.as_str().to_owned(),
             other => panic!("{other:?}"),
         };
         assert_eq!(field_of(&report), "transaction_id");

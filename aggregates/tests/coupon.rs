@@ -13,6 +13,7 @@ use tally_aggregates::coupon::{
     discount_amount, discount_line, AppliedDiscount, MAX_DURATION_PERIODS,
 };
 use tally_aggregates::subscription::Discount;
+use tally_aggregates::AggregateKind;
 use tally_aggregates::{
     Coupon, CouponCommand, CouponDuration, CouponEvent, CouponOff, CouponRef, CouponStatus,
     CouponTerms, DomainError, Invoice, InvoiceCommand, LineKind, NewLine, SubscriptionCommand,
@@ -135,10 +136,13 @@ fn every_status_and_command_is_decided_on_purpose() {
             None => {
                 assert_eq!(created.unwrap(), vec![created_event()]);
                 assert!(matches!(redemption, Err(DomainError::CouponInvalid(_))));
-                assert_eq!(archive, Err(DomainError::NotFound("coupon")));
+                assert_eq!(archive, Err(DomainError::NotFound(AggregateKind::Coupon)));
             }
             Some(CouponStatus::Active) => {
-                assert_eq!(created, Err(DomainError::AlreadyExists("coupon")));
+                assert_eq!(
+                    created,
+                    Err(DomainError::AlreadyExists(AggregateKind::Coupon))
+                );
                 assert_eq!(redemption.unwrap(), vec![redeemed("sub_1", 1)]);
                 assert_eq!(
                     archive.unwrap(),
@@ -148,12 +152,15 @@ fn every_status_and_command_is_decided_on_purpose() {
                 );
             }
             Some(CouponStatus::Archived) => {
-                assert_eq!(created, Err(DomainError::AlreadyExists("coupon")));
+                assert_eq!(
+                    created,
+                    Err(DomainError::AlreadyExists(AggregateKind::Coupon))
+                );
                 assert!(matches!(redemption, Err(DomainError::CouponInvalid(_))));
                 assert_eq!(
                     archive,
                     Err(DomainError::InvalidTransition {
-                        aggregate: "coupon",
+                        aggregate: AggregateKind::Coupon,
                         from: "archived".to_owned(),
                         command: "archive",
                     })
@@ -399,8 +406,14 @@ fn every_subscription_status_decides_apply_and_remove_discount() {
         let removed = sub.decide(SubscriptionCommand::RemoveDiscount { at: t(DURING) });
         match status {
             None => {
-                assert_eq!(applied, Err(DomainError::NotFound("subscription")));
-                assert_eq!(removed, Err(DomainError::NotFound("subscription")));
+                assert_eq!(
+                    applied,
+                    Err(DomainError::NotFound(AggregateKind::Subscription))
+                );
+                assert_eq!(
+                    removed,
+                    Err(DomainError::NotFound(AggregateKind::Subscription))
+                );
             }
             Some(SubscriptionStatus::Canceled) => {
                 for outcome in [applied, removed] {

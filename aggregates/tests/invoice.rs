@@ -22,6 +22,7 @@ use tally_aggregates::invoice::{
     MAX_LINES, MAX_LINE_PLACES, MAX_PAYMENTS, MAX_TEXT_CHARS, NUMBERING_ID,
 };
 use tally_aggregates::money::{round_to_minor, MAX_AMOUNT};
+use tally_aggregates::AggregateKind;
 use tally_aggregates::{
     Currency, DomainError, Invoice, InvoiceCommand, InvoiceEvent, InvoiceLine, InvoiceNumbering,
     InvoiceStatus, LineKind, NewLine, NumberingCommand, NumberingEvent, Payment, Period,
@@ -422,7 +423,7 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
                         command,
                     }),
                 ) => {
-                    assert_eq!(aggregate, "invoice", "{context}");
+                    assert_eq!(aggregate, AggregateKind::Invoice, "{context}");
                     assert_eq!(
                         Some(from.as_str()),
                         fixture.status().map(|s| s.as_str()),
@@ -430,8 +431,11 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
                     );
                     assert_eq!(command, name, "{context}");
                 }
-                (Outcome::NotFound, Err(DomainError::NotFound("invoice")))
-                | (Outcome::AlreadyExists, Err(DomainError::AlreadyExists("invoice"))) => {}
+                (Outcome::NotFound, Err(DomainError::NotFound(AggregateKind::Invoice)))
+                | (
+                    Outcome::AlreadyExists,
+                    Err(DomainError::AlreadyExists(AggregateKind::Invoice)),
+                ) => {}
                 (want, got) => panic!("{context}: expected {want:?}, got {got:?}"),
             }
         }
@@ -1603,7 +1607,7 @@ fn the_cqrs_adapter_emits_what_decide_decides() {
         .given(Fixture::Void.history())
         .when(pay("pay_1", "1.00", "ref_1"))
         .then_expect_error(DomainError::InvalidTransition {
-            aggregate: "invoice",
+            aggregate: AggregateKind::Invoice,
             from: "void".to_owned(),
             command: "record_payment",
         });
@@ -1614,7 +1618,7 @@ fn the_cqrs_adapter_emits_what_decide_decides() {
     TestFramework::<Invoice>::with(())
         .given_no_previous_events()
         .when(issue(1))
-        .then_expect_error(DomainError::NotFound("invoice"));
+        .then_expect_error(DomainError::NotFound(AggregateKind::Invoice));
     assert_eq!(<Invoice as cqrs_es::Aggregate>::TYPE, "invoice");
 }
 

@@ -6,6 +6,7 @@ mod support;
 use cqrs_es::test::TestFramework;
 use cqrs_es::DomainEvent;
 use support::*;
+use tally_aggregates::AggregateKind;
 use tally_aggregates::{
     DomainError, Interval, MeterPricing, MeterTerms, Plan, PlanCommand, PlanEvent, PlanStatus,
     PlanTerms, ResetCadence, SeatLimits, EVENT_VERSION,
@@ -64,15 +65,17 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
             let expected: Result<Option<PlanStatus>, DomainError> = match (&command, status) {
                 (PlanCommand::Create { .. }, None) => Ok(Some(PlanStatus::Active)),
                 (PlanCommand::Create { .. }, Some(PlanStatus::Active | PlanStatus::Archived)) => {
-                    Err(DomainError::AlreadyExists("plan"))
+                    Err(DomainError::AlreadyExists(AggregateKind::Plan))
                 }
-                (PlanCommand::Archive { .. }, None) => Err(DomainError::NotFound("plan")),
+                (PlanCommand::Archive { .. }, None) => {
+                    Err(DomainError::NotFound(AggregateKind::Plan))
+                }
                 (PlanCommand::Archive { .. }, Some(PlanStatus::Active)) => {
                     Ok(Some(PlanStatus::Archived))
                 }
                 (PlanCommand::Archive { .. }, Some(PlanStatus::Archived)) => {
                     Err(DomainError::InvalidTransition {
-                        aggregate: "plan",
+                        aggregate: AggregateKind::Plan,
                         from: "archived".to_owned(),
                         command: "archive",
                     })
@@ -345,7 +348,7 @@ fn the_cqrs_adapter_emits_what_decide_decides() {
     TestFramework::<Plan>::with(())
         .given(vec![created_plan()])
         .when(create_command(basic().terms))
-        .then_expect_error(DomainError::AlreadyExists("plan"));
+        .then_expect_error(DomainError::AlreadyExists(AggregateKind::Plan));
     assert_eq!(<Plan as cqrs_es::Aggregate>::TYPE, "plan");
 }
 

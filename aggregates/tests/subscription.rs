@@ -13,6 +13,7 @@ use cqrs_es::test::TestFramework;
 use cqrs_es::DomainEvent;
 use support::*;
 use tally_aggregates::period::period_at;
+use tally_aggregates::AggregateKind;
 use tally_aggregates::{
     CancelWhen, Currency, DomainError, Interval, MeterPricing, MeterTerms, Period,
     ProrationFigures, ProrationMode, ResetCadence, Subscription, SubscriptionCommand,
@@ -261,12 +262,15 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
                         command,
                     }),
                 ) => {
-                    assert_eq!(aggregate, "subscription", "{context}");
+                    assert_eq!(aggregate, AggregateKind::Subscription, "{context}");
                     assert_eq!(Some(from.as_str()), status.map(|s| s.as_str()), "{context}");
                     assert_eq!(command, name, "{context}");
                 }
-                (Outcome::NotFound, Err(DomainError::NotFound("subscription")))
-                | (Outcome::AlreadyExists, Err(DomainError::AlreadyExists("subscription"))) => {}
+                (Outcome::NotFound, Err(DomainError::NotFound(AggregateKind::Subscription)))
+                | (
+                    Outcome::AlreadyExists,
+                    Err(DomainError::AlreadyExists(AggregateKind::Subscription)),
+                ) => {}
                 (want, got) => panic!("{context}: expected {want:?}, got {got:?}"),
             }
         }
@@ -908,7 +912,7 @@ fn cancel_forgets_the_past_due_invoice() {
     assert_eq!(
         subscription.decide(clear_past_due("inv_1")),
         Err(DomainError::InvalidTransition {
-            aggregate: "subscription",
+            aggregate: AggregateKind::Subscription,
             from: "canceled".to_owned(),
             command: "clear_past_due",
         })
@@ -935,12 +939,12 @@ fn clear_past_due_rejects_a_bad_invoice_id_in_every_state_that_accepts_it() {
 fn clear_past_due_on_a_missing_or_draft_subscription() {
     assert_eq!(
         Subscription::default().decide(clear_past_due("inv_1")),
-        Err(DomainError::NotFound("subscription"))
+        Err(DomainError::NotFound(AggregateKind::Subscription))
     );
     assert_eq!(
         given(&history(Some(SubscriptionStatus::Draft))).decide(clear_past_due("inv_1")),
         Err(DomainError::InvalidTransition {
-            aggregate: "subscription",
+            aggregate: AggregateKind::Subscription,
             from: "draft".to_owned(),
             command: "clear_past_due",
         })
@@ -1792,7 +1796,7 @@ fn the_cqrs_adapter_emits_what_decide_decides() {
         .given(history(Some(SubscriptionStatus::Canceled)))
         .when(SubscriptionCommand::Resume { at: t(DURING) })
         .then_expect_error(DomainError::InvalidTransition {
-            aggregate: "subscription",
+            aggregate: AggregateKind::Subscription,
             from: "canceled".to_owned(),
             command: "resume",
         });

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use support::*;
 use tally_aggregates::tax::{tax_amount, validate_rate_ids, MAX_RATES};
+use tally_aggregates::AggregateKind;
 use tally_aggregates::{
     AppliedRate, DomainError, Invoice, InvoiceCommand, LineKind, NewLine, TaxRate, TaxRateCommand,
     TaxRateEvent, TaxRateStatus, TaxRateTerms, TaxSources,
@@ -78,10 +79,13 @@ fn every_status_and_command_is_decided_on_purpose() {
         match status {
             None => {
                 assert_eq!(create.unwrap(), vec![created()]);
-                assert_eq!(archive, Err(DomainError::NotFound("tax rate")));
+                assert_eq!(archive, Err(DomainError::NotFound(AggregateKind::TaxRate)));
             }
             Some(TaxRateStatus::Active) => {
-                assert_eq!(create, Err(DomainError::AlreadyExists("tax rate")));
+                assert_eq!(
+                    create,
+                    Err(DomainError::AlreadyExists(AggregateKind::TaxRate))
+                );
                 assert_eq!(
                     archive.unwrap(),
                     vec![TaxRateEvent::TaxRateArchived {
@@ -90,11 +94,14 @@ fn every_status_and_command_is_decided_on_purpose() {
                 );
             }
             Some(TaxRateStatus::Archived) => {
-                assert_eq!(create, Err(DomainError::AlreadyExists("tax rate")));
+                assert_eq!(
+                    create,
+                    Err(DomainError::AlreadyExists(AggregateKind::TaxRate))
+                );
                 assert_eq!(
                     archive,
                     Err(DomainError::InvalidTransition {
-                        aggregate: "tax_rate",
+                        aggregate: AggregateKind::TaxRate,
                         from: "archived".to_owned(),
                         command: "archive",
                     })

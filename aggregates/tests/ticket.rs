@@ -14,6 +14,7 @@ use tally_aggregates::ticket::{
     MAX_BODY_CHARS, MAX_COMMENTS, MAX_FILE_NAME_CHARS, MAX_PRINCIPAL_CHARS, MAX_STORAGE_KEY_CHARS,
     MAX_SUBJECT_CHARS,
 };
+use tally_aggregates::AggregateKind;
 use tally_aggregates::{
     can_transition, Attachment, Comment, DomainError, Priority, Ticket, TicketCommand, TicketEvent,
     TicketStatus, ALLOWED_CONTENT_TYPES, EVENT_VERSION, MAX_ATTACHMENTS, MAX_ATTACHMENT_BYTES,
@@ -156,7 +157,7 @@ fn assert_validation(result: Result<Vec<TicketEvent>, DomainError>, expected_fie
 
 fn invalid(from: TicketStatus, command: &'static str) -> DomainError {
     DomainError::InvalidTransition {
-        aggregate: "ticket",
+        aggregate: AggregateKind::Ticket,
         from: from.as_str().to_owned(),
         command,
     }
@@ -278,7 +279,7 @@ fn transition_of_a_ticket_never_created_is_not_found() {
     for to in TicketStatus::ALL {
         assert_eq!(
             Ticket::default().decide(transition(to)),
-            Err(DomainError::NotFound("ticket"))
+            Err(DomainError::NotFound(AggregateKind::Ticket))
         );
     }
 }
@@ -379,12 +380,15 @@ fn every_status_and_command_pair_is_decided_as_the_table_says() {
                         command,
                     }),
                 ) => {
-                    assert_eq!(aggregate, "ticket", "{context}");
+                    assert_eq!(aggregate, AggregateKind::Ticket, "{context}");
                     assert_eq!(Some(from.as_str()), status.map(|s| s.as_str()), "{context}");
                     assert_eq!(command, name, "{context}");
                 }
-                (Outcome::NotFound, Err(DomainError::NotFound("ticket")))
-                | (Outcome::AlreadyExists, Err(DomainError::AlreadyExists("ticket"))) => {}
+                (Outcome::NotFound, Err(DomainError::NotFound(AggregateKind::Ticket)))
+                | (
+                    Outcome::AlreadyExists,
+                    Err(DomainError::AlreadyExists(AggregateKind::Ticket)),
+                ) => {}
                 (want, got) => panic!("{context}: expected {want:?}, got {got:?}"),
             }
         }
@@ -415,7 +419,7 @@ fn a_closed_ticket_refuses_every_command_but_create_as_a_transition() {
     }
     assert_eq!(
         closed.decide(create_command()),
-        Err(DomainError::AlreadyExists("ticket"))
+        Err(DomainError::AlreadyExists(AggregateKind::Ticket))
     );
 }
 

@@ -47,7 +47,7 @@ use tally_aggregates::invoice::{
     NUMBERING_ID,
 };
 use tally_aggregates::Currency;
-use tally_commands::ids::new_id;
+use tally_commands::ids::{Generate, InvoiceId, PaymentId, SubscriptionId};
 use tally_projections::db::TypedPool;
 use tally_projections::runtime::RuntimeConfig;
 use tally_projections::{all_projectors, Db, Runtime};
@@ -429,7 +429,10 @@ fn generate(
     let customer_ids: Vec<String> = (0..customers.max(1))
         .map(|i| format!("cus_{i:06}"))
         .collect();
-    let subscription_ids: Vec<String> = customer_ids.iter().map(|_| new_id("sub")).collect();
+    let subscription_ids: Vec<String> = customer_ids
+        .iter()
+        .map(|_| SubscriptionId::generate().into_string())
+        .collect();
     let mut by_status = BTreeMap::new();
     let mut cursors = Vec::new();
     let tenants = std::iter::once((TENANT, invoices)).chain(OTHER_TENANTS);
@@ -441,7 +444,7 @@ fn generate(
             let at = now - chrono::Duration::seconds(age_secs);
             let c = rng.gen_range(0..customer_ids.len());
             let fate = fate(&mut rng, age_secs < RECENT_DAYS * 86_400);
-            let invoice_id = new_id("inv");
+            let invoice_id = InvoiceId::generate().into_string();
             if tenant == TENANT && i % CURSOR_EVERY == CURSOR_EVERY / 2 {
                 cursors.push(invoice_id.clone());
             }
@@ -510,7 +513,7 @@ fn generate(
                 let at = at + chrono::Duration::seconds(rng.gen_range(0..=settle));
                 let command = match fate {
                     Fate::Paid => Some(InvoiceCommand::RecordPayment {
-                        payment_id: new_id("pay"),
+                        payment_id: PaymentId::generate().into_string(),
                         amount: state.amount_due,
                         reference: format!("bank-{:012}", rng.gen_range(0..1_000_000_000_000u64)),
                         captured_at: at,

@@ -74,7 +74,9 @@ use tally_aggregates::subscription::{
 use tally_aggregates::ticket::{Priority, Ticket, TicketCommand, TicketStatus};
 use tally_aggregates::usage::{SubscriptionContext, UsageCommand, UsageRecord};
 use tally_aggregates::{Currency, Interval, Period};
-use tally_commands::ids::new_id;
+use tally_commands::ids::{
+    AttachmentId, CommentId, Generate, PaymentId, PlanId, SubscriptionId, TicketId,
+};
 use tally_commands::policies::billing::{activation_invoice_id, renewal_invoice_id};
 use tally_commands::store;
 use tally_commands::usage::record_id;
@@ -913,7 +915,7 @@ fn generate(n: u64, seed: u64, tx: mpsc::Sender<Vec<u8>>) -> Result<GenStats> {
         let currency = Currency::parse(currency).map_err(|e| anyhow!("{e}"))?;
         let mut plans = Vec::new();
         for (code, base, seat, included) in [("basic", 2900, 500, 500), ("pro", 9900, 400, 5000)] {
-            let plan_id = new_id("plan");
+            let plan_id = PlanId::generate().into_string();
             let mut plan = Plan::default();
             let mut seq = 0;
             let events = plan.decide(PlanCommand::Create {
@@ -950,7 +952,7 @@ fn generate(n: u64, seed: u64, tx: mpsc::Sender<Vec<u8>>) -> Result<GenStats> {
                 recipient: format!("customer:{customer_id}"),
                 customer_id,
                 join_day: (i % JOIN_DAYS) as u32,
-                sub_id: new_id("sub"),
+                sub_id: SubscriptionId::generate().into_string(),
                 sub: Subscription::default(),
                 sub_seq: 0,
                 tx_counter: 0,
@@ -1096,7 +1098,7 @@ fn join(
         },
         &[],
     );
-    let invoice_id = activation_invoice_id(&c.sub_id, &period);
+    let invoice_id = activation_invoice_id(&c.sub_id, &period).into_string();
     let cause = ids.first().cloned().unwrap_or_default();
     invoice(
         c,
@@ -1146,7 +1148,7 @@ fn renew(
     };
     let cause = ids.first().cloned().unwrap_or_default();
     let meta = Meta::caused("system:billing", &cause);
-    let invoice_id = renewal_invoice_id(&c.sub_id, &closed_period);
+    let invoice_id = renewal_invoice_id(&c.sub_id, &closed_period).into_string();
     let at = at + chrono::Duration::seconds(30);
     // Usage of the closed period becomes Billed on the invoice first.
     let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut c.billable)
@@ -1328,7 +1330,7 @@ fn collections(c: &mut Customer, sink: &mut Sink, day: u32, at: DateTime<Utc>) -
         }
         c.payments += 1;
         let events = inv.state.decide(InvoiceCommand::RecordPayment {
-            payment_id: new_id("pay"),
+            payment_id: PaymentId::generate().into_string(),
             amount: inv.state.amount_due,
             reference: format!("bank-{}-{}", c.customer_id, c.payments),
             captured_at: at,
@@ -1512,7 +1514,7 @@ fn ticket(
 ) -> Result<()> {
     let Some(t) = c.ticket.as_mut() else {
         if c.sub.status != Some(SubscriptionStatus::Canceled) && rng.gen_ratio(1, 90) {
-            let id = new_id("tkt");
+            let id = TicketId::generate().into_string();
             let mut state = Ticket::default();
             let mut seq = 0;
             let priorities = [
@@ -1536,7 +1538,7 @@ fn ticket(
             let meta = Meta::client();
             sink.emit(tenant, &id, &mut state, &mut seq, events, at, &meta)?;
             if rng.gen_ratio(1, 3) {
-                let attachment_id = new_id("att");
+                let attachment_id = AttachmentId::generate().into_string();
                 events = state.decide(TicketCommand::Attach {
                     storage_key: format!("tickets/{id}/{attachment_id}"),
                     attachment_id,
@@ -1567,7 +1569,7 @@ fn ticket(
             at,
         },
         2 => TicketCommand::Comment {
-            comment_id: new_id("cmt"),
+            comment_id: CommentId::generate().into_string(),
             author: t.agent.clone(),
             body: "Thanks for reaching out. The overage line covers the API calls above \
                    the included quantity in the closed period; the export is attached."
@@ -1576,7 +1578,7 @@ fn ticket(
             at,
         },
         3 => TicketCommand::Comment {
-            comment_id: new_id("cmt"),
+            comment_id: CommentId::generate().into_string(),
             author: c.customer_id.clone(),
             body: "Understood, thank you. That matches our numbers now.".to_string(),
             public: true,

@@ -9,14 +9,14 @@
 
 use tally_aggregates::coupon::{canonical_code, validate_code, Coupon, CouponCommand, CouponRef};
 use tally_aggregates::subscription::{Subscription, SubscriptionCommand};
-use tally_aggregates::DomainError;
+use tally_aggregates::{AggregateKind, DomainError};
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
-use crate::ids::derived_id;
+use crate::ids::{derived_id, CouponId};
 
 /// The id of the tenant's coupon with this code.
-pub fn coupon_id(code: &str) -> String {
-    derived_id("cpn", &["coupon", &canonical_code(code)])
+pub fn coupon_id(code: &str) -> CouponId {
+    derived_id(&["coupon", &canonical_code(code)])
 }
 
 /// Redeems the coupon `code` for subscription `subscription_id`, after
@@ -50,7 +50,7 @@ pub async fn redeem(
                 sub.evolve(e);
             }
             if sub.status.is_none() {
-                return Err(DomainError::NotFound("subscription"));
+                return Err(DomainError::NotFound(AggregateKind::Subscription));
             }
             // The subscription first (a canceled one takes no coupon), then
             // the coupon (unknown, archived, expired, not for this plan,
@@ -58,7 +58,7 @@ pub async fn redeem(
             if let Some(terms) = &coupon.terms {
                 sub_events.extend(sub.decide(SubscriptionCommand::ApplyDiscount {
                     coupon: CouponRef {
-                        coupon_id: coupon_id.clone(),
+                        coupon_id: coupon_id.clone().into_string(),
                         terms: terms.clone(),
                     },
                     at,

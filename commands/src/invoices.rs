@@ -17,7 +17,7 @@ use tally_aggregates::tax::{TaxRate, TaxSources};
 use tally_aggregates::DomainError;
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
-use crate::ids::new_id;
+use crate::ids::{CreditNoteId, Generate, PaymentId};
 
 /// Issues a draft: takes the tenant's next invoice number and appends the
 /// `InvoiceIssued` and the `InvoiceNumberAssigned` together, so numbers are
@@ -169,7 +169,7 @@ pub async fn record_payment(
     expected_version: Option<i64>,
 ) -> Result<Executed<Invoice>, CommandError> {
     let at = d.clock().now();
-    let payment_id = new_id("pay");
+    let payment_id = PaymentId::generate().into_string();
     d.execute::<Invoice, _>(meta, &notice.invoice_id, expected_version, |invoice| {
         invoice.decide(InvoiceCommand::RecordPayment {
             payment_id: payment_id.clone(),
@@ -262,7 +262,7 @@ pub async fn issue_credit_note(
     request: CreditNoteRequest,
     expected_version: Option<i64>,
 ) -> Result<Executed<Invoice>, CommandError> {
-    let credit_note_id = new_id("cn");
+    let credit_note_id = CreditNoteId::generate().into_string();
     let invoice_id = request.invoice_id.clone();
     let (invoice, _) = d
         .execute_pair::<Invoice, InvoiceNumbering, _>(

@@ -83,7 +83,7 @@ pub async fn create(db: &Db, tenant: &str, role: Role) -> Result<(String, String
     let mut bytes = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut bytes);
     let secret = format!("tally_{}", hex::encode(bytes));
-    let id = crate::ids::new_id("key");
+    let id = <crate::ids::KeyId as crate::ids::Generate>::generate().into_string();
     let now = time::to_text(chrono::Utc::now());
     let mut tx = db.any.begin().await?;
     sqlx::query("INSERT INTO tenants (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")

@@ -22,6 +22,7 @@ use tally_aggregates::{AggregateKind, DomainError};
 use tally_projections::stream_key;
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
+use crate::ids::SubscriptionId;
 use crate::store::{self, StoreError, StreamAppend};
 
 /// Largest batch accepted.
@@ -63,7 +64,7 @@ pub async fn subscription_context(
     tenant: &str,
     subscription_id: &str,
 ) -> Result<SubscriptionContext, CommandError> {
-    if !crate::ids::has_prefix(subscription_id, "sub") {
+    if SubscriptionId::parse(subscription_id).is_err() {
         return Err(unknown_subscription());
     }
     let (sub, _) = d.load::<Subscription>(tenant, subscription_id).await?;
@@ -139,7 +140,7 @@ pub async fn report_batch(
         .iter()
         .flatten()
         .map(|r| r.subscription_id.clone())
-        .filter(|id| crate::ids::has_prefix(id, "sub"))
+        .filter(|id| SubscriptionId::parse(id).is_ok())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();

@@ -7,8 +7,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tally_aggregates::coupon::{Coupon, CouponCommand};
 use tally_commands::coupons::coupon_id;
+use tally_commands::ids::CouponId;
 
-use super::{check_id, get_state, list_state, CommandCtx, PageParams};
+use super::{get_state, list_state, path_id, CommandCtx, PageParams};
 use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::coupons::{CouponDto, CouponListParams, CreateCouponRequest};
 use crate::dto::{EmptyRequest, ListPage};
@@ -36,7 +37,7 @@ pub async fn create(
         None,
         StatusCode::CREATED,
         || CouponCommand::Create {
-            coupon_id: id.clone(),
+            coupon_id: id.clone().into_string(),
             terms: terms.clone(),
             at,
         },
@@ -55,7 +56,7 @@ pub async fn archive(
     _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "cpn")?;
+    let id: CouponId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run::<Coupon, _>(
         &app,
@@ -102,8 +103,13 @@ pub async fn get(
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
     let now = app.dispatcher.clock().now();
-    get_state::<Coupon, _>(&app, principal.tenant(), &headers, &id, "cpn", |v| {
-        CouponDto::from_state(&v.id, &v.state, v.version, now)
-    })
+    get_state::<Coupon, _, _>(
+        &app,
+        principal.tenant(),
+        &headers,
+        &id,
+        path_id::<CouponId>,
+        |v| CouponDto::from_state(&v.id, &v.state, v.version, now),
+    )
     .await
 }

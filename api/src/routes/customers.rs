@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tally_aggregates::customer::{Customer, CustomerCommand};
 
-use super::{get_state, list_state, CommandCtx, PageParams};
+use super::{customer_id, get_state, list_state, CommandCtx, PageParams};
 use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::customers::{CustomerDto, CustomerListParams, PutCustomerRequest};
 use crate::dto::ListPage;
@@ -80,7 +80,7 @@ pub async fn get(
     PathParams(id): PathParams<String>,
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    get_state::<Customer, _>(&app, principal.tenant(), &headers, &id, "", |v| {
+    get_state::<Customer, _, _>(&app, principal.tenant(), &headers, &id, customer_id, |v| {
         CustomerDto::from_state(&v.id, &v.state, v.version)
     })
     .await

@@ -8,12 +8,12 @@ use axum::response::Response;
 use rust_decimal::Decimal;
 use tally_aggregates::invoice::{CreditReason, Invoice, InvoiceCommand, InvoiceStatus, MAX_LINES};
 use tally_aggregates::Currency;
-use tally_commands::ids;
+use tally_commands::ids::{Generate, InvoiceId};
 use tally_commands::invoices::{self, CreditNoteRequest as CreditNoteOrder, PaymentNotice};
 use tally_projections::balances;
 
 use super::subscriptions::tenant_subscription;
-use super::{check_id, get_state, list_state, read_your_writes, CommandCtx, PageParams};
+use super::{get_state, list_state, path_id, read_your_writes, CommandCtx, PageParams};
 use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::invoices::{
     BalanceDto, CreateInvoiceRequest, CreditNoteRequest, CustomerBalanceDto, InvoiceDto,
@@ -65,7 +65,7 @@ pub async fn create(
             ));
         }
     }
-    let id = ids::new_id("inv");
+    let id = InvoiceId::generate();
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -74,7 +74,7 @@ pub async fn create(
         if_match(&headers)?,
         StatusCode::CREATED,
         || InvoiceCommand::Create {
-            invoice_id: id.clone(),
+            invoice_id: id.clone().into_string(),
             customer_id: req.customer_id.clone(),
             currency,
             subscription_id: req.subscription_id.clone(),
@@ -98,7 +98,7 @@ pub async fn add_line(
     _: WriteAccess,
     JsonBody(req): JsonBody<LineRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "inv")?;
+    let id: InvoiceId = path_id(&id)?;
     let line = req.into_line("")?;
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &line.tax_rate_ids)
         .await?;
@@ -128,7 +128,7 @@ pub async fn issue(
     _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "inv")?;
+    let id: InvoiceId = path_id(&id)?;
     let out = invoices::issue(&app.dispatcher, &ctx.meta, &id, if_match(&headers)?).await?;
     super::answer(&out, StatusCode::OK, InvoiceDto::from_state)
 }
@@ -143,7 +143,7 @@ pub async fn pay(
     _: WriteAccess,
     JsonBody(req): JsonBody<PaymentRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "inv")?;
+    let id: InvoiceId = path_id(&id)?;
     let amount: Decimal = req
         .amount
         .trim()
@@ -155,7 +155,7 @@ pub async fn pay(
         .map(|s| parse_time("captured_at", s))
         .transpose()?;
     let notice = PaymentNotice {
-        invoice_id: id,
+        invoice_id: id.into_string(),
         amount,
         reference: req.reference,
         captured_at,
@@ -176,7 +176,7 @@ pub async fn credit_note(
     _: WriteAccess,
     JsonBody(req): JsonBody<CreditNoteRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "inv")?;
+    let id: InvoiceId = path_id(&id)?;
     let amount: Decimal = req
         .amount
         .trim()
@@ -187,7 +187,7 @@ pub async fn credit_note(
         ApiError::field("reason", format!("must be one of {}", all.join(", ")))
     })?;
     let order = CreditNoteOrder {
-        invoice_id: id,
+        invoice_id: id.into_string(),
         amount,
         reason,
         refund: req.refund.unwrap_or(false),
@@ -208,7 +208,7 @@ pub async fn void(
     _: WriteAccess,
     JsonBody(req): JsonBody<VoidRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "inv")?;
+    let id: InvoiceId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -235,7 +235,7 @@ pub async fn mark_uncollectible(
     _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "inv")?;
+    let id: InvoiceId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -297,9 +297,14 @@ pub async fn get(
     PathParams(id): PathParams<String>,
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    get_state::<Invoice, _>(&app, principal.tenant(), &headers, &id, "inv", |v| {
-        InvoiceDto::from_state(&v.id, &v.state, v.version)
-    })
+    get_state::<Invoice, _, _>(
+        &app,
+        principal.tenant(),
+        &headers,
+        &id,
+        path_id::<InvoiceId>,
+        |v| InvoiceDto::from_state(&v.id, &v.state, v.version),
+    )
     .await
 }
 

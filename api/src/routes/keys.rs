@@ -3,9 +3,10 @@
 //! within a second (`auth::watch_revocations`) and recorded in the log.
 
 use axum::extract::State;
+use tally_commands::ids::KeyId;
 use tally_commands::keys;
 
-use super::{check_id, CommandCtx, PageParams};
+use super::{path_id, CommandCtx, PageParams};
 use crate::auth::AdminAccess;
 use crate::dto::keys::{KeyDto, KeyListParams, KeyPage};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -46,7 +47,7 @@ pub async fn revoke(
     PathParams(id): PathParams<String>,
     AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<KeyDto>> {
-    check_id(&id, "key")?;
+    let id: KeyId = path_id(&id)?;
     let key = keys::revoke(&app.dispatcher, &ctx.meta, Some(principal.tenant()), &id)
         .await?
         .ok_or(ApiError::NotFound)?;

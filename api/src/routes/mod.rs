@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tally_aggregates::Decide;
+use tally_aggregates::{Decide, TypedId};
 use tally_commands::{CommandMeta, Executed};
 use tally_projections::state::{self, ProjectedState, Versioned};
 
@@ -176,18 +176,19 @@ impl PageParams {
     }
 }
 
-/// Ids are checked for shape before they touch the store; a malformed id is
-/// simply not found. An empty `prefix` stands for an id the client chose (a
-/// customer's): any text of 1 to `MAX_CUSTOMER_ID_CHARS` characters.
-pub fn check_id(id: &str, prefix: &str) -> Result<(), ApiError> {
-    let well_formed = if prefix.is_empty() {
-        !id.is_empty()
-            && id.chars().count() <= tally_aggregates::subscription::MAX_CUSTOMER_ID_CHARS
-    } else {
-        tally_commands::ids::has_prefix(id, prefix)
-    };
-    if well_formed {
-        Ok(())
+/// An id in a request path, parsed into its type before it touches the
+/// store; a malformed id is simply not found (404), like an unknown one.
+pub fn path_id<I: TypedId>(raw: &str) -> ApiResult<I> {
+    I::parse(raw).map_err(|_| ApiError::NotFound)
+}
+
+/// A customer's id in a path: the client chose it, so any text of 1 to
+/// `MAX_CUSTOMER_ID_CHARS` characters; anything else is not found.
+pub fn customer_id(raw: &str) -> ApiResult<String> {
+    if !raw.is_empty()
+        && raw.chars().count() <= tally_aggregates::subscription::MAX_CUSTOMER_ID_CHARS
+    {
+        Ok(raw.to_owned())
     } else {
         Err(ApiError::NotFound)
     }
@@ -223,24 +224,64 @@ where
 }
 
 /// A detail endpoint over a folded-state read model: honors
-/// `X-Min-Position`, checks the id's prefix, answers with `ETag`.
-pub async fn get_state<S, D>(
+/// `X-Min-Position`, then parses the id with `parse` (`path_id` or
+/// `customer_id`), answers with `ETag`.
+pub async fn get_state<S, D, I>(
     app: &AppState,
     tenant: &str,
     headers: &HeaderMap,
     id: &str,
-    prefix: &str,
+    parse: fn(&str) -> ApiResult<I>,
     to_dto: impl Fn(&Versioned<S>) -> Option<D>,
 ) -> ApiResult<Response>
 where
     S: ProjectedState,
     D: Serialize,
+    I: std::ops::Deref<Target = str>,
 {
     read_your_writes(app, headers).await?;
-    check_id(id, prefix)?;
-    let v = state::get::<S>(&app.db, tenant, id)
+    let id = parse(id)?;
+    let v = state::get::<S>(&app.db, tenant, &id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let dto = to_dto(&v).ok_or(ApiError::NotFound)?;
     Ok(resource(StatusCode::OK, &dto, v.version, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{customer_id, path_id};
+    use crate::error::ApiError;
+    use tally_aggregates::subscription::MAX_CUSTOMER_ID_CHARS;
+    use tally_commands::ids::{PlanId, SubscriptionId};
+
+    /// A path id of the wrong shape names no resource: 404, like an unknown
+    /// id (`tests/hostile.rs` pins the HTTP answer).
+    #[test]
+    fn a_malformed_path_id_is_not_found() {
+        let id: SubscriptionId = path_id("sub_0190f0a1").unwrap();
+        assert_eq!(id.as_str(), "sub_0190f0a1");
+        for raw in ["", "sub", "sub_", "plan_1", "sub_1-2", "sub_é", "SUB_1"] {
+            assert!(
+                matches!(path_id::<SubscriptionId>(raw), Err(ApiError::NotFound)),
+                "{raw:?}"
+            );
+        }
+        assert!(matches!(
+            path_id::<PlanId>("sub_1"),
+            Err(ApiError::NotFound)
+        ));
+    }
+
+    /// A customer's id is the client's: any text of 1 to the limit of
+    /// characters (counted as characters, not bytes).
+    #[test]
+    fn a_customer_id_is_any_short_text() {
+        assert_eq!(customer_id("cus 1/é").unwrap(), "cus 1/é");
+        let longest = "é".repeat(MAX_CUSTOMER_ID_CHARS);
+        assert_eq!(customer_id(&longest).unwrap(), longest);
+        for raw in [String::new(), format!("{longest}x")] {
+            assert!(matches!(customer_id(&raw), Err(ApiError::NotFound)));
+        }
+    }
 }

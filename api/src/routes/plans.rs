@@ -4,9 +4,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tally_aggregates::plan::{Plan, PlanCommand};
-use tally_commands::ids;
+use tally_commands::ids::{Generate, PlanId};
 
-use super::{check_id, get_state, list_state, CommandCtx, PageParams};
+use super::{get_state, list_state, path_id, CommandCtx, PageParams};
 use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::plans::{CreatePlanRequest, PlanDto, PlanListParams};
 use crate::dto::{EmptyRequest, ListPage};
@@ -25,7 +25,7 @@ pub async fn create(
     let terms = req.into_terms()?;
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &terms.tax_rate_ids)
         .await?;
-    let id = ids::new_id("plan");
+    let id = PlanId::generate();
     let at = app.dispatcher.clock().now();
     super::run::<Plan, _>(
         &app,
@@ -34,7 +34,7 @@ pub async fn create(
         None,
         StatusCode::CREATED,
         || PlanCommand::Create {
-            plan_id: id.clone(),
+            plan_id: id.clone().into_string(),
             terms: terms.clone(),
             at,
         },
@@ -53,7 +53,7 @@ pub async fn archive(
     _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "plan")?;
+    let id: PlanId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run::<Plan, _>(
         &app,
@@ -98,8 +98,13 @@ pub async fn get(
     PathParams(id): PathParams<String>,
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    get_state::<Plan, _>(&app, principal.tenant(), &headers, &id, "plan", |v| {
-        PlanDto::from_state(&v.id, &v.state, v.version)
-    })
+    get_state::<Plan, _, _>(
+        &app,
+        principal.tenant(),
+        &headers,
+        &id,
+        path_id::<PlanId>,
+        |v| PlanDto::from_state(&v.id, &v.state, v.version),
+    )
     .await
 }

@@ -6,9 +6,10 @@ use axum::response::Response;
 use tally_aggregates::plan::Plan;
 use tally_aggregates::subscription::{PlanRef, Subscription, SubscriptionCommand, SuspendReason};
 use tally_aggregates::ProrationMode;
-use tally_commands::{coupons, ids, CommandMeta};
+use tally_commands::ids::Generate;
+use tally_commands::{coupons, CommandMeta};
 
-use super::{check_id, get_state, list_state, read_your_writes, CommandCtx, PageParams};
+use super::{get_state, list_state, path_id, read_your_writes, CommandCtx, PageParams};
 use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::subscriptions::{
     ActivateRequest, ApplyDiscountRequest, CancelRequest, ChangePlanRequest, ChangeSeatsRequest,
@@ -19,13 +20,14 @@ use crate::dto::{parse_time, EmptyRequest, ListPage};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{if_match, JsonBody, PathParams, QueryParams};
 use crate::AppState;
+use tally_commands::ids::{PlanId, SubscriptionId};
 
 /// Loads a plan for a subscription command; an unknown plan is a bad field.
 async fn plan_ref(app: &AppState, meta: &CommandMeta, plan_id: &str) -> ApiResult<PlanRef> {
-    if !ids::has_prefix(plan_id, "plan") {
+    let Ok(plan_id) = PlanId::parse(plan_id) else {
         return Err(ApiError::field("plan_id", "unknown plan"));
-    }
-    let (plan, _) = app.dispatcher.load::<Plan>(&meta.tenant, plan_id).await?;
+    };
+    let (plan, _) = app.dispatcher.load::<Plan>(&meta.tenant, &plan_id).await?;
     plan.plan_ref()
         .ok_or_else(|| ApiError::field("plan_id", "unknown plan"))
 }
@@ -39,12 +41,12 @@ pub async fn tenant_subscription(
     field: &str,
     subscription_id: &str,
 ) -> ApiResult<Subscription> {
-    if !ids::has_prefix(subscription_id, "sub") {
+    let Ok(subscription_id) = SubscriptionId::parse(subscription_id) else {
         return Err(ApiError::field(field, "unknown subscription"));
-    }
+    };
     let (s, _) = app
         .dispatcher
-        .load::<Subscription>(tenant, subscription_id)
+        .load::<Subscription>(tenant, &subscription_id)
         .await?;
     if s.status.is_none() {
         return Err(ApiError::field(field, "unknown subscription"));
@@ -65,10 +67,10 @@ pub async fn create(
     let tax_rate_ids = req.tax_rate_ids.clone().unwrap_or_default();
     super::tax_rates::check_attachable(&app, &ctx.meta.tenant, "tax_rate_ids", &tax_rate_ids)
         .await?;
-    let id = ids::new_id("sub");
+    let id = SubscriptionId::generate();
     let at = app.dispatcher.clock().now();
     let create = || SubscriptionCommand::Create {
-        subscription_id: id.clone(),
+        subscription_id: id.clone().into_string(),
         customer_id: req.customer_id.clone(),
         plan: plan.clone(),
         seats: req.seats,
@@ -117,7 +119,7 @@ pub async fn apply_discount(
     _: WriteAccess,
     JsonBody(req): JsonBody<ApplyDiscountRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     let (out, _) = coupons::redeem(
         &app.dispatcher,
         &ctx.meta,
@@ -140,7 +142,7 @@ pub async fn remove_discount(
     PathParams(id): PathParams<String>,
     _: WriteAccess,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -164,7 +166,7 @@ pub async fn activate(
     _: WriteAccess,
     JsonBody(req): JsonBody<ActivateRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     let now = app.dispatcher.clock().now();
     let at = match req.at.as_deref() {
         Some(s) => parse_time("at", s)?,
@@ -195,7 +197,7 @@ pub async fn end_trial(
     _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -219,7 +221,7 @@ pub async fn change_plan(
     _: WriteAccess,
     JsonBody(req): JsonBody<ChangePlanRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     let plan = plan_ref(&app, &ctx.meta, &req.plan_id).await?;
     let at = app.dispatcher.clock().now();
     super::run(
@@ -248,7 +250,7 @@ pub async fn change_seats(
     _: WriteAccess,
     JsonBody(req): JsonBody<ChangeSeatsRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     let proration = req.proration.unwrap_or(ProrationMode::Prorate);
     super::run(
@@ -277,7 +279,7 @@ pub async fn suspend(
     _: WriteAccess,
     JsonBody(req): JsonBody<SuspendRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     if req.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
         return Err(ApiError::field("note", "at most 1000 characters"));
     }
@@ -313,7 +315,7 @@ pub async fn resume(
     _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -337,7 +339,7 @@ pub async fn cancel(
     _: WriteAccess,
     JsonBody(req): JsonBody<CancelRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     if req
         .reason
         .as_ref()
@@ -414,9 +416,14 @@ pub async fn get(
     PathParams(id): PathParams<String>,
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    get_state::<Subscription, _>(&app, principal.tenant(), &headers, &id, "sub", |v| {
-        SubscriptionDto::from_state(&v.id, &v.state, v.version)
-    })
+    get_state::<Subscription, _, _>(
+        &app,
+        principal.tenant(),
+        &headers,
+        &id,
+        path_id::<SubscriptionId>,
+        |v| SubscriptionDto::from_state(&v.id, &v.state, v.version),
+    )
     .await
 }
 
@@ -431,13 +438,13 @@ pub async fn entitlements(
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<axum::Json<EntitlementsDto>> {
     read_your_writes(&app, &headers).await?;
-    check_id(&id, "sub")?;
+    let id: SubscriptionId = path_id(&id)?;
     let now = app.dispatcher.clock().now();
     let found = tally_projections::usage::entitlements(&app.db, principal.tenant(), &id, now)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(axum::Json(EntitlementsDto {
-        subscription_id: id,
+        subscription_id: id.into_string(),
         data: found.iter().map(EntitlementDto::from).collect(),
     }))
 }

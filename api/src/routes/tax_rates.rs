@@ -8,9 +8,9 @@ use axum::response::Response;
 use tally_aggregates::tax::{
     validate_rate_ids, TaxRate, TaxRateCommand, TaxRateStatus, TaxRateTerms,
 };
-use tally_commands::ids;
+use tally_commands::ids::{Generate, TaxRateId};
 
-use super::{check_id, get_state, list_state, CommandCtx, PageParams};
+use super::{get_state, list_state, path_id, CommandCtx, PageParams};
 use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::tax_rates::{CreateTaxRateRequest, TaxRateDto, TaxRateListParams};
 use crate::dto::{parse_decimal, EmptyRequest, ListPage};
@@ -63,7 +63,7 @@ pub async fn create(
         inclusive: req.inclusive,
         country: req.country,
     };
-    let id = ids::new_id("txr");
+    let id = TaxRateId::generate();
     let at = app.dispatcher.clock().now();
     super::run::<TaxRate, _>(
         &app,
@@ -72,7 +72,7 @@ pub async fn create(
         None,
         StatusCode::CREATED,
         || TaxRateCommand::Create {
-            tax_rate_id: id.clone(),
+            tax_rate_id: id.clone().into_string(),
             terms: terms.clone(),
             at,
         },
@@ -91,7 +91,7 @@ pub async fn archive(
     _: WriteAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "txr")?;
+    let id: TaxRateId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run::<TaxRate, _>(
         &app,
@@ -136,8 +136,13 @@ pub async fn get(
     PathParams(id): PathParams<String>,
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
-    get_state::<TaxRate, _>(&app, principal.tenant(), &headers, &id, "txr", |v| {
-        TaxRateDto::from_state(&v.id, &v.state, v.version)
-    })
+    get_state::<TaxRate, _, _>(
+        &app,
+        principal.tenant(),
+        &headers,
+        &id,
+        path_id::<TaxRateId>,
+        |v| TaxRateDto::from_state(&v.id, &v.state, v.version),
+    )
     .await
 }

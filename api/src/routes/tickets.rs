@@ -5,11 +5,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tally_aggregates::ticket::{Ticket, TicketCommand, TicketStatus};
-use tally_commands::ids;
+use tally_commands::ids::{AttachmentId, CommentId, Generate, TicketId};
 use tally_commands::keys::Role;
 
 use super::subscriptions::tenant_subscription;
-use super::{check_id, get_state, list_state, CommandCtx, PageParams};
+use super::{get_state, list_state, path_id, CommandCtx, PageParams};
 use crate::auth::{Principal, ReadAccess, WriteAccess};
 use crate::dto::tickets::{
     AssignRequest, AttachmentRequest, CommentRequest, CreateTicketRequest, TicketDto,
@@ -38,7 +38,7 @@ pub async fn create(
     if let Some(sub) = &req.subscription_id {
         tenant_subscription(&app, &ctx.meta.tenant, "subscription_id", sub).await?;
     }
-    let id = ids::new_id("tkt");
+    let id = TicketId::generate();
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -47,7 +47,7 @@ pub async fn create(
         if_match(&headers)?,
         StatusCode::CREATED,
         || TicketCommand::Create {
-            ticket_id: id.clone(),
+            ticket_id: id.clone().into_string(),
             subject: req.subject.clone(),
             description: req.description.clone(),
             requester: req.requester.clone(),
@@ -70,7 +70,7 @@ pub async fn assign(
     _: WriteAccess,
     JsonBody(req): JsonBody<AssignRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "tkt")?;
+    let id: TicketId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -97,9 +97,9 @@ pub async fn comment(
     _: WriteAccess,
     JsonBody(req): JsonBody<CommentRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "tkt")?;
+    let id: TicketId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
-    let comment_id = ids::new_id("cmt");
+    let comment_id = CommentId::generate();
     super::run(
         &app,
         &ctx,
@@ -107,7 +107,7 @@ pub async fn comment(
         if_match(&headers)?,
         StatusCode::OK,
         || TicketCommand::Comment {
-            comment_id: comment_id.clone(),
+            comment_id: comment_id.clone().into_string(),
             author: req.author.clone(),
             body: req.body.clone(),
             public: req.public,
@@ -128,9 +128,9 @@ pub async fn attach(
     _: WriteAccess,
     JsonBody(req): JsonBody<AttachmentRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "tkt")?;
+    let id: TicketId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
-    let attachment_id = ids::new_id("att");
+    let attachment_id = AttachmentId::generate();
     super::run(
         &app,
         &ctx,
@@ -138,7 +138,7 @@ pub async fn attach(
         if_match(&headers)?,
         StatusCode::OK,
         || TicketCommand::Attach {
-            attachment_id: attachment_id.clone(),
+            attachment_id: attachment_id.clone().into_string(),
             file_name: req.file_name.clone(),
             content_type: req.content_type.clone(),
             size_bytes: req.size_bytes,
@@ -160,7 +160,7 @@ pub async fn transition(
     _: WriteAccess,
     JsonBody(req): JsonBody<TransitionRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "tkt")?;
+    let id: TicketId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run(
         &app,
@@ -221,8 +221,13 @@ pub async fn get(
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
     let internal = sees_internal(&principal);
-    get_state::<Ticket, _>(&app, principal.tenant(), &headers, &id, "tkt", |v| {
-        TicketDto::from_state(&v.id, &v.state, v.version, internal)
-    })
+    get_state::<Ticket, _, _>(
+        &app,
+        principal.tenant(),
+        &headers,
+        &id,
+        path_id::<TicketId>,
+        |v| TicketDto::from_state(&v.id, &v.state, v.version, internal),
+    )
     .await
 }

@@ -5,10 +5,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tally_aggregates::subscription::Subscription;
 use tally_aggregates::usage::{anchor_in_month, usage_window, UsageCommand, UsageRecord};
+use tally_commands::ids::UsageRecordId;
 use tally_commands::usage::{self as ingest, BatchOutcome, Reported, MAX_BATCH};
 use tally_projections::{state, usage};
 
-use super::{read_your_writes, resource, CommandCtx, PageParams};
+use super::{path_id, read_your_writes, resource, CommandCtx, PageParams};
 use crate::auth::{ReadAccess, WriteAccess};
 use crate::dto::usage::{
     BatchItemError, BatchRequest, BatchResponse, BatchResult, SummaryDto, SummaryParams,
@@ -165,7 +166,7 @@ pub async fn void(
     _: WriteAccess,
     JsonBody(req): JsonBody<VoidRequest>,
 ) -> ApiResult<Response> {
-    super::check_id(&id, "use")?;
+    let id: UsageRecordId = path_id(&id)?;
     let at = app.dispatcher.clock().now();
     super::run::<UsageRecord, _>(
         &app,
@@ -232,7 +233,7 @@ pub async fn get(
     ReadAccess(principal): ReadAccess,
 ) -> ApiResult<Response> {
     read_your_writes(&app, &headers).await?;
-    super::check_id(&id, "use")?;
+    let id: UsageRecordId = path_id(&id)?;
     let v = usage::get(&app.db, principal.tenant(), &id)
         .await?
         .ok_or(ApiError::NotFound)?;

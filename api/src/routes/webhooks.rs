@@ -6,9 +6,10 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tally_commands::ids::{WebhookDeliveryId, WebhookEndpointId};
 use tally_commands::webhooks::WebhookError;
 
-use super::{check_id, read_your_writes, PageParams};
+use super::{path_id, read_your_writes, PageParams};
 use crate::auth::AdminAccess;
 use crate::dto::webhooks::{
     CreateWebhookRequest, CreatedWebhookDto, DeliveryDetailDto, DeliveryDto, DeliveryListParams,
@@ -87,7 +88,7 @@ pub async fn get(
     PathParams(id): PathParams<String>,
     AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<WebhookDto>> {
-    check_id(&id, "whk")?;
+    let id: WebhookEndpointId = path_id(&id)?;
     let endpoint = app.webhooks.endpoint(principal.tenant(), &id).await?;
     Ok(axum::Json(endpoint.into()))
 }
@@ -99,7 +100,7 @@ pub async fn delete(
     PathParams(id): PathParams<String>,
     AdminAccess(principal): AdminAccess,
 ) -> ApiResult<StatusCode> {
-    check_id(&id, "whk")?;
+    let id: WebhookEndpointId = path_id(&id)?;
     app.webhooks
         .delete_endpoint(principal.tenant(), &id)
         .await?;
@@ -115,7 +116,7 @@ pub async fn enable(
     AdminAccess(principal): AdminAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<axum::Json<WebhookDto>> {
-    check_id(&id, "whk")?;
+    let id: WebhookEndpointId = path_id(&id)?;
     let endpoint = app
         .webhooks
         .enable_endpoint(principal.tenant(), &id)
@@ -134,7 +135,7 @@ pub async fn deliveries(
     QueryParams(q): QueryParams<DeliveryListParams>,
     AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<DeliveryPage>> {
-    check_id(&id, "whk")?;
+    let id: WebhookEndpointId = path_id(&id)?;
     if q.status
         .as_deref()
         .is_some_and(|s| !DELIVERY_STATUSES.contains(&s))
@@ -173,7 +174,7 @@ pub async fn delivery(
     PathParams(id): PathParams<String>,
     AdminAccess(principal): AdminAccess,
 ) -> ApiResult<axum::Json<DeliveryDetailDto>> {
-    check_id(&id, "whd")?;
+    let id: WebhookDeliveryId = path_id(&id)?;
     let (delivery, attempts) = app.webhooks.delivery(principal.tenant(), &id).await?;
     Ok(axum::Json(DeliveryDetailDto {
         delivery: delivery.into(),
@@ -192,7 +193,7 @@ pub async fn retry(
     AdminAccess(principal): AdminAccess,
     JsonBody(_empty): JsonBody<EmptyRequest>,
 ) -> ApiResult<Response> {
-    check_id(&id, "whd")?;
+    let id: WebhookDeliveryId = path_id(&id)?;
     let delivery = app.webhooks.retry(principal.tenant(), &id).await?;
     Ok((
         StatusCode::ACCEPTED,

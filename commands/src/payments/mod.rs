@@ -48,7 +48,7 @@ use tally_projections::db::{Db, DbError};
 use tally_projections::{stream_key, time};
 
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher};
-use crate::ids::new_id;
+use crate::ids::{CreditNoteId, Generate, PaymentId};
 use crate::invoices::credit_movements;
 use crate::store::{self, NewSnapshot, StoreError, StreamAppend, SNAPSHOT_EVERY};
 use crate::webhooks::{check_url, guarded_client, Webhooks};
@@ -786,7 +786,7 @@ impl Payments {
         let (applied_to, applied, outcome) = if why.is_empty() {
             let (id, inv, version) = invoice.as_ref().expect("an open invoice");
             let events = inv.decide(InvoiceCommand::RecordPayment {
-                payment_id: new_id("pay"),
+                payment_id: PaymentId::generate().into_string(),
                 amount,
                 reference: reference.to_string(),
                 captured_at: at,
@@ -900,7 +900,7 @@ impl Payments {
         let reference = payment_reference(provider.as_str(), &refund_id);
         if let (Some(invoice_id), true) = (&payment.invoice_id, from_invoice > Decimal::ZERO) {
             let (invoice, version) = d.load::<Invoice>(&tenant, invoice_id).await?;
-            let credit_note_id = new_id("cn");
+            let credit_note_id = CreditNoteId::generate().into_string();
             let noted = invoice.decide(InvoiceCommand::IssueCreditNote {
                 credit_note_id: credit_note_id.clone(),
                 number: ledger_state.next_credit_note(),

@@ -34,7 +34,7 @@ use tally_projections::{stream_key, time, StoredEvent};
 
 use super::{scheduler_meta, system_meta, wait_for_consumers};
 use crate::dispatch::{CommandError, CommandMeta, Dispatcher, Executed};
-use crate::ids::derived_id;
+use crate::ids::{derived_id, InvoiceId};
 use crate::invoices;
 use crate::store::{self, StreamAppend};
 
@@ -68,23 +68,17 @@ impl Default for BillingConfig {
 }
 
 /// The id of the first invoice of a subscription, for its first period.
-pub fn activation_invoice_id(subscription_id: &str, period: &Period) -> String {
-    derived_id(
-        "inv",
-        &["activation", subscription_id, &time::to_text(period.start)],
-    )
+pub fn activation_invoice_id(subscription_id: &str, period: &Period) -> InvoiceId {
+    derived_id(&["activation", subscription_id, &time::to_text(period.start)])
 }
 
 /// The id of the invoice for a subscription's closed period.
-pub fn renewal_invoice_id(subscription_id: &str, closed_period: &Period) -> String {
-    derived_id(
-        "inv",
-        &[
-            "renewal",
-            subscription_id,
-            &time::to_text(closed_period.start),
-        ],
-    )
+pub fn renewal_invoice_id(subscription_id: &str, closed_period: &Period) -> InvoiceId {
+    derived_id(&[
+        "renewal",
+        subscription_id,
+        &time::to_text(closed_period.start),
+    ])
 }
 
 pub struct BillingPolicy {

@@ -97,7 +97,7 @@ impl Projector for Fanout {
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11, $11) \
                          ON CONFLICT (endpoint_id, event_id, topic) DO NOTHING",
                     )
-                    .bind(ids::new_id("whd"))
+                    .bind(WebhookDeliveryId::generate().into_string())
                     .bind(&e.tenant)
                     .bind(&t.id)
                     .bind(&e.event_id)

@@ -62,7 +62,8 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::clock::Clock;
-use crate::{ids, topics};
+use crate::ids::{Generate, WebhookDeliveryId, WebhookEndpointId};
+use crate::topics;
 use tally_aggregates::inbox::{Inbox, InboxCommand, Notice};
 
 /// The fan-out consumer's name (its checkpoint row).

@@ -211,7 +211,7 @@ impl Webhooks {
                 message: format!("a tenant has at most {MAX_ENDPOINTS_PER_TENANT} endpoints"),
             });
         }
-        let id = ids::new_id("whk");
+        let id = WebhookEndpointId::generate().into_string();
         let mut salt = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut salt);
         let salt = hex::encode(salt);
