@@ -2,9 +2,10 @@
 # Issue 15.3: the bulk paths on the embedded default, SQLite. For each binary
 # given (a before and an after, so one run compares them): the release
 # `tally serve` on a fresh SQLite file, usage batches of 1,000 records on 100
-# subscriptions over 8 connections (wrk), then `tally-replay rebuild --all`
-# of the log that left. SQLite has no ceiling to print; the figures compare
-# between the binaries of one run only.
+# subscriptions over 8 connections (wrk); then each binary's
+# `tally-replay rebuild --all` of one log, the one the first binary's run
+# left (copied afresh for each). SQLite has no ceiling to print; the figures
+# compare between the binaries of one run only.
 #
 #   bench/sqlite.sh [DIR_OF_BINARIES ...]     (default: target/release;
 #                                              env: SECS=20, PORT=18395)
@@ -39,12 +40,28 @@ for dir in "$@"; do
   rss=$(awk '/VmHWM/{print int($2 / 1024)}' "/proc/$pid/status")
   kill $pid; wait $pid 2>/dev/null || true
   trap - EXIT
-  events=$(python3 -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from events').fetchone()[0])" "$W/tally.db")
+  echo "$dir: usage batches of 1,000 x8: $u_rec records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; server peak RSS $rss MB"
+  # The first binary's log (give the oldest first: newer binaries migrate
+  # it forward), as one file through SQLite's backup (the WAL included).
+  if [ -z "${LOG:-}" ]; then
+    LOG=$(mktemp /tmp/tally-sqlite-log.XXXXXX)
+    python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" "$W/tally.db" "$LOG"
+  fi
+  rm -rf "$W"
+done
+
+# The rebuilds, each of a fresh copy of the same log.
+events=$(python3 -c "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from events').fetchone()[0])" "$LOG")
+for dir in "$@"; do
+  RB=$(realpath "$dir/tally-replay")
+  W=$(mktemp -d /tmp/tally-sqlite.XXXXXX)
+  cp "$LOG" "$W/tally.db"
+  export DATABASE_URL="sqlite://$W/tally.db?mode=rwc"
   start=$(date +%s.%N)
   (cd "$W" && /usr/bin/time -v "$RB" rebuild --all > "$W/rebuild.out" 2> "$W/rebuild.err")
   rb_secs=$(python3 -c "import time, sys; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$start")
   rb_rss=$(awk -F: '/Maximum resident/{gsub(/ /, "", $2); print int($2 / 1024)}' "$W/rebuild.err")
-  echo "$dir: usage batches of 1,000 x8: $u_rec records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; server peak RSS $rss MB"
-  echo "$dir: rebuild --all of $events events: $rb_secs s = $(python3 -c "import sys; print(round(int(sys.argv[1]) / max(float(sys.argv[2]), 0.001)))" "$events" "$rb_secs") events/s, peak RSS $rb_rss MB"
+  echo "$dir: rebuild --all of the same $events events: $rb_secs s = $(python3 -c "import sys; print(round(int(sys.argv[1]) / max(float(sys.argv[2]), 0.001)))" "$events" "$rb_secs") events/s, peak RSS $rb_rss MB"
   rm -rf "$W"
 done
+rm -f "$LOG"
