@@ -19,6 +19,15 @@ wrk_records() {
   awk -v per="$2" '/requests in/{sub(/s,$/, "", $4); print int($1 * per / $4)}' "$1"
 }
 
+# Starts the release server in its own process, in DIR, logging to
+# DIR/LOG, and waits until it answers; its pid is left in $pid:
+# start_tally BIN DIR PORT LOG
+start_tally() {
+  (cd "$2" && TALLY_LOG=warn exec "$1" serve --listen "127.0.0.1:$3" --rate-limit 0 > "$2/$4" 2>&1) &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$3/healthz" >/dev/null && break; sleep 0.2; done
+}
+
 # Until every consumer is at the log head: wait_idle URL KEY
 wait_idle() {
   for _ in $(seq 1 600); do

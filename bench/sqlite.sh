@@ -26,10 +26,8 @@ for dir in "$@"; do
   W=$(mktemp -d /tmp/tally-sqlite.XXXXXX)
   export DATABASE_URL="sqlite://$W/tally.db?mode=rwc"
   KEY=$(cd "$W" && "$BIN" keys create --tenant bench --role admin | tail -1)
-  (cd "$W" && TALLY_LOG=warn exec "$BIN" serve --listen "127.0.0.1:$PORT" --rate-limit 0 > "$W/tally.log" 2>&1) &
-  pid=$!
+  start_tally "$BIN" "$W" "$PORT" tally.log
   trap 'kill $pid 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.2; done
   python3 bench/seed.py "$URL" "$KEY" subs 100 "$W/ids100.txt"
   wait_idle "$URL" "$KEY"
   usage_lua "$W/usage.lua" "$W/ids100.txt" "$KEY"

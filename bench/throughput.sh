@@ -55,10 +55,8 @@ echo "ceiling  one-row insert x64: $c_insert tx/s; 100-row insert x8: $c_insert1
 psql "$PG/postgres" -qc "drop database if exists tally_tp with (force)" -c "create database tally_tp"
 export DATABASE_URL="$PG/tally_tp"
 KEY=$(cd "$W" && "$TALLY_BIN" keys create --tenant bench --role admin | tail -1)
-(cd "$W" && TALLY_LOG=warn exec "$TALLY_BIN" serve --listen "127.0.0.1:$PORT" --rate-limit 0 > "$W/tally.log" 2>&1) &
-pid=$!
+start_tally "$TALLY_BIN" "$W" "$PORT" tally.log
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.2; done
 python3 bench/seed.py "$URL" "$KEY" subs 1001 "$W/all.txt"
 # The quota probe's subscriptions (issue 15: suspended within 1 s of the cap
 # being crossed, under the usage load): a plan whose meter has a hard cap.
