@@ -494,8 +494,6 @@ async fn endpoint_failing_for_three_days_is_disabled(backend: Backend) {
         "{item:?}"
     );
     // Its delivery waits: a retry is refused while the endpoint is disabled.
-    // (Read again: `d` was read when its third attempt was recorded, which
-    // may be before the endpoint was disabled.)
     let id = d["id"].as_str().unwrap();
     let d = app
         .get(&app.admin_key, &format!("/v1/webhooks/deliveries/{id}"))
@@ -551,6 +549,8 @@ async fn deliveries_of_a_disabled_endpoint_are_paused_until_it_is_enabled(backen
         .await;
     assert_eq!(r.body["status"], "disabled", "{:?}", r.body);
 
+    // Read when its third attempt was: the attempt and the disable commit
+    // together, and a read sees both or neither.
     assert_eq!(d["status"], "paused", "{d}");
     assert_eq!(d["next_attempt_at"], Value::Null, "{d}");
     let id = d["id"].as_str().unwrap().to_string();

@@ -121,9 +121,25 @@ pub(super) fn endpoint_row(r: &AnyRow) -> Result<Endpoint, DbError> {
     })
 }
 
-pub(super) const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, topic, status, attempts, \
-    last_status_code, last_latency_ms, last_error, last_attempt_at, next_attempt_at, \
-    delivered_at, created_at";
+/// Deliveries as their endpoint's state shows them (API.md § Webhooks):
+/// while the endpoint is disabled the worker claims none of its deliveries,
+/// so one that would be pending or retrying reads `paused`, with no next
+/// attempt, rather than showing a due time that will not come. One
+/// statement reads the delivery and its endpoint, so both are of the same
+/// moment (the worker records an attempt and disables the endpoint in one
+/// transaction); a deleted endpoint's deliveries are gone with it.
+const SEEN_STATUS: &str =
+    "CASE WHEN e.status = 'disabled' AND d.status IN ('pending', 'retrying') \
+    THEN 'paused' ELSE d.status END";
+
+fn seen_deliveries() -> String {
+    format!(
+        "SELECT d.id, d.endpoint_id, d.event_id, d.topic, {SEEN_STATUS} AS status, d.attempts, \
+         d.last_status_code, d.last_latency_ms, d.last_error, d.last_attempt_at, d.next_attempt_at, \
+         d.delivered_at, d.created_at \
+         FROM webhook_deliveries d JOIN webhook_endpoints e ON e.tenant = d.tenant AND e.id = d.endpoint_id"
+    )
+}
 
 pub(super) fn delivery_row(r: &AnyRow) -> Result<Delivery, DbError> {
     let status: String = r.try_get("status")?;
@@ -148,18 +164,6 @@ pub(super) fn delivery_row(r: &AnyRow) -> Result<Delivery, DbError> {
         delivered_at: non_empty(r.try_get("delivered_at")?),
         created_at: r.try_get("created_at")?,
     })
-}
-
-/// A delivery as its endpoint's state shows it (API.md § Webhooks): while the
-/// endpoint is disabled the worker claims none of its deliveries, so one
-/// that would be pending or retrying is `paused`, with no next attempt,
-/// rather than showing a due time that will not come.
-pub(super) fn as_seen(endpoint: &Endpoint, mut d: Delivery) -> Delivery {
-    if endpoint.status == "disabled" && (d.status == "pending" || d.status == "retrying") {
-        d.status = "paused".into();
-        d.next_attempt_at = None;
-    }
-    d
 }
 
 /// A delivery claimed by this worker, with what sending it needs.
@@ -378,23 +382,18 @@ impl Webhooks {
         limit: i64,
         cursor: Option<&str>,
     ) -> Result<Page<Delivery>, WebhookError> {
-        let endpoint = self.endpoint(tenant, endpoint_id).await?;
+        // An unknown endpoint is a 404, not an empty list.
+        self.endpoint(tenant, endpoint_id).await?;
         let limit = limit.clamp(1, MAX_PAGE_LIMIT);
-        // `paused` is how pending and retrying read while the endpoint is
-        // disabled (see `as_seen`), so the filter follows the endpoint.
-        let disabled = endpoint.status == "disabled";
-        let (status_filter, status) = match status {
-            None => ("", None),
-            Some("paused") if disabled => (" AND status IN ('pending', 'retrying')", None),
-            Some("paused") => return Ok(page(Vec::new(), limit, |d: &Delivery| d.id.clone())),
-            Some("pending" | "retrying") if disabled => {
-                return Ok(page(Vec::new(), limit, |d: &Delivery| d.id.clone()))
-            }
-            Some(s) => (" AND status = $4", Some(s)),
+        let status_filter = if status.is_some() {
+            format!(" AND {SEEN_STATUS} = $4")
+        } else {
+            String::new()
         };
         let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE tenant = $1 AND endpoint_id = $2 \
-             AND id > $3{status_filter} ORDER BY id LIMIT {}",
+            "{} WHERE d.tenant = $1 AND d.endpoint_id = $2 AND d.id > $3{status_filter} \
+             ORDER BY d.id LIMIT {}",
+            seen_deliveries(),
             limit + 1
         );
         let mut q = sqlx::query(&sql)
@@ -407,7 +406,7 @@ impl Webhooks {
         let rows = q.fetch_all(&self.inner.db.any).await?;
         let data = rows
             .iter()
-            .map(|r| delivery_row(r).map(|d| as_seen(&endpoint, d)))
+            .map(delivery_row)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(page(data, limit, |d| d.id.clone()))
     }
@@ -419,7 +418,8 @@ impl Webhooks {
         id: &str,
     ) -> Result<(Delivery, Vec<Attempt>), WebhookError> {
         let row = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE tenant = $1 AND id = $2"
+            "{} WHERE d.tenant = $1 AND d.id = $2",
+            seen_deliveries()
         ))
         .bind(tenant)
         .bind(id)
@@ -427,9 +427,6 @@ impl Webhooks {
         .await?
         .ok_or(WebhookError::NotFound)?;
         let delivery = delivery_row(&row)?;
-        // A deleted endpoint's deliveries are gone with it.
-        let endpoint = self.endpoint(tenant, &delivery.endpoint_id).await?;
-        let delivery = as_seen(&endpoint, delivery);
         let rows = sqlx::query(
             "SELECT attempt, attempted_at, status_code, latency_ms, outcome, error FROM webhook_attempts \
              WHERE tenant = $1 AND delivery_id = $2 ORDER BY attempt",
