@@ -23,7 +23,7 @@ use postgres_es::PostgresEventRepository;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
-use tally_projections::db::{value_rows, Db, DbError, TypedPool};
+use tally_projections::db::{sqlite_params, value_rows, Db, DbError, TypedPool};
 use tally_projections::time;
 
 use crate::group_commit::GroupCommit;
@@ -529,7 +529,7 @@ async fn insert_many(
             let mut inserted = HashMap::new();
             let at = time::to_text(recorded_at);
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let sql = sql(chunk.len());
+                let sql = sqlite_params(sql(chunk.len()));
                 let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql);
                 for (aggregate_type, key, e) in chunk {
                     q = q

@@ -1027,6 +1027,7 @@ async fn insert_rows(
             r.columns.join(", "),
             crate::db::value_rows(chunk.len(), width)
         );
+        let sql = crate::db::for_conn(conn, sql);
         let mut q = sqlx::query(&sql).persistent(false);
         for row in chunk {
             for cell in row {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::any::AnyPoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{AnyPool, PgPool, SqlitePool};
+use sqlx::{AnyConnection, AnyPool, PgPool, SqlitePool};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -228,8 +228,139 @@ pub fn value_rows(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
+/// `sql` as SQLite binds it fastest, when `conn` is SQLite: see
+/// [`sqlite_params`]. PostgreSQL gets it as it is.
+pub fn for_conn(conn: &AnyConnection, sql: String) -> String {
+    if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+        sqlite_params(sql)
+    } else {
+        sql
+    }
+}
+
+/// A statement's numbered parameters rewritten as anonymous ones (`?`), for
+/// SQLite, when they are `$1` … `$n`, each once and in textual order (what
+/// [`value_rows`] makes); otherwise the statement as it is.
+///
+/// A flaw of the stack, worked around here: for every parameter of every
+/// execution, sqlx-sqlite 0.8 asks SQLite the parameter's name
+/// (`sqlite3_bind_parameter_name`), which SQLite finds by a linear scan of the
+/// statement's named parameters; binding n numbered parameters costs O(n²).
+/// A usage batch's appends spent a fifth of the server's CPU there
+/// (docs/benchmarks.md, 2026-12-08). An anonymous parameter has no name to
+/// look up, and `?`s bind in order, so the statement means the same.
+pub fn sqlite_params(sql: String) -> String {
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut next = 1u64;
+    let mut copied = 0;
+    let mut quoted = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\'' {
+            quoted = !quoted;
+        } else if b == b'$' && !quoted {
+            let digits = bytes[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            let after_ident =
+                i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+            if digits > 0 && !after_ident {
+                let n: u64 = match sql[i + 1..i + 1 + digits].parse() {
+                    Ok(n) => n,
+                    Err(_) => return sql,
+                };
+                if n != next {
+                    return sql;
+                }
+                next += 1;
+                out.push_str(&sql[copied..i]);
+                out.push('?');
+                i += 1 + digits;
+                copied = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if next == 1 {
+        return sql;
+    }
+    out.push_str(&sql[copied..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use super::sqlite_params;
+
+    #[test]
+    fn parameters_in_order_become_anonymous() {
+        let sql = format!("INSERT INTO t (a, b) VALUES {}", super::value_rows(2, 2));
+        assert_eq!(
+            sqlite_params(sql),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
+        assert_eq!(
+            sqlite_params("UPDATE t SET a = $1 WHERE id = $2 AND s = 'x$3'".into()),
+            "UPDATE t SET a = ? WHERE id = ? AND s = 'x$3'"
+        );
+    }
+
+    #[test]
+    fn parameters_out_of_order_or_repeated_are_left_alone() {
+        for sql in [
+            "SELECT $2, $1",
+            "SELECT $1 WHERE a = $1",
+            "SELECT $1, $3",
+            "SELECT 1",
+            "SELECT '$1'",
+        ] {
+            assert_eq!(sqlite_params(sql.into()), sql);
+        }
+    }
+
+    /// The flaw worked around: with numbered parameters, binding costs
+    /// O(n²) in sqlx-sqlite; with anonymous ones, O(n). Both statements
+    /// insert the same rows; the numbered one takes many times longer.
+    #[tokio::test]
+    async fn sqlite_binds_anonymous_parameters_without_the_quadratic_lookup() {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        conn.execute("CREATE TABLE t (a INTEGER, b INTEGER, c INTEGER)")
+            .await
+            .unwrap();
+        let numbered = format!("INSERT INTO t VALUES {}", super::value_rows(5_000, 3));
+        let anonymous = sqlite_params(numbered.clone());
+        assert!(!anonymous.contains('$'));
+        let mut took = Vec::new();
+        for sql in [&numbered, &anonymous] {
+            let mut q = sqlx::query(sql);
+            for i in 0..15_000i64 {
+                q = q.bind(i);
+            }
+            let started = std::time::Instant::now();
+            q.execute(&mut conn).await.unwrap();
+            took.push(started.elapsed());
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t WHERE a + 1 = b AND b + 1 = c")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, 10_000, "both statements bound every value in place");
+        eprintln!("numbered {:?}, anonymous {:?}", took[0], took[1]);
+        assert!(
+            took[0] > took[1] * 5,
+            "numbered {:?}, anonymous {:?}",
+            took[0],
+            took[1]
+        );
+    }
+
     #[test]
     fn value_rows_number_parameters_row_by_row() {
         assert_eq!(super::value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");

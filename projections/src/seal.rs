@@ -234,6 +234,7 @@ impl Projector for Sealer {
                 "INSERT INTO audit_chain (position, hash) VALUES {}",
                 crate::db::value_rows(chunk.len(), 2)
             );
+            let sql = crate::db::for_conn(conn, sql);
             let mut query = sqlx::query(&sql);
             for (position, hash) in chunk {
                 query = query.bind(*position).bind(hash.as_str());

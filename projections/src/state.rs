@@ -400,6 +400,7 @@ async fn upsert_rows<S: ProjectedState>(
             tuples = crate::db::value_rows(chunk.len(), width),
             updates = updates.concat(),
         );
+        let sql = crate::db::for_conn(conn, sql);
         let mut q = sqlx::query(&sql);
         for (values, version) in chunk {
             for v in values {

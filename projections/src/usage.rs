@@ -100,6 +100,7 @@ impl Projector for UsageProjector {
                 crate::db::value_rows(chunk.len(), 9)
             ))
             .into_owned();
+            let sql = crate::db::for_conn(conn, sql);
             let mut q = sqlx::query(&sql);
             for row in chunk {
                 for (i, v) in row.iter().enumerate() {
@@ -191,6 +192,7 @@ async fn add_to_totals(
              DO UPDATE SET total = excluded.total, record_count = excluded.record_count",
             crate::db::value_rows(chunk.len(), 7)
         );
+        let sql = crate::db::for_conn(conn, sql);
         let mut q = sqlx::query(&sql).persistent(false);
         for ((tenant, subscription_id, meter, start), end, total, count) in chunk {
             q = q
