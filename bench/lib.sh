@@ -79,3 +79,39 @@ request = function()
 end
 EOF
 }
+
+# The quota probe (issue 15: a subscription suspended within 1 s of its cap
+# being crossed, under load): one record over the hard cap on each capped
+# subscription of FILE in turn, its status read until it is suspended, for
+# SECS less 6 seconds; prints "probes p50_ms max_ms":
+# quota_probe URL KEY FILE SECS
+quota_probe() {
+  python3 - "$1" "$2" "$3" "$4" <<'PY'
+import http.client, json, sys, time
+url, key, subs, secs = sys.argv[1], sys.argv[2], [l.strip() for l in open(sys.argv[3]) if l.strip()], float(sys.argv[4])
+host, port = url.split("//")[1].split(":")
+conn = http.client.HTTPConnection(host, int(port), timeout=30)
+auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+time.sleep(2)
+took, end = [], time.time() + secs - 6
+for n, sub in enumerate(subs):
+    if time.time() > end:
+        break
+    body = {"records": [{"subscription_id": sub, "meter": "api_calls", "quantity": "101",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "transaction_id": f"quota-{n}-{time.time()}"}]}
+    conn.request("POST", "/v1/usage/batch", json.dumps(body), auth)
+    r = conn.getresponse(); r.read()
+    t = time.perf_counter()
+    while r.status == 200 and time.perf_counter() - t < 20:
+        conn.request("GET", f"/v1/subscriptions/{sub}", headers=auth)
+        g = conn.getresponse(); state = json.loads(g.read())
+        if state.get("status") == "suspended":
+            took.append((time.perf_counter() - t) * 1000)
+            break
+        time.sleep(0.02)
+    else:
+        took.append(float("inf"))
+took.sort()
+print(f"{len(took)} {took[len(took) // 2]:.0f} {took[-1]:.0f}" if took else "0 nan nan")
+PY
+}

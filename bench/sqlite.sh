@@ -2,7 +2,8 @@
 # Issue 15.3: the bulk paths on the embedded default, SQLite. For each binary
 # given (a before and an after, so one run compares them): the release
 # `tally serve` on a fresh SQLite file, usage batches of 1,000 records on 100
-# subscriptions over 8 connections (wrk); then each binary's
+# subscriptions over 8 connections (wrk), with the quota probe (bench/lib.sh)
+# beside them; then each binary's
 # `tally-replay rebuild --all` of one log, the one the first binary's run
 # left (copied afresh for each). SQLite has no ceiling to print; the figures
 # compare between the binaries of one run only.
@@ -29,16 +30,21 @@ for dir in "$@"; do
   start_tally "$BIN" "$W" "$PORT" tally.log
   trap 'kill $pid 2>/dev/null || true' EXIT
   python3 bench/seed.py "$URL" "$KEY" subs 100 "$W/ids100.txt"
+  python3 bench/seed.py "$URL" "$KEY" capped 20 "$W/quota.txt"
   wait_idle "$URL" "$KEY"
   usage_lua "$W/usage.lua" "$W/ids100.txt" "$KEY"
+  quota_probe "$URL" "$KEY" "$W/quota.txt" "$SECS" > "$W/quota.out" &
+  quota_pid=$!
   wrk -t2 -c8 -d"${SECS}s" --timeout 30s --latency -s "$W/usage.lua" "$URL" > "$W/usage.wrk" 2>&1
+  wait $quota_pid || true
+  read -r q_n q_p50 q_max < "$W/quota.out" || true
   read -r _ u_bad u_p50 u_p99 < <(wrk_summary "$W/usage.wrk")
   u_rec=$(wrk_records "$W/usage.wrk" 1000)
   wait_idle "$URL" "$KEY"
   rss=$(awk '/VmHWM/{print int($2 / 1024)}' "/proc/$pid/status")
   kill $pid; wait $pid 2>/dev/null || true
   trap - EXIT
-  echo "$dir: usage batches of 1,000 x8: $u_rec records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; server peak RSS $rss MB"
+  echo "$dir: usage batches of 1,000 x8: $u_rec records/s, non-2xx $u_bad, batch p50 $u_p50, p99 $u_p99; server peak RSS $rss MB; quota ($q_n probes, answer to suspended) p50 $q_p50 ms, max $q_max ms"
   # The first binary's log (give the oldest first: newer binaries migrate
   # it forward), as one file through SQLite's backup (the WAL included).
   if [ -z "${LOG:-}" ]; then

@@ -130,34 +130,7 @@ echo "tally    GET subscription x64: $g_ok ok/s, non-2xx $g_bad, p50 $g_p50, p99
 usage_lua "$W/usage.lua" "$W/ids100.txt" "$KEY"
 # The quota probe, under that load: one record over the cap on a capped
 # subscription, then its status read until it is suspended.
-python3 - "$URL" "$KEY" "$W/quota.txt" "$SECS" > "$W/quota.out" <<'PY' &
-import http.client, json, sys, time
-url, key, subs, secs = sys.argv[1], sys.argv[2], [l.strip() for l in open(sys.argv[3]) if l.strip()], float(sys.argv[4])
-host, port = url.split("//")[1].split(":")
-conn = http.client.HTTPConnection(host, int(port), timeout=30)
-auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-time.sleep(2)
-took, end = [], time.time() + secs - 6
-for n, sub in enumerate(subs):
-    if time.time() > end:
-        break
-    body = {"records": [{"subscription_id": sub, "meter": "api_calls", "quantity": "101",
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "transaction_id": f"quota-{n}-{time.time()}"}]}
-    conn.request("POST", "/v1/usage/batch", json.dumps(body), auth)
-    r = conn.getresponse(); r.read()
-    t = time.perf_counter()
-    while r.status == 200 and time.perf_counter() - t < 20:
-        conn.request("GET", f"/v1/subscriptions/{sub}", headers=auth)
-        g = conn.getresponse(); state = json.loads(g.read())
-        if state.get("status") == "suspended":
-            took.append((time.perf_counter() - t) * 1000)
-            break
-        time.sleep(0.02)
-    else:
-        took.append(float("inf"))
-took.sort()
-print(f"{len(took)} {took[len(took) // 2]:.0f} {took[-1]:.0f}" if took else "0 nan nan")
-PY
+quota_probe "$URL" "$KEY" "$W/quota.txt" "$SECS" > "$W/quota.out" &
 quota_pid=$!
 read -r _ u_bad u_p50 u_p99 < <(wrk_run usage 8 "$W/usage.lua" 30s)
 u_rec=$(wrk_records "$W/usage.wrk" 1000)

@@ -793,7 +793,11 @@ impl Runtime {
             }
             return Ok(StepOutcome::Applied(batch.len()));
         }
+        let started = std::time::Instant::now();
         p.effects(batch).await?;
+        let effects = started.elapsed();
+        let _turn = self.db.sqlite_writer().await;
+        let writing = std::time::Instant::now();
         let mut tx = match self.db.backend {
             // A batch's rows and checkpoint commit together or not at all;
             // losing the last batches in a database crash only means applying
@@ -822,6 +826,12 @@ impl Runtime {
         p.apply_batch(&mut tx, tables, &mine).await?;
         tx.commit().await?;
         self.advance(consumer, to, true);
+        metrics::histogram!("tally_projection_effects_seconds", "name" => consumer.to_string())
+            .record(effects.as_secs_f64());
+        metrics::histogram!("tally_projection_write_seconds", "name" => consumer.to_string())
+            .record(writing.elapsed().as_secs_f64());
+        metrics::histogram!("tally_projection_batch_seconds", "name" => consumer.to_string())
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!("tally_projection_events_total", "name" => consumer.to_string())
             .increment(batch.len() as u64);
         metrics::gauge!("tally_projection_position", "name" => consumer.to_string()).set(to as f64);
@@ -869,6 +879,7 @@ impl Runtime {
         if c.reached == c.committed {
             return Ok(());
         }
+        let _turn = self.db.sqlite_writer().await;
         let moved = sqlx::query(
             "UPDATE consumer_checkpoints SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4",
         )
