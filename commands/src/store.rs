@@ -390,7 +390,6 @@ pub async fn append(
             positions.extend(rows.into_iter().map(|(_, p)| p));
         }
         TypedPool::Sqlite(pool) => {
-            let _turn = db.sqlite_writer().await;
             let mut tx = pool.begin().await?;
             for e in events {
                 let p: i64 = sqlx::query_scalar(SQLITE_INSERT)
@@ -526,7 +525,6 @@ async fn insert_many(
             out
         }
         TypedPool::Sqlite(pool) => {
-            let _turn = db.sqlite_writer().await;
             let mut tx = pool.begin().await?;
             let mut inserted = HashMap::new();
             let at = time::to_text(recorded_at);

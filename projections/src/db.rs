@@ -5,7 +5,6 @@
 //! read model has one implementation for both backends.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -80,9 +79,6 @@ pub struct Db {
     /// Folded-state rows this process's projectors keep in memory for reads
     /// (see [`crate::state::RowCache`]).
     pub rows: crate::state::RowCache,
-    /// SQLite's one writer, taken in turn by this process's hot writers
-    /// (see [`Db::sqlite_writer`]).
-    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// PostgreSQL connections a process opens at most by default: two processes
@@ -137,7 +133,6 @@ impl Db {
                 any,
                 head,
                 rows: Default::default(),
-                writer: Default::default(),
             })
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
@@ -170,7 +165,6 @@ impl Db {
                 any,
                 head,
                 rows: Default::default(),
-                writer: Default::default(),
             })
         } else {
             Err(DbError::UnsupportedUrl(url.to_string()))
@@ -192,27 +186,6 @@ impl Db {
         match self.backend {
             Backend::Postgres => postgres,
             Backend::Sqlite => sqlite,
-        }
-    }
-
-    /// On SQLite, this process's turn to write, held for a write
-    /// transaction; `None` on PostgreSQL, whose writers do not exclude each
-    /// other.
-    ///
-    /// SQLite lets one transaction write at a time; a writer that finds the
-    /// lock taken sleeps in its busy handler, 1 to 100 ms a try, and the lock
-    /// stays idle while writers sleep. Under usage ingest the appends, the
-    /// usage projection, the sealer, the fan-out, the quota policy and the
-    /// lazy checkpoints all write. Taken in turn (a fair queue) before the
-    /// transaction begins, and before a connection is taken from a pool, the
-    /// lock passes straight to the next writer. Writers that do not take the
-    /// turn (rare ones: keys, webhooks, idempotency) still meet the busy
-    /// handler, so this is scheduling, not a rule anything depends on. A
-    /// holder must not wait for another writer of this process.
-    pub async fn sqlite_writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.backend {
-            Backend::Postgres => None,
-            Backend::Sqlite => Some(self.writer.lock().await),
         }
     }
 

@@ -615,6 +615,17 @@ impl Runtime {
             // tables' rows from memory while it owns them.
             self.cursors.lock().expect("cursors").remove(p.name());
             self.db.rows.own(p.tables(), true);
+            // Running here from now on, before its first batch moves it (a
+            // waiter woken by that move reads this status).
+            let rebuilding = self
+                .states
+                .lock()
+                .expect("states")
+                .get(p.name())
+                .is_some_and(|s| s.status == "rebuilding");
+            if !rebuilding {
+                self.set_state(p.name(), "running", None);
+            }
             loop {
                 if *shutdown.borrow() {
                     return;
@@ -623,12 +634,8 @@ impl Runtime {
                 match self.step_guarded(p.as_ref()).await {
                     Ok(StepOutcome::Applied(n)) => {
                         backoff = Duration::from_millis(50);
-                        // Caught up under a steady stream of appends: let the
-                        // next batch gather for a moment rather than commit a
-                        // transaction for every few events.
-                        if (n as i64) < self.config.batch_size {
-                            tokio::time::sleep_until(started + BATCH_GATHER).await;
-                        }
+                        // Running from the batch it applied: a waiter its
+                        // progress woke reads the status it now has.
                         let current = self
                             .states
                             .lock()
@@ -637,6 +644,12 @@ impl Runtime {
                             .map(|s| s.status.clone());
                         if current.as_deref() != Some("rebuilding") {
                             self.set_state(p.name(), "running", None);
+                        }
+                        // Caught up under a steady stream of appends: let the
+                        // next batch gather for a moment rather than commit a
+                        // transaction for every few events.
+                        if (n as i64) < self.config.batch_size {
+                            tokio::time::sleep_until(started + BATCH_GATHER).await;
                         }
                     }
                     Ok(StepOutcome::Idle) => {
@@ -796,7 +809,6 @@ impl Runtime {
         let started = std::time::Instant::now();
         p.effects(batch).await?;
         let effects = started.elapsed();
-        let _turn = self.db.sqlite_writer().await;
         let writing = std::time::Instant::now();
         let mut tx = match self.db.backend {
             // A batch's rows and checkpoint commit together or not at all;
@@ -879,7 +891,6 @@ impl Runtime {
         if c.reached == c.committed {
             return Ok(());
         }
-        let _turn = self.db.sqlite_writer().await;
         let moved = sqlx::query(
             "UPDATE consumer_checkpoints SET position = $1, updated_at = $2 WHERE name = $3 AND position = $4",
         )
